@@ -1,0 +1,7 @@
+"""Model zoo: a registry of width-scalable families, each declaring its `unit_layers`."""
+
+from widthlab.models import mlp as _mlp  # noqa: F401  (registers the family)
+from widthlab.models.init import INIT_SCHEMES, initialize
+from widthlab.models.registry import create_model, list_models, register_model, scale_width
+
+__all__ = ["INIT_SCHEMES", "create_model", "initialize", "list_models", "register_model", "scale_width"]

@@ -1,0 +1,99 @@
+"""The model registry: `create_model(name, width=...)` builds any registered family at any width factor."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable
+
+from torch import nn
+
+from widthlab.errors import WidthlabError
+from widthlab.models.init import initialize
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a builder `fn(width, *, num_classes=None, **arch_kwargs) -> nn.Module` under its name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model` (a config may also name ``module:function``)."""
+    return sorted(_REGISTRY)
+
+
+def scale_width(units: int, width: float) -> int:
+    """round(units · width) with halves rounded up, at least 1 (the paper's 1/4x of 96 is 24)."""
+    return max(1, int(math.floor(units * width + 0.5)))
+
+
+def check_width(width: object) -> float:
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+        raise WidthlabError(f"width must be a positive finite number, got {width!r}")
+    return float(width)
+
+
+def resolve_callable(spec: str, what: str) -> Callable:
+    """Import ``module:function`` named by a config (the only way a config runs a user's code)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise WidthlabError(f"{what} {spec!r} is neither registered nor of the form 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise WidthlabError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise WidthlabError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def check_kwargs(fn: Callable, kwargs: dict, what: str) -> None:
+    """Reject keyword arguments that `fn` does not take, naming them and the valid ones."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise WidthlabError(f"{what}: unknown option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+
+
+def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", sigma: float | None = None,
+                 num_classes: int | None = None, seed: int | None = None, **kw) -> nn.Module:
+    """Build model family `name` at width factor `width` and initialise it.
+
+    Args:
+        name: a registered family (`list_models()`) or ``module:function`` for a user's own builder, which is
+            called as ``fn(width=width, num_classes=num_classes, **kw)`` (``num_classes`` only when given).
+        width: width factor; every hidden unit/channel count is multiplied by it (rounded, at least 1).
+        init: initialisation scheme (`widthlab.models.init.INIT_SCHEMES`); sigma: std for normal schemes.
+        seed: draws the initial weights from a private generator seeded by it (global RNG untouched).
+        **kw: architecture options of the family (e.g. ``input_dim`` for ``mlp``).
+
+    Example: ``create_model("mlp", 2.0, init="normal", sigma=0.01, input_dim=10).unit_layers == ["relu1"]``
+    """
+    width = check_width(width)
+    if name in _REGISTRY:
+        builder = _REGISTRY[name]
+    elif ":" in name:
+        builder = resolve_callable(name, "model")
+    else:
+        raise WidthlabError(f"unknown model {name!r}; registered: {', '.join(list_models())} (or 'module:function')")
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
+    check_kwargs(builder, {"width": width, **kw}, f"model {name!r}")
+    model = builder(width=width, **kw)
+    if not isinstance(model, nn.Module):
+        raise WidthlabError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if not getattr(model, "unit_layers", None):
+        raise WidthlabError(f"model {name!r} declares no `unit_layers` (a list of module names to measure)")
+    known = {n for n, _ in model.named_modules()}
+    missing = [layer for layer in model.unit_layers if layer not in known]
+    if missing:
+        raise WidthlabError(f"model {name!r} lists unit layers {missing} that are not among its modules")
+    return initialize(model, init, sigma, seed)

@@ -1,0 +1,39 @@
+"""Presets: one YAML study config per experiment of the paper, shipped inside the package."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from widthlab.errors import WidthlabError
+
+
+def _folder() -> Path:
+    return Path(str(resources.files("widthlab.presets")))
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (``widthlab run NAME``)."""
+    return sorted(p.stem for p in _folder().glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of preset `name`."""
+    path = _folder() / f"{name}.yaml"
+    if not path.is_file():
+        raise WidthlabError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}")
+    return path
+
+
+def describe_presets() -> list[dict[str, str]]:
+    """Name, paper figure, data set and description of each preset (for ``widthlab presets``)."""
+    rows = []
+    for name in list_presets():
+        raw = yaml.safe_load(preset_path(name).read_text())
+        data = raw.get("data", {})
+        data_text = data.get("name", "synthetic") + (f" ({data['input_dim']}-d)" if "input_dim" in data else "")
+        rows.append({"name": name, "figure": str(raw.get("figure", "")), "data": data_text,
+                     "description": " ".join(str(raw.get("description", "")).split())})
+    return rows

@@ -1,0 +1,278 @@
+"""Study configuration: YAML → validated `StudyConfig` (unknown keys and bad values are clear errors).
+
+A study is a base config plus a grid: width factors × variants × replicates. A variant is a named override
+of the base sections, e.g. ``{"sigma=0.1": {"model": {"sigma": 0.1}}}``. Model and data sections take the
+registered family's own options (checked against its signature); a name of the form ``module:function``
+imports a user's builder or loader — the only way a config runs code (YAML is read with ``safe_load``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from widthlab.errors import WidthlabError
+from widthlab.train.config import TrainConfig
+
+PERTURBATIONS = ("zero", "mean", "targeted", "act_noise", "weight_noise", "weight_knockout")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(BaseModel):
+    """``name`` of a registered family (or ``module:function``), ``init``, ``sigma``; other keys are the
+    family's architecture options (e.g. ``input_dim``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = "mlp"
+    init: str = "glorot_normal"
+    sigma: float | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        from widthlab.models.init import check_init
+        from widthlab.models.registry import _REGISTRY, check_kwargs
+
+        check_init(self.init, self.sigma)
+        reserved = sorted({"width", "num_classes", "seed"} & set(self.options))
+        if reserved:
+            raise WidthlabError(f"model option(s) {reserved} are set by the study (grid widths, the data set, "
+                                "the replicate), not in the model section")
+        if self.name in _REGISTRY:
+            check_kwargs(_REGISTRY[self.name], self.options, f"model {self.name!r}")
+        elif ":" not in self.name:
+            raise WidthlabError(f"unknown model {self.name!r}; registered: {', '.join(sorted(_REGISTRY))} "
+                                "(or 'module:function')")
+        return self
+
+
+class DataSpec(BaseModel):
+    """``name`` of a registered data set (or ``module:function``), ``root``; other keys are its options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = "synthetic"
+    root: str | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        from widthlab.data.registry import _REGISTRY
+        from widthlab.models.registry import check_kwargs
+
+        if self.name in _REGISTRY:
+            check_kwargs(_REGISTRY[self.name], self.options, f"data set {self.name!r}")
+        elif ":" not in self.name:
+            raise WidthlabError(f"unknown data set {self.name!r}; registered: {', '.join(sorted(_REGISTRY))} "
+                                "(or 'module:function')")
+        return self
+
+
+class MeasureSpec(_Strict):
+    """What `analyze` measures on each trained model (DESIGN.md §1)."""
+
+    perturbations: tuple[str, ...] = ("zero",)
+    levels: int | tuple[float, ...] = 11  # an int n means n evenly spaced levels on [0, 1]
+    samplings: int = Field(3, ge=1)
+    max_rows: int | None = Field(None, ge=1)
+    split: Literal["train", "val", "test"] = "test"
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in value if p not in PERTURBATIONS]
+        if bad:
+            raise ValueError(f"unknown perturbation(s) {bad}; valid: {', '.join(PERTURBATIONS)}")
+        if not value:
+            raise ValueError("at least one perturbation is needed (robustness is part of every study)")
+        return value
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, value: int | tuple[float, ...]) -> int | tuple[float, ...]:
+        if isinstance(value, int):
+            if value < 2:
+                raise ValueError(f"levels must be at least 2, got {value}")
+        elif len(value) < 2 or any(b <= a for a, b in zip(value, value[1:])) or value[0] != 0:
+            raise ValueError(f"levels must start at 0 and increase strictly, got {list(value)}")
+        return value
+
+    def level_values(self) -> list[float]:
+        if isinstance(self.levels, int):
+            return [i / (self.levels - 1) for i in range(self.levels)]
+        return list(self.levels)
+
+
+class GridSpec(_Strict):
+    """Width factors × variants × replicates; replicate r trains with seed r."""
+
+    widths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    replicates: int = Field(3, ge=1)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("at least one width is needed")
+        for w in value:
+            if not math.isfinite(w) or w <= 0:
+                raise ValueError(f"width must be a positive number, got {w}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"widths repeat: {list(value)}")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not value:
+            raise ValueError("at least one variant is needed (use {default: {}} for none)")
+        for name, override in value.items():
+            if not isinstance(override, dict):
+                raise ValueError(f"variant {name!r} must be a mapping of overrides, got {override!r}")
+            bad = sorted(set(override) - set(RUN_SECTIONS))
+            if bad:
+                raise ValueError(f"variant {name!r} overrides {bad}; a variant may override: {', '.join(RUN_SECTIONS)}")
+        return value
+
+
+RUN_SECTIONS = ("data", "model", "train", "measure")
+
+
+class StudyConfig(_Strict):
+    """A whole study. `seed` fixes the data (e.g. the teacher); replicate r fixes the student's seed."""
+
+    name: str
+    description: str = ""
+    figure: str = ""  # the paper figure this reproduces, if any
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)  # torch threads per run; None = torch's default for this machine
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    grid: GridSpec = Field(default_factory=GridSpec)
+
+    def variant_sections(self, variant: str) -> dict[str, Any]:
+        """The base sections with `variant`'s overrides merged in, validated."""
+        base = self.model_dump(include=set(RUN_SECTIONS))
+        merged = deep_merge(base, self.grid.variants[variant])
+        sections = {}
+        for section, cls in (("data", DataSpec), ("model", ModelSpec), ("train", TrainConfig), ("measure", MeasureSpec)):
+            try:
+                sections[section] = cls(**merged[section])
+            except ValidationError as exc:
+                raise WidthlabError(f"variant {variant!r}: {section}.{_first_error(exc)}") from None
+        return sections
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> StudyConfig:
+        for variant in self.grid.variants:
+            self.variant_sections(variant)
+        return self
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override` merged in, recursively for nested mappings."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {loc!r}"
+    shown = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+    return f"{loc}: {msg}{shown}" if loc else msg
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a raw config mapping."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise WidthlabError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise WidthlabError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise WidthlabError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def parse_config(raw: Any, source: str = "config") -> StudyConfig:
+    """Validate a raw mapping into a `StudyConfig`, turning the first validation error into one line."""
+    if not isinstance(raw, dict):
+        raise WidthlabError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return StudyConfig(**raw)
+    except ValidationError as exc:
+        raise WidthlabError(f"{source}: {_first_error(exc)}") from None
+    except TypeError as exc:
+        raise WidthlabError(f"{source}: {exc}") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with ``safe_load`` (no tags, no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WidthlabError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise WidthlabError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    return raw if raw is not None else {}
+
+
+def load_config(spec: str | Path | dict | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:
+    """A `StudyConfig` from a preset name, a YAML path, a mapping or a config; `overrides` as for ``--set``.
+
+    Example: ``load_config("mlp-10d", ["grid.replicates=1"])``
+    """
+    if isinstance(spec, StudyConfig):
+        if not overrides:
+            return spec
+        raw, source = spec.model_dump(), spec.name
+    elif isinstance(spec, dict):
+        raw, source = spec, "config"
+    else:
+        from widthlab.presets import list_presets, preset_path
+
+        text = str(spec)
+        if text in list_presets():
+            raw, source = read_yaml(preset_path(text)), f"preset {text!r}"
+        elif text.endswith((".yaml", ".yml")) or Path(text).exists():
+            raw, source = read_yaml(text), str(text)
+        else:
+            raise WidthlabError(f"{text!r} is neither a preset ({', '.join(list_presets())}) nor a YAML file")
+    return parse_config(apply_overrides(raw, overrides or []), source)
