@@ -7,6 +7,7 @@ import inspect
 import math
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError
@@ -87,7 +88,10 @@ def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", 
     if num_classes is not None:
         kw["num_classes"] = num_classes
     check_kwargs(builder, {"width": width, **kw}, f"model {name!r}")
-    model = builder(width=width, **kw)
+    # PyTorch's module constructors draw default weights from the global RNG; with a seed those draws are
+    # overwritten anyway, so keep the caller's RNG state as it was.
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        model = builder(width=width, **kw)
     if not isinstance(model, nn.Module):
         raise WidthlabError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     if not getattr(model, "unit_layers", None):

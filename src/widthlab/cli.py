@@ -1,0 +1,125 @@
+"""The `widthlab` command: run studies, redraw reports, list presets and models.
+
+Errors a user can cause print one line and exit with status 2 (argparse's own usage errors do the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from widthlab.errors import WidthlabError
+
+DEFAULT_ROOT = Path("widthlab-runs")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from widthlab.study.config import load_config
+    from widthlab.study.runner import plan_runs, run_study
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else DEFAULT_ROOT / cfg.name
+    specs = plan_runs(cfg)
+    if args.dry_run:
+        print(f"study {cfg.name}: {len(specs)} runs "
+              f"({len(cfg.grid.variants)} variants × {len(cfg.grid.widths)} widths × {cfg.grid.replicates} replicates)"
+              f" → {out}")
+        for spec in specs:
+            print(f"  {spec.run_id:<28} variant={spec.variant:<16} width={spec.width:g} replicate={spec.replicate}")
+        return 0
+    run_study(cfg, out, progress=None if not args.quiet else False)
+    _print_report(out)
+    return 0
+
+
+def _print_report(out: Path) -> None:
+    from widthlab.report import format_verdict_table, verdict
+    from widthlab.study.store import load_results
+
+    results = load_results(out)
+    counts = results.runs["status"].value_counts().to_dict()
+    print(f"runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
+    print(format_verdict_table(verdict(results.runs, results.metrics)))
+    print(f"summary: {out / 'summary.md'}\nfigures: {out / 'figures'}\nstore:   {out / 'widthlab.sqlite'}")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import yaml
+
+    from widthlab.report import write_report
+    from widthlab.study.store import load_results
+
+    out = Path(args.dir)
+    results = load_results(out)
+    config_path = out / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+    title = (config or {}).get("name", out.name)
+    write_report(results.runs, results.metrics, out, title=title, config=config)
+    _print_report(out)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from widthlab.presets import describe_presets
+
+    for row in describe_presets():
+        print(f"{row['name']:<22} Figure {row['figure']:<5} {row['data']:<22} {row['description']}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from widthlab.models import create_model, list_models
+
+    widths = (0.25, 0.5, 1.0, 2.0, 4.0)
+    print(f"{'model':<16}" + "".join(f"{'params @ ' + format(w, 'g') + 'x':>16}" for w in widths))
+    for name in list_models():
+        counts = []
+        for w in widths:
+            model = create_model(name, w)
+            counts.append(sum(p.numel() for p in model.parameters()))
+        print(f"{name:<16}" + "".join(f"{c:>16,}" for c in counts))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="widthlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a study (a preset name or a YAML file), then write its report")
+    run.add_argument("config", help="preset name (see `widthlab presets`) or path to a study YAML")
+    run.add_argument("--out", help=f"study directory (default: {DEFAULT_ROOT}/NAME); rerunning resumes it")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set grid.replicates=1 --set train.epochs=10")
+    run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="training device (default: the config's)")
+    run.add_argument("--dry-run", action="store_true", help="print the grid of runs and stop")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="redraw the figures and summary of a study directory")
+    report.add_argument("dir", help="a study directory written by `widthlab run`")
+    report.set_defaults(func=_cmd_report)
+
+    sub.add_parser("presets", help="list the bundled presets").set_defaults(func=_cmd_presets)
+    sub.add_parser("models", help="list the model families with parameter counts per width").set_defaults(
+        func=_cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WidthlabError as exc:
+        print(f"widthlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("widthlab: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Run a study: plan the grid, execute each run (build → train → measure), store it, then report.
+
+A run is a pure function of its resolved config (`execute_run`); only the driver (`run_study`) writes the
+store, so any executor can compute runs anywhere and hand the results back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from widthlab.data import load_data
+from widthlab.data.base import Splits
+from widthlab.errors import WidthlabError
+from widthlab.measure import analyze
+from widthlab.models import create_model
+from widthlab.study.config import StudyConfig, load_config
+from widthlab.study.store import Store, export_csv, study_lock
+from widthlab.train import TrainConfig, fit
+
+log = logging.getLogger("widthlab")
+EXECUTORS = ("local",)
+FINAL_STATUSES = ("done", "diverged")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One grid cell: a variant at a width and replicate, with its fully resolved config."""
+
+    run_id: str
+    variant: str
+    width: float
+    replicate: int
+    config: dict[str, Any]  # seed, threads, data, model, train, measure: JSON-ready
+
+
+def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
+    """The grid in a stable order: variant, then width, then replicate (replicate r trains with seed r)."""
+    specs = []
+    for variant in cfg.grid.variants:
+        sections = cfg.variant_sections(variant)
+        for width in cfg.grid.widths:
+            for replicate in range(cfg.grid.replicates):
+                train = sections["train"].model_copy(update={"seed": replicate})
+                config = {"study_seed": cfg.seed, "threads": cfg.threads, "width": width, "replicate": replicate,
+                          "data": sections["data"].model_dump(), "model": sections["model"].model_dump(),
+                          "train": train.model_dump(), "measure": sections["measure"].model_dump(mode="json")}
+                specs.append(RunSpec(f"{variant}-w{width:g}-r{replicate}", variant, width, replicate, config))
+    return specs
+
+
+def _load_splits(config: dict, cache: dict | None) -> Splits:
+    data = dict(config["data"])
+    key = json.dumps([config["study_seed"], data], sort_keys=True)
+    if cache is not None and key in cache:
+        return cache[key]
+    name, root = data.pop("name"), data.pop("root")
+    splits = load_data(name, root=root, seed=config["study_seed"], **data)
+    if cache is not None:
+        cache.clear()  # one data set at a time: a 10,000-d synthetic set is 120 MB
+        cache[key] = splits
+    return splits
+
+
+def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None) -> tuple[dict, pd.DataFrame | None]:
+    """Build, train and measure one run. Returns (outcome, metrics); metrics is None when training diverged.
+
+    Args:
+        data_cache: a dict reused across runs of one process so the data set is built once per study.
+        on_epoch: forwarded to `fit` (progress reporting).
+    """
+    cfg = spec.config
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    splits = _load_splits(cfg, data_cache)
+    model_spec = dict(cfg["model"])
+    name, init, sigma = model_spec.pop("name"), model_spec.pop("init"), model_spec.pop("sigma")
+    model = create_model(name, spec.width, init=init, sigma=sigma, num_classes=splits.num_classes,
+                         seed=spec.replicate, **model_spec)
+    train_cfg = TrainConfig(**cfg["train"])
+    result = fit(model, splits, train_cfg, on_epoch=on_epoch)
+    outcome = {"status": result.status, "seconds": result.seconds, "train_acc": result.train_acc,
+               "val_acc": result.val_acc, "test_acc": result.test_acc, "epochs": len(result.history),
+               "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history}
+    if result.status != "done":
+        return outcome, None
+    measure = cfg["measure"]
+    levels = measure["levels"]
+    if isinstance(levels, int):
+        levels = [i / (levels - 1) for i in range(levels)]
+    evaluation = splits.split(measure["split"])
+    start = time.perf_counter()
+    metrics = analyze(model, evaluation, labels=evaluation.y if hasattr(evaluation, "y") else None,
+                      perturbations=tuple(measure["perturbations"]), levels=levels,
+                      samplings=measure["samplings"], seed=spec.replicate, max_rows=measure["max_rows"])
+    outcome["seconds"] += time.perf_counter() - start
+    return outcome, metrics
+
+
+def _setup_log(out_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(out_dir / "widthlab.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.PathLike, *,
+              executor: str = "local", progress: bool | None = None, report: bool = True) -> Path:
+    """Run every pending run of a study into `out_dir`, then write its figures and summary.
+
+    Args:
+        config: a preset name, a YAML path, a mapping or a `StudyConfig`.
+        out_dir: the study directory (SQLite store, config.yaml, CSVs, figures/, summary.md, widthlab.log).
+            Rerunning into the same directory skips finished runs.
+        executor: ``local`` (runs one after another in this process).
+        progress: show a progress bar (None: only on a terminal).
+        report: write figures and the summary when the runs are finished.
+
+    Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d")``
+    """
+    cfg = load_config(config)
+    if executor not in EXECUTORS:
+        raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    out_dir = Path(out_dir)
+    specs = plan_runs(cfg)
+    with study_lock(out_dir):
+        handler = _setup_log(out_dir)
+        try:
+            (out_dir / "config.yaml").write_text(_dump_yaml(cfg))
+            with Store(out_dir) as store:
+                store.add_runs([{"run_id": s.run_id, "variant": s.variant, "width": s.width,
+                                 "replicate": s.replicate, "config": s.config} for s in specs])
+                statuses = store.statuses()
+                todo = [s for s in specs if statuses.get(s.run_id) not in FINAL_STATUSES]
+                log.info("study %s: %d runs, %d to do", cfg.name, len(specs), len(todo))
+                _run_local(store, todo, len(specs), cfg.name, progress)
+                results = store.results()
+            export_csv(results, out_dir)
+            if report:
+                from widthlab.report import write_report
+
+                write_report(results.runs, results.metrics, out_dir, title=cfg.name, config=cfg.model_dump(mode="json"))
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+    return out_dir
+
+
+def _run_local(store: Store, todo: list[RunSpec], total: int, name: str, progress: bool | None) -> None:
+    cache: dict = {}
+    bar = tqdm(total=total, initial=total - len(todo), desc=name, unit="run", disable=None if progress is None
+               else not progress, dynamic_ncols=True)
+    try:
+        for spec in todo:
+            bar.set_postfix_str(spec.run_id)
+            store.mark(spec.run_id, "running")
+            try:
+                outcome, metrics = execute_run(spec, data_cache=cache)
+            except WidthlabError:
+                store.mark(spec.run_id, "pending")
+                raise
+            except Exception as exc:  # a broken run must not sink the study; its error is kept in the store
+                log.error("run %s failed: %s", spec.run_id, traceback.format_exc())
+                store.mark(spec.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                store.finish(spec.run_id, outcome, metrics)
+                log.info("run %s %s: test_acc=%.4f (%.1fs)", spec.run_id, outcome["status"],
+                         outcome["test_acc"], outcome["seconds"])
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _dump_yaml(cfg: StudyConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,202 @@
+"""The study store: one SQLite file per study directory, plus the lock that keeps a second writer out.
+
+Tables: ``runs`` (one row per grid cell: resolved config, status, timings, accuracies), ``metrics`` (scalar
+measurements: redundancy numbers, robustness AUCs), ``curves`` (points of perturbation curves) and
+``history`` (per-epoch training records). A run becomes ``done`` only in the transaction that writes its
+measurements, so a crash leaves it pending and a rerun redoes it; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from widthlab.errors import WidthlabError
+
+STORE_NAME = "widthlab.sqlite"
+LOCK_NAME = ".widthlab.lock"
+RUN_COLUMNS = ["run_id", "variant", "width", "replicate", "status", "seconds", "train_acc", "val_acc", "test_acc",
+               "epochs", "best_epoch", "diverged_epoch", "error", "config"]
+METRIC_COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]
+CURVE_METRICS = ("unchanged", "accuracy")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, variant TEXT NOT NULL, width REAL NOT NULL, replicate INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', config TEXT NOT NULL,
+    seconds REAL, train_acc REAL, val_acc REAL, test_acc REAL, epochs INTEGER, best_epoch INTEGER,
+    diverged_epoch INTEGER, error TEXT, started_at TEXT, finished_at TEXT);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), layer TEXT NOT NULL, metric TEXT NOT NULL,
+    perturbation TEXT NOT NULL, level REAL, sampling INTEGER NOT NULL, value REAL);
+CREATE TABLE IF NOT EXISTS curves (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), layer TEXT NOT NULL, metric TEXT NOT NULL,
+    perturbation TEXT NOT NULL, level REAL NOT NULL, sampling INTEGER NOT NULL, value REAL);
+CREATE TABLE IF NOT EXISTS history (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), epoch INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
+CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
+"""
+
+
+@dataclass(frozen=True)
+class Results:
+    """A study's results as DataFrames: `runs` (one row per run) and `metrics` (tidy, one row per number:
+    run_id, variant, width, replicate, layer, metric, perturbation, level, sampling, value)."""
+
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    history: pd.DataFrame
+
+
+class Store:
+    """The SQLite file of one study directory (WAL mode)."""
+
+    def __init__(self, directory: str | os.PathLike, *, create: bool = True):
+        self.path = Path(directory) / STORE_NAME
+        if not create and not self.path.is_file():
+            raise WidthlabError(f"{str(directory)!r} holds no widthlab study (no {STORE_NAME}); "
+                                "run `widthlab run` with --out pointing there first")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def add_runs(self, runs: list[dict]) -> None:
+        """Register grid cells (run_id, variant, width, replicate, config); existing runs are left alone,
+        except that a changed config for an unfinished run is an error (the grid must not drift silently)."""
+        with self.transaction() as db:
+            for run in runs:
+                config = json.dumps(run["config"], sort_keys=True)
+                row = db.execute("SELECT config FROM runs WHERE run_id = ?", (run["run_id"],)).fetchone()
+                if row is None:
+                    db.execute("INSERT INTO runs (run_id, variant, width, replicate, config) VALUES (?, ?, ?, ?, ?)",
+                               (run["run_id"], run["variant"], run["width"], run["replicate"], config))
+                elif row[0] != config:
+                    raise WidthlabError(
+                        f"run {run['run_id']!r} is stored with a different configuration in {str(self.path)!r}; "
+                        "use a new --out directory for a changed study")
+
+    def statuses(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT run_id, status FROM runs").fetchall())
+
+    def mark(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Set a run's status (``running``, ``failed`` ...) outside the result transaction."""
+        stamp = "started_at" if status == "running" else "finished_at"
+        with self.transaction() as db:
+            db.execute(f"UPDATE runs SET status = ?, error = ?, {stamp} = datetime('now') WHERE run_id = ?",
+                       (status, error, run_id))
+
+    def finish(self, run_id: str, outcome: dict, metrics: pd.DataFrame | None) -> None:
+        """Write a run's results and its final status in one transaction (all or nothing)."""
+        with self.transaction() as db:
+            for table in ("metrics", "curves", "history"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            db.execute(
+                "UPDATE runs SET status = ?, seconds = ?, train_acc = ?, val_acc = ?, test_acc = ?, epochs = ?, "
+                "best_epoch = ?, diverged_epoch = ?, error = NULL, finished_at = datetime('now') WHERE run_id = ?",
+                (outcome["status"], outcome["seconds"], _num(outcome.get("train_acc")), _num(outcome.get("val_acc")),
+                 _num(outcome.get("test_acc")), outcome.get("epochs"), outcome.get("best_epoch"),
+                 outcome.get("diverged_epoch"), run_id))
+            db.executemany("INSERT INTO history (run_id, epoch, record) VALUES (?, ?, ?)",
+                           [(run_id, rec["epoch"], json.dumps(rec)) for rec in outcome.get("history", [])])
+            if metrics is not None and len(metrics):
+                rows = metrics[METRIC_COLUMNS]
+                is_curve = rows["metric"].isin(CURVE_METRICS)
+                for table, part in (("curves", rows[is_curve]), ("metrics", rows[~is_curve])):
+                    db.executemany(
+                        f"INSERT INTO {table} (run_id, layer, metric, perturbation, level, sampling, value) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(run_id, r.layer, r.metric, r.perturbation, _num(r.level), int(r.sampling), _num(r.value))
+                         for r in part.itertuples(index=False)])
+
+    def results(self) -> Results:
+        runs = pd.read_sql_query("SELECT * FROM runs ORDER BY variant, width, replicate", self._db)
+        keys = "r.run_id, r.variant, r.width, r.replicate"
+        parts = [pd.read_sql_query(f"SELECT {keys}, t.layer, t.metric, t.perturbation, t.level, t.sampling, t.value "
+                                   f"FROM {table} t JOIN runs r USING (run_id)", self._db)
+                 for table in ("metrics", "curves")]
+        metrics = pd.concat(parts, ignore_index=True)
+        metrics["level"] = metrics["level"].astype(float)
+        history = pd.read_sql_query("SELECT run_id, record FROM history ORDER BY run_id, epoch", self._db)
+        history = pd.DataFrame([{"run_id": rid, **json.loads(rec)} for rid, rec in history.itertuples(index=False)])
+        return Results(runs=runs, metrics=metrics, history=history)
+
+
+def _num(value) -> float | None:
+    """SQLite stores NaN as NULL; read back as NaN by pandas."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+@contextmanager
+def study_lock(directory: str | os.PathLike):
+    """Hold an exclusive OS lock on a study directory; a second holder gets a clear error.
+
+    `fcntl.flock` locks die with their process, so a killed study never leaves a stale lock behind.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WidthlabError(f"another widthlab process is writing to {str(directory)!r}; "
+                                "wait for it to finish or use another --out directory") from None
+        yield
+    finally:
+        handle.close()
+
+
+def load_results(directory: str | os.PathLike) -> Results:
+    """The runs and metrics of the study in `directory` as pandas DataFrames (for notebooks).
+
+    Example: ``res = load_results("widthlab-runs/mlp-10d"); res.metrics.query("metric == 'auc'")``
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise WidthlabError(f"study directory {str(directory)!r} does not exist")
+    with Store(directory, create=False) as store:
+        return store.results()
+
+
+def export_csv(results: Results, directory: str | os.PathLike) -> list[Path]:
+    """Write runs.csv, metrics.csv and history.csv into `directory`."""
+    directory = Path(directory)
+    paths = []
+    for name in ("runs", "metrics", "history"):
+        path = directory / f"{name}.csv"
+        getattr(results, name).to_csv(path, index=False)
+        paths.append(path)
+    return paths

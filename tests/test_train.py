@@ -1,0 +1,85 @@
+"""The trainer: it learns, it is deterministic, each optimiser works, divergence is recorded."""
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from widthlab import TrainConfig, create_model, fit, load_data
+from widthlab.train import make_optimizer
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_data("synthetic", seed=0, n_train=400, n_val=200, n_test=200)
+
+
+def test_momentum_learns_the_teacher(splits):
+    model = create_model("mlp", 1, init="normal", sigma=0.1, seed=0)
+    result = fit(model, splits, TrainConfig(epochs=15))
+    assert result.status == "done" and len(result.history) == 15
+    assert result.test_acc > 0.8 and result.train_acc >= result.test_acc - 0.05
+    assert {"epoch", "loss", "train_acc", "val_acc"} <= set(result.history[0])
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_same_seed_same_weights_other_seed_differs(splits):
+    def train(seed):
+        model = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+        fit(model, splits, TrainConfig(epochs=2, seed=seed))
+        return model.fc1.weight.detach().clone()
+
+    assert torch.equal(train(0), train(0))
+    assert not torch.equal(train(0), train(1))
+
+
+@pytest.mark.parametrize("optimizer,cls", [("momentum", torch.optim.SGD), ("sgd", torch.optim.SGD),
+                                           ("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop)])
+def test_each_optimizer_trains(splits, optimizer, cls):
+    model = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    cfg = TrainConfig(optimizer=optimizer, lr=0.01 if optimizer != "sgd" else 0.1, epochs=5)
+    opt = make_optimizer(model.parameters(), cfg)
+    assert isinstance(opt, cls)
+    assert opt.param_groups[0].get("momentum", 0) == (0.9 if optimizer == "momentum" else 0)
+    assert fit(model, splits, cfg).test_acc > 0.7
+
+
+def test_lr_batch_factor_scales_both():
+    cfg = TrainConfig(lr=0.01, batch_size=32, lr_batch_factor=4)
+    assert cfg.effective_lr == pytest.approx(0.04) and cfg.effective_batch_size == 128
+    quarter = TrainConfig(lr=0.01, batch_size=32, lr_batch_factor=0.25)
+    assert quarter.effective_batch_size == 8
+
+
+def test_divergence_is_recorded_not_raised(splits):
+    model = create_model("mlp", 1, init="normal", sigma=1.0, seed=0)
+    result = fit(model, splits, TrainConfig(optimizer="sgd", lr=1e30, epochs=3))
+    assert result.status == "diverged" and result.diverged_epoch == 1
+    assert math.isnan(result.test_acc)
+
+
+def test_early_stopping_restores_the_best_validation_epoch(splits):
+    model = create_model("mlp", 1, init="normal", sigma=0.1, seed=0)
+    result = fit(model, splits, TrainConfig(optimizer="adam", lr=0.05, epochs=8, early_stopping=True))
+    best = max(h["val_acc"] for h in result.history)
+    assert result.history[result.best_epoch - 1]["val_acc"] == best
+    assert result.val_acc == pytest.approx(best)
+
+
+def test_unknown_key_and_bad_values_are_rejected():
+    with pytest.raises(ValidationError, match="learning_rate"):
+        TrainConfig(learning_rate=0.1)
+    with pytest.raises(ValidationError):
+        TrainConfig(lr=-1)
+    with pytest.raises(ValidationError):
+        TrainConfig(optimizer="lbfgs")
+
+
+def test_fit_leaves_global_rng_untouched(splits):
+    torch.manual_seed(42)
+    expected = torch.rand(3)
+    torch.manual_seed(42)
+    model = create_model("mlp", 0.25, seed=0)  # seeded construction keeps the global RNG too
+    fit(model, splits, TrainConfig(epochs=1))
+    assert torch.equal(torch.rand(3), expected)
