@@ -1,0 +1,260 @@
+"""Redundancy of a layer's units (DESIGN.md §1): principal components needed, compressibility, similarity.
+
+Every number comes from streamed float64 moments (`Moments`), so memory is O(units²) whatever the number of
+rows; the correlation r_ij = cov_ij / sqrt(var_i var_j) is derived from the covariance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from widthlab.errors import WidthlabError
+
+FLAT_RTOL = 1e-6  # flat unit: std <= FLAT_RTOL x the layer's largest unit std
+CONSTANT_RTOL = 1e-3  # constant unit: std <= CONSTANT_RTOL x the median std of the non-flat units
+SILENT_SHARE = 0.01  # silent unit: > 0 on fewer than this share of rows
+# Slack on the energy comparison: a rank-k layer's trailing eigenvalues are round-off (~1e-16 of the total),
+# which must not push k past the rank when energy is 1.
+ENERGY_SLACK = 1e-12
+
+
+class Moments:
+    """Streaming float64 count, mean, covariance and positive-count of the units of (rows, units) chunks.
+
+    Chunks are merged with Chan et al.'s pairwise update on data shifted by the first row seen, so a constant
+    unit (even of value 1e6) has exactly zero variance rather than round-off.
+
+    Example: ``m = Moments(); m.update(a); m.update(b); m.cov`` equals ``np.cov(np.vstack([a, b]).T)``.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._shift: torch.Tensor | None = None  # (C,) the first row seen
+        self._mean: torch.Tensor | None = None  # (C,) mean of the shifted rows
+        self._m2: torch.Tensor | None = None  # (C, C) sum of outer products of deviations from the mean
+        self._positive: torch.Tensor | None = None  # (C,) rows > 0 per unit
+
+    @classmethod
+    def of(cls, acts: torch.Tensor | np.ndarray) -> Moments:
+        """The moments of one whole (rows, units) matrix."""
+        return cls().update(as_matrix(acts))
+
+    def update(self, chunk: torch.Tensor | np.ndarray) -> Moments:
+        """Add the rows of a (rows, units) chunk; returns self."""
+        x = torch.as_tensor(chunk).detach().to(torch.float64)
+        if x.dim() != 2:
+            raise WidthlabError(f"a chunk must be 2-D (rows, units), got shape {tuple(x.shape)}")
+        if self._shift is None:
+            if len(x) == 0:
+                return self
+            units = x.shape[1]
+            self._shift = x[0].clone()
+            self._mean = x.new_zeros(units)
+            self._m2 = x.new_zeros(units, units)
+            self._positive = torch.zeros(units, dtype=torch.int64, device=x.device)
+        elif x.shape[1] != len(self._shift):
+            raise WidthlabError(f"chunk has {x.shape[1]} units, earlier chunks had {len(self._shift)}")
+        rows = len(x)
+        if rows == 0:
+            return self
+        self._positive += (x > 0).sum(0)
+        y = x - self._shift  # (rows, C): exactly 0 for a unit that never changes
+        mean_b = y.mean(0)
+        dev = y - mean_b
+        m2_b = dev.T @ dev
+        delta = mean_b - self._mean
+        total = self.n + rows
+        self._m2 += m2_b + torch.outer(delta, delta) * (self.n * rows / total)
+        self._mean += delta * (rows / total)
+        self.n = total
+        return self
+
+    def _check(self) -> None:
+        if self.n == 0:
+            raise WidthlabError("no rows were accumulated; redundancy needs at least one row")
+
+    @property
+    def n_units(self) -> int:
+        self._check()
+        return len(self._shift)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(C,) per-unit mean."""
+        self._check()
+        return self._shift + self._mean
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """(C, C) covariance with ddof = 1 as `np.cov` (all zeros for a single row)."""
+        self._check()
+        return self._m2 / max(self.n - 1, 1)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """(C,) per-unit standard deviation (ddof = 1)."""
+        return self.cov.diagonal().clamp(min=0).sqrt()
+
+    @property
+    def positive(self) -> torch.Tensor:
+        """(C,) number of rows on which each unit is > 0."""
+        self._check()
+        return self._positive
+
+
+def as_matrix(acts: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """`acts` as a float64 (rows, units) tensor, or a WidthlabError for any other shape or non-finite values."""
+    x = torch.as_tensor(acts).detach()
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise WidthlabError(f"activations must be a 2-D (rows, units) matrix with rows and units, "
+                            f"got shape {tuple(x.shape)}")
+    x = x.to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise WidthlabError("activations contain NaN or inf")
+    return x
+
+
+def _check_fraction(name: str, value: float, low_open: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        (0 < value <= 1) if low_open else (0 <= value <= 1))
+    if not ok:
+        raise WidthlabError(f"{name} must be a number in {'(0' if low_open else '[0'}, 1], got {value!r}")
+    return float(value)
+
+
+def _pcs(cov: np.ndarray, energy: float) -> int:
+    eig = np.clip(np.linalg.eigvalsh(cov), 0.0, None)[::-1]  # (C,) descending
+    total = eig.sum()
+    if total <= 0:
+        return 0
+    share = np.cumsum(eig) / total
+    return min(int(np.searchsorted(share, energy - ENERGY_SLACK)) + 1, len(eig))
+
+
+def _flat(std: np.ndarray) -> np.ndarray:
+    """(C,) bool: std <= FLAT_RTOL x the largest std (every unit when that is 0)."""
+    top = std.max()
+    return np.ones_like(std, dtype=bool) if top == 0 else std <= FLAT_RTOL * top
+
+
+def _abs_r(cov: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """(live, live) |Pearson r| among the non-flat units."""
+    sub = cov[np.ix_(live, live)]
+    std = np.sqrt(np.diag(sub))
+    return np.clip(np.abs(sub / np.outer(std, std)), 0.0, 1.0)
+
+
+def _similar_counts(abs_r: np.ndarray, threshold: float) -> np.ndarray:
+    """(live,) number of other units with |r| >= threshold."""
+    similar = abs_r >= threshold
+    np.fill_diagonal(similar, False)
+    return similar.sum(1)
+
+
+def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold: float = 0.5,
+                            bins: int = 50) -> dict:
+    """Every DESIGN §1 redundancy number of a layer from its accumulated `Moments`.
+
+    Args:
+        energy: share of variance the leading components must hold (default 0.95).
+        threshold: |r| at or above which two units are similar (default 0.5).
+        bins: bins of the |r| histogram on [0, 1] (default 50).
+
+    Returns a dict: ``n_units``, ``pcs_needed``, ``compressibility``, ``similarity``, ``similarity_live``,
+    ``similar_fraction``, ``silent_fraction``, ``constant_fraction``, ``abs_r_counts`` ((bins,) int counts over
+    the pairs i < j of non-flat units) and ``abs_r_edges`` ((bins + 1,) bin edges).
+
+    Example: ``redundancy_from_moments(Moments().update(chunk1).update(chunk2))["pcs_needed"]``
+    """
+    energy = _check_fraction("energy", energy, low_open=True)
+    threshold = _check_fraction("threshold", threshold, low_open=False)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise WidthlabError(f"bins must be a positive integer, got {bins!r}")
+    cov = moments.cov.cpu().numpy()
+    units = len(cov)
+    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    flat = _flat(std)
+    live = np.flatnonzero(~flat)
+    abs_r = _abs_r(cov, live)
+    counts = _similar_counts(abs_r, threshold)
+    similarity_value = counts.sum() / units
+    pairs = abs_r[np.triu_indices(len(live), 1)]
+    hist, edges = np.histogram(pairs, bins=bins, range=(0.0, 1.0))
+    if len(live):
+        constant = std <= CONSTANT_RTOL * np.median(std[live])
+    else:
+        constant = np.ones(units, dtype=bool)
+    pcs = _pcs(cov, energy)
+    return {
+        "n_units": units,
+        "pcs_needed": pcs,
+        "compressibility": 1.0 - pcs / units,
+        "similarity": float(similarity_value),
+        "similarity_live": float(counts.sum() / len(live)) if len(live) else 0.0,
+        "similar_fraction": float(similarity_value / (units - 1)) if units > 1 else 0.0,
+        "silent_fraction": float((moments.positive.cpu().numpy() < SILENT_SHARE * moments.n).mean()),
+        "constant_fraction": float(constant.mean()),
+        "abs_r_counts": hist.astype(np.int64),
+        "abs_r_edges": edges,
+    }
+
+
+def pcs_needed(acts: torch.Tensor | np.ndarray, energy: float = 0.95) -> int:
+    """The number of principal components holding a share `energy` of the variance (0 when there is none).
+
+    Args:
+        acts: (rows, units) activations, tensor or ndarray.
+        energy: share of the total variance in (0, 1] (default 0.95).
+
+    Example: ``pcs_needed(torch.randn(2000, 3) @ torch.randn(3, 20), energy=0.9999) == 3``
+    """
+    energy = _check_fraction("energy", energy, low_open=True)
+    return _pcs(Moments.of(acts).cov.cpu().numpy(), energy)
+
+
+def compressibility(acts: torch.Tensor | np.ndarray, energy: float = 0.95) -> float:
+    """1 − pcs_needed / units: the share of units a linear compression to `energy` of the variance saves.
+
+    Args:
+        acts: (rows, units) activations, tensor or ndarray.
+        energy: share of the total variance in (0, 1] (default 0.95).
+
+    Example: ``compressibility(torch.randn(2000, 3) @ torch.randn(3, 20), energy=0.9999) == 1 - 3 / 20``
+    """
+    return 1.0 - pcs_needed(acts, energy) / as_matrix(acts).shape[1]
+
+
+def similarity(acts: torch.Tensor | np.ndarray, threshold: float = 0.5) -> float:
+    """The mean over all units of the number of other units with |Pearson r| >= `threshold`.
+
+    Flat units (std <= 1e-6 x the layer's largest std) count 0 and are counted by nobody; never NaN.
+
+    Args:
+        acts: (rows, units) activations, tensor or ndarray.
+        threshold: |r| in [0, 1] at or above which two units are similar (default 0.5).
+
+    Example: ``similarity(np.stack([a, a, -a, b], 1)) == 1.5`` for independent noise vectors a and b.
+    """
+    threshold = _check_fraction("threshold", threshold, low_open=False)
+    cov = Moments.of(acts).cov.cpu().numpy()
+    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    counts = _similar_counts(_abs_r(cov, np.flatnonzero(~_flat(std))), threshold)
+    return float(counts.sum() / len(cov))
+
+
+def redundancy(acts: torch.Tensor | np.ndarray, *, energy: float = 0.95, threshold: float = 0.5,
+               bins: int = 50) -> dict:
+    """Every DESIGN §1 redundancy number of one (rows, units) activation matrix.
+
+    Args:
+        acts: (rows, units) activations, tensor or ndarray.
+        energy: share of variance for `pcs_needed` / `compressibility` (default 0.95).
+        threshold: |r| for `similarity` (default 0.5).
+        bins: bins of the |r| histogram on [0, 1] (default 50).
+
+    Returns the dict of `redundancy_from_moments`.
+
+    Example: ``redundancy(capture(model, x, "relu1")["relu1"])["similarity"]``
+    """
+    return redundancy_from_moments(Moments.of(acts), energy=energy, threshold=threshold, bins=bins)

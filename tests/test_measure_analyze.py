@@ -1,0 +1,140 @@
+"""`analyze`: the long-format DataFrame, streaming redundancy, row subsampling and default layers."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import widthlab.measure
+from widthlab.errors import WidthlabError
+from widthlab.measure import analyze, capture, perturbation_curve, redundancy
+from widthlab.measure.analyze import COLUMNS, REDUNDANCY_METRICS, _draw_rows
+from widthlab.models import create_model
+
+LEVELS = [0.0, 0.5, 1.0]
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(6 * 8 * 8, 5))
+
+
+@pytest.fixture
+def images():
+    return torch.randn(12, 3, 8, 8, generator=gen(1))
+
+
+def values(frame, **where):
+    for key, value in where.items():
+        frame = frame[frame[key] == value]
+    return frame["value"].to_numpy()
+
+
+def test_columns_and_row_counts(images):
+    labels = torch.randint(0, 5, (12,), generator=gen(2))
+    frame = analyze(conv_net(), images, labels=labels, perturbations=("zero", "mean"), levels=LEVELS, samplings=2,
+                    batch_size=5)
+    assert list(frame.columns) == COLUMNS
+    assert sorted(frame.layer.unique()) == ["1", "3", "all"]  # ReLU-like modules by default, plus the joint scope
+    redundancy_rows = frame[frame.perturbation == ""]
+    assert len(redundancy_rows) == 2 * (len(REDUNDANCY_METRICS) + 50)  # two layers, sampling 0 only
+    assert redundancy_rows.loc[redundancy_rows.metric != "abs_r_count", "level"].isna().all()
+    robustness_rows = frame[frame.perturbation != ""]
+    assert len(robustness_rows) == 2 * 3 * 2 * (1 + 2 * len(LEVELS))  # perturbations × scopes × samplings × rows
+    assert set(robustness_rows.metric) == {"auc", "unchanged", "accuracy"}
+    assert robustness_rows.loc[robustness_rows.metric == "auc", "level"].isna().all()
+    assert frame.sampling.dtype.kind == "i" and frame.level.dtype.kind == "f"
+
+
+def test_conv_units_are_channels_and_redundancy_streams_the_captured_rows(images):
+    model = conv_net()
+    frame = analyze(model, images, layers=["1", "3"], levels=LEVELS, samplings=1, batch_size=5)
+    assert values(frame, layer="1", metric="n_units") == [4] and values(frame, layer="3", metric="n_units") == [6]
+    acts = capture(model, images, "3")["3"]
+    assert acts.shape == (12 * 64, 6)
+    expected = redundancy(acts)
+    for metric in REDUNDANCY_METRICS:
+        assert values(frame, layer="3", metric=metric)[0] == pytest.approx(expected[metric])
+    np.testing.assert_array_equal(values(frame, layer="3", metric="abs_r_count"), expected["abs_r_counts"])
+    centres = frame[(frame.layer == "3") & (frame.metric == "abs_r_count")].level.to_numpy()
+    np.testing.assert_allclose(centres, (np.arange(50) + 0.5) / 50)
+
+
+def test_curves_match_perturbation_curve_and_ignore_other_layers(images):
+    model = conv_net()
+    both = analyze(model, images, layers=["1", "3"], levels=LEVELS, samplings=2)
+    one = analyze(model, images, layers=["1"], levels=LEVELS, samplings=2)
+    assert "all" not in set(one.layer)  # with one layer the joint scope would repeat it
+    pd.testing.assert_frame_equal(both[both.layer == "1"].reset_index(drop=True),
+                                  one[one.layer == "1"].reset_index(drop=True))
+    curve = perturbation_curve(model, images, "all", layers=["1", "3"], levels=LEVELS, samplings=2)
+    np.testing.assert_array_equal(values(both, layer="all", metric="unchanged", sampling=1), curve.unchanged[1])
+    np.testing.assert_array_equal(values(both, layer="all", metric="auc"), curve.auc)
+
+
+def test_max_rows_draws_rows_per_sampling(images):
+    model = conv_net()
+    frame = analyze(model, images, layers=["1"], perturbations=(), samplings=3, max_rows=100, batch_size=5)
+    acts = capture(model, images, "1")["1"]  # (768, 4)
+    for s in range(3):
+        expected = redundancy(acts[torch.as_tensor(_draw_rows(0, "1", s, len(acts), 100))])
+        assert values(frame, metric="similarity", sampling=s)[0] == pytest.approx(expected["similarity"])
+        np.testing.assert_array_equal(values(frame, metric="abs_r_count", sampling=s), expected["abs_r_counts"])
+    assert not np.array_equal(values(frame, metric="abs_r_count", sampling=0),
+                              values(frame, metric="abs_r_count", sampling=1))
+    everything = analyze(model, images, layers=["1"], perturbations=(), samplings=2, max_rows=10_000)
+    unlimited = analyze(model, images, layers=["1"], perturbations=())
+    for s in range(2):
+        np.testing.assert_allclose(values(everything, sampling=s), values(unlimited, sampling=0))
+
+
+def test_mlp_defaults_and_dataset_labels():
+    model = create_model("mlp", 0.25, init="normal", sigma=0.3, input_dim=10, seed=0)
+    x, y = torch.randn(80, 10, generator=gen(3)), torch.randint(0, 2, (80,), generator=gen(4))
+    frame = analyze(model, TensorDataset(x, y), levels=LEVELS, samplings=1)
+    assert set(frame.layer) == {"relu1"}  # model.unit_layers
+    assert len(values(frame, metric="accuracy")) == len(LEVELS)
+    assert values(frame, metric="n_units") == [32]
+
+
+class SharedRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.shared, self.once = nn.ReLU(), nn.GELU()
+
+    def forward(self, x):
+        return self.fc3(self.once(self.fc2(self.shared(self.fc1(self.shared(x))))))
+
+
+def test_default_layers_skip_modules_that_run_twice():
+    frame = analyze(SharedRelu(), torch.randn(30, 4, generator=gen(5)), levels=LEVELS, samplings=1)
+    assert set(frame.layer) == {"once"}
+
+
+def test_bad_arguments_fail_before_measuring(images):
+    with pytest.raises(WidthlabError, match="implemented"):
+        analyze(conv_net(), images, perturbations=("zero", "bogus"))
+    with pytest.raises(WidthlabError, match="'9'"):
+        analyze(conv_net(), images, layers=["9"])
+    with pytest.raises(WidthlabError, match="max_rows"):
+        analyze(conv_net(), images, max_rows=0)
+
+
+def test_measure_imports_no_train_study_or_report():
+    for path in Path(widthlab.measure.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("widthlab.train", "widthlab.study", "widthlab.report")), (path, name)
