@@ -1,0 +1,278 @@
+"""The verdict: did robustness and redundancy grow with width? (DESIGN.md §2 "Verdict").
+
+Works on the study store's plain DataFrames (`runs`, `metrics`); knows nothing of how they were made.
+
+Choices where DESIGN.md is silent (also stated in the docstrings below):
+- a run's value is the mean over its unit layers (never the joint scope "all") of each layer's mean over
+  samplings, so a layer measured with more samplings does not weigh more;
+- the bootstrap interval is the percentile interval (2.5%, 97.5%) of the resampled slopes; each
+  (variant, metric) draws from its own stream, `numpy_generator(seed, variant, metric)`, so a slope's interval
+  does not depend on which other variants or metrics are in the table;
+- resampling runs is chosen when some width has at least two done runs; a width left with a single run
+  (the others failed or diverged) then contributes that run to every resample unchanged;
+- resampling layers (one replicate per width) draws the same layers for every run, i.e. it bootstraps the
+  trend over the population of layers (the slope of the layer mean is the mean of the per-layer slopes);
+- no interval can be drawn (method "none": NaN interval, trend "flat", point slope still reported) when
+  there are fewer than two widths, or one replicate per width and fewer than two layers (accuracy has no
+  layers, so single-replicate accuracy is always "none").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from widthlab.errors import WidthlabError
+from widthlab.seeding import numpy_generator
+
+RUN_COLUMNS = ("run_id", "variant", "width", "replicate", "status")
+METRIC_COLUMNS = ("run_id", "layer", "metric", "perturbation", "sampling", "value")
+# What each run-level quantity is made of: (metric name in `metrics`, its perturbation).
+LAYER_QUANTITIES = {
+    "robustness": ("auc", "zero"),
+    "compressibility": ("compressibility", ""),
+    "similarity": ("similarity", ""),
+    "similar_fraction": ("similar_fraction", ""),
+}
+RUN_LEVEL_METRICS = ("accuracy", *LAYER_QUANTITIES)
+VERDICT_COLUMNS = ("variant", "metric", "slope", "ci_low", "ci_high", "trend", "n_runs", "method")
+HYPOTHESIS_METRICS = ("robustness", "compressibility", "similarity")
+JOINT_SCOPE = "all"
+
+
+def _require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise WidthlabError(f"the {name} table lacks columns {missing}; it needs {list(columns)}")
+
+
+def done_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose status is "done" (the only ones figures and the verdict count).
+
+    Args:
+        runs: the study's runs table (run_id, variant, width, replicate, status, test_acc, ...).
+
+    Example: ``done_runs(results.runs)``.
+    """
+    _require_columns(runs, RUN_COLUMNS, "runs")
+    done = runs[runs["status"] == "done"]
+    bad = done.loc[~(done["width"].astype(float) > 0), "width"]
+    if len(bad):
+        raise WidthlabError(f"width must be > 0 to be placed on a log2 axis; got {sorted(set(bad))}")
+    return done.reset_index(drop=True)
+
+
+def layer_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer values of each done run, averaged over samplings (unit layers only, never "all").
+
+    Args:
+        runs: the runs table; only status "done" rows are kept.
+        metrics: the metrics table (run_id, layer, metric, perturbation, sampling, value, ...).
+
+    Returns a long DataFrame with columns run_id, variant, width, replicate, layer, metric, value, where
+    metric is one of robustness (the "zero" ablation AUC), compressibility, similarity, similar_fraction.
+
+    Example: ``layer_level(runs, metrics).query("metric == 'robustness'")``.
+    """
+    done = done_runs(runs)
+    _require_columns(metrics, METRIC_COLUMNS, "metrics")
+    rows = metrics[metrics["run_id"].isin(done["run_id"]) & (metrics["layer"] != JOINT_SCOPE)]
+    parts = []
+    for name, (metric, perturbation) in LAYER_QUANTITIES.items():
+        chosen = rows[(rows["metric"] == metric) & (rows["perturbation"].fillna("") == perturbation)]
+        per_layer = chosen.groupby(["run_id", "layer"], as_index=False)["value"].mean()
+        parts.append(per_layer.assign(metric=name))
+    long = pd.concat(parts, ignore_index=True)
+    keys = done[["run_id", "variant", "width", "replicate"]]
+    columns = ["run_id", "variant", "width", "replicate", "layer", "metric", "value"]
+    return keys.merge(long, on="run_id", how="inner")[columns]
+
+
+def run_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per done run: its accuracy and its layer-averaged robustness and redundancy.
+
+    accuracy = test_acc; robustness = mean over unit layers of the "zero" ablation AUC; compressibility,
+    similarity and similar_fraction = means over unit layers. Each layer is first averaged over its samplings.
+    The joint scope "all" is excluded. A quantity a run never measured is NaN.
+
+    Args:
+        runs: the runs table; only status "done" rows are kept.
+        metrics: the metrics table.
+
+    Example: ``run_level(runs, metrics).groupby("width")["robustness"].mean()``.
+    """
+    done = done_runs(runs)
+    per_layer = layer_level(runs, metrics)
+    wide = per_layer.pivot_table(index="run_id", columns="metric", values="value", aggfunc="mean")
+    out = done[["run_id", "variant", "width", "replicate"]].copy()
+    out["width"] = out["width"].astype(float)
+    out["accuracy"] = done["test_acc"].astype(float) if "test_acc" in done else np.nan
+    for name in LAYER_QUANTITIES:
+        column = wide[name] if name in wide.columns else pd.Series(dtype=float)
+        out[name] = out["run_id"].map(column).astype(float)
+    return out
+
+
+def _ols_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slopes of each column of y (n, B) on x (n,), ignoring NaN entries of that column.
+
+    A column with fewer than two distinct x among its finite entries gives NaN.
+    """
+    valid = np.isfinite(y)  # (n, B)
+    weight = valid.astype(float)
+    y0 = np.where(valid, y, 0.0)
+    count = weight.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x_mean = (weight * x[:, None]).sum(axis=0) / count  # (B,)
+        dx = (x[:, None] - x_mean) * weight  # (n, B)
+        sxx = (dx**2).sum(axis=0)
+        slopes = (dx * y0).sum(axis=0) / sxx
+    # Equal x can leave a rounding-sized sxx (the mean of n equal floats need not be exact); distinct
+    # log2 widths give sxx far above the threshold.
+    return np.where(sxx > 1e-12, slopes, np.nan)
+
+
+def _resample_runs(x: np.ndarray, y: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap slopes, resampling runs with replacement within each width."""
+    index = np.empty((resamples, len(x)), dtype=np.int64)
+    for width in np.unique(x):
+        members = np.flatnonzero(x == width)
+        index[:, members] = rng.choice(members, size=(resamples, len(members)), replace=True)
+    # Runs are only swapped for runs of the same width, so x stays as it is.
+    return _ols_slopes(x, y[index].T)
+
+
+def _resample_layers(x: np.ndarray, table: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap slopes, resampling layers (the same draw for every run) of a (runs, layers) table."""
+    n_layers = table.shape[1]
+    draws = rng.integers(0, n_layers, size=(resamples, n_layers))
+    counts = np.stack([np.bincount(d, minlength=n_layers) for d in draws]).astype(float)  # (B, L)
+    present = np.isfinite(table)
+    total = np.where(present, table, 0.0) @ counts.T  # (runs, B)
+    n_present = present.astype(float) @ counts.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(n_present > 0, total / n_present, np.nan)
+    return _ols_slopes(x, y)
+
+
+def _trend(ci_low: float, ci_high: float) -> str:
+    if ci_low > 0:
+        return "up"
+    if ci_high < 0:
+        return "down"
+    return "flat"
+
+
+def _one_verdict(
+    variant: str,
+    metric: str,
+    levels: pd.DataFrame,
+    layers: pd.DataFrame,
+    resamples: int,
+    seed: int,
+) -> dict:
+    """The verdict row of one variant and metric (see the module docstring for the choices)."""
+    levels = levels[np.isfinite(levels[metric])]
+    x = np.log2(levels["width"].to_numpy(float))
+    y = levels[metric].to_numpy(float)
+    slope = float(_ols_slopes(x, y[:, None])[0]) if len(x) else np.nan
+    row = dict(variant=variant, metric=metric, slope=slope, ci_low=np.nan, ci_high=np.nan,
+               trend="flat", n_runs=len(levels), method="none")
+    if np.isnan(slope):
+        return row
+    rng = numpy_generator(seed, "verdict", variant, metric)
+    if levels.groupby("width").size().max() >= 2:
+        slopes = _resample_runs(x, y, resamples, rng)
+        row["method"] = "runs"
+    else:
+        table = (
+            layers[layers["metric"] == metric]
+            .pivot_table(index="run_id", columns="layer", values="value", aggfunc="mean")
+            .reindex(levels["run_id"])
+            .to_numpy(float)
+        )
+        if table.shape[1] < 2:
+            return row
+        slopes = _resample_layers(x, table, resamples, rng)
+        row["method"] = "layers"
+    ci_low, ci_high = np.nanquantile(slopes, [0.025, 0.975])
+    row.update(ci_low=float(ci_low), ci_high=float(ci_high), trend=_trend(ci_low, ci_high))
+    return row
+
+
+def verdict(
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    *,
+    metrics_: Sequence[str] = ("accuracy", "robustness", "compressibility", "similarity"),
+    resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Slope of each metric on log2(width) per variant, with a bootstrap 95% interval and a trend label.
+
+    slope = least squares of the run-level value (`run_level`) on log2(width) over the variant's done runs,
+    i.e. the change per doubling of width. The interval resamples runs within each width ("runs"), or, with
+    one replicate per width, the unit layers ("layers"); with neither possible it is NaN ("none").
+    trend = "up" if ci_low > 0, "down" if ci_high < 0, else "flat" (also whenever the slope or interval is NaN,
+    e.g. fewer than two widths).
+
+    Args:
+        runs: the runs table; only status "done" rows count.
+        metrics: the metrics table.
+        metrics_: which run-level quantities to judge (default accuracy, robustness, compressibility,
+            similarity; similar_fraction is also available).
+        resamples: bootstrap resamples (default 1000).
+        seed: bootstrap seed (default 0); each (variant, metric) uses its own derived NumPy stream.
+
+    Returns a DataFrame with columns variant, metric, slope, ci_low, ci_high, trend, n_runs, method.
+
+    Example: ``verdict(results.runs, results.metrics).query("trend == 'up'")``.
+    """
+    unknown = [m for m in metrics_ if m not in RUN_LEVEL_METRICS]
+    if unknown:
+        raise WidthlabError(f"unknown verdict metric(s) {unknown}; valid: {list(RUN_LEVEL_METRICS)}")
+    if resamples < 1:
+        raise WidthlabError(f"resamples must be >= 1; got {resamples}")
+    levels = run_level(runs, metrics)
+    layers = layer_level(runs, metrics)
+    rows = [
+        _one_verdict(variant, metric, levels[levels["variant"] == variant],
+                     layers[layers["variant"] == variant], resamples, seed)
+        for variant in pd.unique(levels["variant"])
+        for metric in metrics_
+    ]
+    table = pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+    return table.astype({"slope": float, "ci_low": float, "ci_high": float, "n_runs": int})
+
+
+def hypothesis(verdict_df: pd.DataFrame) -> pd.DataFrame:
+    """Whether the robustness-redundancy hypothesis holds for each variant of a verdict table.
+
+    It holds when accuracy is not "down" and robustness, compressibility or similarity is "up". A variant
+    whose verdict lacks accuracy does not hold (nothing shows that accuracy did not fall).
+
+    Args:
+        verdict_df: the output of `verdict`.
+
+    Returns a DataFrame with columns variant, holds (bool), reason (str).
+
+    Example: ``hypothesis(verdict(runs, metrics))``.
+    """
+    _require_columns(verdict_df, ("variant", "metric", "trend"), "verdict")
+    rows = []
+    for variant, group in verdict_df.groupby("variant", sort=False):
+        trends = dict(zip(group["metric"], group["trend"]))
+        grown = [m for m in HYPOTHESIS_METRICS if trends.get(m) == "up"]
+        judged = ", ".join(f"{m} {trends[m]}" for m in HYPOTHESIS_METRICS if m in trends) or "none judged"
+        if "accuracy" not in trends:
+            holds, reason = False, "accuracy was not judged"
+        elif trends["accuracy"] == "down":
+            holds, reason = False, f"accuracy down ({judged})"
+        elif not grown:
+            holds, reason = False, f"accuracy {trends['accuracy']}, but nothing up ({judged})"
+        else:
+            holds, reason = True, f"accuracy {trends['accuracy']}; {', '.join(grown)} up"
+        rows.append(dict(variant=variant, holds=holds, reason=reason))
+    return pd.DataFrame(rows, columns=["variant", "holds", "reason"]).astype({"holds": bool})
