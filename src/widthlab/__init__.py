@@ -1,0 +1,32 @@
+"""widthlab: how wide networks stay accurate, measured: robustness and redundancy versus width.
+
+Public API (DESIGN.md §3): models (`create_model`, `list_models`), data (`load_data`), measurement
+(`capture`, `pcs_needed`, `compressibility`, `similarity`, `redundancy`, `perturbation_curve`,
+`ablation_curve`, `robustness_auc`, `analyze`) and studies (`run_study`, `load_results`).
+"""
+
+from widthlab.data import Splits, load_data
+from widthlab.errors import WidthlabError
+from widthlab.measure import (
+    Curve,
+    ablation_curve,
+    analyze,
+    capture,
+    compressibility,
+    pcs_needed,
+    perturbation_curve,
+    redundancy,
+    robustness_auc,
+    similarity,
+)
+from widthlab.models import create_model, list_models
+from widthlab.study import Results, load_results, run_study
+from widthlab.train import TrainConfig, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Curve", "Results", "Splits", "TrainConfig", "WidthlabError", "ablation_curve", "analyze", "capture",
+    "compressibility", "create_model", "fit", "list_models", "load_data", "load_results", "pcs_needed",
+    "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity",
+]

@@ -1,0 +1,137 @@
+"""End to end: a small MLP width study through the Python API and the CLI."""
+
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from widthlab import load_results, run_study
+from widthlab.cli import main
+from widthlab.study.config import load_config
+
+SMALL = ["grid.widths=[0.25, 1]", "grid.replicates=2", "train.epochs=4", "data.n_train=200", "data.n_val=100",
+         "data.n_test=150", "measure.samplings=2", "measure.levels=6",
+         "grid.variants={'sigma=0.01': {model: {sigma: 0.01}}, 'sigma=0.1': {model: {sigma: 0.1}}}"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    run_study(load_config("mlp-10d", SMALL), out, progress=False)
+    return out
+
+
+def test_study_stores_every_run_and_metric(study):
+    res = load_results(study)
+    assert len(res.runs) == 8 and set(res.runs["status"]) == {"done"}
+    assert res.runs["test_acc"].between(0, 1).all()
+    m = res.metrics
+    assert set(m["width"]) == {0.25, 1.0} and set(m["variant"]) == {"sigma=0.01", "sigma=0.1"}
+    for metric in ("compressibility", "similarity", "pcs_needed", "auc", "unchanged", "accuracy"):
+        assert metric in set(m["metric"]), metric
+    auc = m.query("metric == 'auc' and perturbation == 'zero' and layer == 'relu1'")
+    assert len(auc) == 8 * 2 and auc["value"].between(0, 1).all()
+    curve = m.query("metric == 'unchanged' and perturbation == 'zero' and layer == 'relu1'")
+    assert (curve.query("level == 0")["value"] == 1.0).all()
+    assert sorted(curve["level"].unique()) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    hidden = m.query("metric == 'n_units'").groupby("width")["value"].first()
+    assert hidden.to_dict() == {0.25: 32, 1.0: 128}
+
+
+def test_study_writes_report_and_csv(study):
+    for name in ("accuracy", "robustness", "compressibility", "similarity", "ablation_curves"):
+        assert (study / "figures" / f"{name}.png").stat().st_size > 1000
+    summary = (study / "summary.md").read_text()
+    assert "sigma=0.1" in summary and "hypothesis" in summary.lower()
+    assert len(pd.read_csv(study / "runs.csv")) == 8
+    assert (study / "config.yaml").is_file() and (study / "widthlab.log").is_file()
+
+
+def test_rerun_skips_finished_runs(study):
+    before = load_results(study)
+    run_study(load_config("mlp-10d", SMALL), study, progress=False)
+    after = load_results(study)
+    pd.testing.assert_frame_equal(before.runs, after.runs)
+    pd.testing.assert_frame_equal(before.metrics, after.metrics)
+
+
+def test_same_config_and_seed_give_the_same_numbers(study, tmp_path):
+    cfg = load_config("mlp-10d", SMALL + ["grid.variants={'sigma=0.1': {model: {sigma: 0.1}}}"])
+    run_study(cfg, tmp_path, progress=False, report=False)
+    fresh = load_results(tmp_path).metrics.drop(columns="run_id")
+    old = load_results(study).metrics.query("variant == 'sigma=0.1'").drop(columns="run_id")
+    key = ["width", "replicate", "layer", "metric", "perturbation", "level", "sampling"]
+    merged = old.merge(fresh, on=key + ["variant"], suffixes=("_a", "_b"))
+    assert len(merged) == len(fresh) > 0
+    assert ((merged["value_a"] == merged["value_b"]) | (merged["value_a"].isna() & merged["value_b"].isna())).all()
+
+
+def test_a_changed_grid_in_the_same_directory_is_refused(study):
+    with pytest.raises(Exception, match="different configuration"):
+        run_study(load_config("mlp-10d", SMALL + ["train.epochs=5"]), study, progress=False)
+
+
+def test_cli_run_dry_run_lists_the_grid(capsys):
+    assert main(["run", "mlp-10d", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "45 runs" in out and "sigma=0.001-w0.25-r0" in out
+
+
+def test_cli_run_and_report(tmp_path, capsys):
+    args = ["run", "mlp-10d", "--out", str(tmp_path), "--quiet"] + [a for s in SMALL[:-1] for a in ("--set", s)]
+    args += ["--set", "grid.variants={only: {}}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "compressibility" in out and "summary:" in out
+    (tmp_path / "summary.md").unlink()
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "summary.md").is_file()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["run", "mlp-10d", "--set", "grid.widths=[0]"], "width must be a positive number"),
+    (["run", "nosuchpreset"], "neither a preset"),
+    (["run", "mlp-10d", "--set", "model.name=foo"], "unknown model 'foo'"),
+    (["report", "/nonexistent/dir"], "does not exist"),
+])
+def test_cli_user_errors_exit_2_with_one_line(args, match):
+    proc = subprocess.run([sys.executable, "-m", "widthlab.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("widthlab: error:") and __import__("re").search(match, lines[0])
+
+
+def test_cli_bad_flag_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "widthlab.cli", "run", "mlp-10d", "--device", "tpu"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_user_model_and_data_by_module_function(tmp_path, monkeypatch):
+    (tmp_path / "user_study_mod.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "from widthlab.data import ArrayDataset, Splits\n"
+        "def build(width=1.0, num_classes=2):\n"
+        "    m = nn.Sequential(nn.Linear(3, max(1, round(6 * width))), nn.ReLU(), nn.Linear(max(1, round(6 * width)), num_classes))\n"
+        "    m.unit_layers = ['1']\n"
+        "    return m\n"
+        "def data(seed=0, root=None):\n"
+        "    g = torch.Generator().manual_seed(seed)\n"
+        "    parts = []\n"
+        "    for n in (60, 30, 30):\n"
+        "        x = torch.randn(n, 3, generator=g)\n"
+        "        parts.append(ArrayDataset(x, (x[:, 0] > 0).long()))\n"
+        "    return Splits(*parts, num_classes=2, input_shape=(3,))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config({"name": "user", "data": {"name": "user_study_mod:data"},
+                       "model": {"name": "user_study_mod:build"}, "train": {"epochs": 2},
+                       "measure": {"samplings": 1}, "grid": {"widths": [1, 2], "replicates": 1}})
+    run_study(cfg, tmp_path / "out", progress=False, report=False)
+    res = load_results(tmp_path / "out")
+    assert set(res.runs["status"]) == {"done"}
+    assert set(res.metrics.query("metric == 'n_units'")["value"]) == {6, 12}
+    assert not math.isnan(res.metrics.query("metric == 'auc'")["value"].iloc[0])
