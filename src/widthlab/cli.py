@@ -37,13 +37,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_report(out: Path) -> None:
-    from widthlab.report import format_verdict_table, verdict
+    from widthlab.report import format_verdict_table, hypothesis, verdict
     from widthlab.study.store import load_results
 
     results = load_results(out)
     counts = results.runs["status"].value_counts().to_dict()
     print(f"runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
-    print(format_verdict_table(verdict(results.runs, results.metrics)))
+    table = verdict(results.runs, results.metrics)
+    print(format_verdict_table(table))
+    for row in hypothesis(table).itertuples(index=False):
+        print(f"hypothesis {'holds' if row.holds else 'does not hold'} for {row.variant}: {row.reason}")
     print(f"summary: {out / 'summary.md'}\nfigures: {out / 'figures'}\nstore:   {out / 'widthlab.sqlite'}")
 
 

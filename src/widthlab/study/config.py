@@ -17,9 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from widthlab.errors import WidthlabError
+from widthlab.measure.robustness import PERTURBATIONS
 from widthlab.train.config import TrainConfig
 
-PERTURBATIONS = ("zero", "mean", "targeted", "act_noise", "weight_noise", "weight_knockout")
 
 
 class _Strict(BaseModel):
@@ -97,7 +97,7 @@ class MeasureSpec(_Strict):
     def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         bad = [p for p in value if p not in PERTURBATIONS]
         if bad:
-            raise ValueError(f"unknown perturbation(s) {bad}; valid: {', '.join(PERTURBATIONS)}")
+            raise ValueError(f"unknown perturbation(s) {bad}; implemented: {', '.join(PERTURBATIONS)}")
         if not value:
             raise ValueError("at least one perturbation is needed (robustness is part of every study)")
         return value
