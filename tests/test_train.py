@@ -83,3 +83,20 @@ def test_fit_leaves_global_rng_untouched(splits):
     model = create_model("mlp", 0.25, seed=0)  # seeded construction keeps the global RNG too
     fit(model, splits, TrainConfig(epochs=1))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_augmentation_applies_to_training_batches_only(splits):
+    from dataclasses import replace
+
+    seen = []
+
+    def augment(x, generator):
+        seen.append(len(x))
+        return x + 0.01 * torch.randn(x.shape, generator=generator)
+
+    model = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    result = fit(model, replace(splits, augment=augment), TrainConfig(epochs=2, batch_size=100))
+    assert seen == [100] * 8  # 400 training rows, 2 epochs; evaluation never augments
+    again = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    fit(again, replace(splits, augment=augment), TrainConfig(epochs=2, batch_size=100))
+    assert torch.equal(model.fc1.weight, again.fc1.weight) and result.status == "done"

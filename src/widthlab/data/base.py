@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,13 +27,19 @@ class ArrayDataset(Dataset):
 
 @dataclass(frozen=True)
 class Splits:
-    """Train / validation / test splits of one data set; `num_classes` and `input_shape` describe it."""
+    """Train / validation / test splits of one data set; `num_classes` and `input_shape` describe it.
+
+    `augment`, when set, is the training augmentation as a batched tensor op: ``augment(x, generator) -> x``
+    on a training batch (B, ...), drawing its randomness only from `generator` so runs stay reproducible.
+    Validation and test data are stored already in their evaluation form.
+    """
 
     train: Dataset
     val: Dataset
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def split(self, name: str) -> Dataset:
         """The split called `name` (``train``, ``val`` or ``test``)."""

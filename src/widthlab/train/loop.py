@@ -106,8 +106,11 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig,
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             loss_sum = correct = seen = 0
+            augment_gen = torch_generator(cfg.seed, "augment", epoch)
             for x, y in iterate_batches(splits.train, cfg.effective_batch_size, shuffle=True, seed=cfg.seed,
                                         epoch=epoch, device=device):
+                if splits.augment is not None:
+                    x = splits.augment(x, augment_gen)
                 scores = model(x)
                 loss = loss_fn(scores, y)
                 if not torch.isfinite(loss):
