@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from widthlab.errors import WidthlabError
-from widthlab.models.registry import register_model, scale_width
+from widthlab.models.registry import check_positive_ints, register_model, scale_width
 
 
 class MLP(nn.Module):
@@ -26,7 +25,5 @@ class MLP(nn.Module):
 @register_model
 def mlp(width: float = 1.0, *, input_dim: int = 10, hidden: int = 128, num_classes: int = 2) -> MLP:
     """One-hidden-layer ReLU MLP; 1x = 128 hidden units (paper appendix A)."""
-    for key, value in (("input_dim", input_dim), ("hidden", hidden), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise WidthlabError(f"mlp: {key} must be a positive integer, got {value!r}")
+    check_positive_ints("mlp", input_dim=input_dim, hidden=hidden, num_classes=num_classes)
     return MLP(input_dim, scale_width(hidden, width), num_classes)

@@ -38,6 +38,20 @@ def check_width(width: object) -> float:
     return float(width)
 
 
+def check_positive_ints(family: str, **options: object) -> None:
+    """Raise a WidthlabError naming the first option of model `family` that is not a positive integer."""
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise WidthlabError(f"{family}: {key} must be a positive integer, got {value!r}")
+
+
+def check_probabilities(family: str, **options: object) -> None:
+    """Raise a WidthlabError naming the first option of model `family` outside [0, 1) (e.g. a dropout rate)."""
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise WidthlabError(f"{family}: {key} must be a probability in [0, 1), got {value!r}")
+
+
 def resolve_callable(spec: str, what: str) -> Callable:
     """Import ``module:function`` named by a config (the only way a config runs a user's code)."""
     module_name, _, attr = spec.partition(":")
