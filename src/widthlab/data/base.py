@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+
+from widthlab.errors import WidthlabError
 
 
 class ArrayDataset(Dataset):
@@ -31,7 +35,10 @@ class Splits:
 
     `augment`, when set, is the training augmentation as a batched tensor op: ``augment(x, generator) -> x``
     on a training batch (B, ...), drawing its randomness only from `generator` so runs stay reproducible.
-    Validation and test data are stored already in their evaluation form.
+    Validation and test data are stored already in their evaluation form (shape `input_shape`). `train` is the
+    source that training batches (and `augment`) start from; when that differs from the evaluation form
+    (CIFAR-10 stored at 32×32 for random 28×28 crops, ImageNet decoded with random crops), `train_eval` holds
+    the training examples in evaluation form, and `split("train")` returns it.
     """
 
     train: Dataset
@@ -40,11 +47,32 @@ class Splits:
     num_classes: int
     input_shape: tuple[int, ...]
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    train_eval: Dataset | None = None
 
     def split(self, name: str) -> Dataset:
-        """The split called `name` (``train``, ``val`` or ``test``)."""
+        """The split called `name` (``train``, ``val`` or ``test``) in evaluation form (for accuracy, measuring)."""
         if name not in ("train", "val", "test"):
-            from widthlab.errors import WidthlabError
-
             raise WidthlabError(f"unknown split {name!r}; valid: train, val, test")
+        if name == "train" and self.train_eval is not None:
+            return self.train_eval
         return getattr(self, name)
+
+
+def check_count(dataset: str, key: str, value: object, *, optional: bool = False) -> None:
+    """Raise `WidthlabError` unless `value` is a positive integer (or None when `optional`)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WidthlabError(f"{dataset}: {key} must be a positive integer{' or None' if optional else ''}, "
+                            f"got {value!r}")
+
+
+def require_root(root: str | os.PathLike | None, dataset: str, layout: str) -> Path:
+    """The data folder `root` as a Path; a missing one is a `WidthlabError` that says what to put where."""
+    if root is None:
+        raise WidthlabError(f"{dataset}: no data folder given (pass root=..., set data.root in the config or "
+                            f"$WIDTHLAB_DATA); {layout}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise WidthlabError(f"{dataset}: data folder {path} does not exist; {layout}")
+    return path

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from widthlab.data.base import ArrayDataset, Splits
+from widthlab.data.base import ArrayDataset, Splits, check_count
 from widthlab.data.registry import register_data
-from widthlab.errors import WidthlabError
 from widthlab.seeding import derive_seed, torch_generator
 
 BALANCE_INPUTS = 20_000
@@ -64,8 +63,7 @@ def synthetic(*, seed: int = 0, input_dim: int = 10, n_train: int = 1_000, n_val
         root: ignored (synthetic data needs no folder); accepted so every data set takes the same options.
     """
     for key, value in (("input_dim", input_dim), ("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise WidthlabError(f"synthetic: {key} must be a positive integer, got {value!r}")
+        check_count("synthetic", key, value)
     teacher, _ = make_teacher(input_dim, seed, teacher_width, teacher_init)
     gen = torch_generator(seed, "synthetic", "inputs")
     parts = []
