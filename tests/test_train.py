@@ -100,3 +100,47 @@ def test_augmentation_applies_to_training_batches_only(splits):
     again = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
     fit(again, replace(splits, augment=augment), TrainConfig(epochs=2, batch_size=100))
     assert torch.equal(model.fc1.weight, again.fc1.weight) and result.status == "done"
+
+
+def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(splits, tmp_path):
+    from widthlab.train.checkpoint import load_checkpoint
+
+    cfg = TrainConfig(optimizer="adam", lr=0.01, epochs=6, early_stopping=True)
+    straight = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    expected = fit(straight, splits, cfg)
+
+    path = tmp_path / "run.pt"
+    first = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    fit(first, splits, cfg.model_copy(update={"epochs": 3}), checkpoint=path)  # "crash" after epoch 3
+    state = load_checkpoint(path)
+    state["train_config"] = cfg.model_dump()  # the same run, now asked to go on to epoch 6
+    torch.save(state, path)
+    resumed_model = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    resumed = fit(resumed_model, splits, cfg, checkpoint=path, meta={"model": "mlp"})
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
+    assert resumed.history == expected.history and resumed.best_epoch == expected.best_epoch
+    assert torch.equal(resumed_model.fc1.weight, straight.fc1.weight)
+    assert resumed.test_acc == expected.test_acc
+    final = load_checkpoint(path)
+    assert final["epoch"] == 6 and final["meta"] == {"model": "mlp"} and "torch" in final["versions"]
+
+
+def test_checkpoint_of_another_config_is_refused(splits, tmp_path):
+    from widthlab import WidthlabError
+
+    path = tmp_path / "run.pt"
+    fit(create_model("mlp", 0.25, seed=0), splits, TrainConfig(epochs=1), checkpoint=path)
+    with pytest.raises(WidthlabError, match="another training config"):
+        fit(create_model("mlp", 0.25, seed=0), splits, TrainConfig(epochs=2, lr=0.5), checkpoint=path)
+
+
+def test_non_checkpoint_files_are_clear_errors(tmp_path):
+    from widthlab import WidthlabError
+    from widthlab.train.checkpoint import load_checkpoint
+
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(WidthlabError, match="not a readable torch file"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(WidthlabError, match="not a widthlab checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")

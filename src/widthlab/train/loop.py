@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from widthlab.data.base import Splits
+from widthlab.errors import WidthlabError
 from widthlab.seeding import derive_seed, torch_generator
+from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
 from widthlab.train.config import TrainConfig
 
 
@@ -82,14 +86,17 @@ def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, devi
     return correct / max(total, 1)
 
 
-def fit(model: nn.Module, splits: Splits, cfg: TrainConfig,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
+        *, checkpoint: str | os.PathLike | None = None, meta: dict | None = None) -> FitResult:
     """Train `model` on `splits.train` with cross-entropy and report accuracies on all three splits.
 
     Args:
         model: any classifier returning (N, classes) scores; trained in place (and left on `cfg.device`).
         splits: the data; cfg: hyperparameters (`TrainConfig`).
         on_epoch: called after each epoch with that epoch's history record (progress bars, logging).
+        checkpoint: a file written atomically after every epoch; if it exists, training resumes from it and
+            ends with the same weights as an uninterrupted run (CPU). Default None: no checkpoints.
+        meta: stored in the checkpoint beside the state (e.g. how to rebuild the model for `widthlab analyze`).
 
     Example: ``result = fit(create_model("mlp"), load_data("synthetic"), TrainConfig(epochs=5))``
     """
@@ -99,11 +106,34 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig,
     loss_fn = nn.CrossEntropyLoss()
     result = FitResult(status="done")
     best_val, best_state = -1.0, None
+    first_epoch, elapsed = 1, 0.0
+    resumed = None
+    if checkpoint is not None and Path(checkpoint).is_file():
+        resumed = load_checkpoint(checkpoint)
+        if resumed["train_config"] != cfg.model_dump():
+            raise WidthlabError(f"checkpoint {str(checkpoint)!r} was written with another training config; "
+                                "remove it to start the run afresh")
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        result.history, result.best_epoch = list(resumed["history"]), resumed["best_epoch"]
+        best_val, best_state = resumed["best_val"], resumed["best_state"]
+        first_epoch, elapsed = resumed["epoch"] + 1, resumed["seconds"]
     start = time.perf_counter()
+    provenance = {"versions": package_versions(), "git_revision": git_revision()} if checkpoint else {}
+
+    def save(epoch: int) -> None:
+        save_checkpoint(checkpoint, {
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "history": result.history, "best_epoch": result.best_epoch, "best_val": best_val,
+            "best_state": best_state, "rng": torch.get_rng_state(), "train_config": cfg.model_dump(),
+            "seconds": elapsed + time.perf_counter() - start, "meta": meta or {}, **provenance})
+
     # Dropout and other global-RNG draws get their own seeded stream; the caller's RNG state is restored.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "train-global"))
-        for epoch in range(1, cfg.epochs + 1):
+        if resumed is not None:
+            torch.set_rng_state(resumed["rng"])
+        for epoch in range(first_epoch, cfg.epochs + 1):
             model.train()
             loss_sum = correct = seen = 0
             augment_gen = torch_generator(cfg.seed, "augment", epoch)
@@ -131,6 +161,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig,
                 best_val, result.best_epoch = record["val_acc"], epoch
                 if cfg.early_stopping:
                     best_state = copy.deepcopy(model.state_dict())
+            if checkpoint is not None:
+                save(epoch)
             if on_epoch is not None:
                 on_epoch(record)
     if result.status == "done":
@@ -139,5 +171,5 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig,
         for split in ("train", "val", "test"):
             value = accuracy(model, splits.split(split), batch_size=cfg.eval_batch_size, device=device)
             setattr(result, f"{split}_acc", value)
-    result.seconds = time.perf_counter() - start
+    result.seconds = elapsed + time.perf_counter() - start
     return result

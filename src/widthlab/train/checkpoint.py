@@ -1,0 +1,73 @@
+"""Training checkpoints: everything needed to resume a run bit-for-bit, written atomically.
+
+A checkpoint holds the model and optimiser state, the epoch, the history, the best-epoch bookkeeping, the
+global RNG state (dropout), the training config, the caller's metadata (how to rebuild the model), package
+versions and the git revision. It is written to a temporary file and renamed over the old one, so a crash
+at any moment leaves either the previous checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from widthlab.errors import WidthlabError
+
+FORMAT = "widthlab-checkpoint-1"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    import numpy
+
+    from widthlab import __version__
+
+    return {"widthlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def git_revision() -> str | None:
+    """The git revision of the widthlab source tree, when it is a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save({"format": FORMAT, **state}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a widthlab checkpoint; anything else is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise WidthlabError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a bad file; all mean the same to the user
+        raise WidthlabError(f"{str(path)!r} is not a readable torch file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise WidthlabError(f"{str(path)!r} is not a widthlab checkpoint (expected format {FORMAT!r})")
+    return state
+
+
+def trained_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a finished run was measured with: the best epoch's under early stopping, else the last."""
+    early = state.get("train_config", {}).get("early_stopping", False)
+    return state["best_state"] if early and state.get("best_state") is not None else state["model"]
