@@ -31,8 +31,66 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for spec in specs:
             print(f"  {spec.run_id:<28} variant={spec.variant:<16} width={spec.width:g} replicate={spec.replicate}")
         return 0
-    run_study(cfg, out, progress=None if not args.quiet else False)
+    run_study(cfg, out, executor=args.executor, workers=args.workers, address=args.address,
+              gpus_per_run=args.gpus_per_run, progress=None if not args.quiet else False)
     _print_report(out)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from widthlab.study.store import load_results
+
+    runs = load_results(args.dir).runs
+    counts = runs["status"].value_counts().to_dict()
+    print(f"{len(runs)} runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
+    columns = ["run_id", "status", "epochs", "test_acc", "seconds", "error"]
+    table = runs[columns].copy()
+    table["error"] = table["error"].fillna("")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    return 0
+
+
+def _parse_options(items: list[str] | None, flag: str) -> dict:
+    import yaml
+
+    options = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise WidthlabError(f"{flag} expects key=value, got {item!r}")
+        options[key] = yaml.safe_load(text)
+    return options
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from widthlab.measure import analyze
+    from widthlab.report.analysis import layer_table, write_layer_figures
+    from widthlab.study.external import load_inputs, load_model
+
+    model = load_model(args.model)
+    inputs = load_inputs(args.data, split=args.split, seed=args.seed, root=args.root,
+                         options=_parse_options(args.data_opt, "--data-opt"))
+    layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
+    perturbations = tuple(p.strip() for p in args.perturbations.split(","))
+    levels = [i / (args.levels - 1) for i in range(args.levels)] if args.levels >= 2 else None
+    if levels is None:
+        raise WidthlabError(f"--levels must be at least 2, got {args.levels}")
+    frame = analyze(model, inputs, layers, perturbations=perturbations, levels=levels, samplings=args.samplings,
+                    seed=args.seed, max_rows=args.max_rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.format == "parquet":
+        try:
+            frame.to_parquet(out / "analysis.parquet", index=False)
+        except ImportError:
+            raise WidthlabError("--format parquet needs pyarrow (pip install pyarrow); use --format csv") from None
+        written = out / "analysis.parquet"
+    else:
+        written = out / "analysis.csv"
+        frame.to_csv(written, index=False)
+    write_layer_figures(frame, out / "figures")
+    print(layer_table(frame).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"measurements: {written}\nfigures:      {out / 'figures'}")
     return 0
 
 
@@ -104,7 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="training device (default: the config's)")
     run.add_argument("--dry-run", action="store_true", help="print the grid of runs and stop")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
+                     help="where runs execute (default: local, one after another)")
+    run.add_argument("--workers", type=int, default=2, help="worker processes for --executor processes (default 2)")
+    run.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local cluster)")
+    run.add_argument("--gpus-per-run", type=float, help="GPUs each Ray task declares (default: 1 on CUDA, else 0)")
     run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", help="print the state of every run of a study directory")
+    status.add_argument("dir", help="a study directory written by `widthlab run`")
+    status.set_defaults(func=_cmd_status)
+
+    analyze = sub.add_parser("analyze", help="measure robustness and redundancy of a model you already have")
+    analyze.add_argument("model", help="a widthlab checkpoint (.pt), module:function returning an nn.Module, "
+                                       "or torchvision:NAME / timm:NAME when that package is installed")
+    analyze.add_argument("--data", required=True, help="a registered data set (e.g. digits, cifar10) or a .pt file "
+                                                       "with a tensor, an (x, y) pair or {'x': ..., 'y': ...}")
+    analyze.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="data set option, repeatable")
+    analyze.add_argument("--root", help="data folder (default: $WIDTHLAB_DATA)")
+    analyze.add_argument("--split", choices=("train", "val", "test"), default="test", help="split to measure on")
+    analyze.add_argument("--layers", help="comma-separated module names (default: the model's unit_layers, "
+                                          "else every ReLU-like module)")
+    analyze.add_argument("--perturbations", default="zero", help="comma-separated (default: zero)")
+    analyze.add_argument("--levels", type=int, default=11, help="evenly spaced levels on [0, 1] (default 11)")
+    analyze.add_argument("--samplings", type=int, default=3, help="random unit orders per curve (default 3)")
+    analyze.add_argument("--max-rows", type=int, help="rows sampled per layer for redundancy (default: all)")
+    analyze.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    analyze.add_argument("--out", default="widthlab-analysis", help="output folder (default: widthlab-analysis)")
+    analyze.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")
+    analyze.set_defaults(func=_cmd_analyze)
 
     report = sub.add_parser("report", help="redraw the figures and summary of a study directory")
     report.add_argument("dir", help="a study directory written by `widthlab run`")

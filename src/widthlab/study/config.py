@@ -161,7 +161,8 @@ class StudyConfig(_Strict):
     description: str = ""
     figure: str = ""  # the paper figure this reproduces, if any
     seed: int = 0
-    threads: int | None = Field(None, ge=1)  # torch threads per run; None = torch's default for this machine
+    # torch threads per run, pinned so that results do not depend on the executor or the machine's core count
+    threads: int = Field(1, ge=1)
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainConfig = Field(default_factory=TrainConfig)

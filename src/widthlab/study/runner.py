@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,13 @@ from widthlab.errors import WidthlabError
 from widthlab.measure import analyze
 from widthlab.models import create_model
 from widthlab.study.config import StudyConfig, load_config
+from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import Store, export_csv, study_lock
 from widthlab.train import TrainConfig, fit
 
 log = logging.getLogger("widthlab")
-EXECUTORS = ("local",)
 FINAL_STATUSES = ("done", "diverged")
+CHECKPOINTS = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -72,26 +72,30 @@ def _load_splits(config: dict, cache: dict | None) -> Splits:
     return splits
 
 
-def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None) -> tuple[dict, pd.DataFrame | None]:
+def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
+                checkpoint: str | os.PathLike | None = None) -> tuple[dict, pd.DataFrame | None]:
     """Build, train and measure one run. Returns (outcome, metrics); metrics is None when training diverged.
 
     Args:
         data_cache: a dict reused across runs of one process so the data set is built once per study.
         on_epoch: forwarded to `fit` (progress reporting).
+        checkpoint: the run's checkpoint file; training resumes from it when it exists.
     """
     cfg = spec.config
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+    torch.set_num_threads(cfg["threads"])
     splits = _load_splits(cfg, data_cache)
     model_spec = dict(cfg["model"])
     name, init, sigma = model_spec.pop("name"), model_spec.pop("init"), model_spec.pop("sigma")
     model = create_model(name, spec.width, init=init, sigma=sigma, num_classes=splits.num_classes,
                          seed=spec.replicate, **model_spec)
     train_cfg = TrainConfig(**cfg["train"])
-    result = fit(model, splits, train_cfg, on_epoch=on_epoch)
+    meta = {"run_id": spec.run_id, "width": spec.width, "replicate": spec.replicate, "model": cfg["model"],
+            "num_classes": splits.num_classes, "data": cfg["data"], "study_seed": cfg["study_seed"]}
+    result = fit(model, splits, train_cfg, on_epoch=on_epoch, checkpoint=checkpoint, meta=meta)
     outcome = {"status": result.status, "seconds": result.seconds, "train_acc": result.train_acc,
                "val_acc": result.val_acc, "test_acc": result.test_acc, "epochs": len(result.history),
-               "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history}
+               "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history,
+               "resumed_from": result.resumed_from}
     if result.status != "done":
         return outcome, None
     measure = cfg["measure"]
@@ -116,35 +120,49 @@ def _setup_log(out_dir: Path) -> logging.Handler:
 
 
 def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.PathLike, *,
-              executor: str = "local", progress: bool | None = None, report: bool = True) -> Path:
-    """Run every pending run of a study into `out_dir`, then write its figures and summary.
+              executor: str = "local", workers: int = 2, address: str | None = None,
+              gpus_per_run: float | None = None, progress: bool | None = None, report: bool = True) -> Path:
+    """Run every unfinished run of a study into `out_dir`, then write its figures and summary.
+
+    Safe to kill at any moment: rerunning the same call skips finished runs and resumes partial ones from
+    their last epoch checkpoint (`out_dir/checkpoints/`); a run is stored whole or not at all.
 
     Args:
         config: a preset name, a YAML path, a mapping or a `StudyConfig`.
-        out_dir: the study directory (SQLite store, config.yaml, CSVs, figures/, summary.md, widthlab.log).
-            Rerunning into the same directory skips finished runs.
-        executor: ``local`` (runs one after another in this process).
-        progress: show a progress bar (None: only on a terminal).
+        out_dir: the study directory (SQLite store, config.yaml, CSVs, figures/, summary.md, widthlab.log,
+            checkpoints/). A second process writing to it at the same time is refused.
+        executor: ``local`` (default), ``processes`` or ``ray`` (see `widthlab.study.executors`).
+        workers: worker processes for ``processes`` (default 2).
+        address: Ray cluster address for ``ray`` (default: start a local one).
+        gpus_per_run: GPUs a Ray task declares (default: 1 when training on CUDA, else 0).
+        progress: show progress bars (None: only on a terminal).
         report: write figures and the summary when the runs are finished.
 
-    Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d")``
+    Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d", executor="processes", workers=2)``
     """
     cfg = load_config(config)
     if executor not in EXECUTORS:
         raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     out_dir = Path(out_dir)
     specs = plan_runs(cfg)
+    if gpus_per_run is None:
+        gpus_per_run = 1.0 if any(s.config["train"]["device"] == "cuda" for s in specs) else 0.0
     with study_lock(out_dir):
         handler = _setup_log(out_dir)
         try:
             (out_dir / "config.yaml").write_text(_dump_yaml(cfg))
+            checkpoints = out_dir / CHECKPOINTS
+            checkpoints.mkdir(exist_ok=True)
             with Store(out_dir) as store:
                 store.add_runs([{"run_id": s.run_id, "variant": s.variant, "width": s.width,
-                                 "replicate": s.replicate, "config": s.config} for s in specs])
+                                 "replicate": s.replicate, "config": s.config,
+                                 "checkpoint": f"{CHECKPOINTS}/{s.run_id}.pt"} for s in specs])
                 statuses = store.statuses()
                 todo = [s for s in specs if statuses.get(s.run_id) not in FINAL_STATUSES]
-                log.info("study %s: %d runs, %d to do", cfg.name, len(specs), len(todo))
-                _run_local(store, todo, len(specs), cfg.name, progress)
+                log.info("study %s: %d runs, %d to do, executor %s", cfg.name, len(specs), len(todo), executor)
+                results = execute(executor, todo, checkpoints, workers=workers, address=address,
+                                  gpus_per_run=gpus_per_run, progress=progress)
+                _drive(store, todo, results, len(specs), cfg.name, progress)
                 results = store.results()
             export_csv(results, out_dir)
             if report:
@@ -157,26 +175,26 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     return out_dir
 
 
-def _run_local(store: Store, todo: list[RunSpec], total: int, name: str, progress: bool | None) -> None:
-    cache: dict = {}
-    bar = tqdm(total=total, initial=total - len(todo), desc=name, unit="run", disable=None if progress is None
-               else not progress, dynamic_ncols=True)
+def _drive(store: Store, todo: list[RunSpec], results, total: int, name: str, progress: bool | None) -> None:
+    """Store each run's result as it arrives; a user error stops the study, a broken run does not."""
+    for spec in todo:
+        store.mark(spec.run_id, "running")
+    bar = tqdm(total=total, initial=total - len(todo), desc=name, unit="run", position=0, dynamic_ncols=True,
+               disable=None if progress is None else not progress)
     try:
-        for spec in todo:
-            bar.set_postfix_str(spec.run_id)
-            store.mark(spec.run_id, "running")
-            try:
-                outcome, metrics = execute_run(spec, data_cache=cache)
-            except WidthlabError:
-                store.mark(spec.run_id, "pending")
-                raise
-            except Exception as exc:  # a broken run must not sink the study; its error is kept in the store
-                log.error("run %s failed: %s", spec.run_id, traceback.format_exc())
-                store.mark(spec.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        for spec, result in results:
+            if result.kind == "user_error":
+                raise WidthlabError(f"run {spec.run_id}: {result.error}")
+            if result.kind == "failed":
+                log.error("run %s failed: %s", spec.run_id, result.error)
+                store.mark(spec.run_id, "failed", error=result.error.splitlines()[0])
             else:
-                store.finish(spec.run_id, outcome, metrics)
-                log.info("run %s %s: test_acc=%.4f (%.1fs)", spec.run_id, outcome["status"],
-                         outcome["test_acc"], outcome["seconds"])
+                store.finish(spec.run_id, result.outcome, result.metrics)
+                resumed = result.outcome.get("resumed_from")
+                log.info("run %s %s: test_acc=%.4f (%.1fs)%s", spec.run_id, result.outcome["status"],
+                         result.outcome["test_acc"], result.outcome["seconds"],
+                         f", resumed from epoch {resumed}" if resumed is not None else "")
+            bar.set_postfix_str(spec.run_id)
             bar.update(1)
     finally:
         bar.close()

@@ -23,8 +23,6 @@ from widthlab.errors import WidthlabError
 
 STORE_NAME = "widthlab.sqlite"
 LOCK_NAME = ".widthlab.lock"
-RUN_COLUMNS = ["run_id", "variant", "width", "replicate", "status", "seconds", "train_acc", "val_acc", "test_acc",
-               "epochs", "best_epoch", "diverged_epoch", "error", "config"]
 METRIC_COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]
 CURVE_METRICS = ("unchanged", "accuracy")
 
@@ -33,7 +31,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, variant TEXT NOT NULL, width REAL NOT NULL, replicate INTEGER NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending', config TEXT NOT NULL,
     seconds REAL, train_acc REAL, val_acc REAL, test_acc REAL, epochs INTEGER, best_epoch INTEGER,
-    diverged_epoch INTEGER, error TEXT, started_at TEXT, finished_at TEXT);
+    diverged_epoch INTEGER, error TEXT, checkpoint TEXT, started_at TEXT, finished_at TEXT);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id), layer TEXT NOT NULL, metric TEXT NOT NULL,
     perturbation TEXT NOT NULL, level REAL, sampling INTEGER NOT NULL, value REAL);
@@ -91,15 +89,17 @@ class Store:
         self._db.execute("COMMIT")
 
     def add_runs(self, runs: list[dict]) -> None:
-        """Register grid cells (run_id, variant, width, replicate, config); existing runs are left alone,
+        """Register grid cells (run_id, variant, width, replicate, config, optional checkpoint path relative to
+        the study directory); existing runs are left alone,
         except that a changed config for an unfinished run is an error (the grid must not drift silently)."""
         with self.transaction() as db:
             for run in runs:
                 config = json.dumps(run["config"], sort_keys=True)
                 row = db.execute("SELECT config FROM runs WHERE run_id = ?", (run["run_id"],)).fetchone()
                 if row is None:
-                    db.execute("INSERT INTO runs (run_id, variant, width, replicate, config) VALUES (?, ?, ?, ?, ?)",
-                               (run["run_id"], run["variant"], run["width"], run["replicate"], config))
+                    db.execute("INSERT INTO runs (run_id, variant, width, replicate, config, checkpoint) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", (run["run_id"], run["variant"], run["width"],
+                                                             run["replicate"], config, run.get("checkpoint")))
                 elif row[0] != config:
                     raise WidthlabError(
                         f"run {run['run_id']!r} is stored with a different configuration in {str(self.path)!r}; "

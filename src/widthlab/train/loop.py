@@ -29,6 +29,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # one dict per epoch: epoch, loss, train_acc, val_acc
     best_epoch: int | None = None
     diverged_epoch: int | None = None
+    resumed_from: int | None = None  # the checkpoint epoch training resumed after, if it did
     train_acc: float = math.nan
     val_acc: float = math.nan
     test_acc: float = math.nan
@@ -118,6 +119,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
         result.history, result.best_epoch = list(resumed["history"]), resumed["best_epoch"]
         best_val, best_state = resumed["best_val"], resumed["best_state"]
         first_epoch, elapsed = resumed["epoch"] + 1, resumed["seconds"]
+        result.resumed_from = resumed["epoch"]
     start = time.perf_counter()
     provenance = {"versions": package_versions(), "git_revision": git_revision()} if checkpoint else {}
 

@@ -1,0 +1,155 @@
+"""Executors: where a study's runs are computed. Each yields (spec, RunResult) as runs finish; only the
+driver writes the store.
+
+- ``local``: one run after another in this process (with a per-epoch progress bar).
+- ``processes``: N worker processes on this machine (``spawn``); with several GPUs, worker i uses GPU i mod n,
+  so more workers than GPUs packs several small runs per GPU.
+- ``ray``: each run a Ray task declaring its CPUs (the run's pinned thread count) and GPUs, on an existing
+  cluster (``address``) or a local one. Needs ``pip install 'widthlab[ray]'``.
+
+Every run pins its torch thread count (`StudyConfig.threads`), so all three give identical numbers on CPU.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from widthlab.errors import WidthlabError
+
+EXECUTORS = ("local", "processes", "ray")
+
+
+@dataclass
+class RunResult:
+    """What a worker hands back: ``ok`` (outcome + metrics), ``failed`` (a broken run: the study goes on) or
+    ``user_error`` (a mistake in the config or data: the study stops with that message)."""
+
+    kind: str
+    outcome: dict | None = None
+    metrics: pd.DataFrame | None = None
+    error: str | None = None
+
+
+_WORKER_CACHE: dict = {}  # one data set per worker process, reused across its runs
+
+
+def run_one(spec, checkpoint: str | None, on_epoch=None, cache: dict | None = None) -> RunResult:
+    """Execute one run, turning every exception into a `RunResult` (exceptions need not cross processes)."""
+    from widthlab.study.runner import execute_run
+
+    try:
+        outcome, metrics = execute_run(spec, data_cache=_WORKER_CACHE if cache is None else cache,
+                                       on_epoch=on_epoch, checkpoint=checkpoint)
+    except WidthlabError as exc:
+        return RunResult("user_error", error=str(exc))
+    except Exception as exc:  # a broken run must not sink the study; its traceback goes to the log
+        return RunResult("failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    return RunResult("ok", outcome, metrics)
+
+
+def gpu_for_worker(worker: int, n_gpus: int) -> str | None:
+    """The CUDA_VISIBLE_DEVICES of worker `worker`: GPUs dealt round-robin (None without GPUs)."""
+    return None if n_gpus == 0 else str(worker % n_gpus)
+
+
+def _init_worker(counter, n_gpus: int) -> None:
+    with counter.get_lock():
+        worker = counter.value
+        counter.value += 1
+    gpu = gpu_for_worker(worker, n_gpus)
+    if gpu is not None:  # before torch initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def run_local(specs, checkpoints: Path, progress: bool | None) -> Iterator:
+    """Runs one after another in this process, with a run-level bar (epoch, loss, accuracy)."""
+    from tqdm.auto import tqdm
+
+    cache: dict = {}
+    for spec in specs:
+        epochs = spec.config["train"]["epochs"]
+        bar = tqdm(total=epochs, desc=spec.run_id, unit="epoch", leave=False, position=1, dynamic_ncols=True,
+                   disable=None if progress is None else not progress)
+
+        def on_epoch(record, bar=bar):
+            bar.n = record["epoch"]
+            bar.set_postfix(loss=f"{record['loss']:.4f}", train=f"{record['train_acc']:.3f}",
+                            val=f"{record['val_acc']:.3f}")
+
+        try:
+            yield spec, run_one(spec, str(checkpoints / f"{spec.run_id}.pt"), on_epoch, cache)
+        finally:
+            bar.close()
+
+
+def run_processes(specs, checkpoints: Path, workers: int) -> Iterator:
+    """Runs on `workers` spawned processes, yielded as they finish."""
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    context = multiprocessing.get_context("spawn")  # fork after torch initialises threads/CUDA is unsafe
+    counter = context.Value("i", 0)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(counter, n_gpus)) as pool:
+        pending = {pool.submit(run_one, spec, str(checkpoints / f"{spec.run_id}.pt")): spec for spec in specs}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield pending.pop(future), future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float) -> Iterator:
+    """Runs as Ray tasks on the cluster at `address` (a local one when None), yielded as they finish.
+
+    Checkpoints are written by the tasks, so on a multi-node cluster the study directory must be on a file
+    system every node sees (or checkpoints only help runs that resume on the same node).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise WidthlabError("the ray executor needs Ray: pip install 'widthlab[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, ignore_reinit_error=True)
+    remote = ray.remote(run_one)
+    refs: dict = {}
+    try:
+        for spec in specs:
+            options = remote.options(num_cpus=spec.config["threads"], num_gpus=gpus_per_run)
+            refs[options.remote(spec, str(checkpoints / f"{spec.run_id}.pt"))] = spec
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            for ref in done:
+                yield refs.pop(ref), ray.get(ref)
+    finally:
+        for ref in refs:
+            ray.cancel(ref)
+        if started_here:
+            ray.shutdown()
+
+
+def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, address: str | None = None,
+            gpus_per_run: float = 0.0, progress: bool | None = None) -> Iterator:
+    """Dispatch to the named executor; yields (spec, RunResult) as runs finish."""
+    if executor == "local":
+        return run_local(specs, checkpoints, progress)
+    if executor == "processes":
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise WidthlabError(f"workers must be a positive integer, got {workers!r}")
+        return run_processes(specs, checkpoints, workers)
+    if executor == "ray":
+        return run_ray(specs, checkpoints, address, gpus_per_run)
+    raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
