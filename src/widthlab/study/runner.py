@@ -103,12 +103,25 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     if isinstance(levels, int):
         levels = [i / (levels - 1) for i in range(levels)]
     evaluation = splits.split(measure["split"])
+    labels = evaluation.y if hasattr(evaluation, "y") else None
     start = time.perf_counter()
-    metrics = analyze(model, evaluation, labels=evaluation.y if hasattr(evaluation, "y") else None,
-                      perturbations=tuple(measure["perturbations"]), levels=levels,
-                      samplings=measure["samplings"], seed=spec.replicate, max_rows=measure["max_rows"])
+
+    def measure_now(epoch: float) -> pd.DataFrame:
+        frame = analyze(model, evaluation, labels=labels, perturbations=tuple(measure["perturbations"]),
+                        levels=levels, samplings=measure["samplings"], seed=spec.replicate,
+                        max_rows=measure["max_rows"])
+        return frame.assign(epoch=epoch)
+
+    # Snapshots first (along-training figures), then the trained weights, whose rows have epoch NaN.
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    frames = []
+    for epoch, state in sorted(result.snapshots.items()):
+        model.load_state_dict(state)
+        frames.append(measure_now(float(epoch)))
+    model.load_state_dict(trained)
+    frames.append(measure_now(float("nan")))
     outcome["seconds"] += time.perf_counter() - start
-    return outcome, metrics
+    return outcome, pd.concat(frames, ignore_index=True)
 
 
 def _setup_log(out_dir: Path) -> logging.Handler:

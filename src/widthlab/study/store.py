@@ -1,7 +1,8 @@
 """The study store: one SQLite file per study directory, plus the lock that keeps a second writer out.
 
 Tables: ``runs`` (one row per grid cell: resolved config, status, timings, accuracies), ``metrics`` (scalar
-measurements: redundancy numbers, robustness AUCs), ``curves`` (points of perturbation curves) and
+measurements: redundancy numbers, robustness AUCs), ``curves`` (points of perturbation curves) — both with an
+``epoch`` column that is NULL for the trained model and the epoch for along-training snapshots — and
 ``history`` (per-epoch training records). A run becomes ``done`` only in the transaction that writes its
 measurements, so a crash leaves it pending and a rerun redoes it; nothing is half-written.
 """
@@ -23,7 +24,7 @@ from widthlab.errors import WidthlabError
 
 STORE_NAME = "widthlab.sqlite"
 LOCK_NAME = ".widthlab.lock"
-METRIC_COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]
+METRIC_COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value", "epoch"]
 CURVE_METRICS = ("unchanged", "accuracy")
 
 _SCHEMA = """
@@ -34,10 +35,10 @@ CREATE TABLE IF NOT EXISTS runs (
     diverged_epoch INTEGER, error TEXT, checkpoint TEXT, started_at TEXT, finished_at TEXT);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id), layer TEXT NOT NULL, metric TEXT NOT NULL,
-    perturbation TEXT NOT NULL, level REAL, sampling INTEGER NOT NULL, value REAL);
+    perturbation TEXT NOT NULL, level REAL, sampling INTEGER NOT NULL, value REAL, epoch REAL);
 CREATE TABLE IF NOT EXISTS curves (
     run_id TEXT NOT NULL REFERENCES runs(run_id), layer TEXT NOT NULL, metric TEXT NOT NULL,
-    perturbation TEXT NOT NULL, level REAL NOT NULL, sampling INTEGER NOT NULL, value REAL);
+    perturbation TEXT NOT NULL, level REAL NOT NULL, sampling INTEGER NOT NULL, value REAL, epoch REAL);
 CREATE TABLE IF NOT EXISTS history (
     run_id TEXT NOT NULL REFERENCES runs(run_id), epoch INTEGER NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
@@ -47,12 +48,15 @@ CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
 
 @dataclass(frozen=True)
 class Results:
-    """A study's results as DataFrames: `runs` (one row per run) and `metrics` (tidy, one row per number:
-    run_id, variant, width, replicate, layer, metric, perturbation, level, sampling, value)."""
+    """A study's results as DataFrames: `runs` (one row per run), `metrics` (tidy, one row per number of the
+    trained model: run_id, variant, width, replicate, layer, metric, perturbation, level, sampling, value),
+    `history` (one row per run and epoch) and `snapshots` (the `metrics` columns plus ``epoch``, for weights
+    kept along training by `TrainConfig.snapshot_epochs`; empty otherwise)."""
 
     runs: pd.DataFrame
     metrics: pd.DataFrame
     history: pd.DataFrame
+    snapshots: pd.DataFrame
 
 
 class Store:
@@ -129,26 +133,30 @@ class Store:
             db.executemany("INSERT INTO history (run_id, epoch, record) VALUES (?, ?, ?)",
                            [(run_id, rec["epoch"], json.dumps(rec)) for rec in outcome.get("history", [])])
             if metrics is not None and len(metrics):
-                rows = metrics[METRIC_COLUMNS]
+                rows = metrics if "epoch" in metrics else metrics.assign(epoch=math.nan)
+                rows = rows[METRIC_COLUMNS]
                 is_curve = rows["metric"].isin(CURVE_METRICS)
                 for table, part in (("curves", rows[is_curve]), ("metrics", rows[~is_curve])):
                     db.executemany(
-                        f"INSERT INTO {table} (run_id, layer, metric, perturbation, level, sampling, value) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [(run_id, r.layer, r.metric, r.perturbation, _num(r.level), int(r.sampling), _num(r.value))
-                         for r in part.itertuples(index=False)])
+                        f"INSERT INTO {table} (run_id, layer, metric, perturbation, level, sampling, value, epoch) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(run_id, r.layer, r.metric, r.perturbation, _num(r.level), int(r.sampling), _num(r.value),
+                          _num(r.epoch)) for r in part.itertuples(index=False)])
 
     def results(self) -> Results:
         runs = pd.read_sql_query("SELECT * FROM runs ORDER BY variant, width, replicate", self._db)
         keys = "r.run_id, r.variant, r.width, r.replicate"
-        parts = [pd.read_sql_query(f"SELECT {keys}, t.layer, t.metric, t.perturbation, t.level, t.sampling, t.value "
-                                   f"FROM {table} t JOIN runs r USING (run_id)", self._db)
+        parts = [pd.read_sql_query(f"SELECT {keys}, t.layer, t.metric, t.perturbation, t.level, t.sampling, t.value, "
+                                   f"t.epoch FROM {table} t JOIN runs r USING (run_id)", self._db)
                  for table in ("metrics", "curves")]
         metrics = pd.concat(parts, ignore_index=True)
-        metrics["level"] = metrics["level"].astype(float)
+        metrics[["level", "epoch"]] = metrics[["level", "epoch"]].astype(float)
+        final = metrics["epoch"].isna()
+        snapshots = metrics[~final].reset_index(drop=True)
+        metrics = metrics[final].drop(columns="epoch").reset_index(drop=True)
         history = pd.read_sql_query("SELECT run_id, record FROM history ORDER BY run_id, epoch", self._db)
         history = pd.DataFrame([{"run_id": rid, **json.loads(rec)} for rid, rec in history.itertuples(index=False)])
-        return Results(runs=runs, metrics=metrics, history=history)
+        return Results(runs=runs, metrics=metrics, history=history, snapshots=snapshots)
 
 
 def _num(value) -> float | None:
@@ -192,10 +200,10 @@ def load_results(directory: str | os.PathLike) -> Results:
 
 
 def export_csv(results: Results, directory: str | os.PathLike) -> list[Path]:
-    """Write runs.csv, metrics.csv and history.csv into `directory`."""
+    """Write runs.csv, metrics.csv, history.csv and (when there are any) snapshots.csv into `directory`."""
     directory = Path(directory)
     paths = []
-    for name in ("runs", "metrics", "history"):
+    for name in ("runs", "metrics", "history", "snapshots")[:4 if len(results.snapshots) else 3]:
         path = directory / f"{name}.csv"
         getattr(results, name).to_csv(path, index=False)
         paths.append(path)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Optimizer = Literal["momentum", "sgd", "adam", "rmsprop"]
+Switch = Literal["auto", "on", "off"]  # auto: on when training on CUDA, off on the CPU
 
 
 class TrainConfig(BaseModel):
@@ -21,6 +22,15 @@ class TrainConfig(BaseModel):
         rmsprop_alpha / eps: RMSProp's decay and the optimisers' epsilon (None = PyTorch's default).
         early_stopping: restore the weights of the epoch with the best validation accuracy (the paper's
             AlexNets); otherwise the final weights are kept.
+        schedule: ``constant``; ``step`` (× `lr_decay` every `lr_decay_every` epochs: AlexNet ×0.95 per epoch,
+            Inception ×0.96 every 8); ``multistep`` (× `lr_decay` after each epoch in `milestones`: ResNet56
+            ÷10 after 91 and 136).
+        max_steps: stop after this many optimiser steps (smoke runs); None: train all `epochs`.
+        target_train_acc: stop after the first epoch whose training accuracy reaches it (random labels).
+        snapshot_epochs: epochs after which a copy of the weights is kept, to measure along training.
+        amp / channels_last / compile / data_on_device: the GPU path (bf16 autocast, channels_last memory
+            format, torch.compile, in-memory data moved to the device once); ``auto`` turns each on when
+            training on CUDA and off on the CPU, where ``on`` still works but buys nothing.
         seed: seeds the batch order and any dropout; device: ``cpu``, ``cuda`` or ``auto``.
 
     Example: ``TrainConfig(optimizer="adam", lr=1e-3, epochs=10)``
@@ -38,6 +48,17 @@ class TrainConfig(BaseModel):
     rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
     eps: float | None = Field(None, gt=0)
     early_stopping: bool = False
+    schedule: Literal["constant", "step", "multistep"] = "constant"
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    lr_decay_every: int = Field(1, ge=1)
+    milestones: tuple[int, ...] = ()
+    max_steps: int | None = Field(None, ge=1)
+    target_train_acc: float | None = Field(None, gt=0, le=1)
+    snapshot_epochs: tuple[int, ...] = ()
+    amp: Switch = "auto"
+    channels_last: Switch = "auto"
+    compile: Switch = "auto"
+    data_on_device: Switch = "auto"
     eval_batch_size: int = Field(1024, ge=1)
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import os
 import time
@@ -19,6 +19,7 @@ from widthlab.errors import WidthlabError
 from widthlab.seeding import derive_seed, torch_generator
 from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
 from widthlab.train.config import TrainConfig
+from widthlab.train.distributed import distributed_shard, wrap_distributed
 
 
 @dataclass
@@ -30,6 +31,7 @@ class FitResult:
     best_epoch: int | None = None
     diverged_epoch: int | None = None
     resumed_from: int | None = None  # the checkpoint epoch training resumed after, if it did
+    snapshots: dict[int, dict] = field(default_factory=dict)  # epoch → CPU weights (cfg.snapshot_epochs)
     train_acc: float = math.nan
     val_acc: float = math.nan
     test_acc: float = math.nan
@@ -55,34 +57,84 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=lr, alpha=cfg.rmsprop_alpha, weight_decay=wd, **eps)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule named by `cfg.schedule` (stepped once after every epoch)."""
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_decay_every, cfg.lr_decay)
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.lr_decay)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The GPU-path switches of a run, resolved for its device."""
+
+    amp: bool
+    channels_last: bool
+    compile: bool
+    data_on_device: bool
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig, device: torch.device) -> Speed:
+        cuda = device.type == "cuda"
+        return cls(*(value == "on" or (value == "auto" and cuda)
+                     for value in (cfg.amp, cfg.channels_last, cfg.compile, cfg.data_on_device)))
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+
+def on_device(dataset: Dataset, device: torch.device) -> Dataset:
+    """An in-memory data set moved to `device` once (other data sets unchanged), so batches need no copies."""
+    if hasattr(dataset, "x") and hasattr(dataset, "y") and isinstance(dataset.x, torch.Tensor):
+        from widthlab.data.base import ArrayDataset
+
+        return ArrayDataset(dataset.x.to(device), dataset.y.to(device))
+    return dataset
+
+
 def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                    device: torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    device: torch.device | None = None, shard: tuple[int, int] = (0, 1),
+                    channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) batches; in-memory data sets are sliced directly (no DataLoader overhead).
 
     The order of epoch `epoch` comes from its own stream, so a resumed run sees the same batches.
+    `shard=(rank, world)` keeps this process's share of every global batch (distributed data parallel).
     """
     gen = torch_generator(seed, "batch-order", epoch)
+    rank, world = shard
     if hasattr(dataset, "x") and hasattr(dataset, "y"):
         n = len(dataset.y)
         order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+        order = order.to(dataset.y.device)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            yield dataset.x[idx].to(device), dataset.y[idx].to(device)
+            idx = order[start:start + batch_size].tensor_split(world)[rank]
+            yield _prepare(dataset.x[idx], device, channels_last), dataset.y[idx].to(device)
         return
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen)
     for x, y in loader:
-        yield x.to(device), y.to(device)
+        yield _prepare(x.tensor_split(world)[rank], device, channels_last), y.tensor_split(world)[rank].to(device)
+
+
+def _prepare(x: torch.Tensor, device: torch.device | None, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, device: torch.device | None = None) -> float:
+def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, device: torch.device | None = None,
+             speed: Speed | None = None) -> float:
     """Top-1 accuracy of `model` on `dataset` (eval mode; the training flag is restored)."""
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in iterate_batches(dataset, batch_size, shuffle=False, device=device):
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
+    autocast = speed.autocast(device) if speed is not None and device is not None else contextlib.nullcontext()
+    with autocast:
+        for x, y in iterate_batches(dataset, batch_size, shuffle=False, device=device,
+                                    channels_last=bool(speed and speed.channels_last)):
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
     model.train(was_training)
     return correct / max(total, 1)
 
@@ -90,6 +142,10 @@ def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, devi
 def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
         *, checkpoint: str | os.PathLike | None = None, meta: dict | None = None) -> FitResult:
     """Train `model` on `splits.train` with cross-entropy and report accuracies on all three splits.
+
+    Under ``torchrun`` (an initialised `torch.distributed` process group) the model trains with
+    DistributedDataParallel: each process takes its share of every global batch, and only rank 0 writes
+    checkpoints.
 
     Args:
         model: any classifier returning (N, classes) scores; trained in place (and left on `cfg.device`).
@@ -102,11 +158,20 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     Example: ``result = fit(create_model("mlp"), load_data("synthetic"), TrainConfig(epochs=5))``
     """
     device = resolve_device(cfg.device)
+    speed = Speed.resolve(cfg, device)
+    shard = distributed_shard()
     model.to(device)
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
     optimizer = make_optimizer(model.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    step_model = wrap_distributed(model, device) if shard[1] > 1 else model
+    if speed.compile:
+        step_model = torch.compile(step_model)
     loss_fn = nn.CrossEntropyLoss()
     result = FitResult(status="done")
-    best_val, best_state = -1.0, None
+    best_val, best_state, steps = -1.0, None, 0
     first_epoch, elapsed = 1, 0.0
     resumed = None
     if checkpoint is not None and Path(checkpoint).is_file():
@@ -116,19 +181,28 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
                                 "remove it to start the run afresh")
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
         result.history, result.best_epoch = list(resumed["history"]), resumed["best_epoch"]
-        best_val, best_state = resumed["best_val"], resumed["best_state"]
+        result.snapshots = dict(resumed["snapshots"])
+        best_val, best_state, steps = resumed["best_val"], resumed["best_state"], resumed["steps"]
         first_epoch, elapsed = resumed["epoch"] + 1, resumed["seconds"]
         result.resumed_from = resumed["epoch"]
     start = time.perf_counter()
-    provenance = {"versions": package_versions(), "git_revision": git_revision()} if checkpoint else {}
+    writes = checkpoint is not None and shard[0] == 0
+    provenance = {"versions": package_versions(), "git_revision": git_revision()} if writes else {}
 
     def save(epoch: int) -> None:
         save_checkpoint(checkpoint, {
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "history": result.history, "best_epoch": result.best_epoch, "best_val": best_val,
-            "best_state": best_state, "rng": torch.get_rng_state(), "train_config": cfg.model_dump(),
+            "scheduler": scheduler.state_dict(), "steps": steps, "history": result.history,
+            "best_epoch": result.best_epoch, "best_val": best_val, "best_state": best_state,
+            "snapshots": result.snapshots, "rng": torch.get_rng_state(), "train_config": cfg.model_dump(),
             "seconds": elapsed + time.perf_counter() - start, "meta": meta or {}, **provenance})
+
+    def done_training() -> bool:
+        last = result.history[-1] if result.history else None
+        return (cfg.max_steps is not None and steps >= cfg.max_steps) or (
+            cfg.target_train_acc is not None and last is not None and last["train_acc"] >= cfg.target_train_acc)
 
     # Dropout and other global-RNG draws get their own seeded stream; the caller's RNG state is restored.
     with torch.random.fork_rng(devices=[]):
@@ -136,34 +210,47 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
         if resumed is not None:
             torch.set_rng_state(resumed["rng"])
         for epoch in range(first_epoch, cfg.epochs + 1):
+            if done_training():
+                break
             model.train()
-            loss_sum = correct = seen = 0
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = 0
             augment_gen = torch_generator(cfg.seed, "augment", epoch)
-            for x, y in iterate_batches(splits.train, cfg.effective_batch_size, shuffle=True, seed=cfg.seed,
-                                        epoch=epoch, device=device):
+            for x, y in iterate_batches(train_set, cfg.effective_batch_size, shuffle=True, seed=cfg.seed,
+                                        epoch=epoch, device=device, shard=shard, channels_last=speed.channels_last):
                 if splits.augment is not None:
                     x = splits.augment(x, augment_gen)
-                scores = model(x)
-                loss = loss_fn(scores, y)
-                if not torch.isfinite(loss):
-                    result.status, result.diverged_epoch = "diverged", epoch
-                    break
+                with speed.autocast(device):
+                    scores = step_model(x)
+                    loss = loss_fn(scores.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += loss.item() * len(y)
-                correct += (scores.argmax(1) == y).sum().item()
+                steps += 1
+                # Sums stay on the device: no host sync per step (the loss is checked once per epoch).
+                loss_sum += loss.detach().double() * len(y)
+                correct += (scores.argmax(1) == y).sum()
                 seen += len(y)
-            if result.status == "diverged":
+                if cfg.max_steps is not None and steps >= cfg.max_steps:
+                    break
+            epoch_loss = loss_sum.item() / max(seen, 1)
+            if not math.isfinite(epoch_loss):
+                result.status, result.diverged_epoch = "diverged", epoch
                 break
-            record = {"epoch": epoch, "loss": loss_sum / seen, "train_acc": correct / seen,
-                      "val_acc": accuracy(model, splits.val, batch_size=cfg.eval_batch_size, device=device)}
+            scheduler.step()
+            record = {"epoch": epoch, "loss": epoch_loss, "train_acc": correct.item() / max(seen, 1),
+                      "val_acc": accuracy(model, splits.val, batch_size=cfg.eval_batch_size, device=device,
+                                          speed=speed),
+                      "lr": optimizer.param_groups[0]["lr"]}
             result.history.append(record)
             if record["val_acc"] > best_val:
                 best_val, result.best_epoch = record["val_acc"], epoch
                 if cfg.early_stopping:
-                    best_state = copy.deepcopy(model.state_dict())
-            if checkpoint is not None:
+                    best_state = _cpu_state(model)
+            if epoch in cfg.snapshot_epochs:
+                result.snapshots[epoch] = _cpu_state(model)
+            if writes:
                 save(epoch)
             if on_epoch is not None:
                 on_epoch(record)
@@ -171,7 +258,11 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
         if cfg.early_stopping and best_state is not None:
             model.load_state_dict(best_state)
         for split in ("train", "val", "test"):
-            value = accuracy(model, splits.split(split), batch_size=cfg.eval_batch_size, device=device)
+            value = accuracy(model, splits.split(split), batch_size=cfg.eval_batch_size, device=device, speed=speed)
             setattr(result, f"{split}_acc", value)
     result.seconds = elapsed + time.perf_counter() - start
     return result
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -1,0 +1,79 @@
+"""Smoke mode: any study shrunk to a seconds-long run that exercises every code path of the real one.
+
+Widths 1/4 and 1/2, one replicate, at most 64 training examples and 3 optimiser steps, a short measurement;
+when the study's image data is absent (no CIFAR-10 / ImageNet folder), scikit-learn's bundled digits stand in,
+resized to the model's input size (Inception-v3 needs at least 75×75).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from widthlab.data import load_data
+from widthlab.errors import WidthlabError
+from widthlab.study.config import RUN_SECTIONS, StudyConfig, parse_config
+
+SMOKE_WIDTHS = (0.25, 0.5)
+SMOKE_EXAMPLES = 64
+SMOKE_STEPS = 3
+# Input side of the digits stand-in per model family (default: the model's `input_size` option, else 32).
+SMOKE_IMAGE_SIZE = {"resnet18_imagenet": 64, "inception_v3": 75, "inception_v3_mixed5d": 75}
+SMALL_SPLITS = {"n_train": SMOKE_EXAMPLES, "n_val": SMOKE_EXAMPLES, "n_test": SMOKE_EXAMPLES}
+SMALL_IMAGENET = {"classes": 2, "images_per_class": SMOKE_EXAMPLES // 2, "val_per_class": 4}
+
+
+def _data_present(data: dict[str, Any], seed: int) -> bool:
+    options = {k: v for k, v in data.items() if k not in ("name", "root")}
+    try:
+        load_data(data["name"], root=data.get("root"), seed=seed, **options)
+    except WidthlabError:
+        return False
+    return True
+
+
+def _smoke_data(data: dict[str, Any], model: dict[str, Any], seed: int, present: dict) -> dict[str, Any]:
+    name = data["name"]
+    if name == "imagenet":
+        small = {**data, **SMALL_IMAGENET}
+    elif name in ("synthetic", "cifar10", "digits"):
+        small = {**data, **SMALL_SPLITS}
+    else:  # a user's loader: its options are its own
+        return data
+    key = repr(sorted(data.items()))
+    if key not in present:
+        present[key] = _data_present(small, seed)
+    if present[key]:
+        return small
+    size = SMOKE_IMAGE_SIZE.get(model["name"], model.get("input_size", 32))
+    digits = {"name": "digits", "image_size": size, **SMALL_SPLITS}
+    if data.get("random_labels"):
+        digits["random_labels"] = True
+    if data.get("augment") is not None:
+        digits["augment"] = data["augment"]
+    return digits
+
+
+def smoke_config(cfg: StudyConfig) -> StudyConfig:
+    """`cfg` shrunk to a smoke run (see the module docstring); the name gains ``-smoke``.
+
+    Example: ``run_study(smoke_config(load_config("resnet56")), "/tmp/resnet56-smoke")``
+    """
+    present: dict = {}
+    variants = {}
+    for variant in cfg.grid.variants:
+        sections = {k: v.model_dump(mode="json") for k, v in cfg.variant_sections(variant).items()}
+        sections["data"] = _smoke_data(sections["data"], sections["model"], cfg.seed, present)
+        train = sections["train"]
+        train.update(epochs=1, max_steps=SMOKE_STEPS, batch_size=min(train["batch_size"], 16),
+                     snapshot_epochs=[1] if train["snapshot_epochs"] else [])
+        measure = sections["measure"]
+        measure.update(levels=3, samplings=1, max_rows=min(measure["max_rows"] or 5_000, 5_000))
+        variants[variant] = {k: sections[k] for k in RUN_SECTIONS}
+    raw = cfg.model_dump(mode="json")
+    first = next(iter(variants.values()))
+    # Every variant lists its sections in full; a bare base keeps one variant's keys from leaking into another's.
+    raw.update(data={"name": first["data"]["name"]}, model={"name": first["model"]["name"]},
+               train=first["train"], measure=first["measure"])
+    raw["name"] = f"{cfg.name}-smoke"
+    raw["grid"] = {"widths": list(SMOKE_WIDTHS), "replicates": 1, "variants": variants}
+    return parse_config(raw, f"smoke version of {cfg.name!r}")
