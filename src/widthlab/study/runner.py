@@ -6,6 +6,7 @@ store, so any executor can compute runs anywhere and hand the results back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import distributed as dist
 from tqdm.auto import tqdm
 
 from widthlab.data import load_data
@@ -27,6 +29,7 @@ from widthlab.study.config import StudyConfig, load_config
 from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import Store, export_csv, study_lock
 from widthlab.train import TrainConfig, fit
+from widthlab.train.distributed import init_from_env
 
 log = logging.getLogger("widthlab")
 FINAL_STATUSES = ("done", "diverged")
@@ -73,13 +76,14 @@ def _load_splits(config: dict, cache: dict | None) -> Splits:
 
 
 def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
-                checkpoint: str | os.PathLike | None = None) -> tuple[dict, pd.DataFrame | None]:
+                checkpoint: str | os.PathLike | None = None, measure: bool = True) -> tuple[dict, pd.DataFrame | None]:
     """Build, train and measure one run. Returns (outcome, metrics); metrics is None when training diverged.
 
     Args:
         data_cache: a dict reused across runs of one process so the data set is built once per study.
         on_epoch: forwarded to `fit` (progress reporting).
         checkpoint: the run's checkpoint file; training resumes from it when it exists.
+        measure: False trains only (the non-zero ranks of a distributed run).
     """
     cfg = spec.config
     torch.set_num_threads(cfg["threads"])
@@ -96,7 +100,7 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
                "val_acc": result.val_acc, "test_acc": result.test_acc, "epochs": len(result.history),
                "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history,
                "resumed_from": result.resumed_from}
-    if result.status != "done":
+    if result.status != "done" or not measure:
         return outcome, None
     measure = cfg["measure"]
     levels = measure["levels"]
@@ -160,7 +164,14 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     specs = plan_runs(cfg)
     if gpus_per_run is None:
         gpus_per_run = 1.0 if any(s.config["train"]["device"] == "cuda" for s in specs) else 0.0
-    with study_lock(out_dir):
+    distributed = init_from_env()
+    if distributed and executor != "local":
+        raise WidthlabError(f"under torchrun every process trains the same run together: use the local executor, "
+                            f"not {executor!r}")
+    if distributed and dist.get_rank() != 0:
+        _follow(specs, out_dir)
+        return out_dir
+    with study_lock(out_dir), _sharing_todo(distributed) as share:
         handler = _setup_log(out_dir)
         try:
             (out_dir / "config.yaml").write_text(_dump_yaml(cfg))
@@ -172,6 +183,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
                                  "checkpoint": f"{CHECKPOINTS}/{s.run_id}.pt"} for s in specs])
                 statuses = store.statuses()
                 todo = [s for s in specs if statuses.get(s.run_id) not in FINAL_STATUSES]
+                share([s.run_id for s in todo])
                 log.info("study %s: %d runs, %d to do, executor %s", cfg.name, len(specs), len(todo), executor)
                 results = execute(executor, todo, checkpoints, workers=workers, address=address,
                                   gpus_per_run=gpus_per_run, progress=progress)
@@ -186,6 +198,38 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
             log.removeHandler(handler)
             handler.close()
     return out_dir
+
+
+@contextlib.contextmanager
+def _sharing_todo(distributed: bool):
+    """On rank 0 of a torchrun job, hand the list of runs to do to the other ranks (or None if the study fails
+    before it gets there, so they stop instead of waiting)."""
+    shared = []
+
+    def share(run_ids: list[str]) -> None:
+        if distributed:
+            dist.broadcast_object_list([run_ids], src=0)
+        shared.append(run_ids)
+
+    try:
+        yield share
+    finally:
+        if distributed and not shared:
+            dist.broadcast_object_list([None], src=0)
+
+
+def _follow(specs: list[RunSpec], out_dir: Path) -> None:
+    """A non-zero rank of a torchrun job: train the runs rank 0 names, in its order; rank 0 alone measures and
+    writes the store, checkpoints and report."""
+    message = [None]
+    dist.broadcast_object_list(message, src=0)
+    if message[0] is None:
+        raise WidthlabError("rank 0 stopped before starting the runs; see its error")
+    by_id = {s.run_id: s for s in specs}
+    cache: dict = {}
+    for run_id in message[0]:
+        execute_run(by_id[run_id], data_cache=cache, checkpoint=out_dir / CHECKPOINTS / f"{run_id}.pt",
+                    measure=False)
 
 
 def _drive(store: Store, todo: list[RunSpec], results, total: int, name: str, progress: bool | None) -> None:

@@ -234,6 +234,11 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
                 seen += len(y)
                 if cfg.max_steps is not None and steps >= cfg.max_steps:
                     break
+            if shard[1] > 1:  # the epoch's record covers every process's share of the data
+                totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=device,
+                                                                               dtype=torch.float64)])
+                torch.distributed.all_reduce(totals)
+                loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2].item())
             epoch_loss = loss_sum.item() / max(seen, 1)
             if not math.isfinite(epoch_loss):
                 result.status, result.diverged_epoch = "diverged", epoch
