@@ -33,16 +33,11 @@ def load_data(name: str, *, root: str | os.PathLike | None = None, seed: int = 0
 
     Example: ``load_data("synthetic", input_dim=10, seed=0).train.x.shape == (1000, 10)``
     """
-    from widthlab.models.registry import check_kwargs, resolve_callable
+    from widthlab.models.registry import check_kwargs, lookup
 
     if root is None:
         root = os.environ.get("WIDTHLAB_DATA")
-    if name in _REGISTRY:
-        loader = _REGISTRY[name]
-    elif ":" in name:
-        loader = resolve_callable(name, "data set")
-    else:
-        raise WidthlabError(f"unknown data set {name!r}; registered: {', '.join(list_data())} (or 'module:function')")
+    loader = lookup(_REGISTRY, name, "data set")
     check_kwargs(loader, {"seed": seed, "root": root, **kw}, f"data set {name!r}")
     splits = loader(seed=seed, root=root, **kw)
     if not isinstance(splits, Splits):

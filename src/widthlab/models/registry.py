@@ -67,6 +67,15 @@ def resolve_callable(spec: str, what: str) -> Callable:
     return fn
 
 
+def lookup(registry: dict[str, Callable], name: str, what: str) -> Callable:
+    """The builder registered as `name`, or a user's ``module:function``; otherwise an error listing the names."""
+    if name in registry:
+        return registry[name]
+    if ":" in name:
+        return resolve_callable(name, what)
+    raise WidthlabError(f"unknown {what} {name!r}; registered: {', '.join(sorted(registry))} (or 'module:function')")
+
+
 def check_kwargs(fn: Callable, kwargs: dict, what: str) -> None:
     """Reject keyword arguments that `fn` does not take, naming them and the valid ones."""
     params = inspect.signature(fn).parameters
@@ -93,12 +102,7 @@ def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", 
     Example: ``create_model("mlp", 2.0, init="normal", sigma=0.01, input_dim=10).unit_layers == ["relu1"]``
     """
     width = check_width(width)
-    if name in _REGISTRY:
-        builder = _REGISTRY[name]
-    elif ":" in name:
-        builder = resolve_callable(name, "model")
-    else:
-        raise WidthlabError(f"unknown model {name!r}; registered: {', '.join(list_models())} (or 'module:function')")
+    builder = lookup(_REGISTRY, name, "model")
     if num_classes is not None:
         kw["num_classes"] = num_classes
     check_kwargs(builder, {"width": width, **kw}, f"model {name!r}")

@@ -43,18 +43,14 @@ class ModelSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         from widthlab.models.init import check_init
-        from widthlab.models.registry import _REGISTRY, check_kwargs
+        from widthlab.models.registry import _REGISTRY
 
         check_init(self.init, self.sigma)
         reserved = sorted({"width", "num_classes", "seed"} & set(self.options))
         if reserved:
             raise WidthlabError(f"model option(s) {reserved} are set by the study (grid widths, the data set, "
                                 "the replicate), not in the model section")
-        if self.name in _REGISTRY:
-            check_kwargs(_REGISTRY[self.name], self.options, f"model {self.name!r}")
-        elif ":" not in self.name:
-            raise WidthlabError(f"unknown model {self.name!r}; registered: {', '.join(sorted(_REGISTRY))} "
-                                "(or 'module:function')")
+        _check_registered(_REGISTRY, self.name, self.options, "model")
         return self
 
 
@@ -73,14 +69,18 @@ class DataSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
         from widthlab.data.registry import _REGISTRY
-        from widthlab.models.registry import check_kwargs
 
-        if self.name in _REGISTRY:
-            check_kwargs(_REGISTRY[self.name], self.options, f"data set {self.name!r}")
-        elif ":" not in self.name:
-            raise WidthlabError(f"unknown data set {self.name!r}; registered: {', '.join(sorted(_REGISTRY))} "
-                                "(or 'module:function')")
+        _check_registered(_REGISTRY, self.name, self.options, "data set")
         return self
+
+
+def _check_registered(registry: dict, name: str, options: dict, what: str) -> None:
+    """A registered name's options must fit its signature; a ``module:function`` is only checked when run
+    (validating a config imports no user code)."""
+    from widthlab.models.registry import check_kwargs, lookup
+
+    if ":" not in name:
+        check_kwargs(lookup(registry, name, what), options, f"{what} {name!r}")
 
 
 class MeasureSpec(_Strict):
