@@ -138,6 +138,19 @@ def test_verdict_is_reproducible_and_seeded():
     pd.testing.assert_frame_equal(alone, expected)
 
 
+@pytest.mark.parametrize("replicates", [3, 1])
+def test_exactly_constant_values_are_flat_not_a_rounding_sign(replicates):
+    # Constant 0.1 in every run leaves a slope of ~1e-17 in floating point; its sign must not become a trend.
+    runs, metrics = make_tables({"v": rising}, replicates=replicates)
+    runs["test_acc"] = 1.0
+    metrics.loc[metrics["metric"] == "compressibility", "value"] = 0.1
+    table = verdict(runs, metrics)
+    for metric in ("compressibility", *(("accuracy",) if replicates > 1 else ())):
+        r = row(table, "v", metric)
+        assert r.slope == 0.0 and r.trend == "flat"
+    assert row(table, "v", "robustness").trend == "up"
+
+
 def test_slope_is_least_squares_of_run_values_on_log2_width():
     runs, metrics = make_tables({"up": rising}, noise=0.02, seed=5)
     levels = run_level(runs, metrics)
@@ -209,7 +222,10 @@ def test_run_level_averages_unit_layers_and_samplings_but_not_all():
     metrics = pd.concat([metrics, extra], ignore_index=True)
     levels = run_level(runs, metrics)
     assert list(levels.columns) == ["run_id", "variant", "width", "replicate", "accuracy", "robustness",
-                                    "compressibility", "similarity", "similar_fraction"]
+                                    "compressibility", "similarity", "similar_fraction", "similarity_null",
+                                    "similar_fraction_null", "similarity_excess"]
+    # No permutation null in these tables: its columns are there, and NaN.
+    assert levels["similarity_null"].isna().all()
     for metric in ("robustness", "compressibility", "similarity", "similar_fraction"):
         np.testing.assert_allclose(levels[metric], 0.4)
     np.testing.assert_allclose(levels["accuracy"], runs["test_acc"])
@@ -276,7 +292,7 @@ def test_width_labels():
 def test_ablation_curve_table_averages_layers_and_replicates():
     runs, metrics = make_tables({"v": rising}, noise=0.0)
     table = ablation_curve_table(metrics, runs)
-    assert list(table.columns) == ["variant", "width", "level", "unchanged"]
+    assert list(table.columns) == ["variant", "width", "level", "unchanged", "std"]
     at_one = table[(table["width"] == 1.0)].set_index("level")["unchanged"]
     # auc 0.5 at width 1 → the straight curve 1 − p.
     np.testing.assert_allclose(at_one.to_numpy(), 1 - LEVELS, atol=1e-12)
@@ -301,10 +317,12 @@ def test_write_report_writes_pngs_summary_and_csv(tmp_path):
     runs, metrics = make_tables({"sigma=0.01": rising, "sigma=0.1": flat_value}, replicates=2)
     runs.loc[0, "status"] = "failed"
     runs.loc[1, "status"] = "diverged"
-    result = write_report(runs, metrics, tmp_path / "report", title="Synthetic study", config={"seed": 0})
+    result = write_report(runs, metrics, tmp_path / "report", title="Synthetic study", config={"seed": 0},
+                          pdf=False)
     names = {p.name for p in result["figures"]}
     assert names == {"accuracy.png", "robustness.png", "compressibility.png", "similarity.png",
-                     "overview.png", "ablation_curves.png"}
+                     "similar_fraction.png", "similarity_calibration.png", "overview.png", "ablation_curves.png",
+                     "layerwise_robustness.png", "layerwise_compressibility.png", "layerwise_similarity.png"}
     for path in result["figures"]:
         data = path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
@@ -316,7 +334,8 @@ def test_write_report_writes_pngs_summary_and_csv(tmp_path):
     assert "(figures/overview.png)" in summary and "(figures/ablation_curves.png)" in summary
     assert "seed: 0" in summary
     saved = pd.read_csv(result["verdict_csv"])
-    assert len(saved) == 8 and set(saved["trend"]) <= {"up", "flat", "down"}
+    # 2 variants × (accuracy, robustness, compressibility, similarity, similar_fraction).
+    assert len(saved) == 10 and set(saved["trend"]) <= {"up", "flat", "down"}
     pd.testing.assert_frame_equal(
         saved, result["verdict"], check_dtype=False
     )
@@ -326,10 +345,11 @@ def test_write_report_writes_pngs_summary_and_csv(tmp_path):
 def test_write_report_with_no_done_run_does_not_crash(tmp_path):
     runs, metrics = make_tables({"v": rising}, widths=(1.0, 2.0), replicates=1)
     runs["status"] = "pending"
-    result = write_report(runs, metrics, tmp_path, title="Nothing yet")
+    result = write_report(runs, metrics, tmp_path, title="Nothing yet", pdf=False)
     assert result["verdict"].empty
     assert {p.name for p in result["figures"]} == {"accuracy.png", "robustness.png", "compressibility.png",
-                                                   "similarity.png", "overview.png"}
+                                                   "similarity.png", "similar_fraction.png",
+                                                   "similarity_calibration.png", "overview.png"}
     assert "No run is done yet." in result["summary"].read_text(encoding="utf-8")
 
 
@@ -339,6 +359,6 @@ def test_format_verdict_table():
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["variant", "metric"]
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert len(lines) == 2 + 4
+    assert len(lines) == 2 + 5  # the four of DESIGN §2, then similar_fraction (in the tables)
     assert "n/a" in text  # single-replicate accuracy has no interval
     assert "layers" in text and "up" in text

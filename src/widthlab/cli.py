@@ -22,6 +22,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     cfg = load_config(args.config, overrides)
+    if args.smoke:
+        from widthlab.study.smoke import smoke_config
+
+        cfg = smoke_config(cfg)
     out = Path(args.out) if args.out else DEFAULT_ROOT / cfg.name
     specs = plan_runs(cfg)
     if args.dry_run:
@@ -94,33 +98,71 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(out: Path) -> None:
-    from widthlab.report import format_verdict_table, hypothesis, verdict
-    from widthlab.study.store import load_results
+def _print_report(out: Path, runs=None, report: dict | None = None) -> None:
+    """Print the run census, the verdict table, the hypothesis and the calibration line of each variant.
 
-    results = load_results(out)
-    counts = results.runs["status"].value_counts().to_dict()
+    Without `report` (the dict `write_report` returns) they come from the study directory `out`: its store and
+    the verdict.csv its report wrote (computed with the study's seed).
+    """
+    import pandas as pd
+
+    from widthlab.report import calibration, format_verdict_table, hypothesis
+    from widthlab.study.store import STORE_NAME, load_results
+
+    if report is None:
+        runs, table = load_results(out).runs, pd.read_csv(out / "verdict.csv")
+    else:
+        table = report["verdict"]
+    counts = runs["status"].value_counts().to_dict()
     print(f"runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
-    table = verdict(results.runs, results.metrics)
     print(format_verdict_table(table))
     for row in hypothesis(table).itertuples(index=False):
         print(f"hypothesis {'holds' if row.holds else 'does not hold'} for {row.variant}: {row.reason}")
-    print(f"summary: {out / 'summary.md'}\nfigures: {out / 'figures'}\nstore:   {out / 'widthlab.sqlite'}")
+    for row in calibration(table).itertuples(index=False):
+        print(f"similarity trend survives calibration for {row.variant}: {row.survives} ({row.reason})")
+    print(f"summary: {out / 'summary.md'}\nfigures: {out / 'figures'}")
+    if report is not None and report["html"] is not None:
+        print(f"html:    {report['html']}")
+    if (out / STORE_NAME).is_file():
+        print(f"store:   {out / STORE_NAME}")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     import yaml
 
-    from widthlab.report import write_report
+    from widthlab.report import combine_frames, write_report
+    from widthlab.study.runner import parameter_counts
     from widthlab.study.store import load_results
 
-    out = Path(args.dir)
-    results = load_results(out)
-    config_path = out / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
-    title = (config or {}).get("name", out.name)
-    write_report(results.runs, results.metrics, out, title=title, config=config)
-    _print_report(out)
+    dirs = [Path(d) for d in args.dirs]
+    if len(dirs) > 1 and not args.out:
+        raise WidthlabError(f"{len(dirs)} study directories make one combined report: name its folder with --out")
+    studies = []
+    for directory in dirs:
+        results = load_results(directory)
+        config_path = directory / "config.yaml"
+        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+        studies.append((directory, results, config))
+    names = ("runs", "metrics", "snapshots", "history")
+    if len(studies) == 1:
+        directory, results, config = studies[0]
+        title = (config or {}).get("name", directory.name)
+        tables = {name: getattr(results, name, None) for name in names}
+    else:
+        labels = [(config or {}).get("name", directory.name) for directory, _, config in studies]
+        if len(set(labels)) < len(labels):
+            labels = [str(directory) for directory in dirs]  # two studies of one preset: tell them apart by path
+        tables = {}
+        for name in names:
+            frames = [getattr(results, name, None) for _, results, _ in studies]
+            tables[name] = None if any(f is None for f in frames) else combine_frames(frames, labels)
+        config = {label: config for label, (_, _, config) in zip(labels, studies)}
+        title = "Combined: " + ", ".join(labels)
+    out = Path(args.out) if args.out else dirs[0]
+    report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
+                          snapshots=tables["snapshots"], history=tables["history"],
+                          params=parameter_counts(tables["runs"]), html=args.html)
+    _print_report(out, tables["runs"], report)
     return 0
 
 
@@ -161,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set grid.replicates=1 --set train.epochs=10")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="training device (default: the config's)")
     run.add_argument("--dry-run", action="store_true", help="print the grid of runs and stop")
+    run.add_argument("--smoke", action="store_true",
+                     help="a seconds-long version: widths 1/4 and 1/2, one replicate, 64 examples, 3 steps, "
+                          "digits when the study's image data is absent")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
                      help="where runs execute (default: local, one after another)")
@@ -192,8 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")
     analyze.set_defaults(func=_cmd_analyze)
 
-    report = sub.add_parser("report", help="redraw the figures and summary of a study directory")
-    report.add_argument("dir", help="a study directory written by `widthlab run`")
+    report = sub.add_parser("report", help="redraw the figures, verdict and summary of one study, or combine "
+                                           "several studies into one report")
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="study directories written by `widthlab run`; "
+                        "with several, their variants are drawn together, prefixed by each study's name")
+    report.add_argument("--out", help="report folder (default: the study directory; required with several DIRs)")
+    report.add_argument("--html", action="store_true",
+                        help="also write report.html: one self-contained file with figures, verdict, "
+                             "configuration, package versions and run times")
     report.set_defaults(func=_cmd_report)
 
     sub.add_parser("presets", help="list the bundled presets").set_defaults(func=_cmd_presets)

@@ -1,28 +1,60 @@
-"""The report: figures, the statistical verdict and summary.md, from the study's runs and metrics tables.
+"""The report: figures, the statistical verdict, the similarity calibration, summary.md and report.html, from
+the study's runs and metrics tables.
 
 Works on plain pandas DataFrames (the study store's `runs` and `metrics`); imports nothing of study, train or
 measure.
 """
 
+from widthlab.report.combine import combine, combine_frames
 from widthlab.report.figures import (
     ablation_curve_table,
+    abs_r_table,
     plot_ablation_curves,
+    plot_abs_r,
+    plot_layerwise,
+    plot_params,
+    plot_similarity_calibration,
+    plot_vs_epoch,
     plot_vs_width,
     width_label,
     write_figures,
 )
+from widthlab.report.html import package_versions, render_html, run_times
 from widthlab.report.summary import format_verdict_table, write_report, write_summary
-from widthlab.report.verdict import done_runs, hypothesis, layer_level, run_level, verdict
+from widthlab.report.verdict import (
+    calibration,
+    done_runs,
+    epoch_level,
+    final_rows,
+    hypothesis,
+    layer_level,
+    run_level,
+    verdict,
+)
 
 __all__ = [
     "ablation_curve_table",
+    "abs_r_table",
+    "calibration",
+    "combine",
+    "combine_frames",
     "done_runs",
+    "epoch_level",
+    "final_rows",
     "format_verdict_table",
     "hypothesis",
     "layer_level",
+    "package_versions",
     "plot_ablation_curves",
+    "plot_abs_r",
+    "plot_layerwise",
+    "plot_params",
+    "plot_similarity_calibration",
+    "plot_vs_epoch",
     "plot_vs_width",
+    "render_html",
     "run_level",
+    "run_times",
     "verdict",
     "width_label",
     "write_figures",

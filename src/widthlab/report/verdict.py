@@ -6,15 +6,23 @@ Choices where DESIGN.md is silent (also stated in the docstrings below):
 - a run's value is the mean over its unit layers (never the joint scope "all") of each layer's mean over
   samplings, so a layer measured with more samplings does not weigh more;
 - the bootstrap interval is the percentile interval (2.5%, 97.5%) of the resampled slopes; each
-  (variant, metric) draws from its own stream, `numpy_generator(seed, variant, metric)`, so a slope's interval
-  does not depend on which other variants or metrics are in the table;
+  (variant, metric) draws from its own stream, `numpy_generator(seed, "verdict", variant, metric)`, so a slope's
+  interval does not depend on which other variants or metrics are in the table;
 - resampling runs is chosen when some width has at least two done runs; a width left with a single run
   (the others failed or diverged) then contributes that run to every resample unchanged;
 - resampling layers (one replicate per width) draws the same layers for every run, i.e. it bootstraps the
   trend over the population of layers (the slope of the layer mean is the mean of the per-layer slopes);
 - no interval can be drawn (method "none": NaN interval, trend "flat", point slope still reported) when
   there are fewer than two widths, or one replicate per width and fewer than two layers (accuracy has no
-  layers, so single-replicate accuracy is always "none").
+  layers, so single-replicate accuracy is always "none");
+- metrics rows with an `epoch` (snapshots taken during training, paper Figure C3) are not the final
+  measurement: figures versus width and the verdict use the rows whose epoch is missing (or a table without
+  an epoch column); `epoch_level` uses the others.
+
+Calibrated similarity (not in DESIGN §2, added because similarity counts similar units *per unit*): the verdict
+also judges `similar_fraction` (share of similar pairs) and, when the permutation null was measured,
+`similarity_excess` (observed − null on the same rows); `calibration` says whether a rising similarity survives
+both.
 """
 
 from __future__ import annotations
@@ -35,10 +43,17 @@ LAYER_QUANTITIES = {
     "compressibility": ("compressibility", ""),
     "similarity": ("similarity", ""),
     "similar_fraction": ("similar_fraction", ""),
+    "similarity_null": ("similarity_null", ""),
+    "similar_fraction_null": ("similar_fraction_null", ""),
+    "similarity_excess": ("similarity_excess", ""),
 }
 RUN_LEVEL_METRICS = ("accuracy", *LAYER_QUANTITIES)
 VERDICT_COLUMNS = ("variant", "metric", "slope", "ci_low", "ci_high", "trend", "n_runs", "method")
 HYPOTHESIS_METRICS = ("robustness", "compressibility", "similarity")
+# Judged by default: DESIGN §2's four, then the calibration metrics whenever the metrics table holds them.
+CORE_METRICS = ("accuracy", *HYPOTHESIS_METRICS)
+CALIBRATION_METRICS = ("similar_fraction", "similarity_excess")
+CALIBRATION_COLUMNS = ("variant", "survives", "reason")
 JOINT_SCOPE = "all"
 
 
@@ -64,6 +79,22 @@ def done_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return done.reset_index(drop=True)
 
 
+def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the final measurement: all rows, or those whose `epoch` is missing when there is that column.
+
+    Snapshots taken during training (paper Figure C3) carry their epoch; they must not be averaged into the
+    trained network's numbers.
+
+    Args:
+        metrics: the metrics table, with or without an `epoch` column.
+
+    Example: ``final_rows(metrics).query("metric == 'similarity'")``.
+    """
+    if "epoch" not in metrics.columns:
+        return metrics
+    return metrics[metrics["epoch"].isna()]
+
+
 def layer_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """Per-layer values of each done run, averaged over samplings (unit layers only, never "all").
 
@@ -72,30 +103,38 @@ def layer_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
         metrics: the metrics table (run_id, layer, metric, perturbation, sampling, value, ...).
 
     Returns a long DataFrame with columns run_id, variant, width, replicate, layer, metric, value, where
-    metric is one of robustness (the "zero" ablation AUC), compressibility, similarity, similar_fraction.
+    metric is a key of LAYER_QUANTITIES: robustness (the "zero" ablation AUC), compressibility, similarity,
+    similar_fraction, and the calibration metrics similarity_null, similar_fraction_null, similarity_excess
+    when measured. Snapshot rows (with an epoch) are left out (`final_rows`).
 
     Example: ``layer_level(runs, metrics).query("metric == 'robustness'")``.
     """
     done = done_runs(runs)
     _require_columns(metrics, METRIC_COLUMNS, "metrics")
+    long = _per_layer(final_rows(metrics), done, [])
+    keys = done[["run_id", "variant", "width", "replicate"]]
+    columns = ["run_id", "variant", "width", "replicate", "layer", "metric", "value"]
+    return keys.merge(long, on="run_id", how="inner")[columns]
+
+
+def _per_layer(metrics: pd.DataFrame, done: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Each LAYER_QUANTITIES value per run_id, `keys` and unit layer, averaged over samplings (long format)."""
     rows = metrics[metrics["run_id"].isin(done["run_id"]) & (metrics["layer"] != JOINT_SCOPE)]
     parts = []
     for name, (metric, perturbation) in LAYER_QUANTITIES.items():
         chosen = rows[(rows["metric"] == metric) & (rows["perturbation"].fillna("") == perturbation)]
-        per_layer = chosen.groupby(["run_id", "layer"], as_index=False)["value"].mean()
+        per_layer = chosen.groupby(["run_id", *keys, "layer"], as_index=False)["value"].mean()
         parts.append(per_layer.assign(metric=name))
-    long = pd.concat(parts, ignore_index=True)
-    keys = done[["run_id", "variant", "width", "replicate"]]
-    columns = ["run_id", "variant", "width", "replicate", "layer", "metric", "value"]
-    return keys.merge(long, on="run_id", how="inner")[columns]
+    return pd.concat(parts, ignore_index=True)
 
 
 def run_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per done run: its accuracy and its layer-averaged robustness and redundancy.
 
     accuracy = test_acc; robustness = mean over unit layers of the "zero" ablation AUC; compressibility,
-    similarity and similar_fraction = means over unit layers. Each layer is first averaged over its samplings.
-    The joint scope "all" is excluded. A quantity a run never measured is NaN.
+    similarity, similar_fraction and the calibration metrics = means over unit layers. Each layer is first
+    averaged over its samplings. The joint scope "all" and snapshot rows are excluded. A quantity a run never
+    measured is NaN.
 
     Args:
         runs: the runs table; only status "done" rows are kept.
@@ -115,10 +154,47 @@ def run_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def epoch_level(runs: pd.DataFrame, metrics: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per done run and epoch of its snapshot measurements (paper Figure C3), averaged like `run_level`.
+
+    Snapshot rows are the metrics rows with an `epoch`; each quantity is averaged over samplings, then over
+    unit layers. With a training `history` (run_id, epoch, val_acc and/or test_acc), its accuracies are joined
+    on (run_id, epoch) as columns val_acc / test_acc, so accuracy is drawn along the same epochs.
+
+    Args:
+        runs: the runs table; only status "done" rows are kept.
+        metrics: a metrics table with an `epoch` column (no such column: an empty result).
+        history: per-epoch training records (default None: no accuracy columns).
+
+    Returns a DataFrame with columns run_id, variant, width, replicate, epoch, the LAYER_QUANTITIES names and
+    any of val_acc, test_acc; empty when there is no snapshot.
+
+    Example: ``epoch_level(runs, snapshots, history).groupby(["width", "epoch"])["similarity"].mean()``.
+    """
+    done = done_runs(runs)
+    keys = ["run_id", "variant", "width", "replicate", "epoch"]
+    if "epoch" not in metrics.columns or metrics["epoch"].isna().all():
+        return pd.DataFrame(columns=[*keys, *LAYER_QUANTITIES])
+    _require_columns(metrics, METRIC_COLUMNS, "metrics")
+    long = _per_layer(metrics[metrics["epoch"].notna()], done, ["epoch"])
+    wide = (long.groupby(["run_id", "epoch", "metric"])["value"].mean()
+            .unstack("metric").reindex(columns=list(LAYER_QUANTITIES)).reset_index())
+    if history is not None and len(history):
+        accuracies = [c for c in ("val_acc", "test_acc") if c in history.columns]
+        # History epochs are integers, snapshot epochs may be floats (NaN marks final rows): join as floats.
+        records = history[["run_id", "epoch", *accuracies]].astype({"epoch": float})
+        wide = wide.astype({"epoch": float}).merge(records, on=["run_id", "epoch"], how="left")
+    wide.columns.name = None
+    out = done[["run_id", "variant", "width", "replicate"]].merge(wide, on="run_id", how="inner")
+    out["width"] = out["width"].astype(float)
+    return out.reset_index(drop=True)
+
+
 def _ols_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares slopes of each column of y (n, B) on x (n,), ignoring NaN entries of that column.
 
-    A column with fewer than two distinct x among its finite entries gives NaN.
+    A column with fewer than two distinct x among its finite entries gives NaN. A slope whose fitted change
+    over the x range is below 1e-12 of the column's largest |y| is rounding, and is returned as exactly 0.
     """
     valid = np.isfinite(y)  # (n, B)
     weight = valid.astype(float)
@@ -129,6 +205,10 @@ def _ols_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         dx = (x[:, None] - x_mean) * weight  # (n, B)
         sxx = (dx**2).sum(axis=0)
         slopes = (dx * y0).sum(axis=0) / sxx
+        # A constant y (accuracy 1.0 in every run) leaves a slope of ~1e-17 whose sign is rounding noise; its
+        # bootstrap interval would be equally tiny and one-signed, and the trend "up" or "down" by chance.
+        rounding = np.abs(slopes) * np.abs(dx).max(axis=0) <= 1e-12 * np.abs(y0).max(axis=0)
+    slopes = np.where(rounding, 0.0, slopes)
     # Equal x can leave a rounding-sized sxx (the mean of n equal floats need not be exact); distinct
     # log2 widths give sxx far above the threshold.
     return np.where(sxx > 1e-12, slopes, np.nan)
@@ -206,7 +286,7 @@ def verdict(
     runs: pd.DataFrame,
     metrics: pd.DataFrame,
     *,
-    metrics_: Sequence[str] = ("accuracy", "robustness", "compressibility", "similarity"),
+    metrics_: Sequence[str] | None = None,
     resamples: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -221,8 +301,9 @@ def verdict(
     Args:
         runs: the runs table; only status "done" rows count.
         metrics: the metrics table.
-        metrics_: which run-level quantities to judge (default accuracy, robustness, compressibility,
-            similarity; similar_fraction is also available).
+        metrics_: which run-level quantities (RUN_LEVEL_METRICS) to judge; default None: accuracy, robustness,
+            compressibility, similarity, then similar_fraction and similarity_excess when the metrics table
+            holds them (the calibration rows that `calibration` reads).
         resamples: bootstrap resamples (default 1000).
         seed: bootstrap seed (default 0); each (variant, metric) uses its own derived NumPy stream.
 
@@ -230,6 +311,9 @@ def verdict(
 
     Example: ``verdict(results.runs, results.metrics).query("trend == 'up'")``.
     """
+    if metrics_ is None:
+        measured = set(final_rows(metrics)["metric"]) if "metric" in metrics.columns else set()
+        metrics_ = (*CORE_METRICS, *(m for m in CALIBRATION_METRICS if m in measured))
     unknown = [m for m in metrics_ if m not in RUN_LEVEL_METRICS]
     if unknown:
         raise WidthlabError(f"unknown verdict metric(s) {unknown}; valid: {list(RUN_LEVEL_METRICS)}")
@@ -276,3 +360,36 @@ def hypothesis(verdict_df: pd.DataFrame) -> pd.DataFrame:
             holds, reason = True, f"accuracy {trends['accuracy']}; {', '.join(grown)} up"
         rows.append(dict(variant=variant, holds=holds, reason=reason))
     return pd.DataFrame(rows, columns=["variant", "holds", "reason"]).astype({"holds": bool})
+
+
+def calibration(verdict_df: pd.DataFrame) -> pd.DataFrame:
+    """Whether each variant's similarity trend survives calibration: similarity, similar_fraction and
+    similarity_excess all "up".
+
+    similarity counts similar units per unit, so it can rise with width while the share of similar pairs
+    (similar_fraction) does not, and chance correlations inflate it (similarity_excess removes the permutation
+    null). survives is "yes" when all three are up, "no" otherwise, and "not judged" when the verdict lacks any of
+    them (e.g. no permutation null was measured).
+
+    Args:
+        verdict_df: the output of `verdict` (with its default metrics, or any including the three).
+
+    Returns a DataFrame with columns variant, survives ("yes" | "no" | "not judged"), reason (str).
+
+    Example: ``calibration(verdict(runs, metrics)).query("survives == 'yes'")``.
+    """
+    _require_columns(verdict_df, ("variant", "metric", "trend"), "verdict")
+    needed = ("similarity", *CALIBRATION_METRICS)
+    rows = []
+    for variant, group in verdict_df.groupby("variant", sort=False):
+        trends = dict(zip(group["metric"], group["trend"]))
+        missing = [m for m in needed if m not in trends]
+        judged = ", ".join(f"{m} {trends[m]}" for m in needed if m in trends)
+        if missing:
+            survives, reason = "not judged", f"{', '.join(missing)} not measured" + (f"; {judged}" if judged else "")
+        elif all(trends[m] == "up" for m in needed):
+            survives, reason = "yes", judged
+        else:
+            survives, reason = "no", judged
+        rows.append(dict(variant=variant, survives=survives, reason=reason))
+    return pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))

@@ -128,6 +128,34 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     return outcome, pd.concat(frames, ignore_index=True)
 
 
+def parameter_counts(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Trainable parameters per model and width (paper Figure A1), built on the meta device from each variant's
+    stored model config; None (the figure is skipped) when a model cannot be built there.
+
+    The readout has the model's default number of classes: the data set is not loaded just to count it.
+    """
+    rows = []
+    for (variant, width), group in runs.groupby(["variant", "width"], sort=False):
+        spec = dict(json.loads(group["config"].iloc[0])["model"])
+        name = spec.pop("name")
+        try:
+            # On the meta device parameters have shapes but no storage: a 4x Inception-v3 costs no memory.
+            with torch.device("meta"):
+                model = create_model(name, float(width), **spec)
+        except Exception as exc:  # a user's model may not build without data or on meta; the figure is optional
+            log.info("parameter counts skipped: %s cannot be built on meta: %s", name, exc)
+            return None
+        rows.append(dict(variant=variant, name=name, width=float(width),
+                         params=sum(p.numel() for p in model.parameters() if p.requires_grad)))
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    # One line per model, unless variants change its architecture: then one per variant.
+    per_variant = frame.groupby(["name", "width"])["params"].nunique().gt(1).any()
+    frame["model"] = frame["name"] + (" (" + frame["variant"].astype(str) + ")" if per_variant else "")
+    return frame[["model", "width", "params"]].drop_duplicates()
+
+
 def _setup_log(out_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(out_dir / "widthlab.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -193,7 +221,9 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
             if report:
                 from widthlab.report import write_report
 
-                write_report(results.runs, results.metrics, out_dir, title=cfg.name, config=cfg.model_dump(mode="json"))
+                write_report(results.runs, results.metrics, out_dir, title=cfg.name, config=cfg.model_dump(mode="json"),
+                             seed=cfg.seed, snapshots=results.snapshots, history=results.history,
+                             params=parameter_counts(results.runs))
         finally:
             log.removeHandler(handler)
             handler.close()

@@ -1,0 +1,134 @@
+"""Texts, cells and lines shared by the written reports (summary.md, report.html) and the terminal table."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from widthlab.report.figures import OVERVIEW_METRICS, width_label
+from widthlab.report.verdict import done_runs
+
+RESAMPLES = 1000
+FIGURE_DIR = "figures"
+FIGURE_CAPTIONS = {
+    "overview.png": "Overview: (a) accuracy, (b) robustness, (c) compressibility, (d) similarity",
+    "accuracy.png": "Accuracy vs width (paper Figure 1)",
+    "ablation_curves.png": "Ablation curves, zero ablation, mean over unit layers (paper Figure 2)",
+    "robustness.png": "Robustness vs width (paper Figure 3)",
+    "compressibility.png": "Compressibility vs width (paper Figure 4)",
+    "similarity.png": "Similarity vs width, permutation null dashed when measured (paper Figure 5)",
+    "similar_fraction.png": "Share of similar unit pairs vs width",
+    "similarity_excess.png": "Similarity excess over the permutation null vs width",
+    "similarity_calibration.png": "Similarity beside its calibration: similar fraction and excess over the null",
+    "layerwise_robustness.png": "Robustness per layer (paper Figures C7–C10 a)",
+    "layerwise_compressibility.png": "Compressibility per layer (paper Figures C7–C10 b)",
+    "layerwise_similarity.png": "Similarity per layer (paper Figures C7–C10 c)",
+    "abs_r_distributions.png": "Distributions of |r| between units per layer (paper Figure B2)",
+    "epochs.png": "Metrics along training epochs (paper Figure C3)",
+    "params.png": "Trainable parameters vs width (paper Figure A1)",
+}
+CALIBRATION_TEXT = (
+    "Similarity counts similar units per unit, so it can grow with width while the share of similar pairs "
+    "does not, and chance correlations inflate it when rows are few. The similarity trend survives calibration "
+    "when similarity, similar_fraction (share of similar pairs) and similarity_excess (observed − permutation "
+    "null on the same rows) are all up; it is not judged when any of them was not measured."
+)
+VERDICT_TEXT = (
+    "Slope of each run's value on log2(width), i.e. the change per doubling of width, with a 95% bootstrap "
+    "interval ({resamples} resamples, seed {seed}). Trend: up if the interval is above 0, down if below, flat "
+    "otherwise. Method: `runs` resamples runs within each width; `layers` resamples unit layers (one replicate "
+    "per width); `none` means no interval could be drawn (fewer than two widths, or one replicate and fewer than "
+    "two layers), so the trend is reported flat."
+)
+HYPOTHESIS_TEXT = (
+    "The robustness-redundancy hypothesis holds for a variant when accuracy is not down and robustness, "
+    "compressibility or similarity is up."
+)
+# Statuses always listed in the census, even at zero; others appear only when present.
+MAIN_STATUSES = ("done", "failed", "diverged")
+VERDICT_HEADER = ["variant", "metric", "slope/doubling", "95% CI", "trend", "runs", "method"]
+# Shown in the results table only when measured (the permutation null is optional).
+CALIBRATION_RESULTS = ("similarity_null", "similarity_excess")
+
+
+def number(value: float, signed: bool = False) -> str:
+    """Three significant digits, "n/a" for None, NaN or inf; with `signed`, always a sign."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:+.3g}" if signed else f"{value:.3g}"
+
+
+def interval(low: float, high: float) -> str:
+    """A 95% interval as "[low, high]" with signs, or "n/a"."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    return f"[{number(low, True)}, {number(high, True)}]"
+
+
+def verdict_rows(verdict_df: pd.DataFrame) -> list[list[str]]:
+    """The verdict's rows as text cells in VERDICT_HEADER's order."""
+    return [
+        [str(r.variant), str(r.metric), number(r.slope, True), interval(r.ci_low, r.ci_high), str(r.trend),
+         str(r.n_runs), str(r.method)]
+        for r in verdict_df.itertuples(index=False)
+    ]
+
+
+def census(runs: pd.DataFrame) -> list[str]:
+    """The "what was run" lines (all runs, whatever their status), without list markers."""
+    variants = ", ".join(f"`{v}`" for v in pd.unique(runs["variant"])) or "none"
+    widths = ", ".join(width_label(w) for w in sorted(runs["width"].astype(float).unique())) or "none"
+    per_cell = runs.groupby(["variant", "width"]).size()
+    cell_text = "none" if per_cell.empty else (
+        str(per_cell.min()) if per_cell.min() == per_cell.max() else f"{per_cell.min()}–{per_cell.max()}"
+    )
+    replicates = ", ".join(str(r) for r in sorted(runs["replicate"].unique()))
+    counts = runs["status"].value_counts()
+    statuses = [*MAIN_STATUSES, *sorted(set(counts.index) - set(MAIN_STATUSES))]
+    status_text = ", ".join(f"{int(counts.get(s, 0))} {s}" for s in statuses)
+    lines = [
+        f"Variants: {variants}",
+        f"Widths: {widths}",
+        f"Runs per variant × width: {cell_text} (replicates {replicates or 'none'})",
+        f"Runs: {len(runs)} in all — {status_text}",
+    ]
+    if "seconds" in runs.columns:
+        seconds = float(done_runs(runs)["seconds"].sum())
+        lines.append(f"Run time of the done runs: {seconds:.1f} s")
+    return lines
+
+
+def results_columns(levels: pd.DataFrame) -> list[str]:
+    """The run-level quantities of the results table: the overview four, similar_fraction, and the permutation
+    null and excess when measured."""
+    extra = [c for c in CALIBRATION_RESULTS if c in levels.columns and levels[c].notna().any()]
+    return [*OVERVIEW_METRICS, "similar_fraction", *extra]
+
+
+def results_rows(levels: pd.DataFrame) -> list[list[str]]:
+    """Mean ± std (ddof 0) over the done runs of each variant × width, in `results_columns` order."""
+    rows = []
+    columns = results_columns(levels)
+    for variant in pd.unique(levels["variant"]):
+        for width, group in levels[levels["variant"] == variant].groupby("width"):
+            cells = []
+            for metric in columns:
+                values = group[metric].dropna().to_numpy(float)
+                cells.append(
+                    f"{number(values.mean())} ± {number(np.std(values, ddof=0))}" if len(values) else "n/a"
+                )
+            rows.append([str(variant), width_label(width), str(len(group)), *cells])
+    return rows
+
+
+def config_text(config: Any) -> str:
+    """A resolved config (mapping, or pydantic model) as YAML; values YAML cannot hold become strings."""
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    plain = json.loads(json.dumps(config, default=str))
+    return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True).rstrip()
