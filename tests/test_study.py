@@ -69,8 +69,10 @@ def test_same_config_and_seed_give_the_same_numbers(study, tmp_path):
 
 
 def test_a_changed_grid_in_the_same_directory_is_refused(study):
+    before = (study / "config.yaml").read_text()
     with pytest.raises(Exception, match="different configuration"):
         run_study(load_config("mlp-10d", SMALL + ["train.epochs=5"]), study, progress=False)
+    assert (study / "config.yaml").read_text() == before  # the refused config did not replace the stored one
 
 
 def test_cli_run_dry_run_lists_the_grid(capsys):

@@ -6,6 +6,7 @@ Errors a user can cause print one line and exit with status 2 (argparse's own us
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ DEFAULT_ROOT = Path("widthlab-runs")
 def _cmd_run(args: argparse.Namespace) -> int:
     from widthlab.study.config import load_config
     from widthlab.study.runner import plan_runs, run_study
+    from widthlab.study.store import load_results
+    from widthlab.train.distributed import distributed_shard
 
     overrides = list(args.set or [])
     if args.device:
@@ -37,7 +40,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     run_study(cfg, out, executor=args.executor, workers=args.workers, address=args.address,
               gpus_per_run=args.gpus_per_run, progress=None if not args.quiet else False)
+    if distributed_shard()[0] != 0:  # under torchrun, rank 0 alone reports
+        return 0
     _print_report(out)
+    failed = (load_results(out).runs["status"] == "failed").sum()
+    if failed:
+        print(f"widthlab: {failed} run(s) failed; see `widthlab status {out}` and {out / 'widthlab.log'}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -255,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # As `python -m` does: a config's `module:function` may name a module in the current folder.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return args.func(args)
     except WidthlabError as exc:

@@ -24,7 +24,9 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     scalar = frame[frame["level"].isna()]
     redundancy = scalar[scalar["metric"].isin(REDUNDANCY_COLUMNS)]
     table = redundancy.pivot_table(index="layer", columns="metric", values="value", aggfunc="mean", sort=False)
-    table = table.reindex(columns=[c for c in REDUNDANCY_COLUMNS if c in table.columns])
+    # Every layer gets a row, the joint scope "all" too (it has robustness but no redundancy numbers).
+    table = table.reindex(index=list(dict.fromkeys(frame["layer"])),
+                          columns=[c for c in REDUNDANCY_COLUMNS if c in table.columns])
     auc = scalar[scalar["metric"] == "auc"]
     for perturbation, part in auc.groupby("perturbation", sort=False):
         stats = part.groupby("layer", sort=False)["value"].agg(["mean", lambda v: float(np.std(v))])

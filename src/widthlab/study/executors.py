@@ -69,7 +69,7 @@ def _init_worker(counter, n_gpus: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
-def run_local(specs, checkpoints: Path, progress: bool | None) -> Iterator:
+def run_local(specs, checkpoints: Path, progress: bool | None, started) -> Iterator:
     """Runs one after another in this process, with a run-level bar (epoch, loss, accuracy)."""
     from tqdm.auto import tqdm
 
@@ -84,13 +84,14 @@ def run_local(specs, checkpoints: Path, progress: bool | None) -> Iterator:
             bar.set_postfix(loss=f"{record['loss']:.4f}", train=f"{record['train_acc']:.3f}",
                             val=f"{record['val_acc']:.3f}")
 
+        started(spec)
         try:
             yield spec, run_one(spec, str(checkpoints / f"{spec.run_id}.pt"), on_epoch, cache)
         finally:
             bar.close()
 
 
-def run_processes(specs, checkpoints: Path, workers: int) -> Iterator:
+def run_processes(specs, checkpoints: Path, workers: int, started) -> Iterator:
     """Runs on `workers` spawned processes, yielded as they finish."""
     import torch
 
@@ -100,6 +101,8 @@ def run_processes(specs, checkpoints: Path, workers: int) -> Iterator:
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(counter, n_gpus)) as pool:
         pending = {pool.submit(run_one, spec, str(checkpoints / f"{spec.run_id}.pt")): spec for spec in specs}
+        for spec in specs:  # submitted runs count as running: the pool starts them as workers free up
+            started(spec)
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -110,7 +113,7 @@ def run_processes(specs, checkpoints: Path, workers: int) -> Iterator:
                 future.cancel()
 
 
-def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float) -> Iterator:
+def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, started) -> Iterator:
     """Runs as Ray tasks on the cluster at `address` (a local one when None), yielded as they finish.
 
     Checkpoints are written by the tasks, so on a multi-node cluster the study directory must be on a file
@@ -122,14 +125,20 @@ def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float) 
         raise WidthlabError("the ray executor needs Ray: pip install 'widthlab[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, ignore_reinit_error=True)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, ignore_reinit_error=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
+            raise WidthlabError(f"cannot start or reach {where}: {str(exc).splitlines()[0]} (for a ray:// "
+                                "address install ray[client]; for 'auto' start one with `ray start --head`)") from None
     remote = ray.remote(run_one)
     refs: dict = {}
     try:
         for spec in specs:
             options = remote.options(num_cpus=spec.config["threads"], num_gpus=gpus_per_run)
             refs[options.remote(spec, str(checkpoints / f"{spec.run_id}.pt"))] = spec
+            started(spec)
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
             for ref in done:
@@ -142,14 +151,13 @@ def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float) 
 
 
 def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, address: str | None = None,
-            gpus_per_run: float = 0.0, progress: bool | None = None) -> Iterator:
-    """Dispatch to the named executor; yields (spec, RunResult) as runs finish."""
+            gpus_per_run: float = 0.0, progress: bool | None = None, started=lambda spec: None) -> Iterator:
+    """Dispatch to the named executor; yields (spec, RunResult) as runs finish. `started(spec)` is called when
+    a run starts (local) or is handed to the pool or cluster (processes, ray)."""
     if executor == "local":
-        return run_local(specs, checkpoints, progress)
+        return run_local(specs, checkpoints, progress, started)
     if executor == "processes":
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise WidthlabError(f"workers must be a positive integer, got {workers!r}")
-        return run_processes(specs, checkpoints, workers)
+        return run_processes(specs, checkpoints, workers, started)
     if executor == "ray":
-        return run_ray(specs, checkpoints, address, gpus_per_run)
+        return run_ray(specs, checkpoints, address, gpus_per_run, started)
     raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")

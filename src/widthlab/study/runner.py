@@ -188,6 +188,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     cfg = load_config(config)
     if executor not in EXECUTORS:
         raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise WidthlabError(f"workers must be a positive integer, got {workers!r}")
     out_dir = Path(out_dir)
     specs = plan_runs(cfg)
     if gpus_per_run is None:
@@ -202,19 +204,21 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     with study_lock(out_dir), _sharing_todo(distributed) as share:
         handler = _setup_log(out_dir)
         try:
-            (out_dir / "config.yaml").write_text(_dump_yaml(cfg))
             checkpoints = out_dir / CHECKPOINTS
-            checkpoints.mkdir(exist_ok=True)
             with Store(out_dir) as store:
                 store.add_runs([{"run_id": s.run_id, "variant": s.variant, "width": s.width,
                                  "replicate": s.replicate, "config": s.config,
                                  "checkpoint": f"{CHECKPOINTS}/{s.run_id}.pt"} for s in specs])
+                # Only a config the store accepted replaces config.yaml: a refused rerun leaves the old one.
+                (out_dir / "config.yaml").write_text(_dump_yaml(cfg))
+                checkpoints.mkdir(exist_ok=True)
                 statuses = store.statuses()
                 todo = [s for s in specs if statuses.get(s.run_id) not in FINAL_STATUSES]
                 share([s.run_id for s in todo])
                 log.info("study %s: %d runs, %d to do, executor %s", cfg.name, len(specs), len(todo), executor)
                 results = execute(executor, todo, checkpoints, workers=workers, address=address,
-                                  gpus_per_run=gpus_per_run, progress=progress)
+                                  gpus_per_run=gpus_per_run, progress=progress,
+                                  started=lambda spec: store.mark(spec.run_id, "running"))
                 _drive(store, todo, results, len(specs), cfg.name, progress)
                 results = store.results()
             export_csv(results, out_dir)
@@ -264,8 +268,6 @@ def _follow(specs: list[RunSpec], out_dir: Path) -> None:
 
 def _drive(store: Store, todo: list[RunSpec], results, total: int, name: str, progress: bool | None) -> None:
     """Store each run's result as it arrives; a user error stops the study, a broken run does not."""
-    for spec in todo:
-        store.mark(spec.run_id, "running")
     bar = tqdm(total=total, initial=total - len(todo), desc=name, unit="run", position=0, dynamic_ncols=True,
                disable=None if progress is None else not progress)
     try:

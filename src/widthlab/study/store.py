@@ -72,6 +72,10 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        for table in ("metrics", "curves"):  # stores written before snapshots were measured lack `epoch`
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if "epoch" not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN epoch REAL")
 
     def close(self) -> None:
         self._db.close()
