@@ -83,3 +83,26 @@ def test_bad_shapes_and_values_are_clear_errors():
         similarity_null(np.full((4, 3), np.nan))
     with pytest.raises(WidthlabError, match="threshold"):
         similarity_null(np.ones((4, 3)), threshold=1.5)
+
+
+def test_sampled_rows_are_real_rows_of_the_layer_and_reproducible():
+    from torch import nn
+
+    from widthlab.measure import capture
+    from widthlab.measure.calibration import layer_similarity_null, sample_rows
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 6 * 6, 3)).double()
+    x = torch.randn(30, 2, 6, 6, dtype=torch.float64)
+    full = capture(model, x, ["1"])["1"].double()  # (30·36, 5)
+    sample = sample_rows(model, x, ["1"], max_rows=200, seed=3, batch_size=7)["1"]
+    assert sample.shape == (200, 5)
+    # every sampled row is one of the layer's rows, and no row is drawn twice
+    matches = (sample[:, None, :] == full[None, :, :]).all(-1)  # (200, 1080)
+    assert (matches.sum(1) >= 1).all() and len({int(i) for i in matches.float().argmax(1)}) == 200
+    again = sample_rows(model, x, ["1"], max_rows=200, seed=3, batch_size=13)["1"]
+    assert torch.equal(sample, again)  # the draw does not depend on batching
+    everything = sample_rows(model, x, ["1"], max_rows=10_000, seed=3)["1"]
+    assert torch.equal(everything, full)
+    null = layer_similarity_null(model, x, ["1"], max_rows=200, seed=3)["1"]
+    assert null["rows"] == 200 and null["similarity_excess"] == null["similarity"] - null["similarity_null"]

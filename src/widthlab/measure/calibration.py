@@ -63,3 +63,47 @@ def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, 
         "similar_fraction_null": null["similar_fraction"],
         "similarity_excess": real["similarity"] - null["similarity"],
     }
+
+
+def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, unit_axis: int = 1,
+                batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """At most `max_rows` activation rows per layer, drawn uniformly without replacement over all rows
+    (examples × positions), streamed so the full activation matrix is never held.
+
+    Rows of layer L come from the stream (seed, L, "null-rows"); the result is (rows, units) float64 on the CPU.
+
+    Example: ``sample_rows(model, x, ["relu1"], max_rows=1000)["relu1"].shape == (1000, 128)``
+    """
+    from widthlab.measure.capture import count_examples, stream_activations
+    from widthlab.seeding import derive_seed
+
+    examples = count_examples(inputs)
+    picks: dict[str, np.ndarray] = {}
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    offset: dict[str, int] = dict.fromkeys(layers, 0)
+    for chunks, batch in stream_activations(model, inputs, list(layers), unit_axis=unit_axis, batch_size=batch_size):
+        for name, rows in chunks.items():
+            if name not in picks:  # rows per example are fixed by the first batch
+                total = examples * (len(rows) // batch)
+                draw = numpy_generator(derive_seed(seed, name), "null-rows").choice(
+                    total, size=min(max_rows, total), replace=False)
+                picks[name] = np.sort(draw)
+            lo, hi = np.searchsorted(picks[name], [offset[name], offset[name] + len(rows)])
+            local = torch.as_tensor(picks[name][lo:hi] - offset[name], device=rows.device)
+            kept[name].append(rows[local].detach().to("cpu", torch.float64))
+            offset[name] += len(rows)
+    return {name: torch.cat(parts) for name, parts in kept.items()}
+
+
+def layer_similarity_null(model, inputs, layers, *, threshold: float = 0.5, max_rows: int = 20000, seed: int = 0,
+                          unit_axis: int = 1, batch_size: int = 256) -> dict[str, dict]:
+    """`similarity_null` of each layer on at most `max_rows` sampled rows (see `sample_rows`).
+
+    Example: ``layer_similarity_null(model, x, ["relu1"])["relu1"]["similarity_excess"]``
+    """
+    from widthlab.seeding import derive_seed
+
+    samples = sample_rows(model, inputs, layers, max_rows=max_rows, seed=seed, unit_axis=unit_axis,
+                          batch_size=batch_size)
+    return {name: similarity_null(rows, threshold=threshold, max_rows=max_rows, seed=derive_seed(seed, name))
+            for name, rows in samples.items()}
