@@ -13,7 +13,8 @@ from torch.utils.data import TensorDataset
 import widthlab.measure
 from widthlab.errors import WidthlabError
 from widthlab.measure import analyze, capture, perturbation_curve, redundancy
-from widthlab.measure.analyze import COLUMNS, REDUNDANCY_METRICS, _draw_rows
+from widthlab.measure.analyze import COLUMNS, NULL_METRICS, REDUNDANCY_METRICS, _draw_rows
+from widthlab.measure.robustness import NOISE_LEVELS, PERTURBATIONS, SHARE_LEVELS
 from widthlab.models import create_model
 
 LEVELS = [0.0, 0.5, 1.0]
@@ -47,7 +48,8 @@ def test_columns_and_row_counts(images):
     assert list(frame.columns) == COLUMNS
     assert sorted(frame.layer.unique()) == ["1", "3", "all"]  # ReLU-like modules by default, plus the joint scope
     redundancy_rows = frame[frame.perturbation == ""]
-    assert len(redundancy_rows) == 2 * (len(REDUNDANCY_METRICS) + 50)  # two layers, sampling 0 only
+    # two layers, sampling 0 only: the §1 numbers, 50 histogram bins and the 3 similarity-calibration numbers
+    assert len(redundancy_rows) == 2 * (len(REDUNDANCY_METRICS) + 50 + len(NULL_METRICS))
     assert redundancy_rows.loc[redundancy_rows.metric != "abs_r_count", "level"].isna().all()
     robustness_rows = frame[frame.perturbation != ""]
     assert len(robustness_rows) == 2 * 3 * 2 * (1 + 2 * len(LEVELS))  # perturbations × scopes × samplings × rows
@@ -92,10 +94,19 @@ def test_max_rows_draws_rows_per_sampling(images):
         np.testing.assert_array_equal(values(frame, metric="abs_r_count", sampling=s), expected["abs_r_counts"])
     assert not np.array_equal(values(frame, metric="abs_r_count", sampling=0),
                               values(frame, metric="abs_r_count", sampling=1))
-    everything = analyze(model, images, layers=["1"], perturbations=(), samplings=2, max_rows=10_000)
-    unlimited = analyze(model, images, layers=["1"], perturbations=())
+    everything = analyze(model, images, layers=["1"], perturbations=(), samplings=2, max_rows=10_000, null_rows=None)
+    unlimited = analyze(model, images, layers=["1"], perturbations=(), null_rows=None)
     for s in range(2):
         np.testing.assert_allclose(values(everything, sampling=s), values(unlimited, sampling=0))
+
+
+def test_redundancy_streamed_by_the_curves_pass_equals_its_own_pass(images):
+    model = conv_net()
+    for max_rows in (None, 200):
+        merged = analyze(model, images, perturbations=("zero",), levels=LEVELS, samplings=2, max_rows=max_rows,
+                         batch_size=5)  # the curves' clean passes stream the moments
+        separate = analyze(model, images, perturbations=(), samplings=2, max_rows=max_rows, batch_size=5)
+        pd.testing.assert_frame_equal(merged[merged.perturbation == ""].reset_index(drop=True), separate)
 
 
 def test_mlp_defaults_and_dataset_labels():
@@ -117,9 +128,36 @@ class SharedRelu(nn.Module):
         return self.fc3(self.once(self.fc2(self.shared(self.fc1(self.shared(x))))))
 
 
-def test_default_layers_skip_modules_that_run_twice():
-    frame = analyze(SharedRelu(), torch.randn(30, 4, generator=gen(5)), levels=LEVELS, samplings=1)
+def test_default_layers_reject_a_module_that_runs_twice():
+    with pytest.raises(WidthlabError, match="'shared'.*more than once"):
+        analyze(SharedRelu(), torch.randn(30, 4, generator=gen(5)), levels=LEVELS, samplings=1)
+    frame = analyze(SharedRelu(), torch.randn(30, 4, generator=gen(5)), layers=["once"], levels=LEVELS, samplings=1)
     assert set(frame.layer) == {"once"}
+
+
+def test_every_perturbation_with_its_default_levels(images):
+    model = conv_net()
+    frame = analyze(model, images, perturbations=tuple(PERTURBATIONS), samplings=2, batch_size=5)
+    assert set(frame.perturbation) == {"", *PERTURBATIONS}
+    for name, spec in PERTURBATIONS.items():
+        rows = frame[(frame.perturbation == name) & (frame.metric == "unchanged")]
+        assert set(rows.layer) == {"1", "3", "all"}
+        np.testing.assert_allclose(np.unique(rows.level), NOISE_LEVELS if spec.noise else SHARE_LEVELS)
+        assert len(rows) == 3 * 2 * 11
+    # One sweep for all curves gives what each curve gives alone.
+    for name in ("targeted", "act_noise", "weight_knockout"):
+        alone = perturbation_curve(model, images, "3", perturbation=name, samplings=2, batch_size=5)
+        np.testing.assert_array_equal(values(frame, layer="3", metric="auc", perturbation=name), alone.auc)
+
+
+def test_max_rows_with_perturbations_needing_moments_uses_all_rows(images):
+    model = conv_net()
+    subsampled = analyze(model, images, layers=["1"], perturbations=("mean", "act_noise"), levels=LEVELS,
+                         samplings=2, max_rows=50)
+    full = analyze(model, images, layers=["1"], perturbations=("mean", "act_noise"), levels=LEVELS, samplings=2)
+    robust = subsampled.perturbation != ""
+    pd.testing.assert_frame_equal(subsampled[robust].reset_index(drop=True),
+                                  full[full.perturbation != ""].reset_index(drop=True))
 
 
 def test_bad_arguments_fail_before_measuring(images):
@@ -138,3 +176,14 @@ def test_measure_imports_no_train_study_or_report():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert not name.startswith(("widthlab.train", "widthlab.study", "widthlab.report")), (path, name)
+
+
+def test_similarity_calibration_rows_are_the_null_of_the_sampled_rows(images):
+    frame = analyze(conv_net(), images, layers=["3"], levels=LEVELS, samplings=1, batch_size=5, null_rows=300)
+    null = {m: values(frame, layer="3", metric=m)[0] for m in NULL_METRICS}
+    from widthlab.measure.calibration import layer_similarity_null
+
+    expected = layer_similarity_null(conv_net(), images, ["3"], max_rows=300, seed=0, batch_size=5)["3"]
+    assert null == pytest.approx({m: expected[m] for m in NULL_METRICS})
+    assert "similarity_null" not in set(analyze(conv_net(), images, layers=["3"], levels=LEVELS, samplings=1,
+                                                null_rows=None)["metric"])

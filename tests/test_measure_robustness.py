@@ -7,8 +7,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from widthlab.errors import WidthlabError
-from widthlab.measure import Curve, ablation_curve, capture, perturbation_curve, robustness_auc
-from widthlab.measure.robustness import ablation_masks, n_ablated, unit_order
+from widthlab.measure import Curve, Moments, ablation_curve, capture, perturbation_curve, robustness_auc
+from widthlab.measure.robustness import ablation_masks, example_noise, n_ablated, targeted_order, unit_order
+from widthlab.seeding import torch_generator
 from widthlab.models import create_model
 
 LEVELS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -184,7 +185,7 @@ def test_masks_are_nested_and_follow_the_order():
 def test_level_zero_unchanged_and_level_one_is_the_constant_network(mlp, x):
     labels = torch.randint(0, 2, (300,), generator=gen(6))
     curve = perturbation_curve(mlp, x, "relu1", levels=LEVELS, samplings=3, labels=labels)
-    assert isinstance(curve, Curve) and curve.path == "full"
+    assert isinstance(curve, Curve) and curve.path == "batched"  # fx proves relu1 a cut
     assert curve.unchanged.shape == (3, 5) and curve.auc.shape == (3,)
     np.testing.assert_array_equal(curve.unchanged[:, 0], 1.0)
     with torch.no_grad():
@@ -248,6 +249,115 @@ def test_mean_ablation_of_conv_uses_mean_over_examples_and_positions():
     assert curve.unchanged[0, 1] == (pred == base).double().mean().item()
 
 
+def hidden_twins_mlp():
+    """A float64 MLP with 6 hidden units: units 0-2 are copies of one unit and 3-5 of another (|r| = 1 within)."""
+    model = create_model("mlp", 6 / 128, init="normal", sigma=0.5, input_dim=10, seed=3).double()
+    with torch.no_grad():
+        for first in (0, 3):
+            model.fc1.weight[first + 1:first + 3] = model.fc1.weight[first]
+            model.fc1.bias[first + 1:first + 3] = model.fc1.bias[first]
+    return model
+
+
+def test_targeted_order_puts_u_first_then_units_by_abs_r():
+    r = np.random.default_rng(0)
+    a, b = r.standard_normal(500), r.standard_normal(500)
+    moments = Moments.of(np.stack([a, b, 2 * a, -a, b + 0.1 * r.standard_normal(500), np.full(500, 3.0)], 1))
+    for s in range(6):
+        order = targeted_order("h", moments, s, seed=1).tolist()
+        u = int(unit_order("h", 6, s, seed=1)[0])
+        assert order[0] == u and sorted(order) == list(range(6))
+        if u in (0, 2, 3):
+            assert set(order[1:3]) == {0, 2, 3} - {u} and order[3:5] in ([1, 4], [4, 1]) and order[5] == 5
+        if u == 5:  # a flat u correlates with nothing: the random order itself
+            assert order == unit_order("h", 6, s, seed=1).tolist()
+
+
+def test_targeted_curve_matches_hand_masking(x):
+    model, inputs = hidden_twins_mlp(), x.double()
+    levels = [0.0, 0.5, 1.0]
+    curve = perturbation_curve(model, inputs, "relu1", perturbation="targeted", levels=levels, samplings=3, seed=2)
+    with torch.no_grad():
+        hidden = torch.relu(model.fc1(inputs))
+        base = model.readout(hidden).argmax(1)
+        moments = Moments.of(hidden)
+        for s in range(3):
+            order = targeted_order("relu1", moments, s, seed=2)
+            assert set(order[:3].tolist()) in ({0, 1, 2}, {3, 4, 5})  # the half ablated at 0.5 is u's trio
+            keep = torch.ones(6, dtype=torch.float64)
+            keep[order[:3]] = 0
+            pred = model.readout(hidden * keep).argmax(1)
+            assert curve.unchanged[s, 1] == (pred == base).double().mean().item()
+
+
+def test_act_noise_adds_per_example_noise_independent_of_batching(x):
+    model, inputs = hidden_twins_mlp(), x.double()
+    levels = [0.0, 0.5, 2.0]
+    small = perturbation_curve(model, inputs, "relu1", perturbation="act_noise", levels=levels, batch_size=7)
+    large = perturbation_curve(model, inputs, "relu1", perturbation="act_noise", levels=levels, batch_size=300)
+    np.testing.assert_array_equal(small.unchanged, large.unchanged)
+    with torch.no_grad():
+        hidden = torch.relu(model.fc1(inputs))
+        base = model.readout(hidden).argmax(1)
+        std = Moments.of(hidden).std
+        for s in range(3):
+            noisy = hidden + example_noise("relu1", s, 0, 0, hidden) * (2.0 * std)
+            assert small.unchanged[s, 2] == (model.readout(noisy).argmax(1) == base).double().mean().item()
+    assert small.unchanged[:, 2].max() < 1 and small.auc[0] == robustness_auc(levels, small.unchanged[0])
+
+
+def test_act_noise_on_constant_units_changes_nothing():
+    model, inputs = ConstantHidden(), torch.randn(50, 5, generator=gen(15))
+    np.testing.assert_array_equal(perturbation_curve(model, inputs, "relu", perturbation="act_noise").unchanged, 1.0)
+
+
+def test_weight_noise_perturbs_the_producing_linear(x):
+    model, inputs = hidden_twins_mlp(), x.double()
+    curve = perturbation_curve(model, inputs, "relu1", perturbation="weight_noise", levels=[0, 1, 3], samplings=2)
+    w, b = model.fc1.weight.detach(), model.fc1.bias.detach()
+    with torch.no_grad():
+        base = model(inputs).argmax(1)
+        for s in range(2):
+            eps = torch.randn(w.shape, dtype=w.dtype, generator=torch_generator(0, "relu1", s, "weight_noise"))
+            noisy = w + eps * (3.0 * float(w.std(correction=0)))
+            pred = model.readout(torch.relu(inputs @ noisy.T + b)).argmax(1)
+            assert curve.unchanged[s, 2] == (pred == base).double().mean().item()
+    assert curve.unchanged[:, 2].max() < 1
+
+
+def test_weight_knockout_of_every_weight_leaves_the_bias(mlp, x):
+    curve = perturbation_curve(mlp, x, "relu1", perturbation="weight_knockout", levels=[0, 0.5, 1])
+    with torch.no_grad():
+        base = mlp(x).argmax(1)
+        constant = mlp.readout(torch.relu(mlp.fc1.bias)).argmax()  # fc1 outputs its bias alone
+    np.testing.assert_allclose(curve.unchanged[:, 2], (base == constant).double().mean().item())
+    assert curve.unchanged[:, 1].min() < 1 and curve.unchanged[:, 2].max() < 1
+    # The layer may be the producer itself (its streams are its own, so only the ends agree).
+    of_fc1 = perturbation_curve(mlp, x, "fc1", perturbation="weight_knockout", levels=[0, 0.5, 1]).unchanged
+    np.testing.assert_array_equal(of_fc1[:, [0, 2]], curve.unchanged[:, [0, 2]])
+
+
+def test_noise_levels_are_sigma_multiples():
+    model, inputs = ConstantHidden(), torch.randn(20, 5, generator=gen(16))
+    curve = perturbation_curve(model, inputs, "relu", perturbation="act_noise", samplings=1)
+    np.testing.assert_allclose(curve.levels, np.arange(11) / 5)  # default 0, 0.2, ..., 2
+    assert curve.auc[0] == pytest.approx(1.0)  # the area is divided by the last level
+    perturbation_curve(model, inputs, "relu", perturbation="weight_noise", levels=[0, 5, 10], samplings=1)
+    with pytest.raises(WidthlabError, match="multiples of σ"):
+        perturbation_curve(model, inputs, "relu", perturbation="act_noise", levels=[-1, 1])
+    with pytest.raises(WidthlabError, match="shares in \\[0, 1\\]"):
+        perturbation_curve(model, inputs, "relu", perturbation="targeted", levels=[0, 2])
+
+
+def test_nan_activations_fail_without_a_partial_result():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    inputs = torch.randn(30, 3, generator=gen(17))
+    inputs[25, 0] = float("nan")  # in the second batch
+    with pytest.raises(WidthlabError, match="layer '1' produced NaN"):
+        perturbation_curve(model, inputs, "1", batch_size=20)
+    assert no_hooks_left(model)
+
+
 def test_robustness_auc_known_values():
     levels = np.arange(11) / 10
     assert robustness_auc(levels, np.ones(11)) == pytest.approx(1.0)
@@ -283,16 +393,8 @@ def test_batched_path_is_bit_identical_to_full_in_float64(perturbation, layer, l
     assert full.unchanged.min() < 1
 
 
-def test_batched_path_on_conv_layers():
-    model, images = conv_net(), torch.randn(20, 3, 8, 8, generator=gen(12), dtype=torch.float64)
-    for layer, layers in (("1", None), ("all", ["1", "3"])):
-        full = perturbation_curve(model, images, layer, layers=layers, path="full", batch_size=8)
-        batched = perturbation_curve(model, images, layer, layers=layers, path="batched", batch_size=8)
-        np.testing.assert_array_equal(full.unchanged, batched.unchanged)
-
-
 class DeclaresCut(nn.Module):
-    """A non-Sequential model that declares `relu` a cut and runs the network from it."""
+    """A model fx cannot trace (data-dependent branch) that declares `relu` a cut and runs the network from it."""
 
     cut_layers = ["relu"]
 
@@ -302,6 +404,8 @@ class DeclaresCut(nn.Module):
         self.fc, self.relu, self.head = nn.Linear(6, 20), nn.ReLU(), nn.Linear(20, 4)
 
     def forward(self, x):
+        if x.sum() > 1e9:  # never taken, but fx cannot trace a branch on data
+            x = -x
         return self.forward_from("relu", self.relu(self.fc(x)))
 
     def forward_from(self, layer, h):
@@ -313,7 +417,8 @@ def test_declared_cut_uses_the_batched_path():
     batched = perturbation_curve(model, inputs, "relu")
     assert batched.path == "batched"
     np.testing.assert_array_equal(batched.unchanged, perturbation_curve(model, inputs, "relu", path="full").unchanged)
-    with pytest.raises(WidthlabError, match="cuts"):
+    assert perturbation_curve(model, inputs, "fc").path == "full"  # neither declared nor provable
+    with pytest.raises(WidthlabError, match="'fc' is not"):
         perturbation_curve(model, inputs, "fc", path="batched")
 
 
@@ -327,8 +432,8 @@ def test_dataset_labels_are_used_and_ablation_curve_is_unchanged(mlp, x):
 
 
 def test_bad_arguments_are_rejected(mlp, x):
-    with pytest.raises(WidthlabError, match="implemented: zero, mean"):
-        perturbation_curve(mlp, x, "relu1", perturbation="act_noise")
+    with pytest.raises(WidthlabError, match="implemented: zero, mean, targeted, act_noise, weight_noise, weight_k"):
+        perturbation_curve(mlp, x, "relu1", perturbation="bogus")
     with pytest.raises(WidthlabError, match="levels"):
         perturbation_curve(mlp, x, "relu1", levels=[0, 0.5, 0.4])
     with pytest.raises(WidthlabError, match="mode"):

@@ -11,14 +11,17 @@ from torch import nn
 
 from widthlab.errors import WidthlabError
 from widthlab.measure.capture import Inputs, count_examples, default_layers, resolve_modules, stream_activations
+from widthlab.measure.calibration import layer_similarity_null
 from widthlab.measure.redundancy import Moments, redundancy_from_moments
-from widthlab.measure.robustness import ALL, check_levels, check_positive, get_perturbation, perturbation_curve
+from widthlab.measure.robustness import ALL, check_levels, check_positive, get_perturbation, sweep
 from widthlab.seeding import numpy_generator
 
 COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]
 REDUNDANCY_METRICS = ("n_units", "pcs_needed", "compressibility", "similarity", "similarity_live",
                       "similar_fraction", "silent_fraction", "constant_fraction")
 HISTOGRAM_METRIC = "abs_r_count"
+# Similarity calibration (sampling 0): the permutation null and observed − null on the same sampled rows.
+NULL_METRICS = ("similarity_null", "similar_fraction_null", "similarity_excess")
 
 
 def _draw_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) -> np.ndarray:
@@ -27,39 +30,60 @@ def _draw_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) 
     return np.sort(rng.choice(total, size=min(max_rows, total), replace=False))
 
 
-def _layer_moments(model: nn.Module, inputs: Inputs, names: list[str], samplings: int, seed: int,
-                   max_rows: int | None, unit_axis: int, batch_size: int) -> dict[str, list[Moments]]:
-    """Stream every layer's activations once into float64 moments: one set of all rows, or one per sampling."""
-    draws = 1 if max_rows is None else samplings
-    moments = {name: [Moments() for _ in range(draws)] for name in names}
-    examples = None if max_rows is None else count_examples(inputs)
-    picks: dict[str, list[np.ndarray]] = {}  # sorted row indices per sampling, drawn at a layer's first chunk
-    seen = dict.fromkeys(names, 0)  # rows streamed so far per layer
-    totals: dict[str, int] = {}
-    for chunks, batch in stream_activations(model, inputs, names, unit_axis=unit_axis, batch_size=batch_size):
+class _LayerMoments:
+    """Streams each layer's (rows, units) chunks into float64 moments: all rows, or `max_rows` per sampling.
+
+    With `max_rows`, sampling s keeps rows drawn uniformly without replacement from the stream (seed, layer, s,
+    "rows"), and `full` asks for the moments of all rows as well (for perturbations that need clean statistics).
+
+    Example: ``acc = _LayerMoments(["relu1"], 3, 0, None, None); acc.add({"relu1": rows}, len(x)); acc.draws()``
+    """
+
+    def __init__(self, names: list[str], samplings: int, seed: int, max_rows: int | None, examples: int | None,
+                 full: bool):
+        self.samplings, self.seed, self.max_rows, self.examples = samplings, seed, max_rows, examples
+        draws = 1 if max_rows is None else samplings
+        self.moments = {name: [Moments() for _ in range(draws)] for name in names}
+        # {layer: moments of all rows}, for the perturbations; without max_rows that is the one draw itself.
+        if max_rows is None:
+            self.every = {name: ms[0] for name, ms in self.moments.items()}
+        else:
+            self.every = {name: Moments() for name in names} if full else None
+        self.picks: dict[str, list[np.ndarray]] = {}  # sorted row indices per sampling, drawn at a first chunk
+        self.seen = dict.fromkeys(names, 0)  # rows streamed so far per layer
+        self.totals: dict[str, int] = {}
+
+    def add(self, chunks: dict[str, torch.Tensor], batch: int) -> None:
+        """Add one batch: ``{layer: (rows, units) chunk}`` of `batch` examples."""
         for name, rows in chunks.items():
-            if max_rows is None:
-                moments[name][0].update(rows)
+            if self.every is not None:
+                self.every[name].update(rows)
+            if self.max_rows is None:
                 continue
-            if name not in picks:
-                totals[name] = examples * (len(rows) // batch)
-                picks[name] = [_draw_rows(seed, name, s, totals[name], max_rows) for s in range(samplings)]
-            start, stop = seen[name], seen[name] + len(rows)
-            for s, idx in enumerate(picks[name]):
+            if name not in self.picks:
+                self.totals[name] = self.examples * (len(rows) // batch)
+                self.picks[name] = [_draw_rows(self.seed, name, s, self.totals[name], self.max_rows)
+                                    for s in range(self.samplings)]
+            start, stop = self.seen[name], self.seen[name] + len(rows)
+            for s, idx in enumerate(self.picks[name]):
                 lo, hi = np.searchsorted(idx, [start, stop])
                 if hi > lo:
-                    moments[name][s].update(rows[torch.as_tensor(idx[lo:hi] - start, device=rows.device)])
-            seen[name] = stop
-    if any(seen[name] != total for name, total in totals.items()):
-        raise WidthlabError("max_rows needs the same number of rows per example in every batch and inputs whose "
-                            "length matches what they yield")
-    return moments
+                    self.moments[name][s].update(rows[torch.as_tensor(idx[lo:hi] - start, device=rows.device)])
+            self.seen[name] = stop
+
+    def draws(self) -> dict[str, list[Moments]]:
+        """``{layer: [moments per draw]}`` once every batch is added."""
+        if any(self.seen[name] != total for name, total in self.totals.items()):
+            raise WidthlabError("max_rows needs the same number of rows per example in every batch and inputs whose "
+                                "length matches what they yield")
+        return self.moments
 
 
 def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = None, *, labels=None,
             perturbations: Sequence[str] = ("zero",), levels: Sequence[float] | None = None, samplings: int = 3,
             seed: int = 0, max_rows: int | None = None, energy: float = 0.95, threshold: float = 0.5,
-            unit_axis: int = 1, batch_size: int = 256, ablations_per_eval: int = 1) -> pd.DataFrame:
+            unit_axis: int = 1, batch_size: int = 256, ablations_per_eval: int = 1, path: str = "auto",
+            skip_zero_inputs: bool = False, null_rows: int | None = 20_000) -> pd.DataFrame:
     """Measure redundancy and robustness of each layer; one row per number.
 
     Rows (columns ``layer, metric, perturbation, level, sampling, value``):
@@ -73,26 +97,32 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
       layer is analysed (with one layer it would repeat that layer): ``auc`` (level NaN) and the curve points
       ``unchanged`` and, with labels, ``accuracy`` at each level, for every sampling.
 
+    Every curve is measured in one sweep over the data (`sweep`), sharing each batch's clean forward pass among all
+    perturbations and scopes; that pass also streams the redundancy moments. A perturbation that needs clean
+    statistics first (``mean``, ``targeted``, ``act_noise``) adds one pass that streams them before the sweep.
+
     Args:
         model: returns (N, classes) scores; runs on its device in eval mode (training flags restored).
         inputs: a tensor (N, ...), or a Dataset / DataLoader yielding ``(x, y)`` or ``x``.
-        layers: module names (default: ``model.unit_layers``, else every ReLU-like module that runs once per
-            forward pass; see `default_layers`).
+        layers: module names (default: ``model.unit_layers``, else every ReLU-like module's output; see
+            `default_layers`).
         labels: (N,) class labels (default: the inputs' own labels, if they yield any).
         perturbations: names from ``PERTURBATIONS`` (default ``("zero",)``).
-        levels: shares of units in [0, 1] (default 0, 0.1, ..., 1.0).
+        levels: the levels of every perturbation (default: each perturbation's own: shares 0, 0.1, ..., 1.0, or
+            σ multiples 0, 0.2, ..., 2.0 for ``act_noise`` and ``weight_noise``).
         samplings: S random unit orders / row draws (default 3); seed: their seed (default 0).
         max_rows: rows drawn per layer and sampling for redundancy (default None: all rows, streamed).
+        null_rows: rows sampled per layer for the similarity permutation null (rows ``similarity_null``,
+            ``similar_fraction_null``, ``similarity_excess``; default 20,000); None skips it.
         energy: variance share for ``pcs_needed`` (default 0.95); threshold: |r| for similarity (default 0.5).
         unit_axis: channel axis of the layer outputs (default 1); batch_size: examples per batch (default 256).
-        ablations_per_eval: perturbed copies per suffix evaluation at a cut (default 1; see `perturbation_curve`).
+        ablations_per_eval, path, skip_zero_inputs: the engine's options (defaults 1, ``"auto"``, False; see
+            `perturbation_curve`).
 
     Example: ``analyze(create_model("mlp", 1.0, input_dim=10), torch.randn(500, 10), samplings=2)``
     """
     perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
-    for perturbation in perturbations:
-        get_perturbation(perturbation)
-    levels = check_levels(levels)
+    level_sets = {perturbation: check_levels(levels, perturbation) for perturbation in perturbations}
     samplings = check_positive("samplings", samplings)
     if max_rows is not None:
         check_positive("max_rows", max_rows)
@@ -100,7 +130,22 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     resolve_modules(model, names)
 
     records = []
-    moments = _layer_moments(model, inputs, names, samplings, seed, max_rows, unit_axis, batch_size)
+    scopes = [*names, ALL] if len(names) > 1 else names
+    measured = [(perturbation, scope) for perturbation in perturbations for scope in scopes]
+    jobs = [(perturbation, names if scope == ALL else [scope], level_sets[perturbation])
+            for perturbation, scope in measured]
+    options = dict(samplings=samplings, seed=seed, labels=labels, unit_axis=unit_axis, batch_size=batch_size,
+                   path=path, ablations_per_eval=ablations_per_eval, skip_zero_inputs=skip_zero_inputs)
+    needs_moments = any(get_perturbation(perturbation).needs_moments for perturbation in perturbations)
+    streams = _LayerMoments(names, samplings, seed, max_rows, None if max_rows is None else count_examples(inputs),
+                            full=needs_moments)
+    if needs_moments or not jobs:
+        for chunks, batch in stream_activations(model, inputs, names, unit_axis=unit_axis, batch_size=batch_size):
+            streams.add(chunks, batch)
+        curves = sweep(model, inputs, jobs, moments=streams.every, **options) if jobs else []
+    else:  # no curve needs clean statistics first, so the curves' clean passes stream them
+        curves = sweep(model, inputs, jobs, on_clean=streams.add, **options)
+    moments = streams.draws()
     for name in names:
         for s, m in enumerate(moments[name]):
             numbers = redundancy_from_moments(m, energy=energy, threshold=threshold)
@@ -110,21 +155,22 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             records += [(name, HISTOGRAM_METRIC, "", float(c), s, float(count))
                         for c, count in zip(centres, numbers["abs_r_counts"])]
 
-    scopes = [*names, ALL] if len(names) > 1 else names
-    for perturbation in perturbations:
-        for scope in scopes:
-            curve = perturbation_curve(model, inputs, scope, perturbation=perturbation, levels=levels,
-                                       samplings=samplings, seed=seed, labels=labels,
-                                       layers=names if scope == ALL else None, unit_axis=unit_axis,
-                                       batch_size=batch_size, ablations_per_eval=ablations_per_eval)
-            for s in range(samplings):
-                records.append((scope, "auc", perturbation, np.nan, s, float(curve.auc[s])))
-                series = [("unchanged", curve.unchanged)]
-                if curve.accuracy is not None:
-                    series.append(("accuracy", curve.accuracy))
-                for metric, values in series:
-                    records += [(scope, metric, perturbation, float(level), s, float(v))
-                                for level, v in zip(curve.levels, values[s])]
+    if null_rows is not None:
+        # Calibration of similarity: its permutation null on at most `null_rows` sampled rows (one extra pass).
+        nulls = layer_similarity_null(model, inputs, names, threshold=threshold, max_rows=null_rows, seed=seed,
+                                      unit_axis=unit_axis, batch_size=batch_size)
+        for name in names:
+            records += [(name, metric, "", np.nan, 0, float(nulls[name][metric])) for metric in NULL_METRICS]
+
+    for (perturbation, scope), curve in zip(measured, curves):
+        for s in range(samplings):
+            records.append((scope, "auc", perturbation, np.nan, s, float(curve.auc[s])))
+            series = [("unchanged", curve.unchanged)]
+            if curve.accuracy is not None:
+                series.append(("accuracy", curve.accuracy))
+            for metric, values in series:
+                records += [(scope, metric, perturbation, float(level), s, float(v))
+                            for level, v in zip(curve.levels, values[s])]
     frame = pd.DataFrame.from_records(records, columns=COLUMNS)
     return frame.astype({"layer": str, "metric": str, "perturbation": str, "level": float, "sampling": int,
                          "value": float})

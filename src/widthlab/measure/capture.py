@@ -227,9 +227,12 @@ def capture(model: nn.Module, inputs: Inputs, layers: str | Sequence[str], *, un
 def default_layers(model: nn.Module, inputs: Inputs, *, batch_size: int = 1024) -> list[str]:
     """The layers measured when none are named: ``model.unit_layers``, else every ReLU-like module output.
 
-    ReLU-like = `RELU_LIKE` (ReLU, ReLU6, LeakyReLU, PReLU, RReLU, ELU, CELU, SELU, GELU, SiLU, Mish). One forward
-    pass on the first batch keeps those that run exactly once: a module reused within a forward pass (such as
-    the shared ReLU of a torchvision BasicBlock) has no single output to measure, and an unused one has none.
+    ReLU-like = `RELU_LIKE` (ReLU, ReLU6, LeakyReLU, PReLU, RReLU, ELU, CELU, SELU, GELU, SiLU, Mish), in module
+    order. One forward pass on the first batch finds which run: a module that does not run has no output and is
+    left out; a module reused within a forward pass (such as the shared ReLU of a torchvision BasicBlock) has no
+    single output, which is a WidthlabError naming it (pass `layers` explicitly then).
+
+    Example: ``default_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), x) == ["1"]``
     """
     declared = getattr(model, "unit_layers", None)
     if declared:
@@ -254,8 +257,13 @@ def default_layers(model: nn.Module, inputs: Inputs, *, batch_size: int = 1024) 
     finally:
         for handle in handles:
             handle.remove()
+    reused = [name for name in candidates if calls[name] > 1]
+    if reused:
+        raise WidthlabError(f"ReLU-like module(s) {', '.join(map(repr, reused))} of {type(model).__name__} run more "
+                            "than once per forward pass, so their output is not one layer; pass layers= naming "
+                            "modules that run once (or give the model `unit_layers`)")
     found = [name for name in candidates if calls[name] == 1]
     if not found:
-        raise WidthlabError(f"no ReLU-like module of {type(model).__name__} runs exactly once per forward pass "
+        raise WidthlabError(f"no ReLU-like module of {type(model).__name__} runs in a forward pass "
                             f"(candidates: {', '.join(candidates)}); pass layers=")
     return found

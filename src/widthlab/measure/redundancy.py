@@ -132,8 +132,8 @@ def _pcs(cov: np.ndarray, energy: float) -> int:
     return min(int(np.searchsorted(share, energy - ENERGY_SLACK)) + 1, len(eig))
 
 
-def _flat(std: np.ndarray) -> np.ndarray:
-    """(C,) bool: std <= FLAT_RTOL x the largest std (every unit when that is 0)."""
+def flat_units(std: np.ndarray) -> np.ndarray:
+    """(C,) bool, True for a flat unit: std <= FLAT_RTOL x the largest std (every unit when that is 0)."""
     top = std.max()
     return np.ones_like(std, dtype=bool) if top == 0 else std <= FLAT_RTOL * top
 
@@ -174,7 +174,7 @@ def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold
     cov = moments.cov.cpu().numpy()
     units = len(cov)
     std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    flat = _flat(std)
+    flat = flat_units(std)
     live = np.flatnonzero(~flat)
     abs_r = _abs_r(cov, live)
     counts = _similar_counts(abs_r, threshold)
@@ -239,7 +239,7 @@ def similarity(acts: torch.Tensor | np.ndarray, threshold: float = 0.5) -> float
     threshold = _check_fraction("threshold", threshold, low_open=False)
     cov = Moments.of(acts).cov.cpu().numpy()
     std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    counts = _similar_counts(_abs_r(cov, np.flatnonzero(~_flat(std))), threshold)
+    counts = _similar_counts(_abs_r(cov, np.flatnonzero(~flat_units(std))), threshold)
     return float(counts.sum() / len(cov))
 
 
