@@ -6,3 +6,15 @@ class WidthlabError(ValueError):
 
     The CLI prints it on one line and exits with status 2; the Python API lets it propagate.
     """
+
+
+def check_positive_int(name: str, value: object, *, optional: bool = False):
+    """`value` if it is a positive integer (or None when `optional`), else a WidthlabError naming `name`.
+
+    Example: ``check_positive_int("samplings", 3) == 3``; ``check_positive_int("workers", 0)`` raises.
+    """
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WidthlabError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+    return value

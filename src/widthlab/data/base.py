@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, check_positive_int
 
 
 class ArrayDataset(Dataset):
@@ -60,11 +60,7 @@ class Splits:
 
 def check_count(dataset: str, key: str, value: object, *, optional: bool = False) -> None:
     """Raise `WidthlabError` unless `value` is a positive integer (or None when `optional`)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise WidthlabError(f"{dataset}: {key} must be a positive integer{' or None' if optional else ''}, "
-                            f"got {value!r}")
+    check_positive_int(f"{dataset}: {key}", value, optional=optional)
 
 
 def require_root(root: str | os.PathLike | None, dataset: str, layout: str) -> Path:

@@ -9,11 +9,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.capture import Inputs, count_examples, default_layers, resolve_modules, stream_activations
 from widthlab.measure.calibration import layer_similarity_null
 from widthlab.measure.redundancy import Moments, redundancy_from_moments
-from widthlab.measure.robustness import ALL, check_levels, check_positive, get_perturbation, sweep
+from widthlab.measure.robustness import ALL, check_levels, get_perturbation, sweep
 from widthlab.seeding import numpy_generator
 
 COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]
@@ -123,9 +123,9 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     """
     perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
     level_sets = {perturbation: check_levels(levels, perturbation) for perturbation in perturbations}
-    samplings = check_positive("samplings", samplings)
+    samplings = check_positive_int("samplings", samplings)
     if max_rows is not None:
-        check_positive("max_rows", max_rows)
+        check_positive_int("max_rows", max_rows)
     names = default_layers(model, inputs, batch_size=batch_size) if layers is None else list(layers)
     resolve_modules(model, names)
 

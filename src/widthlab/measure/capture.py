@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, check_positive_int
 
 # Modules whose outputs `layers=None` measures when a model declares no `unit_layers`.
 RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
@@ -44,8 +44,7 @@ def batches(model: nn.Module, inputs: Inputs, batch_size: int) -> Iterator[tuple
         inputs: a tensor (N, ...) split into batches of `batch_size`; a Dataset (read in order, `batch_size` at a
             time) or a DataLoader (its own batches), either yielding ``(x, y)`` or ``x``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise WidthlabError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     device, dtype = model_device(model), _float_dtype(model)
     if isinstance(inputs, torch.Tensor):
         source = ((x, None) for x in inputs.split(batch_size))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, check_positive_int
 
 FLAT_RTOL = 1e-6  # flat unit: std <= FLAT_RTOL x the layer's largest unit std
 CONSTANT_RTOL = 1e-3  # constant unit: std <= CONSTANT_RTOL x the median std of the non-flat units
@@ -169,8 +169,7 @@ def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold
     """
     energy = _check_fraction("energy", energy, low_open=True)
     threshold = _check_fraction("threshold", threshold, low_open=False)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise WidthlabError(f"bins must be a positive integer, got {bins!r}")
+    check_positive_int("bins", bins)
     cov = moments.cov.cpu().numpy()
     units = len(cov)
     std = np.sqrt(np.clip(np.diag(cov), 0.0, None))

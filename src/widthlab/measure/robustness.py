@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.capture import (Inputs, batches, check_unit_axis, default_layers, evaluating, resolve_modules,
                                       stream_activations, unit_rows)
 from widthlab.measure.graph import (declared_suffix, is_plain_producer, probe, suffix_module, trace,
@@ -425,13 +425,6 @@ def check_levels(levels, perturbation: str = "zero") -> np.ndarray:
         raise WidthlabError(f"levels of {perturbation!r} must be at least two increasing shares in [0, 1], "
                             f"got {levels!r}")
     return x
-
-
-def check_positive(name: str, value: object) -> int:
-    """`value` if it is a positive integer, else a WidthlabError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise WidthlabError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 # The engine -----------------------------------------------------------------------------------------------------------
@@ -831,7 +824,7 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str, Sequence[s
     """
     if path not in PATHS:
         raise WidthlabError(f"unknown path {path!r}; valid: {', '.join(PATHS)}")
-    check_positive("ablations_per_eval", ablations_per_eval)
+    check_positive_int("ablations_per_eval", ablations_per_eval)
     work = [_Job(get_perturbation(name), list(scope), levels) for name, scope, levels in jobs]
     layers = list(dict.fromkeys(name for job in work for name in job.scope))
     weight_layers = list(dict.fromkeys(name for job in work if job.perturbation.weights for name in job.scope))
@@ -1039,7 +1032,7 @@ def perturbation_curve(model: nn.Module, inputs: Inputs, layer: str, *, perturba
     Example: ``perturbation_curve(mlp, x, "relu1").unchanged[:, 0]`` is all ones (nothing ablated at level 0).
     """
     levels = check_levels(levels, perturbation)
-    samplings = check_positive("samplings", samplings)
+    samplings = check_positive_int("samplings", samplings)
     scope = resolve_scope(model, inputs, layer, layers, batch_size)
     return sweep(model, inputs, [(perturbation, scope, levels)], samplings=samplings, seed=seed, labels=labels,
                  unit_axis=unit_axis, batch_size=batch_size, path=path, ablations_per_eval=ablations_per_eval,

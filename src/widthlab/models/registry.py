@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.models.init import initialize
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -41,8 +41,7 @@ def check_width(width: object) -> float:
 def check_positive_ints(family: str, **options: object) -> None:
     """Raise a WidthlabError naming the first option of model `family` that is not a positive integer."""
     for key, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise WidthlabError(f"{family}: {key} must be a positive integer, got {value!r}")
+        check_positive_int(f"{family}: {key}", value)
 
 
 def check_probabilities(family: str, **options: object) -> None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from widthlab.data import load_data
 from widthlab.data.base import Splits
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure import analyze
 from widthlab.models import create_model
 from widthlab.study.config import StudyConfig, load_config
@@ -188,8 +188,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     cfg = load_config(config)
     if executor not in EXECUTORS:
         raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise WidthlabError(f"workers must be a positive integer, got {workers!r}")
+    check_positive_int("workers", workers)
     out_dir = Path(out_dir)
     specs = plan_runs(cfg)
     if gpus_per_run is None:
