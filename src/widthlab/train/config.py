@@ -31,6 +31,10 @@ class TrainConfig(BaseModel):
         amp / channels_last / compile / data_on_device: the GPU path (bf16 autocast, channels_last memory
             format, torch.compile, in-memory data moved to the device once); ``auto`` turns each on when
             training on CUDA and off on the CPU, where ``on`` still works but buys nothing.
+        compile_mode: torch.compile's mode when compiling: ``default``; ``reduce-overhead`` (CUDA graphs: for
+            small models whose steps are launch-bound); ``max-autotune`` / ``max-autotune-no-cudagraphs``
+            (longer compilation, tuned kernels). Only full batches run compiled: an epoch's last, smaller
+            batch runs eagerly on the same weights, so the batch shape never changes and nothing recompiles.
         seed: seeds the batch order and any dropout; device: ``cpu``, ``cuda`` or ``auto``.
 
     Example: ``TrainConfig(optimizer="adam", lr=1e-3, epochs=10)``
@@ -59,6 +63,7 @@ class TrainConfig(BaseModel):
     channels_last: Switch = "auto"
     compile: Switch = "auto"
     data_on_device: Switch = "auto"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     eval_batch_size: int = Field(1024, ge=1)
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"

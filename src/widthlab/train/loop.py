@@ -167,8 +167,10 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg)
     step_model = wrap_distributed(model, device) if shard[1] > 1 else model
-    if speed.compile:
-        step_model = torch.compile(step_model)
+    # Compiled for full batches only; the last, smaller batch of an epoch runs eagerly (same parameters), so the
+    # compiled graph sees one shape and never recompiles (a dynamic-shape recompile costs as much as the first).
+    full_model = torch.compile(step_model, mode=cfg.compile_mode) if speed.compile else step_model
+    full_batch = len(range(cfg.effective_batch_size)[shard[0]::shard[1]])  # this process's share of a full batch
     loss_fn = nn.CrossEntropyLoss()
     result = FitResult(status="done")
     best_val, best_state, steps = -1.0, None, 0
@@ -197,6 +199,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
             "scheduler": scheduler.state_dict(), "steps": steps, "history": result.history,
             "best_epoch": result.best_epoch, "best_val": best_val, "best_state": best_state,
             "snapshots": result.snapshots, "rng": torch.get_rng_state(), "train_config": cfg.model_dump(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "seconds": elapsed + time.perf_counter() - start, "meta": meta or {}, **provenance})
 
     def done_training() -> bool:
@@ -204,11 +207,14 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
         return (cfg.max_steps is not None and steps >= cfg.max_steps) or (
             cfg.target_train_acc is not None and last is not None and last["train_acc"] >= cfg.target_train_acc)
 
-    # Dropout and other global-RNG draws get their own seeded stream; the caller's RNG state is restored.
-    with torch.random.fork_rng(devices=[]):
+    # Dropout and other global-RNG draws get their own seeded stream (on the training device: CUDA's generator
+    # draws the dropout masks of CUDA tensors); the caller's RNG state is restored.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive_seed(cfg.seed, "train-global"))
         if resumed is not None:
             torch.set_rng_state(resumed["rng"])
+            if device.type == "cuda" and resumed.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(resumed["cuda_rng"], device)
         for epoch in range(first_epoch, cfg.epochs + 1):
             if done_training():
                 break
@@ -222,7 +228,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
                 if splits.augment is not None:
                     x = splits.augment(x, augment_gen)
                 with speed.autocast(device):
-                    scores = step_model(x)
+                    scores = (full_model if len(x) == full_batch else step_model)(x)
                     loss = loss_fn(scores.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,0 +1,171 @@
+"""The GPU path's switches (bf16 autocast, channels_last, torch.compile, data on the device).
+
+On the CPU every switch can be turned ``on``: these tests prove each one is really applied and keeps the
+trainer's semantics. The tests marked ``cuda`` run the automatic GPU path itself and are skipped without a GPU
+(run them on one with ``pytest -m cuda``).
+"""
+
+import pytest
+import torch
+
+import widthlab.train.loop as loop
+from widthlab import TrainConfig, analyze, create_model, fit, load_data
+from widthlab.data import ArrayDataset, Splits
+from widthlab.train.loop import Speed
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Random CIFAR-shaped images with labels from a fixed random conv teacher (learnable, not trivial)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 3, 16, 16, generator=gen)
+    teacher = torch.nn.Conv2d(3, 10, 16)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.randn(teacher.weight.shape, generator=gen))
+        y = teacher(x).flatten(1).argmax(1)
+    return Splits(ArrayDataset(x[:200], y[:200]), ArrayDataset(x[200:250], y[200:250]),
+                  ArrayDataset(x[250:], y[250:]), num_classes=10, input_shape=(3, 16, 16))
+
+
+def alexnet():
+    return create_model("alexnet_cifar", 0.25, input_size=16, seed=0)
+
+
+def train(splits, model=None, **switches):
+    model = alexnet() if model is None else model
+    cfg = TrainConfig(lr=0.01, batch_size=64, epochs=2, **switches)  # 200 examples: 3 full batches and one of 8
+    return model, fit(model, splits, cfg)
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten().float().cpu() for p in model.parameters()])
+
+
+def test_auto_switches_are_on_for_cuda_and_off_for_the_cpu():
+    auto = TrainConfig()
+    assert Speed.resolve(auto, torch.device("cuda")) == Speed(True, True, True, True)
+    assert Speed.resolve(auto, torch.device("cpu")) == Speed(False, False, False, False)
+    forced = TrainConfig(amp="on", channels_last="off", compile="on", data_on_device="off")
+    assert Speed.resolve(forced, torch.device("cpu")) == Speed(True, False, True, False)
+    assert Speed.resolve(forced, torch.device("cuda")) == Speed(True, False, True, False)
+
+
+def test_bad_compile_mode_is_rejected():
+    with pytest.raises(ValueError, match="compile_mode"):
+        TrainConfig(compile_mode="fastest")
+
+
+def test_data_on_device_gives_the_same_weights(images):
+    plain, _ = train(images)
+    resident, _ = train(images, data_on_device="on")
+    assert torch.equal(weights(plain), weights(resident))
+
+
+def test_channels_last_is_applied_and_keeps_the_numbers(images):
+    plain, expected = train(images)
+    model, result = train(images, channels_last="on")
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert result.status == "done"
+    # Other summation orders in the convolutions: equal up to round-off grown over 8 steps, not bit for bit.
+    torch.testing.assert_close(weights(model), weights(plain), rtol=1e-3, atol=1e-3)
+    for ours, reference in zip(result.history, expected.history):
+        assert ours["loss"] == pytest.approx(reference["loss"], rel=1e-4)
+
+
+def test_bf16_autocast_runs_the_convolutions_in_bf16_and_trains(images):
+    dtypes = []
+    model = alexnet()
+    model.conv1.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype) if module.training else None)
+    _, fp32 = train(images)
+    _, result = train(images, model=model, amp="on")
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    assert result.status == "done"
+    # bf16 has 8 mantissa bits: the epoch losses agree with fp32 to about 1%, not exactly.
+    for ours, reference in zip(result.history, fp32.history):
+        assert ours["loss"] == pytest.approx(reference["loss"], rel=0.02)
+
+
+def test_compile_serves_full_batches_and_the_last_batch_runs_eagerly(images, monkeypatch):
+    """Only full batches reach the compiled module (one shape: no recompilation); the mode is passed on."""
+    seen = {}
+
+    def fake_compile(module, mode):
+        seen["mode"], seen["sizes"] = mode, []
+
+        def compiled(x):
+            seen["sizes"].append(len(x))
+            return module(x)
+        return compiled
+
+    monkeypatch.setattr(loop.torch, "compile", fake_compile)
+    model, _ = train(images, compile="on", compile_mode="reduce-overhead")
+    assert seen["mode"] == "reduce-overhead"
+    assert seen["sizes"] == [64] * 6  # 3 full batches per epoch, 2 epochs; the 8-example batches ran eagerly
+    plain, _ = train(images)
+    assert torch.equal(weights(model), weights(plain))
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager():
+    """A real torch.compile (inductor on the CPU) gives the eager run's weights up to round-off."""
+    splits = load_data("synthetic", seed=0, n_train=200, n_val=50, n_test=50)
+    eager = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    compiled = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    cfg = TrainConfig(batch_size=64, epochs=2)
+    fit(eager, splits, cfg)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    result = fit(compiled, splits, cfg.model_copy(update={"compile": "on"}))
+    assert result.status == "done"
+    # Dynamo really captured the model, once: the 8-example last batch did not compile a second graph.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(weights(compiled), weights(eager), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_auto_path_learns_and_measures(images):
+    """The automatic GPU path (every switch on) learns; measuring the trained model on the GPU matches the CPU."""
+    model = alexnet()
+    result = fit(model, images, TrainConfig(lr=0.01, batch_size=64, epochs=30, device="cuda"))
+    assert result.status == "done" and next(model.parameters()).is_cuda
+    assert result.train_acc > 0.5  # 10 classes: chance is 0.1
+    x = images.test.x
+    on_gpu = analyze(model, x, perturbations=("zero",), samplings=2, null_rows=None)
+    on_cpu = analyze(model.cpu().to(memory_format=torch.contiguous_format), x, perturbations=("zero",), samplings=2,
+                     null_rows=None)
+    key = ["layer", "metric", "perturbation", "level", "sampling"]
+    merged = on_gpu.merge(on_cpu, on=key, suffixes=("_gpu", "_cpu"))
+    assert len(merged) == len(on_gpu) == len(on_cpu)
+    exact = merged.metric.isin(["n_units", "pcs_needed"])
+    assert (merged[exact].value_gpu - merged[exact].value_cpu).abs().max() <= 1
+    close = merged.metric.isin(["compressibility", "auc", "unchanged"])
+    assert (merged[close].value_gpu - merged[close].value_cpu).abs().max() < 0.05
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_checkpoint_resume_matches(images, tmp_path):
+    """A run cut after epoch 2 and resumed on the GPU (CUDA RNG state included) ends where a whole run does."""
+    from widthlab.train.checkpoint import load_checkpoint
+
+    def dropout_alexnet():
+        return create_model("alexnet_cifar", 0.25, input_size=16, dropout=0.5, seed=0)
+
+    cfg = TrainConfig(lr=0.01, batch_size=64, epochs=4, device="cuda", compile="off")
+    whole = dropout_alexnet()
+    expected = fit(whole, images, cfg)
+    path = tmp_path / "run.pt"
+    fit(dropout_alexnet(), images, cfg.model_copy(update={"epochs": 2}), checkpoint=path)
+    state = load_checkpoint(path)
+    state["train_config"] = cfg.model_dump()  # the same run, now asked to go on to epoch 4
+    torch.save(state, path)
+    resumed = dropout_alexnet()
+    result = fit(resumed, images, cfg, checkpoint=path)
+    assert result.resumed_from == 2 and len(result.history) == 4
+    # cuDNN's kernels may differ run to run in the last bits; a lost dropout stream would differ by far more.
+    torch.testing.assert_close(weights(resumed), weights(whole), rtol=1e-3, atol=1e-4)
+    assert result.history[-1]["loss"] == pytest.approx(expected.history[-1]["loss"], rel=1e-3)
