@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The one prepared device check of issue 5, for a session lent a GPU machine (about 9 minutes on an H200).
+#
+# The device machine's python3 (3.12) has torch, numpy, pandas, matplotlib, PyYAML, tqdm, scikit-learn and
+# Pillow but no pydantic; fetch its wheels here first (the folder is git-ignored and travels with `carry`):
+#
+#   bash benchmarks/gpu_session.sh --fetch-wheels          # here, once: writes .whl/
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)   # the device tool
+#
+# Parts, in order of importance (each has its own time limit; PART=throughput|study|tests runs one alone):
+#   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 1/4, 1, 4, every variant
+#   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (target: < 5 minutes)
+#   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume)
+# Logs go to $OUT (the device tool's folder that comes back) or ./gpu-session-logs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+    ls .whl
+    exit
+fi
+
+OUT=${OUT:-$PWD/gpu-session-logs}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, widthlab; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'widthlab', widthlab.__version__)" \
+    | tee -a "$OUT/gpu.txt" || exit 1
+
+part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
+status=0
+if part throughput; then
+    echo "== 1. throughput"
+    timeout 200 python3 benchmarks/train_throughput.py --device cuda --images 45000 --epochs 2 --widths 0.25,1,4 \
+        2>&1 | tee "$OUT/throughput.log" || status=1
+fi
+if part study; then
+    echo "== 2. width study"
+    timeout 300 python3 benchmarks/train_throughput.py --device cuda --skip-throughput --study --workers 5 \
+        2>&1 | tee "$OUT/study.log" || status=1
+fi
+if part tests; then
+    echo "== 3. CUDA tests"
+    timeout 90 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_train_fast_path.py \
+        2>&1 | tee "$OUT/cuda-tests.log" || status=1
+fi
+exit $status
