@@ -266,6 +266,28 @@ def test_imagenet_training_crops_follow_the_global_seed(imagenet_root):
     assert len({tuple(c.flatten()[:50].tolist()) for c in crops}) > 1
 
 
+def test_imagenet_seeded_items_fix_the_crop(imagenet_root):
+    """`fit` indexes training images as (i, seed): the seed alone decides the crop and flip."""
+    train_like = load_data("imagenet", root=imagenet_root, image_size=16, val_per_class=1).train
+    first = train_like[(0, 5)][0]
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert torch.equal(first, train_like[(0, 5)][0])
+    assert any(not torch.equal(first, train_like[(0, s)][0]) for s in range(6, 10))
+
+
+def test_imagenet_training_does_not_depend_on_the_number_of_decoding_workers(imagenet_root):
+    splits = load_data("imagenet", root=imagenet_root, image_size=32, val_per_class=1)
+
+    def train(workers):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 5, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 3))
+        fit(model, splits, TrainConfig(lr=0.05, batch_size=4, epochs=2, num_workers=workers))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    in_process = train(0)
+    assert torch.equal(in_process, train(2))
+
+
 def test_imagenet_layout_errors(imagenet_root, tmp_path, monkeypatch):
     monkeypatch.delenv("WIDTHLAB_DATA", raising=False)
     with pytest.raises(WidthlabError, match=r"no data folder given.*train/<wnid>/\*\.JPEG"):

@@ -45,11 +45,25 @@ def weights(model):
 
 def test_auto_switches_are_on_for_cuda_and_off_for_the_cpu():
     auto = TrainConfig()
-    assert Speed.resolve(auto, torch.device("cuda")) == Speed(True, True, True, True)
-    assert Speed.resolve(auto, torch.device("cpu")) == Speed(False, False, False, False)
-    forced = TrainConfig(amp="on", channels_last="off", compile="on", data_on_device="off")
-    assert Speed.resolve(forced, torch.device("cpu")) == Speed(True, False, True, False)
-    assert Speed.resolve(forced, torch.device("cuda")) == Speed(True, False, True, False)
+    cuda = Speed.resolve(auto, torch.device("cuda"))
+    assert (cuda.amp, cuda.channels_last, cuda.compile, cuda.data_on_device, cuda.pin_memory) == (True,) * 5
+    assert 1 <= cuda.workers <= 8  # decoding processes for lazy data sets
+    assert Speed.resolve(auto, torch.device("cpu")) == Speed(False, False, False, False, workers=0, pin_memory=False)
+    forced = TrainConfig(amp="on", channels_last="off", compile="on", data_on_device="off", num_workers=3)
+    assert Speed.resolve(forced, torch.device("cpu")) == Speed(True, False, True, False, workers=3)
+    assert Speed.resolve(forced, torch.device("cuda")) == Speed(True, False, True, False, workers=3, pin_memory=True)
+
+
+def test_batch_plan_shards_partition_every_global_batch():
+    order = torch.randperm(23, generator=torch.Generator().manual_seed(0))
+    seeds = torch.arange(100, 123)
+    plans = [list(loop.BatchPlan(order, 8, (rank, 3), seeds)) for rank in range(3)]
+    assert all(len(plan) == 3 for plan in plans)  # ceil(23 / 8) global batches on every process
+    for b in range(3):
+        shares = [plan[b] for plan in plans]
+        assert [i for share in shares for i, _ in share] == order[8 * b:8 * b + 8].tolist()
+        assert all(s == 100 + i for share in shares for i, s in share)  # each item keeps its own seed
+    assert list(loop.BatchPlan(order, 8, (0, 1), None))[0] == order[:8].tolist()
 
 
 def test_bad_compile_mode_is_rejected():

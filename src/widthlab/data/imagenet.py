@@ -41,22 +41,23 @@ LAYOUT = ("expected <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG with
           "(see widthlab.data.imagenet for sorting the flat official validation set into class folders)")
 
 
-def random_resized_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
+def random_resized_crop_box(width: int, height: int,
+                            generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
     """A random crop (left, top, right, bottom) of a width×height image: area share in SCALE, aspect in RATIO.
 
     Inception's recipe as torchvision implements it: up to 10 draws, then the central crop with the aspect
-    ratio clamped into RATIO. Draws come from torch's global RNG (see `ImageFolderSplit`).
+    ratio clamped into RATIO. Draws come from `generator` (default: torch's global RNG; see `ImageFolderSplit`).
     """
     area = width * height
     log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
     for _ in range(10):
-        target = area * torch.empty(1).uniform_(*SCALE).item()
-        aspect = math.exp(torch.empty(1).uniform_(*log_ratio).item())
+        target = area * torch.empty(1).uniform_(*SCALE, generator=generator).item()
+        aspect = math.exp(torch.empty(1).uniform_(*log_ratio, generator=generator).item())
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
-            left = torch.randint(0, width - w + 1, (1,)).item()
-            top = torch.randint(0, height - h + 1, (1,)).item()
+            left = torch.randint(0, width - w + 1, (1,), generator=generator).item()
+            top = torch.randint(0, height - h + 1, (1,), generator=generator).item()
             return left, top, left + w, top + h
     aspect = width / height
     if aspect < RATIO[0]:
@@ -100,9 +101,9 @@ class ImageFolderSplit(Dataset):
     """Image files with labels, decoded on access into (3, size, size) tensors; `y` holds the labels.
 
     Training form (``train=True``): random-resized-crop to size×size plus a horizontal flip with probability
-    1/2. Its draws come from torch's global RNG, which `fit` seeds from the run's seed inside a `fork_rng`; in
-    DataLoader worker processes torch seeds that RNG per worker from the loader's generator. So the same seed,
-    batch order and worker count give the same crops, and crops differ between epochs.
+    1/2. Indexed with a pair ``(i, seed)`` (as `fit` does: `seeded_items`), image i's draws come from a
+    generator seeded with `seed`, so the crops depend on the run's seed and epoch alone, not on how many
+    DataLoader workers decode them; indexed with a plain ``i``, they come from torch's global RNG.
     Evaluation form (``train=False``): deterministic resize and centre crop (`eval_resize_crop`).
 
     Args:
@@ -111,6 +112,8 @@ class ImageFolderSplit(Dataset):
 
     Example: ``x, y = ImageFolderSplit(["a.JPEG"], torch.tensor([0]), 224)[0]  # x (3, 224, 224)``
     """
+
+    seeded_items = True  # accepts (index, seed) items: see above
 
     def __init__(self, files: list[str], labels: torch.Tensor, size: int, train: bool = False):
         if len(files) != len(labels):
@@ -123,12 +126,14 @@ class ImageFolderSplit(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = item if isinstance(item, tuple) else (item, None)
         image = load_image(self.files[i])
         if self.train:
-            box = random_resized_crop_box(*image.size)
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            box = random_resized_crop_box(*image.size, generator=generator)
             image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
-            if torch.rand(1).item() < 0.5:
+            if torch.rand(1, generator=generator).item() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         else:
             image = eval_resize_crop(image, self.size)

@@ -35,6 +35,8 @@ class TrainConfig(BaseModel):
             small models whose steps are launch-bound); ``max-autotune`` / ``max-autotune-no-cudagraphs``
             (longer compilation, tuned kernels). Only full batches run compiled: an epoch's last, smaller
             batch runs eagerly on the same weights, so the batch shape never changes and nothing recompiles.
+        num_workers: DataLoader processes decoding a data set that is not held in memory (ImageNet); the batches
+            and crops do not depend on it. None (default): up to 8 when training on CUDA, 0 on the CPU.
         seed: seeds the batch order and any dropout; device: ``cpu``, ``cuda`` or ``auto``.
 
     Example: ``TrainConfig(optimizer="adam", lr=1e-3, epochs=10)``
@@ -64,6 +66,7 @@ class TrainConfig(BaseModel):
     compile: Switch = "auto"
     data_on_device: Switch = "auto"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    num_workers: int | None = Field(None, ge=0)
     eval_batch_size: int = Field(1024, ge=1)
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"

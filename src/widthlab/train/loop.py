@@ -68,18 +68,25 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
 
 @dataclass(frozen=True)
 class Speed:
-    """The GPU-path switches of a run, resolved for its device."""
+    """The GPU-path switches of a run, resolved for its device; `workers`: DataLoader processes decoding
+    data sets that are not in memory (ImageNet); `pin_memory`: page-locked batches for asynchronous copies."""
 
     amp: bool
     channels_last: bool
     compile: bool
     data_on_device: bool
+    workers: int = 0
+    pin_memory: bool = False
 
     @classmethod
     def resolve(cls, cfg: TrainConfig, device: torch.device) -> Speed:
         cuda = device.type == "cuda"
-        return cls(*(value == "on" or (value == "auto" and cuda)
-                     for value in (cfg.amp, cfg.channels_last, cfg.compile, cfg.data_on_device)))
+        switches = (value == "on" or (value == "auto" and cuda)
+                    for value in (cfg.amp, cfg.channels_last, cfg.compile, cfg.data_on_device))
+        workers = cfg.num_workers
+        if workers is None:  # auto: decode in parallel when a GPU waits for the data, in-process on the CPU
+            workers = min(8, len(os.sched_getaffinity(0))) if cuda else 0
+        return cls(*switches, workers=workers, pin_memory=cuda)
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -94,27 +101,53 @@ def on_device(dataset: Dataset, device: torch.device) -> Dataset:
     return dataset
 
 
+class BatchPlan:
+    """The DataLoader `batch_sampler` of a lazy data set: this process's share of each global batch, in the
+    epoch's order; items are ``(index, seed)`` pairs for data sets with `seeded_items` (per-item augmentation
+    seeds drawn from the epoch's stream, so decoding workers cannot change the crops)."""
+
+    def __init__(self, order: torch.Tensor, batch_size: int, shard: tuple[int, int], seeds: torch.Tensor | None):
+        self.order, self.batch_size, self.shard, self.seeds = order, batch_size, shard, seeds
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list]:
+        rank, world = self.shard
+        for start in range(0, len(self.order), self.batch_size):
+            idx = self.order[start:start + self.batch_size].tensor_split(world)[rank]
+            yield idx.tolist() if self.seeds is None else list(zip(idx.tolist(), self.seeds[idx].tolist()))
+
+
 def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                     device: torch.device | None = None, shard: tuple[int, int] = (0, 1),
-                    channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    channels_last: bool = False, workers: int = 0,
+                    pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) batches; in-memory data sets are sliced directly (no DataLoader overhead).
 
     The order of epoch `epoch` comes from its own stream, so a resumed run sees the same batches.
-    `shard=(rank, world)` keeps this process's share of every global batch (distributed data parallel).
+    `shard=(rank, world)` keeps this process's share of every global batch (distributed data parallel): a lazy
+    data set's process decodes only its share. `workers` DataLoader processes decode a lazy data set (ImageNet)
+    without changing the batches.
     """
     gen = torch_generator(seed, "batch-order", epoch)
     rank, world = shard
-    if hasattr(dataset, "x") and hasattr(dataset, "y"):
-        n = len(dataset.y)
-        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    in_memory = hasattr(dataset, "x") and hasattr(dataset, "y")
+    n = len(dataset.y) if in_memory else len(dataset)
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    if in_memory:
         order = order.to(dataset.y.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size].tensor_split(world)[rank]
             yield _prepare(dataset.x[idx], device, channels_last), dataset.y[idx].to(device)
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen)
+    seeds = None
+    if getattr(dataset, "seeded_items", False):
+        seeds = torch.randint(0, 2 ** 62, (n,), generator=torch_generator(seed, "item-augment", epoch))
+    loader = DataLoader(dataset, batch_sampler=BatchPlan(order, batch_size, shard, seeds), num_workers=workers,
+                        pin_memory=pin_memory and device is not None and device.type == "cuda")
     for x, y in loader:
-        yield _prepare(x.tensor_split(world)[rank], device, channels_last), y.tensor_split(world)[rank].to(device)
+        yield _prepare(x, device, channels_last), y.to(device, non_blocking=True)
 
 
 def _prepare(x: torch.Tensor, device: torch.device | None, channels_last: bool) -> torch.Tensor:
@@ -132,7 +165,9 @@ def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, devi
     autocast = speed.autocast(device) if speed is not None and device is not None else contextlib.nullcontext()
     with autocast:
         for x, y in iterate_batches(dataset, batch_size, shuffle=False, device=device,
-                                    channels_last=bool(speed and speed.channels_last)):
+                                    channels_last=bool(speed and speed.channels_last),
+                                    workers=speed.workers if speed is not None else 0,
+                                    pin_memory=bool(speed and speed.pin_memory)):
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
     model.train(was_training)
@@ -224,7 +259,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
             seen = 0
             augment_gen = torch_generator(cfg.seed, "augment", epoch)
             for x, y in iterate_batches(train_set, cfg.effective_batch_size, shuffle=True, seed=cfg.seed,
-                                        epoch=epoch, device=device, shard=shard, channels_last=speed.channels_last):
+                                        epoch=epoch, device=device, shard=shard, channels_last=speed.channels_last,
+                                        workers=speed.workers, pin_memory=speed.pin_memory):
                 if splits.augment is not None:
                     x = splits.augment(x, augment_gen)
                 with speed.autocast(device):
