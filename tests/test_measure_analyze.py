@@ -187,3 +187,28 @@ def test_similarity_calibration_rows_are_the_null_of_the_sampled_rows(images):
     assert null == pytest.approx({m: expected[m] for m in NULL_METRICS})
     assert "similarity_null" not in set(analyze(conv_net(), images, layers=["3"], levels=LEVELS, samplings=1,
                                                 null_rows=None)["metric"])
+
+
+def test_check_measurable_resolves_layers_and_refuses_what_analyze_would():
+    from widthlab.measure import check_measurable
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act, self.out = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.act(self.fc(x) + x))  # the ReLU's input is a sum: no Linear produces it
+
+    x = torch.randn(5, 4, generator=gen(0))
+    model = Residual().train()
+    assert check_measurable(model, x) == ["act"]
+    assert check_measurable(model, x, perturbations=("zero", "mean")) == ["act"] and model.training
+    with pytest.raises(WidthlabError, match="torch.add"):
+        check_measurable(model, x, perturbations=("weight_noise",))
+    with pytest.raises(WidthlabError, match="unknown perturbation"):
+        check_measurable(model, x, perturbations=("dropout",))
+    with pytest.raises(WidthlabError, match="unknown layer.*nope"):
+        check_measurable(model, x, layers=["nope"])
+    plain = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert check_measurable(plain, x, perturbations=("weight_knockout",)) == ["1"]

@@ -137,3 +137,19 @@ def test_user_model_and_data_by_module_function(tmp_path, monkeypatch):
     assert set(res.runs["status"]) == {"done"}
     assert set(res.metrics.query("metric == 'n_units'")["value"]) == {6, 12}
     assert not math.isnan(res.metrics.query("metric == 'auc'")["value"].iloc[0])
+
+
+def test_a_study_that_cannot_be_measured_stops_before_training(tmp_path):
+    """Weight noise on ResNet stage outputs (residual sums: no Conv produces them) fails at once, not after
+    training: no checkpoint is written and the error names the layer."""
+    from widthlab import WidthlabError
+
+    config = {"name": "unmeasurable", "data": {"name": "digits", "image_size": 32, "n_train": 40, "n_val": 20,
+                                              "n_test": 20},
+              "model": {"name": "resnet56_cifar", "init": "he_normal"},
+              "train": {"epochs": 50, "batch_size": 8},
+              "measure": {"perturbations": ["zero", "weight_noise"], "levels": 3, "samplings": 1},
+              "grid": {"widths": [0.25], "replicates": 1}}
+    with pytest.raises(WidthlabError, match="stage1.*Conv/Linear|Conv/Linear.*stage1"):
+        run_study(config, tmp_path / "out", progress=False)
+    assert not any((tmp_path / "out" / "checkpoints").glob("*.pt"))

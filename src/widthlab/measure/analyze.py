@@ -174,3 +174,37 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     frame = pd.DataFrame.from_records(records, columns=COLUMNS)
     return frame.astype({"layer": str, "metric": str, "perturbation": str, "level": float, "sampling": int,
                          "value": float})
+
+
+@torch.no_grad()
+def check_measurable(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = None, *,
+                     perturbations: Sequence[str] = ("zero",), examples: int = 2) -> list[str]:
+    """Fail fast: the layers `analyze` would measure, checked on the first `examples` inputs.
+
+    Resolves the default layers (or the named ones) and, when a weight perturbation is asked for, finds the
+    Conv/Linear module producing each layer's units; anything `analyze` would refuse (an unknown perturbation,
+    a layer that does not run once, a residual sum or concatenation where weights are to be perturbed) raises
+    the same `WidthlabError` now. A study calls this before training, so a config that cannot be measured
+    stops before any compute is spent. The model runs once in eval mode (its training flag is restored).
+
+    Example: ``check_measurable(create_model("mlp", 1, input_dim=10), torch.randn(4, 10)) == ["relu1"]``
+    """
+    from widthlab.measure.capture import batches
+    from widthlab.measure.graph import probe
+
+    specs = [get_perturbation(name) for name in ([perturbations] if isinstance(perturbations, str)
+                                                 else perturbations)]
+    x, _ = next(batches(model, inputs, examples), (None, None))
+    if x is None:
+        raise WidthlabError("inputs yielded no examples")
+    x = x[:examples]
+    was_training = model.training
+    model.eval()
+    try:
+        names = default_layers(model, x) if layers is None else list(layers)
+        resolve_modules(model, names)
+        weighted = names if any(spec.weights for spec in specs) else []
+        probe(model, x, names, producers_of=weighted)
+    finally:
+        model.train(was_training)
+    return names

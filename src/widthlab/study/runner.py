@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from widthlab.data import load_data
 from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError, check_positive_int
-from widthlab.measure import analyze
+from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
 from widthlab.study.config import StudyConfig, load_config
 from widthlab.study.executors import EXECUTORS, execute
@@ -93,6 +93,9 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     model = create_model(name, spec.width, init=init, sigma=sigma, num_classes=splits.num_classes,
                          seed=spec.replicate, **model_spec)
     train_cfg = TrainConfig(**cfg["train"])
+    # A layer the measurement would refuse (e.g. weight noise on a residual sum) stops the study now, not after
+    # hours of training.
+    check_measurable(model, splits.split(cfg["measure"]["split"]), perturbations=cfg["measure"]["perturbations"])
     meta = {"run_id": spec.run_id, "width": spec.width, "replicate": spec.replicate, "model": cfg["model"],
             "num_classes": splits.num_classes, "data": cfg["data"], "study_seed": cfg["study_seed"]}
     result = fit(model, splits, train_cfg, on_epoch=on_epoch, checkpoint=checkpoint, meta=meta)
