@@ -46,7 +46,10 @@ def test_set_overrides_parse_yaml_values():
     ("model.width=2", "set by the study"),
     ("data.name=imagenet21k", "unknown data set 'imagenet21k'"),
     ("measure.perturbations=[zap]", "unknown perturbation"),
-    ("measure.levels=[0.5, 1]", "levels must start at 0"),
+    ("measure.levels=[0.5, 1]", "measure: levels of 'zero' must start at 0"),
+    ("measure.levels=1", "levels of 'zero' must be at least 2"),
+    ("measure.levels=[0, 0.5, 2]", "levels of 'zero' must be at least two increasing shares in \\[0, 1\\]"),
+    ("measure.levels={act_noise: 5}", "levels given for \\['act_noise'\\], which are not among the perturbations"),
     ("grid.variants={bad: {optimizer: adam}}", "variant 'bad' overrides"),
     ("grid.variants={bad: {train: {optimizer: lbfgs}}}", "variant 'bad': train.optimizer"),
     ("nokey", "--set expects key=value"),
@@ -75,3 +78,18 @@ def test_top_level_must_be_a_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(WidthlabError, match="expected a mapping"):
         load_config(str(path))
+
+
+def test_levels_follow_each_perturbations_range():
+    """An int n spreads n levels over each perturbation's own range: shares 0-1, noise 0-2σ (the Python
+    defaults); a mapping sets them per perturbation."""
+    from widthlab.measure.robustness import NOISE_LEVELS, SHARE_LEVELS
+    from widthlab.study.config import MeasureSpec
+
+    spec = MeasureSpec(perturbations=("zero", "act_noise"), levels=11)
+    assert spec.level_sets() == {"zero": SHARE_LEVELS.tolist(), "act_noise": NOISE_LEVELS.tolist()}
+    mixed = MeasureSpec(perturbations=("zero", "weight_noise"), levels={"weight_noise": [0, 1, 4]})
+    assert mixed.level_sets() == {"zero": SHARE_LEVELS.tolist(), "weight_noise": [0.0, 1.0, 4.0]}
+    same = MeasureSpec(perturbations=("mean", "act_noise"), levels=[0, 0.5, 1])
+    assert same.level_sets() == {"mean": [0, 0.5, 1], "act_noise": [0, 0.5, 1]}
+    assert MeasureSpec(levels=3).level_sets() == {"zero": [0.0, 0.5, 1.0]}

@@ -212,3 +212,17 @@ def test_check_measurable_resolves_layers_and_refuses_what_analyze_would():
         check_measurable(model, x, layers=["nope"])
     plain = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     assert check_measurable(plain, x, perturbations=("weight_knockout",)) == ["1"]
+
+
+def test_levels_per_perturbation(images):
+    frame = analyze(conv_net(), images, layers=["1"], perturbations=("zero", "act_noise"),
+                    levels={"act_noise": [0, 1, 3]}, samplings=1, null_rows=None)
+    curves = frame[frame.metric == "unchanged"]
+    assert sorted(curves[curves.perturbation == "act_noise"].level.unique()) == [0, 1, 3]
+    assert len(curves[curves.perturbation == "zero"].level.unique()) == 11  # zero keeps its default levels
+    alone = analyze(conv_net(), images, layers=["1"], perturbations=("act_noise",), levels=[0, 1, 3], samplings=1,
+                    null_rows=None)
+    pd.testing.assert_frame_equal(curves[curves.perturbation == "act_noise"].reset_index(drop=True),
+                                  alone[alone.metric == "unchanged"].reset_index(drop=True))
+    with pytest.raises(WidthlabError, match="levels given for \\['mean'\\]"):
+        analyze(conv_net(), images, perturbations=("zero",), levels={"mean": [0, 1]})

@@ -78,6 +78,7 @@ def _parse_options(items: list[str] | None, flag: str) -> dict:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.measure import analyze
+    from widthlab.measure.robustness import evenly_spaced_levels
     from widthlab.report.analysis import layer_table, write_layer_figures
     from widthlab.study.external import load_inputs, load_model
 
@@ -86,9 +87,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                          options=_parse_options(args.data_opt, "--data-opt"))
     layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
     perturbations = tuple(p.strip() for p in args.perturbations.split(","))
-    levels = [i / (args.levels - 1) for i in range(args.levels)] if args.levels >= 2 else None
-    if levels is None:
+    if args.levels < 2:
         raise WidthlabError(f"--levels must be at least 2, got {args.levels}")
+    levels = {name: evenly_spaced_levels(args.levels, name) for name in perturbations}
     frame = analyze(model, inputs, layers, perturbations=perturbations, levels=levels, samplings=args.samplings,
                     seed=args.seed, max_rows=args.max_rows)
     out = Path(args.out)
@@ -239,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--layers", help="comma-separated module names (default: the model's unit_layers, "
                                           "else every ReLU-like module)")
     analyze.add_argument("--perturbations", default="zero", help="comma-separated (default: zero)")
-    analyze.add_argument("--levels", type=int, default=11, help="evenly spaced levels on [0, 1] (default 11)")
+    analyze.add_argument("--levels", type=int, default=11,
+                         help="evenly spaced levels over each perturbation's range: shares 0-1, noise 0-2σ "
+                              "(default 11)")
     analyze.add_argument("--samplings", type=int, default=3, help="random unit orders per curve (default 3)")
     analyze.add_argument("--max-rows", type=int, help="rows sampled per layer for redundancy (default: all)")
     analyze.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")

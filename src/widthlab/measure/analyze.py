@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,7 +80,8 @@ class _LayerMoments:
 
 
 def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = None, *, labels=None,
-            perturbations: Sequence[str] = ("zero",), levels: Sequence[float] | None = None, samplings: int = 3,
+            perturbations: Sequence[str] = ("zero",),
+            levels: Sequence[float] | Mapping[str, Sequence[float]] | None = None, samplings: int = 3,
             seed: int = 0, max_rows: int | None = None, energy: float = 0.95, threshold: float = 0.5,
             unit_axis: int = 1, batch_size: int = 256, ablations_per_eval: int = 1, path: str = "auto",
             skip_zero_inputs: bool = False, null_rows: int | None = 20_000) -> pd.DataFrame:
@@ -108,8 +109,9 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             `default_layers`).
         labels: (N,) class labels (default: the inputs' own labels, if they yield any).
         perturbations: names from ``PERTURBATIONS`` (default ``("zero",)``).
-        levels: the levels of every perturbation (default: each perturbation's own: shares 0, 0.1, ..., 1.0, or
-            σ multiples 0, 0.2, ..., 2.0 for ``act_noise`` and ``weight_noise``).
+        levels: the levels of every perturbation, or a mapping perturbation → its levels (default: each
+            perturbation's own: shares 0, 0.1, ..., 1.0, or σ multiples 0, 0.2, ..., 2.0 for ``act_noise`` and
+            ``weight_noise``; a mapping's missing perturbations get theirs too).
         samplings: S random unit orders / row draws (default 3); seed: their seed (default 0).
         max_rows: rows drawn per layer and sampling for redundancy (default None: all rows, streamed).
         null_rows: rows sampled per layer for the similarity permutation null (rows ``similarity_null``,
@@ -122,7 +124,14 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     Example: ``analyze(create_model("mlp", 1.0, input_dim=10), torch.randn(500, 10), samplings=2)``
     """
     perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
-    level_sets = {perturbation: check_levels(levels, perturbation) for perturbation in perturbations}
+    if isinstance(levels, Mapping):
+        unknown = sorted(set(levels) - set(perturbations))
+        if unknown:
+            raise WidthlabError(f"levels given for {unknown}, which are not among the perturbations {perturbations}")
+        level_sets = {perturbation: check_levels(levels.get(perturbation), perturbation)
+                      for perturbation in perturbations}
+    else:
+        level_sets = {perturbation: check_levels(levels, perturbation) for perturbation in perturbations}
     samplings = check_positive_int("samplings", samplings)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)

@@ -410,6 +410,18 @@ def get_perturbation(perturbation: str) -> Perturbation:
     return PERTURBATIONS[perturbation]
 
 
+def evenly_spaced_levels(n: int, perturbation: str = "zero") -> np.ndarray:
+    """`n` evenly spaced levels over `perturbation`'s default range: shares 0 … 1, or noise 0 … 2σ.
+
+    Example: ``evenly_spaced_levels(3, "act_noise").tolist() == [0.0, 1.0, 2.0]``
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise WidthlabError(f"the number of levels must be an integer of at least 2, got {n!r}")
+    top = get_perturbation(perturbation).default_levels[-1]
+    # top · i is an exact integer, so each level is the float nearest its decimal (0.1, not 0.30000000000000004).
+    return np.array([top * i / (n - 1) for i in range(n)])
+
+
 def check_levels(levels, perturbation: str = "zero") -> np.ndarray:
     """(L,) float64 levels of `perturbation`: its defaults for None, else at least two increasing levels, shares
     in [0, 1] or, for a noise perturbation, σ multiples >= 0 ending above 0."""

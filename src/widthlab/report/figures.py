@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from widthlab.errors import WidthlabError
+from widthlab.measure.robustness import PERTURBATIONS
 from widthlab.report.verdict import (
     JOINT_SCOPE,
     RUN_LEVEL_METRICS,
@@ -304,6 +305,7 @@ def plot_ablation_curves(
     Example: ``plot_ablation_curves(metrics, runs).savefig("ablation_curves.png")``.
     """
     table = ablation_curve_table(metrics, runs, perturbation, layer)
+    noise = perturbation in PERTURBATIONS and PERTURBATIONS[perturbation].noise
     # Panels follow the runs table's order (the study grid's), not the alphabet.
     variants = [v for v in pd.unique(done_runs(runs)["variant"]) if v in set(table["variant"])]
     colours = _width_colours(table["width"])
@@ -318,8 +320,12 @@ def plot_ablation_curves(
             ax.fill_between(curve["level"], curve["unchanged"] - curve["std"], curve["unchanged"] + curve["std"],
                             color=colour, alpha=0.15, linewidth=0)
         ax.set_title(str(variant))
-        ax.set_xlabel("Fraction of units ablated")
-        ax.set_xlim(0, 1)
+        if noise:
+            ax.set_xlabel("Noise level (σ multiples)")
+            ax.set_xlim(0, float(table["level"].max()))
+        else:
+            ax.set_xlabel("Fraction of units ablated")
+            ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Fraction of labels unchanged")
     axes[-1].legend(title="width", fontsize="small")

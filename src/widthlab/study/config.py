@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.robustness import PERTURBATIONS
+from widthlab.measure.robustness import PERTURBATIONS, check_levels, evenly_spaced_levels
 from widthlab.train.config import TrainConfig
 
 
@@ -83,11 +83,19 @@ def _check_registered(registry: dict, name: str, options: dict, what: str) -> No
         check_kwargs(lookup(registry, name, what), options, f"{what} {name!r}")
 
 
+Levels = int | tuple[float, ...]  # n evenly spaced levels over the perturbation's range, or the levels themselves
+
+
 class MeasureSpec(_Strict):
-    """What `analyze` measures on each trained model (DESIGN.md §1)."""
+    """What `analyze` measures on each trained model (DESIGN.md §1).
+
+    `levels`: an int n gives n evenly spaced levels over each perturbation's range (shares 0 … 1; σ multiples
+    0 … 2 for ``act_noise`` and ``weight_noise``); a list gives those levels to every perturbation; a mapping
+    perturbation → int or list sets them per perturbation (the others get 11).
+    """
 
     perturbations: tuple[str, ...] = ("zero",)
-    levels: int | tuple[float, ...] = 11  # an int n means n evenly spaced levels on [0, 1]
+    levels: Levels | dict[str, Levels] = 11
     samplings: int = Field(3, ge=1)
     max_rows: int | None = Field(None, ge=1)
     split: Literal["train", "val", "test"] = "test"
@@ -102,20 +110,32 @@ class MeasureSpec(_Strict):
             raise ValueError("at least one perturbation is needed (robustness is part of every study)")
         return value
 
-    @field_validator("levels")
-    @classmethod
-    def _levels(cls, value: int | tuple[float, ...]) -> int | tuple[float, ...]:
-        if isinstance(value, int):
-            if value < 2:
-                raise ValueError(f"levels must be at least 2, got {value}")
-        elif len(value) < 2 or any(b <= a for a, b in zip(value, value[1:])) or value[0] != 0:
-            raise ValueError(f"levels must start at 0 and increase strictly, got {list(value)}")
-        return value
+    @model_validator(mode="after")
+    def _levels(self) -> MeasureSpec:
+        if isinstance(self.levels, dict):
+            unknown = sorted(set(self.levels) - set(self.perturbations))
+            if unknown:
+                raise ValueError(f"levels given for {unknown}, which are not among the perturbations "
+                                 f"{list(self.perturbations)}")
+        try:
+            self.level_sets()
+        except WidthlabError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
-    def level_values(self) -> list[float]:
-        if isinstance(self.levels, int):
-            return [i / (self.levels - 1) for i in range(self.levels)]
-        return list(self.levels)
+    def level_sets(self) -> dict[str, list[float]]:
+        """The levels of each perturbation."""
+        per = self.levels if isinstance(self.levels, dict) else dict.fromkeys(self.perturbations, self.levels)
+        sets = {}
+        for name in self.perturbations:
+            spec = per.get(name, 11)
+            if isinstance(spec, int) and spec < 2:
+                raise WidthlabError(f"levels of {name!r} must be at least 2, got {spec}")
+            values = evenly_spaced_levels(spec, name) if isinstance(spec, int) else check_levels(spec, name)
+            if values[0] != 0:
+                raise WidthlabError(f"levels of {name!r} must start at 0 (the unperturbed network), got {list(spec)}")
+            sets[name] = values.tolist()
+        return sets
 
 
 class GridSpec(_Strict):

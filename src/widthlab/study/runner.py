@@ -25,7 +25,7 @@ from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
-from widthlab.study.config import StudyConfig, load_config
+from widthlab.study.config import MeasureSpec, StudyConfig, load_config
 from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import Store, export_csv, study_lock
 from widthlab.train import TrainConfig, fit
@@ -106,9 +106,7 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     if result.status != "done" or not measure:
         return outcome, None
     measure = cfg["measure"]
-    levels = measure["levels"]
-    if isinstance(levels, int):
-        levels = [i / (levels - 1) for i in range(levels)]
+    levels = MeasureSpec(**measure).level_sets()
     evaluation = splits.split(measure["split"])
     labels = evaluation.y if hasattr(evaluation, "y") else None
     start = time.perf_counter()
