@@ -144,7 +144,10 @@ def test_torch_compile_trains_like_eager():
 def test_cuda_auto_path_learns_and_measures(images):
     """The automatic GPU path (every switch on) learns; measuring the trained model on the GPU matches the CPU."""
     model = alexnet()
-    result = fit(model, images, TrainConfig(lr=0.01, batch_size=64, epochs=30, device="cuda"))
+    autotuned = []
+    result = fit(model, images, TrainConfig(lr=0.01, batch_size=64, epochs=30, device="cuda"),
+                 on_epoch=lambda record: autotuned.append(torch.backends.cudnn.benchmark))
+    assert all(autotuned) and not torch.backends.cudnn.benchmark  # on while training, restored after
     assert result.status == "done" and next(model.parameters()).is_cuda
     assert result.train_acc > 0.5  # 10 classes: chance is 0.1
     x = images.test.x

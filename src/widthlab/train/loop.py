@@ -92,6 +92,18 @@ class Speed:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
 
 
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool) -> Iterator[None]:
+    """While training on CUDA, cuDNN times its convolution algorithms once per shape and keeps the fastest
+    (``torch.backends.cudnn.benchmark``); the caller's setting is restored afterwards."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def on_device(dataset: Dataset, device: torch.device) -> Dataset:
     """An in-memory data set moved to `device` once (other data sets unchanged), so batches need no copies."""
     if hasattr(dataset, "x") and hasattr(dataset, "y") and isinstance(dataset.x, torch.Tensor):
@@ -244,7 +256,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
 
     # Dropout and other global-RNG draws get their own seeded stream (on the training device: CUDA's generator
     # draws the dropout masks of CUDA tensors); the caller's RNG state is restored.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            cudnn_autotune(device.type == "cuda"):
         torch.manual_seed(derive_seed(cfg.seed, "train-global"))
         if resumed is not None:
             torch.set_rng_state(resumed["rng"])
