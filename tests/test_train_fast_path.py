@@ -186,3 +186,15 @@ def test_cuda_checkpoint_resume_matches(images, tmp_path):
     # cuDNN's kernels may differ run to run in the last bits; a lost dropout stream would differ by far more.
     torch.testing.assert_close(weights(resumed), weights(whole), rtol=1e-3, atol=1e-4)
     assert result.history[-1]["loss"] == pytest.approx(expected.history[-1]["loss"], rel=1e-3)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_paths_learn_like_eager(images, mode):
+    """torch.compile (and CUDA graphs) on the GPU: the same learning as the eager bf16 path, up to bf16 noise."""
+    cfg = TrainConfig(lr=0.01, batch_size=64, epochs=20, device="cuda", compile="off")
+    eager = fit(alexnet(), images, cfg)
+    compiled = fit(alexnet(), images, cfg.model_copy(update={"compile": "on", "compile_mode": mode}))
+    assert compiled.status == "done" and compiled.train_acc > 0.5
+    assert compiled.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=0.1, abs=0.05)

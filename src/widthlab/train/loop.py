@@ -218,6 +218,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     # compiled graph sees one shape and never recompiles (a dynamic-shape recompile costs as much as the first).
     full_model = torch.compile(step_model, mode=cfg.compile_mode) if speed.compile else step_model
     full_batch = len(range(cfg.effective_batch_size)[shard[0]::shard[1]])  # this process's share of a full batch
+    graphs = cfg.compile_mode == "reduce-overhead"
     loss_fn = nn.CrossEntropyLoss()
     result = FitResult(status="done")
     best_val, best_state, steps = -1.0, None, 0
@@ -276,8 +277,11 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
                                         workers=speed.workers, pin_memory=speed.pin_memory):
                 if splits.augment is not None:
                     x = splits.augment(x, augment_gen)
+                compiled = speed.compile and len(x) == full_batch
+                if compiled and graphs:  # CUDA graphs may reuse the last step's buffers: nothing of it is kept
+                    torch.compiler.cudagraph_mark_step_begin()
                 with speed.autocast(device):
-                    scores = (full_model if len(x) == full_batch else step_model)(x)
+                    scores = (full_model if compiled else step_model)(x)
                     loss = loss_fn(scores.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
