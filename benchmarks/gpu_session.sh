@@ -10,7 +10,8 @@
 # Parts, in order of importance (each has its own time limit; PART=throughput|study|tests runs one alone):
 #   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 1/4, 1, 4, every variant
 #   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (target: < 5 minutes)
-#   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume)
+#   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume;
+#                  compiled and CUDA-graph training) with whatever time is left (PART=tests alone: ~3 minutes)
 # Logs go to $OUT (the device tool's folder that comes back) or ./gpu-session-logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,20 +37,23 @@ python3 -c "import torch, widthlab; print('torch', torch.__version__, 'cuda', to
     | tee -a "$OUT/gpu.txt" || exit 1
 
 part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
+# Each part gets its own cap, or less: the whole script ends by BUDGET seconds (the device tool's limit is 600).
+BUDGET=${BUDGET:-580}
+cap() { local left=$((BUDGET - SECONDS)); echo $(( left < $1 ? (left > 10 ? left : 10) : $1 )); }
 status=0
 if part throughput; then
     echo "== 1. throughput"
-    timeout 200 python3 benchmarks/train_throughput.py --device cuda --images 45000 --epochs 2 --widths 0.25,1,4 \
+    timeout "$(cap 200)" python3 benchmarks/train_throughput.py --device cuda --images 45000 --epochs 2 --widths 0.25,1,4 \
         2>&1 | tee "$OUT/throughput.log" || status=1
 fi
 if part study; then
     echo "== 2. width study"
-    timeout 300 python3 benchmarks/train_throughput.py --device cuda --skip-throughput --study --workers 5 \
+    timeout "$(cap 300)" python3 benchmarks/train_throughput.py --device cuda --skip-throughput --study --workers 5 \
         2>&1 | tee "$OUT/study.log" || status=1
 fi
 if part tests; then
     echo "== 3. CUDA tests"
-    timeout 90 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_train_fast_path.py \
+    timeout "$(cap 240)" python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_train_fast_path.py \
         2>&1 | tee "$OUT/cuda-tests.log" || status=1
 fi
 exit $status
