@@ -66,6 +66,17 @@ def test_batch_plan_shards_partition_every_global_batch():
     assert list(loop.BatchPlan(order, 8, (0, 1), None))[0] == order[:8].tolist()
 
 
+def test_a_last_batch_too_small_to_share_is_skipped_under_several_processes():
+    order = torch.arange(17)  # batches of 8, 8 and 1: the 1 cannot be shared by 3 processes
+    assert [len(list(loop.BatchPlan(order, 8, (rank, 3), None))) for rank in range(3)] == [2, 2, 2]
+    assert len(list(loop.BatchPlan(order, 8, (0, 1), None))) == 3  # one process keeps every example
+    assert list(loop.global_batches(19, 8, 3)) == [0, 8, 16]  # 3 left over: one each
+    data = ArrayDataset(torch.randn(17, 2), torch.arange(17))
+    shares = [list(loop.iterate_batches(data, 8, shuffle=False, shard=(rank, 3))) for rank in range(3)]
+    assert all(len(batches) == 2 for batches in shares)
+    assert sorted(int(y) for batches in shares for _, ys in batches for y in ys) == list(range(16))
+
+
 def test_bad_compile_mode_is_rejected():
     with pytest.raises(ValueError, match="compile_mode"):
         TrainConfig(compile_mode="fastest")
@@ -198,3 +209,15 @@ def test_cuda_compiled_paths_learn_like_eager(images, mode):
     compiled = fit(alexnet(), images, cfg.model_copy(update={"compile": "on", "compile_mode": mode}))
     assert compiled.status == "done" and compiled.train_acc > 0.5
     assert compiled.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=0.1, abs=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_clear_error(images, tmp_path):
+    from widthlab import WidthlabError
+    from widthlab.cli import main
+
+    with pytest.raises(WidthlabError, match="device 'cuda'.*train on 'cpu'"):
+        fit(alexnet(), images, TrainConfig(epochs=1, device="cuda"))
+    code = main(["run", "mlp-10d", "--device", "cuda", "--out", str(tmp_path / "study"), "--quiet",
+                 "--set", "grid.replicates=1", "--set", "grid.widths=[0.25]"])
+    assert code == 2  # a user error: exit status 2, one line, no run marked failed

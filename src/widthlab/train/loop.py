@@ -39,9 +39,13 @@ class FitResult:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a visible GPU is a `WidthlabError`."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        why = "a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise WidthlabError(f"device {device!r}: torch {torch.__version__} is {why} here; train on 'cpu', or use "
+                            "'auto' to take a GPU only where there is one")
     return torch.device(device)
 
 
@@ -122,13 +126,23 @@ class BatchPlan:
         self.order, self.batch_size, self.shard, self.seeds = order, batch_size, shard, seeds
 
     def __len__(self) -> int:
-        return math.ceil(len(self.order) / self.batch_size)
+        return len(global_batches(len(self.order), self.batch_size, self.shard[1]))
 
     def __iter__(self) -> Iterator[list]:
         rank, world = self.shard
-        for start in range(0, len(self.order), self.batch_size):
+        for start in global_batches(len(self.order), self.batch_size, world):
             idx = self.order[start:start + self.batch_size].tensor_split(world)[rank]
             yield idx.tolist() if self.seeds is None else list(zip(idx.tolist(), self.seeds[idx].tolist()))
+
+
+def global_batches(n: int, batch_size: int, world: int = 1) -> range:
+    """Start offsets of the global batches of an epoch of `n` examples.
+
+    With several processes a last batch of fewer than `world` examples is skipped by all of them alike: some
+    process would get no example, and its empty loss (NaN) would be averaged into everyone's gradients.
+    """
+    end = n if world == 1 or n % batch_size == 0 or n % batch_size >= world else n - n % batch_size
+    return range(0, end, batch_size)
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
@@ -149,7 +163,7 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: i
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     if in_memory:
         order = order.to(dataset.y.device)
-        for start in range(0, n, batch_size):
+        for start in global_batches(n, batch_size, world):
             idx = order[start:start + batch_size].tensor_split(world)[rank]
             yield _prepare(dataset.x[idx], device, channels_last), dataset.y[idx].to(device)
         return
