@@ -18,13 +18,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def images():
-    """Random CIFAR-shaped images with labels from a fixed random conv teacher (learnable, not trivial)."""
+    """Noisy images of 10 fixed random patterns, labelled by pattern: learnable in a few epochs, not trivially."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 3, 16, 16, generator=gen)
-    teacher = torch.nn.Conv2d(3, 10, 16)
-    with torch.no_grad():
-        teacher.weight.copy_(torch.randn(teacher.weight.shape, generator=gen))
-        y = teacher(x).flatten(1).argmax(1)
+    patterns = torch.randn(10, 3, 16, 16, generator=gen)
+    y = torch.randint(0, 10, (300,), generator=gen)
+    x = torch.randn(300, 3, 16, 16, generator=gen) + 0.5 * patterns[y]
     return Splits(ArrayDataset(x[:200], y[:200]), ArrayDataset(x[200:250], y[200:250]),
                   ArrayDataset(x[250:], y[250:]), num_classes=10, input_shape=(3, 16, 16))
 
@@ -168,10 +166,15 @@ def test_cuda_auto_path_learns_and_measures(images):
     key = ["layer", "metric", "perturbation", "level", "sampling"]
     merged = on_gpu.merge(on_cpu, on=key, suffixes=("_gpu", "_cpu"))
     assert len(merged) == len(on_gpu) == len(on_cpu)
-    exact = merged.metric.isin(["n_units", "pcs_needed"])
-    assert (merged[exact].value_gpu - merged[exact].value_cpu).abs().max() <= 1
-    close = merged.metric.isin(["compressibility", "auc", "unchanged"])
-    assert (merged[close].value_gpu - merged[close].value_cpu).abs().max() < 0.05
+    # cuDNN's TF32 convolutions round differently from the CPU's fp32: close, not equal. 50 test images: one
+    # flipped prediction moves a curve point by 0.02.
+    def gap(*metrics):
+        rows = merged[merged.metric.isin(metrics)]
+        return (rows.value_gpu - rows.value_cpu).abs()
+
+    assert gap("n_units").max() == 0 and gap("pcs_needed").max() <= 2
+    assert gap("compressibility").max() < 0.02
+    assert gap("auc", "unchanged").mean() < 0.03 and gap("auc", "unchanged").max() < 0.1
 
 
 @pytest.mark.cuda
@@ -204,10 +207,11 @@ def test_cuda_checkpoint_resume_matches(images, tmp_path):
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_cuda_compiled_paths_learn_like_eager(images, mode):
     """torch.compile (and CUDA graphs) on the GPU: the same learning as the eager bf16 path, up to bf16 noise."""
-    cfg = TrainConfig(lr=0.01, batch_size=64, epochs=20, device="cuda", compile="off")
+    cfg = TrainConfig(lr=0.01, batch_size=64, epochs=30, device="cuda", compile="off")
     eager = fit(alexnet(), images, cfg)
     compiled = fit(alexnet(), images, cfg.model_copy(update={"compile": "on", "compile_mode": mode}))
-    assert compiled.status == "done" and compiled.train_acc > 0.5
+    assert compiled.status == "done" and compiled.train_acc > 0.3  # 10 classes: chance is 0.1
+    assert compiled.train_acc == pytest.approx(eager.train_acc, abs=0.1)
     assert compiled.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=0.1, abs=0.05)
 
 
