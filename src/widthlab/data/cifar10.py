@@ -16,7 +16,7 @@ import torch
 
 from widthlab.data.base import ArrayDataset, Splits, check_count, require_root
 from widthlab.data.registry import register_data
-from widthlab.data.transforms import RandomCropFlip, center_crop, channel_stats, standardize, uniform_labels
+from widthlab.data.transforms import RandomCropFlip, center_crop, channel_stats, random_train_val_labels, standardize
 from widthlab.errors import WidthlabError
 from widthlab.seeding import torch_generator
 
@@ -132,9 +132,7 @@ def cifar10(*, seed: int = 0, root: str | os.PathLike | None = None, n_val: int 
     test_x = center_crop(standardize(test_x, mean, std), crop_size).contiguous()
     train_y, val_y = pool_y[train_idx], pool_y[val_idx]
     if random_labels:
-        gen = torch_generator(seed, "cifar10", "random-labels")
-        train_y = uniform_labels(len(train_y), NUM_CLASSES, gen)
-        val_y = uniform_labels(len(val_y), NUM_CLASSES, gen)
+        train_y, val_y = random_train_val_labels(seed, "cifar10", NUM_CLASSES, len(train_y), len(val_y))
 
     train_eval = None
     transform = None

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from widthlab.data.base import ArrayDataset, Splits, check_count
 from widthlab.data.registry import register_data
-from widthlab.data.transforms import RandomCropFlip, channel_stats, standardize, uniform_labels
+from widthlab.data.transforms import RandomCropFlip, channel_stats, random_train_val_labels, standardize
 from widthlab.errors import WidthlabError
-from widthlab.seeding import derive_seed, torch_generator
+from widthlab.seeding import derive_seed
 
 NUM_CLASSES = 10
 ORIGINAL_SIZE = 8
@@ -73,9 +73,7 @@ def digits(*, seed: int = 0, root=None, image_size: int = 32, n_val: int = 300, 
     y = torch.from_numpy(labels).long()
     train_y, val_y = y[train_idx], y[val_idx]
     if random_labels:
-        gen = torch_generator(seed, "digits", "random-labels")
-        train_y = uniform_labels(len(train_y), NUM_CLASSES, gen)
-        val_y = uniform_labels(len(val_y), NUM_CLASSES, gen)
+        train_y, val_y = random_train_val_labels(seed, "digits", NUM_CLASSES, len(train_y), len(val_y))
 
     transform = None
     if augment:

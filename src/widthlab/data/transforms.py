@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from widthlab.errors import WidthlabError
+from widthlab.seeding import torch_generator
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,3 +106,11 @@ class RandomCropFlip:
 def uniform_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
     """`n` labels drawn uniformly from 0 … num_classes − 1 (the paper's random-label variants)."""
     return torch.randint(0, num_classes, (n,), generator=generator)
+
+
+def random_train_val_labels(seed: int, source: str, num_classes: int, n_train: int,
+                            n_val: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform random labels for the training and validation splits of data set `source`, training first,
+    from one stream of `seed` (the test split keeps its true labels, as in the paper)."""
+    gen = torch_generator(seed, source, "random-labels")
+    return uniform_labels(n_train, num_classes, gen), uniform_labels(n_val, num_classes, gen)
