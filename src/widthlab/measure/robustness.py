@@ -213,9 +213,7 @@ class _MaskPlan:
 
         `fresh` says h is a contiguous tensor of the caller's that may be changed in place.
         """
-        out = h if fresh else h.clone(memory_format=torch.contiguous_format)
-        axis = self.unit_axis % h.dim()
-        stacked = out.view(len(copies), -1, *h.shape[1:])  # (m, B, ...)
+        out, axis, stacked = _stacked_copies(h, len(copies), self.unit_axis, fresh)
         if h.device not in self._on:
             self._on[h.device] = [[index.to(h.device) for index in row] for row in self._index]
         # Filling selects values exactly (no arithmetic), so every path perturbs bit-identically.
@@ -229,6 +227,14 @@ class _MaskPlan:
                 values = self.fill.to(h.device, h.dtype)[index].reshape(shape)
                 part.index_copy_(axis, index, values.expand(*part.shape[:axis], len(index), *part.shape[axis + 1:]))
         return out
+
+
+def _stacked_copies(h: torch.Tensor, m: int, unit_axis: int,
+                    fresh: bool) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """(out, unit axis, out viewed as (m, B, ...)) for perturbing m stacked copies of a batch in h (m·B, ...);
+    out is h itself when `fresh` (the caller's contiguous tensor), else a contiguous copy."""
+    out = h if fresh else h.clone(memory_format=torch.contiguous_format)
+    return out, unit_axis % h.dim(), out.view(m, -1, *h.shape[1:])
 
 
 class _NoisePlan:
@@ -253,9 +259,7 @@ class _NoisePlan:
 
         `fresh` says h is a contiguous tensor of the caller's that may be changed in place.
         """
-        out = h if fresh else h.clone(memory_format=torch.contiguous_format)
-        axis = self.unit_axis % h.dim()
-        stacked = out.view(len(copies), -1, *h.shape[1:])  # (m, B, ...)
+        out, axis, stacked = _stacked_copies(h, len(copies), self.unit_axis, fresh)
         shape = [1] * h.dim()
         shape[axis] = h.shape[axis]
         # Copies come sampling by sampling, so a batch only ever needs the ε of the samplings at hand.
