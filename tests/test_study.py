@@ -153,3 +153,35 @@ def test_a_study_that_cannot_be_measured_stops_before_training(tmp_path):
     with pytest.raises(WidthlabError, match="stage1.*Conv/Linear|Conv/Linear.*stage1"):
         run_study(config, tmp_path / "out", progress=False)
     assert not any((tmp_path / "out" / "checkpoints").glob("*.pt"))
+
+
+def test_a_study_stored_before_a_field_was_added_still_resumes(tmp_path):
+    """Configs stored by an older widthlab lack fields added since (here the trainer's compile_mode and
+    num_workers): a rerun fills in the defaults instead of calling the study changed, and a half-trained
+    run's checkpoint still resumes."""
+    import json
+    import sqlite3
+
+    import torch
+
+    tiny = ["grid.widths=[0.25]", "grid.replicates=1", "train.epochs=3", "data.n_train=100", "data.n_val=50",
+            "data.n_test=50", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
+    cfg = load_config("mlp-10d", tiny)
+    run_study(cfg, tmp_path, progress=False, report=False)
+    expected = load_results(tmp_path).metrics
+    with sqlite3.connect(tmp_path / "widthlab.sqlite") as db:  # as an older version stored it, unfinished
+        (run_id, config), = db.execute("SELECT run_id, config FROM runs").fetchall()
+        old = json.loads(config)
+        for added in ("compile_mode", "num_workers"):
+            del old["train"][added]
+        db.execute("UPDATE runs SET config = ?, status = 'running' WHERE run_id = ?", (json.dumps(old), run_id))
+        db.execute("DELETE FROM metrics")
+    checkpoint = tmp_path / "checkpoints" / f"{run_id}.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    for added in ("compile_mode", "num_workers"):
+        del state["train_config"][added]
+    torch.save(state, checkpoint)
+    run_study(cfg, tmp_path, progress=False, report=False)
+    pd.testing.assert_frame_equal(load_results(tmp_path).metrics, expected)
+    with pytest.raises(Exception, match="different configuration"):  # a real change is still refused
+        run_study(load_config("mlp-10d", tiny + ["train.lr=0.5"]), tmp_path, progress=False, report=False)

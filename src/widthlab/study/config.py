@@ -208,6 +208,17 @@ class StudyConfig(_Strict):
         return self
 
 
+def normalized_run_config(config: dict) -> dict | None:
+    """A run's config (as `plan_runs` makes and the store keeps it) with this version's defaults filled into
+    its train and measure sections; None when it no longer validates. Rerunning a study after an upgrade that
+    added a field therefore does not count as a changed study."""
+    try:
+        return {**config, "train": TrainConfig(**config["train"]).model_dump(),
+                "measure": MeasureSpec(**config["measure"]).model_dump(mode="json")}
+    except (ValidationError, KeyError, TypeError):
+        return None
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """A copy of `base` with `override` merged in, recursively for nested mappings."""
     out = copy.deepcopy(base)

@@ -25,7 +25,7 @@ from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
-from widthlab.study.config import MeasureSpec, StudyConfig, load_config
+from widthlab.study.config import MeasureSpec, StudyConfig, load_config, normalized_run_config
 from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import Store, export_csv, study_lock
 from widthlab.train import TrainConfig, fit
@@ -208,7 +208,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
             with Store(out_dir) as store:
                 store.add_runs([{"run_id": s.run_id, "variant": s.variant, "width": s.width,
                                  "replicate": s.replicate, "config": s.config,
-                                 "checkpoint": f"{CHECKPOINTS}/{s.run_id}.pt"} for s in specs])
+                                 "checkpoint": f"{CHECKPOINTS}/{s.run_id}.pt"} for s in specs],
+                               normalize=normalized_run_config)
                 # Only a config the store accepted replaces config.yaml: a refused rerun leaves the old one.
                 (out_dir / "config.yaml").write_text(_dump_yaml(cfg))
                 checkpoints.mkdir(exist_ok=True)

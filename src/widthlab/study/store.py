@@ -96,10 +96,16 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
-    def add_runs(self, runs: list[dict]) -> None:
+    def add_runs(self, runs: list[dict], normalize=None) -> None:
         """Register grid cells (run_id, variant, width, replicate, config, optional checkpoint path relative to
-        the study directory); existing runs are left alone,
-        except that a changed config for an unfinished run is an error (the grid must not drift silently)."""
+        the study directory); existing runs are left alone, except that a changed config is an error (the grid
+        must not drift silently). `normalize(config) -> config | None` fills a stored config with the current
+        defaults before comparing, so a field added by an upgrade is not a change (None: no longer valid)."""
+
+        def canonical(config) -> str | None:
+            config = config if normalize is None else normalize(config)
+            return None if config is None else json.dumps(config, sort_keys=True)
+
         with self.transaction() as db:
             for run in runs:
                 config = json.dumps(run["config"], sort_keys=True)
@@ -108,7 +114,7 @@ class Store:
                     db.execute("INSERT INTO runs (run_id, variant, width, replicate, config, checkpoint) "
                                "VALUES (?, ?, ?, ?, ?, ?)", (run["run_id"], run["variant"], run["width"],
                                                              run["replicate"], config, run.get("checkpoint")))
-                elif row[0] != config:
+                elif row[0] != config and canonical(json.loads(row[0])) != canonical(run["config"]):
                     raise WidthlabError(
                         f"run {run['run_id']!r} is stored with a different configuration in {str(self.path)!r}; "
                         "use a new --out directory for a changed study")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -240,7 +241,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     resumed = None
     if checkpoint is not None and Path(checkpoint).is_file():
         resumed = load_checkpoint(checkpoint)
-        if resumed["train_config"] != cfg.model_dump():
+        if not same_config(resumed["train_config"], cfg):
             raise WidthlabError(f"checkpoint {str(checkpoint)!r} was written with another training config; "
                                 "remove it to start the run afresh")
         model.load_state_dict(resumed["model"])
@@ -340,6 +341,15 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
             setattr(result, f"{split}_acc", value)
     result.seconds = elapsed + time.perf_counter() - start
     return result
+
+
+def same_config(stored: dict, cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's training config is `cfg`, with this version's defaults filled into the stored one
+    (a field added by an upgrade does not orphan a half-trained run)."""
+    try:
+        return TrainConfig(**stored).model_dump() == cfg.model_dump()
+    except (ValidationError, TypeError):
+        return False
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
