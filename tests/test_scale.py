@@ -70,8 +70,10 @@ CRASH = {**TINY, "name": "crash", "data": {"name": "synthetic", "n_train": 2000,
 
 
 def _start(config_path, out):
+    # A checkpoint after every epoch, so a kill can land between any two epochs of a run.
     return subprocess.Popen([sys.executable, "-m", "widthlab.cli", "run", str(config_path), "--out", str(out),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--quiet", "--checkpoint-every", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _done_runs(out) -> int:

@@ -185,3 +185,9 @@ def test_a_study_stored_before_a_field_was_added_still_resumes(tmp_path):
     pd.testing.assert_frame_equal(load_results(tmp_path).metrics, expected)
     with pytest.raises(Exception, match="different configuration"):  # a real change is still refused
         run_study(load_config("mlp-10d", tiny + ["train.lr=0.5"]), tmp_path, progress=False, report=False)
+
+
+def test_cli_bad_checkpoint_interval_exits_2(tmp_path, capsys):
+    assert main(["run", "mlp-10d", "--out", str(tmp_path), "--checkpoint-every", "-5", "--quiet"]) == 2
+    assert "checkpoint_every must be a number of seconds >= 0, got -5" in capsys.readouterr().err
+    assert not (tmp_path / "widthlab.sqlite").exists()

@@ -144,3 +144,25 @@ def test_non_checkpoint_files_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(WidthlabError, match="not a widthlab checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_every_bounds_the_writes_and_keeps_the_last_epoch(splits, tmp_path, monkeypatch):
+    import widthlab.train.loop as loop
+    from widthlab import WidthlabError
+
+    written = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (written.append(state["epoch"]),
+                                                                      real_save(path, state)))
+    cfg = TrainConfig(epochs=4)
+    fit(create_model("mlp", 0.25, seed=0), splits, cfg, checkpoint=tmp_path / "a.pt")
+    assert written == [1, 2, 3, 4]  # default 0 s: after every epoch
+    written.clear()
+    fit(create_model("mlp", 0.25, seed=0), splits, cfg, checkpoint=tmp_path / "b.pt", checkpoint_every=3600)
+    assert written == [4]  # an hour apart: only the last epoch, so a finished run never retrains
+    written.clear()
+    fit(create_model("mlp", 0.25, seed=0), splits, TrainConfig(epochs=4, max_steps=26), checkpoint=tmp_path / "c.pt",
+        checkpoint_every=3600)
+    assert written == [2]  # 400 examples / 32 = 13 steps an epoch: max_steps ends training after epoch 2
+    with pytest.raises(WidthlabError, match="checkpoint_every"):
+        fit(create_model("mlp", 0.25, seed=0), splits, cfg, checkpoint=tmp_path / "d.pt", checkpoint_every=-1)

@@ -39,7 +39,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  {spec.run_id:<28} variant={spec.variant:<16} width={spec.width:g} replicate={spec.replicate}")
         return 0
     run_study(cfg, out, executor=args.executor, workers=args.workers, address=args.address,
-              gpus_per_run=args.gpus_per_run, progress=None if not args.quiet else False)
+              gpus_per_run=args.gpus_per_run, progress=None if not args.quiet else False,
+              checkpoint_every=args.checkpoint_every)
     if distributed_shard()[0] != 0:  # under torchrun, rank 0 alone reports
         return 0
     _print_report(out)
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=2, help="worker processes for --executor processes (default 2)")
     run.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local cluster)")
     run.add_argument("--gpus-per-run", type=float, help="GPUs each Ray task declares (default: 1 on CUDA, else 0)")
+    run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                     help="seconds between a run's checkpoints (default 60; 0: after every epoch)")
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", help="print the state of every run of a study directory")

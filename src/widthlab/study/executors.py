@@ -41,13 +41,15 @@ class RunResult:
 _WORKER_CACHE: dict = {}  # one data set per worker process, reused across its runs
 
 
-def run_one(spec, checkpoint: str | None, on_epoch=None, cache: dict | None = None) -> RunResult:
+def run_one(spec, checkpoint: str | None, on_epoch=None, cache: dict | None = None,
+            checkpoint_every: float = 0.0) -> RunResult:
     """Execute one run, turning every exception into a `RunResult` (exceptions need not cross processes)."""
     from widthlab.study.runner import execute_run
 
     try:
         outcome, metrics = execute_run(spec, data_cache=_WORKER_CACHE if cache is None else cache,
-                                       on_epoch=on_epoch, checkpoint=checkpoint)
+                                       on_epoch=on_epoch, checkpoint=checkpoint,
+                                       checkpoint_every=checkpoint_every)
     except WidthlabError as exc:
         return RunResult("user_error", error=str(exc))
     except Exception as exc:  # a broken run must not sink the study; its traceback goes to the log
@@ -69,7 +71,7 @@ def _init_worker(counter, n_gpus: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
-def run_local(specs, checkpoints: Path, progress: bool | None, started) -> Iterator:
+def run_local(specs, checkpoints: Path, progress: bool | None, started, every: float = 0.0) -> Iterator:
     """Runs one after another in this process, with a run-level bar (epoch, loss, accuracy)."""
     from tqdm.auto import tqdm
 
@@ -86,12 +88,12 @@ def run_local(specs, checkpoints: Path, progress: bool | None, started) -> Itera
 
         started(spec)
         try:
-            yield spec, run_one(spec, str(checkpoints / f"{spec.run_id}.pt"), on_epoch, cache)
+            yield spec, run_one(spec, str(checkpoints / f"{spec.run_id}.pt"), on_epoch, cache, every)
         finally:
             bar.close()
 
 
-def run_processes(specs, checkpoints: Path, workers: int, started) -> Iterator:
+def run_processes(specs, checkpoints: Path, workers: int, started, every: float = 0.0) -> Iterator:
     """Runs on `workers` spawned processes, yielded as they finish."""
     import torch
 
@@ -100,7 +102,8 @@ def run_processes(specs, checkpoints: Path, workers: int, started) -> Iterator:
     counter = context.Value("i", 0)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(counter, n_gpus)) as pool:
-        pending = {pool.submit(run_one, spec, str(checkpoints / f"{spec.run_id}.pt")): spec for spec in specs}
+        pending = {pool.submit(run_one, spec, str(checkpoints / f"{spec.run_id}.pt"), checkpoint_every=every): spec
+                   for spec in specs}
         for spec in specs:  # submitted runs count as running: the pool starts them as workers free up
             started(spec)
         try:
@@ -113,7 +116,8 @@ def run_processes(specs, checkpoints: Path, workers: int, started) -> Iterator:
                 future.cancel()
 
 
-def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, started) -> Iterator:
+def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, started,
+            every: float = 0.0) -> Iterator:
     """Runs as Ray tasks on the cluster at `address` (a local one when None), yielded as they finish.
 
     Checkpoints are written by the tasks, so on a multi-node cluster the study directory must be on a file
@@ -137,7 +141,7 @@ def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, 
     try:
         for spec in specs:
             options = remote.options(num_cpus=spec.config["threads"], num_gpus=gpus_per_run)
-            refs[options.remote(spec, str(checkpoints / f"{spec.run_id}.pt"))] = spec
+            refs[options.remote(spec, str(checkpoints / f"{spec.run_id}.pt"), checkpoint_every=every)] = spec
             started(spec)
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
@@ -151,13 +155,15 @@ def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, 
 
 
 def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, address: str | None = None,
-            gpus_per_run: float = 0.0, progress: bool | None = None, started=lambda spec: None) -> Iterator:
+            gpus_per_run: float = 0.0, progress: bool | None = None, started=lambda spec: None,
+            checkpoint_every: float = 0.0) -> Iterator:
     """Dispatch to the named executor; yields (spec, RunResult) as runs finish. `started(spec)` is called when
-    a run starts (local) or is handed to the pool or cluster (processes, ray)."""
+    a run starts (local) or is handed to the pool or cluster (processes, ray); runs write a checkpoint at most
+    every `checkpoint_every` seconds (and after their last epoch)."""
     if executor == "local":
-        return run_local(specs, checkpoints, progress, started)
+        return run_local(specs, checkpoints, progress, started, checkpoint_every)
     if executor == "processes":
-        return run_processes(specs, checkpoints, workers, started)
+        return run_processes(specs, checkpoints, workers, started, checkpoint_every)
     if executor == "ray":
-        return run_ray(specs, checkpoints, address, gpus_per_run, started)
+        return run_ray(specs, checkpoints, address, gpus_per_run, started, checkpoint_every)
     raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")

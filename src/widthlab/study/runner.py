@@ -76,13 +76,15 @@ def _load_splits(config: dict, cache: dict | None) -> Splits:
 
 
 def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
-                checkpoint: str | os.PathLike | None = None, measure: bool = True) -> tuple[dict, pd.DataFrame | None]:
+                checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
+                measure: bool = True) -> tuple[dict, pd.DataFrame | None]:
     """Build, train and measure one run. Returns (outcome, metrics); metrics is None when training diverged.
 
     Args:
         data_cache: a dict reused across runs of one process so the data set is built once per study.
         on_epoch: forwarded to `fit` (progress reporting).
         checkpoint: the run's checkpoint file; training resumes from it when it exists.
+        checkpoint_every: seconds between checkpoints (see `fit`; default 0: every epoch).
         measure: False trains only (the non-zero ranks of a distributed run).
     """
     cfg = spec.config
@@ -98,7 +100,8 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     check_measurable(model, splits.split(cfg["measure"]["split"]), perturbations=cfg["measure"]["perturbations"])
     meta = {"run_id": spec.run_id, "width": spec.width, "replicate": spec.replicate, "model": cfg["model"],
             "num_classes": splits.num_classes, "data": cfg["data"], "study_seed": cfg["study_seed"]}
-    result = fit(model, splits, train_cfg, on_epoch=on_epoch, checkpoint=checkpoint, meta=meta)
+    result = fit(model, splits, train_cfg, on_epoch=on_epoch, checkpoint=checkpoint,
+                 checkpoint_every=checkpoint_every, meta=meta)
     outcome = {"status": result.status, "seconds": result.seconds, "train_acc": result.train_acc,
                "val_acc": result.val_acc, "test_acc": result.test_acc, "epochs": len(result.history),
                "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history,
@@ -167,11 +170,12 @@ def _setup_log(out_dir: Path) -> logging.Handler:
 
 def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.PathLike, *,
               executor: str = "local", workers: int = 2, address: str | None = None,
-              gpus_per_run: float | None = None, progress: bool | None = None, report: bool = True) -> Path:
+              gpus_per_run: float | None = None, progress: bool | None = None, report: bool = True,
+              checkpoint_every: float = 60.0) -> Path:
     """Run every unfinished run of a study into `out_dir`, then write its figures and summary.
 
     Safe to kill at any moment: rerunning the same call skips finished runs and resumes partial ones from
-    their last epoch checkpoint (`out_dir/checkpoints/`); a run is stored whole or not at all.
+    their last checkpoint (`out_dir/checkpoints/`), with the same result; a run is stored whole or not at all.
 
     Args:
         config: a preset name, a YAML path, a mapping or a `StudyConfig`.
@@ -183,6 +187,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         gpus_per_run: GPUs a Ray task declares (default: 1 when training on CUDA, else 0).
         progress: show progress bars (None: only on a terminal).
         report: write figures and the summary when the runs are finished.
+        checkpoint_every: seconds between a run's checkpoints (default 60: at most a minute of training is
+            redone after a crash; 0 writes one after every epoch).
 
     Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d", executor="processes", workers=2)``
     """
@@ -190,6 +196,9 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     if executor not in EXECUTORS:
         raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     check_positive_int("workers", workers)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, float)) or not (
+            0 <= checkpoint_every < float("inf")):
+        raise WidthlabError(f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}")
     out_dir = Path(out_dir)
     specs = plan_runs(cfg)
     if gpus_per_run is None:
@@ -218,7 +227,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
                 share([s.run_id for s in todo])
                 log.info("study %s: %d runs, %d to do, executor %s", cfg.name, len(specs), len(todo), executor)
                 results = execute(executor, todo, checkpoints, workers=workers, address=address,
-                                  gpus_per_run=gpus_per_run, progress=progress,
+                                  gpus_per_run=gpus_per_run, progress=progress, checkpoint_every=checkpoint_every,
                                   started=lambda spec: store.mark(spec.run_id, "running"))
                 _drive(store, todo, results, len(specs), cfg.name, progress)
                 results = store.results()

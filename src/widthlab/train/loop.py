@@ -202,7 +202,8 @@ def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, devi
 
 
 def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
-        *, checkpoint: str | os.PathLike | None = None, meta: dict | None = None) -> FitResult:
+        *, checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
+        meta: dict | None = None) -> FitResult:
     """Train `model` on `splits.train` with cross-entropy and report accuracies on all three splits.
 
     Under ``torchrun`` (an initialised `torch.distributed` process group) the model trains with
@@ -213,8 +214,11 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
         model: any classifier returning (N, classes) scores; trained in place (and left on `cfg.device`).
         splits: the data; cfg: hyperparameters (`TrainConfig`).
         on_epoch: called after each epoch with that epoch's history record (progress bars, logging).
-        checkpoint: a file written atomically after every epoch; if it exists, training resumes from it and
+        checkpoint: a file written atomically at the end of an epoch; if it exists, training resumes from it and
             ends with the same weights as an uninterrupted run (CPU). Default None: no checkpoints.
+        checkpoint_every: seconds between checkpoints: one is written after an epoch that ends at least this
+            long after the last one, and after the last epoch (default 0: after every epoch). A 4x AlexNet's
+            checkpoint is about a GB, more than a GPU needs for its epoch, so studies write one a minute.
         meta: stored in the checkpoint beside the state (e.g. how to rebuild the model for `widthlab analyze`).
 
     Example: ``result = fit(create_model("mlp"), load_data("synthetic"), TrainConfig(epochs=5))``
@@ -256,7 +260,13 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     writes = checkpoint is not None and shard[0] == 0
     provenance = {"versions": package_versions(), "git_revision": git_revision()} if writes else {}
 
+    if checkpoint_every < 0 or not math.isfinite(checkpoint_every):
+        raise WidthlabError(f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}")
+    last_save = time.perf_counter()
+
     def save(epoch: int) -> None:
+        nonlocal last_save
+        last_save = time.perf_counter()
         save_checkpoint(checkpoint, {
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "steps": steps, "history": result.history,
@@ -329,7 +339,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
                     best_state = _cpu_state(model)
             if epoch in cfg.snapshot_epochs:
                 result.snapshots[epoch] = _cpu_state(model)
-            if writes:
+            if writes and (time.perf_counter() - last_save >= checkpoint_every or epoch == cfg.epochs
+                           or done_training()):
                 save(epoch)
             if on_epoch is not None:
                 on_epoch(record)
