@@ -8,7 +8,8 @@
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)   # the device tool
 #
 # Parts, in order of importance (each has its own time limit; PART=throughput|study|tests runs one alone):
-#   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 1/4, 1, 4, every variant
+#   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 4, 1, 1/4 (4x first: its row is the
+#                  one a time limit would cut), variants eager, auto (compile), graphs (CUDA graphs)
 #   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (target: < 5 minutes)
 #   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume;
 #                  compiled and CUDA-graph training) with whatever time is left (PART=tests alone: ~3 minutes)
@@ -43,7 +44,8 @@ cap() { local left=$((BUDGET - SECONDS)); echo $(( left < $1 ? (left > 10 ? left
 status=0
 if part throughput; then
     echo "== 1. throughput"
-    timeout "$(cap 200)" python3 benchmarks/train_throughput.py --device cuda --images 45000 --epochs 2 --widths 0.25,1,4 \
+    timeout "$(cap 240)" python3 benchmarks/train_throughput.py --device cuda --images 45000 --epochs 2 --widths 4,1,0.25 \
+        --variants eager,auto,graphs \
         2>&1 | tee "$OUT/throughput.log" || status=1
 fi
 if part study; then
