@@ -5,14 +5,16 @@
 # Pillow but no pydantic; fetch its wheels here first (the folder is git-ignored and travels with `carry`):
 #
 #   bash benchmarks/gpu_session.sh --fetch-wheels          # here, once: writes .whl/
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)   # the device tool
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)                # ~9 minutes
+#   run(command="PARTS=tests bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=300)    # ~3 minutes
+# Make the second call at once: the machine stays warm for 30 s, and a fresh start costs minutes.
 #
-# Parts, in order of importance (each has its own time limit; PART=throughput|study|tests runs one alone):
+# Parts, in order of importance (each has its own time limit; PARTS="throughput study" by default):
 #   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 4, 1, 1/4 (4x first: its row is the
 #                  one a time limit would cut), variants eager, auto (compile), graphs (CUDA graphs)
 #   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (target: < 5 minutes)
 #   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume;
-#                  compiled and CUDA-graph training) with whatever time is left (PART=tests alone: ~3 minutes)
+#                  compiled and CUDA-graph training), PARTS=tests: about 3 minutes
 # Logs go to $OUT (the device tool's folder that comes back) or ./gpu-session-logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +39,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, widthlab; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'widthlab', widthlab.__version__)" \
     | tee -a "$OUT/gpu.txt" || exit 1
 
-part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
+PARTS=${PARTS:-"throughput study"}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 # Each part gets its own cap, or less: the whole script ends by BUDGET seconds (the device tool's limit is 600).
 BUDGET=${BUDGET:-580}
 cap() { local left=$((BUDGET - SECONDS)); echo $(( left < $1 ? (left > 10 ? left : 10) : $1 )); }

@@ -174,6 +174,8 @@ def test_a_study_stored_before_a_field_was_added_still_resumes(tmp_path):
         old = json.loads(config)
         for added in ("compile_mode", "num_workers"):
             del old["train"][added]
+        assert old["measure"]["levels"] == {"zero": [0.0, 0.5, 1.0], "mean": [0.0, 0.5, 1.0]}  # spelled out
+        old["measure"]["levels"] = 3  # as earlier versions stored it
         db.execute("UPDATE runs SET config = ?, status = 'running' WHERE run_id = ?", (json.dumps(old), run_id))
         db.execute("DELETE FROM metrics")
     checkpoint = tmp_path / "checkpoints" / f"{run_id}.pt"
@@ -185,6 +187,28 @@ def test_a_study_stored_before_a_field_was_added_still_resumes(tmp_path):
     pd.testing.assert_frame_equal(load_results(tmp_path).metrics, expected)
     with pytest.raises(Exception, match="different configuration"):  # a real change is still refused
         run_study(load_config("mlp-10d", tiny + ["train.lr=0.5"]), tmp_path, progress=False, report=False)
+
+
+def test_a_stored_level_count_for_noise_is_a_different_study(tmp_path):
+    """A count of levels used to mean 0 … 1 for every perturbation, now 0 … 2σ for noise: a study stored the old
+    way with act_noise must not be resumed into a mix of both ranges."""
+    import json
+    import sqlite3
+
+    tiny = ["grid.widths=[0.25]", "grid.replicates=1", "train.epochs=1", "data.n_train=100", "data.n_val=50",
+            "data.n_test=50", "measure.samplings=1", "measure.levels=3", "measure.perturbations=[zero, act_noise]",
+            "grid.variants={'default': {}}"]
+    cfg = load_config("mlp-10d", tiny)
+    run_study(cfg, tmp_path, progress=False, report=False)
+    levels = load_results(tmp_path).metrics.query("metric == 'unchanged'").groupby("perturbation")["level"].max()
+    assert levels.to_dict() == {"act_noise": 2.0, "zero": 1.0}
+    with sqlite3.connect(tmp_path / "widthlab.sqlite") as db:
+        (run_id, config), = db.execute("SELECT run_id, config FROM runs").fetchall()
+        old = json.loads(config)
+        old["measure"]["levels"] = 3
+        db.execute("UPDATE runs SET config = ? WHERE run_id = ?", (json.dumps(old), run_id))
+    with pytest.raises(Exception, match="different configuration"):
+        run_study(cfg, tmp_path, progress=False, report=False)
 
 
 def test_cli_bad_checkpoint_interval_exits_2(tmp_path, capsys):

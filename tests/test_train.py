@@ -166,3 +166,37 @@ def test_checkpoint_every_bounds_the_writes_and_keeps_the_last_epoch(splits, tmp
     assert written == [2]  # 400 examples / 32 = 13 steps an epoch: max_steps ends training after epoch 2
     with pytest.raises(WidthlabError, match="checkpoint_every"):
         fit(create_model("mlp", 0.25, seed=0), splits, cfg, checkpoint=tmp_path / "d.pt", checkpoint_every=-1)
+
+
+def test_time_triggered_checkpoints_resume_exactly(splits, tmp_path, monkeypatch):
+    """With a clock that makes only some epochs reach the interval, the run is checkpointed mid-way; resuming
+    from such a checkpoint ends with the uninterrupted run's weights."""
+    import itertools
+    import shutil
+    import types
+
+    import widthlab.train.loop as loop
+
+    cfg = TrainConfig(epochs=8)
+    straight = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    fit(straight, splits, cfg)
+    ticks = itertools.count()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    written = []
+    real_save = loop.save_checkpoint
+    mid_run = tmp_path / "mid-run.pt"
+
+    def save(path, state):
+        real_save(path, state)
+        if not written:  # keep the first checkpoint: a crash right after it would resume from there
+            shutil.copy(path, mid_run)
+        written.append(state["epoch"])
+
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    fit(create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0), splits, cfg, checkpoint=tmp_path / "run.pt",
+        checkpoint_every=4)
+    assert 1 < len(written) < 8 and written[-1] == 8  # some epochs, not all, and the last
+    assert written[0] < 8  # a save the clock triggered mid-run
+    resumed = create_model("mlp", 0.5, init="normal", sigma=0.1, seed=0)
+    assert fit(resumed, splits, cfg, checkpoint=mid_run, checkpoint_every=4).resumed_from == written[0]
+    assert torch.equal(resumed.fc1.weight, straight.fc1.weight)

@@ -131,6 +131,38 @@ def test_compile_serves_full_batches_and_the_last_batch_runs_eagerly(images, mon
     assert torch.equal(weights(model), weights(plain))
 
 
+def test_channels_last_survives_augmentation(images):
+    """Augmentation gathers into a fresh tensor; the batch reaching the model must still be channels_last."""
+    from dataclasses import replace
+
+    from widthlab.data.transforms import RandomCropFlip
+
+    layouts = []
+    model = alexnet()
+    model.conv1.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        if module.training else None)
+    fit(model, replace(images, augment=RandomCropFlip(16, padding=2)),
+        TrainConfig(lr=0.01, batch_size=64, epochs=1, channels_last="on"))
+    assert layouts and all(layouts)
+
+
+def test_data_parallel_needs_an_example_per_process(images, monkeypatch):
+    from widthlab import WidthlabError
+
+    monkeypatch.setattr(loop, "distributed_shard", lambda: (0, 4))
+    with pytest.raises(WidthlabError, match="4 processes need at least 4 examples per batch.*batch size 2"):
+        fit(alexnet(), images, TrainConfig(batch_size=2, epochs=1))
+
+
+def test_max_autotune_counts_as_cuda_graphs():
+    import torch._inductor
+
+    for mode in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        uses_graphs = bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
+        assert (mode in loop.CUDA_GRAPH_MODES) == uses_graphs, mode
+
+
 @pytest.mark.slow
 def test_torch_compile_trains_like_eager():
     """A real torch.compile (inductor on the CPU) gives the eager run's weights up to round-off."""
@@ -209,7 +241,11 @@ def test_cuda_compiled_paths_learn_like_eager(images, mode):
     """torch.compile (and CUDA graphs) on the GPU: the same learning as the eager bf16 path, up to bf16 noise."""
     cfg = TrainConfig(lr=0.01, batch_size=64, epochs=30, device="cuda", compile="off")
     eager = fit(alexnet(), images, cfg)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compiled = fit(alexnet(), images, cfg.model_copy(update={"compile": "on", "compile_mode": mode}))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really compiled, no silent eager fallback
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0  # graphs were not skipped
     assert compiled.status == "done" and compiled.train_acc > 0.3  # 10 classes: chance is 0.1
     assert compiled.train_acc == pytest.approx(eager.train_acc, abs=0.1)
     assert compiled.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=0.1, abs=0.05)

@@ -10,5 +10,5 @@ from widthlab.measure.redundancy import (Moments, compressibility, pcs_needed, r
 from widthlab.measure.robustness import Curve, ablation_curve, perturbation_curve, robustness_auc
 
 __all__ = ["Curve", "Moments", "ablation_curve", "analyze", "capture", "check_measurable", "compressibility",
-           "default_layers", "pcs_needed", "perturbation_curve", "redundancy", "redundancy_from_moments", "robustness_auc",
-           "similarity", "stream_activations"]
+           "default_layers", "pcs_needed", "perturbation_curve", "redundancy", "redundancy_from_moments",
+           "robustness_auc", "similarity", "stream_activations"]

@@ -208,14 +208,27 @@ class StudyConfig(_Strict):
         return self
 
 
+def resolved_measure(spec: MeasureSpec) -> dict:
+    """The measure section as a run stores it: levels spelled out per perturbation, so that what a run measured
+    never depends on how a later version reads a count."""
+    return {**spec.model_dump(mode="json"), "levels": spec.level_sets()}
+
+
 def normalized_run_config(config: dict) -> dict | None:
     """A run's config (as `plan_runs` makes and the store keeps it) with this version's defaults filled into
-    its train and measure sections; None when it no longer validates. Rerunning a study after an upgrade that
-    added a field therefore does not count as a changed study."""
+    its train and measure sections; None when it no longer validates or no longer means the same. Rerunning a
+    study after an upgrade that added a field therefore does not count as a changed study.
+
+    Earlier versions stored `levels` as given, and a count then meant shares 0 … 1 for every perturbation; for
+    a noise perturbation a count now means 0 … 2σ, so such a stored config is not the same study any more.
+    """
     try:
-        return {**config, "train": TrainConfig(**config["train"]).model_dump(),
-                "measure": MeasureSpec(**config["measure"]).model_dump(mode="json")}
-    except (ValidationError, KeyError, TypeError):
+        measure = MeasureSpec(**config["measure"])
+        counted = isinstance(config["measure"].get("levels"), int)
+        if counted and any(PERTURBATIONS[name].noise for name in measure.perturbations):
+            return None
+        return {**config, "train": TrainConfig(**config["train"]).model_dump(), "measure": resolved_measure(measure)}
+    except (ValidationError, KeyError, TypeError, AttributeError):
         return None
 
 

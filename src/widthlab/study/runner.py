@@ -25,10 +25,11 @@ from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
-from widthlab.study.config import MeasureSpec, StudyConfig, load_config, normalized_run_config
+from widthlab.study.config import MeasureSpec, StudyConfig, load_config, normalized_run_config, resolved_measure
 from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import Store, export_csv, study_lock
 from widthlab.train import TrainConfig, fit
+from widthlab.train.loop import resolve_device
 from widthlab.train.distributed import init_from_env
 
 log = logging.getLogger("widthlab")
@@ -57,7 +58,7 @@ def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
                 train = sections["train"].model_copy(update={"seed": replicate})
                 config = {"study_seed": cfg.seed, "threads": cfg.threads, "width": width, "replicate": replicate,
                           "data": sections["data"].model_dump(), "model": sections["model"].model_dump(),
-                          "train": train.model_dump(), "measure": sections["measure"].model_dump(mode="json")}
+                          "train": train.model_dump(), "measure": resolved_measure(sections["measure"])}
                 specs.append(RunSpec(f"{variant}-w{width:g}-r{replicate}", variant, width, replicate, config))
     return specs
 
@@ -96,7 +97,8 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
                          seed=spec.replicate, **model_spec)
     train_cfg = TrainConfig(**cfg["train"])
     # A layer the measurement would refuse (e.g. weight noise on a residual sum) stops the study now, not after
-    # hours of training.
+    # hours of training; checked on the training device (a model may run only there).
+    model.to(resolve_device(train_cfg.device))
     check_measurable(model, splits.split(cfg["measure"]["split"]), perturbations=cfg["measure"]["perturbations"])
     meta = {"run_id": spec.run_id, "width": spec.width, "replicate": spec.replicate, "model": cfg["model"],
             "num_classes": splits.num_classes, "data": cfg["data"], "study_seed": cfg["study_seed"]}
@@ -187,8 +189,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         gpus_per_run: GPUs a Ray task declares (default: 1 when training on CUDA, else 0).
         progress: show progress bars (None: only on a terminal).
         report: write figures and the summary when the runs are finished.
-        checkpoint_every: seconds between a run's checkpoints (default 60: at most a minute of training is
-            redone after a crash; 0 writes one after every epoch).
+        checkpoint_every: seconds between a run's checkpoints (default 60: a crash redoes at most a minute and
+            an epoch of training; 0 writes one after every epoch).
 
     Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d", executor="processes", workers=2)``
     """

@@ -30,11 +30,12 @@ class TrainConfig(BaseModel):
         snapshot_epochs: epochs after which a copy of the weights is kept, to measure along training.
         amp / channels_last / compile / data_on_device: the GPU path (bf16 autocast, channels_last memory
             format, torch.compile, in-memory data moved to the device once); ``auto`` turns each on when
-            training on CUDA and off on the CPU, where ``on`` still works but buys nothing.
+            training on CUDA and off on the CPU, so CPU results stay fp32. ``on`` works on the CPU too: on a CPU
+            with bf16 units, ``amp`` and ``channels_last`` train a CIFAR AlexNet 1.6-2.3x faster.
         compile_mode: torch.compile's mode when compiling: ``default``; ``reduce-overhead`` (CUDA graphs: for
-            small models whose steps are launch-bound); ``max-autotune`` / ``max-autotune-no-cudagraphs``
-            (longer compilation, tuned kernels). Only full batches run compiled: an epoch's last, smaller
-            batch runs eagerly on the same weights, so the batch shape never changes and nothing recompiles.
+            small models whose steps are launch-bound); ``max-autotune`` (tuned kernels and CUDA graphs, longer
+            compilation); ``max-autotune-no-cudagraphs`` (tuned kernels alone). Only full batches run compiled:
+            an epoch's last, smaller batch runs eagerly on the same weights, so nothing recompiles.
         num_workers: DataLoader processes decoding a data set that is not held in memory (ImageNet); the batches
             and crops do not depend on it. None (default): up to 8 when training on CUDA, 0 on the CPU.
         seed: seeds the batch order and any dropout; device: ``cpu``, ``cuda`` or ``auto``.

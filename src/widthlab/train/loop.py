@@ -97,6 +97,9 @@ class Speed:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
+
+
 @contextlib.contextmanager
 def cudnn_autotune(enabled: bool) -> Iterator[None]:
     """While training on CUDA, cuDNN times its convolution algorithms once per shape and keeps the fastest
@@ -230,14 +233,20 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)
     train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
+    n_train, batch_size = len(train_set), cfg.effective_batch_size
+    if shard[1] > 1 and min(n_train, batch_size) < shard[1]:
+        raise WidthlabError(f"{shard[1]} processes need at least {shard[1]} examples per batch and in the training "
+                            f"split, got batch size {batch_size} and {n_train} examples")
+    starts = global_batches(n_train, batch_size, shard[1])
+    # The epoch's last global batch, when smaller than the rest (the same on every process).
+    short_batch = len(starts) - 1 if len(starts) and n_train - starts[-1] < batch_size else None
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg)
     step_model = wrap_distributed(model, device) if shard[1] > 1 else model
     # Compiled for full batches only; the last, smaller batch of an epoch runs eagerly (same parameters), so the
     # compiled graph sees one shape and never recompiles (a dynamic-shape recompile costs as much as the first).
     full_model = torch.compile(step_model, mode=cfg.compile_mode) if speed.compile else step_model
-    full_batch = len(range(cfg.effective_batch_size)[shard[0]::shard[1]])  # this process's share of a full batch
-    graphs = cfg.compile_mode == "reduce-overhead"
+    graphs = cfg.compile_mode in CUDA_GRAPH_MODES
     loss_fn = nn.CrossEntropyLoss()
     result = FitResult(status="done")
     best_val, best_state, steps = -1.0, None, 0
@@ -297,12 +306,14 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
             correct = torch.zeros((), device=device, dtype=torch.int64)
             seen = 0
             augment_gen = torch_generator(cfg.seed, "augment", epoch)
-            for x, y in iterate_batches(train_set, cfg.effective_batch_size, shuffle=True, seed=cfg.seed,
-                                        epoch=epoch, device=device, shard=shard, channels_last=speed.channels_last,
-                                        workers=speed.workers, pin_memory=speed.pin_memory):
+            # Augmentation gathers into a fresh NCHW tensor, so channels_last is applied after it.
+            batches = iterate_batches(train_set, batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, device=device,
+                                      shard=shard, channels_last=speed.channels_last and splits.augment is None,
+                                      workers=speed.workers, pin_memory=speed.pin_memory)
+            for index, (x, y) in enumerate(batches):
                 if splits.augment is not None:
-                    x = splits.augment(x, augment_gen)
-                compiled = speed.compile and len(x) == full_batch
+                    x = _prepare(splits.augment(x, augment_gen), None, speed.channels_last)
+                compiled = speed.compile and index != short_batch
                 if compiled and graphs:  # CUDA graphs may reuse the last step's buffers: nothing of it is kept
                     torch.compiler.cudagraph_mark_step_begin()
                 with speed.autocast(device):
