@@ -219,16 +219,18 @@ def normalized_run_config(config: dict) -> dict | None:
     its train and measure sections; None when it no longer validates or no longer means the same. Rerunning a
     study after an upgrade that added a field therefore does not count as a changed study.
 
-    Earlier versions stored `levels` as given, and a count then meant shares 0 … 1 for every perturbation; for
-    a noise perturbation a count now means 0 … 2σ, so such a stored config is not the same study any more.
+    Earlier versions stored `levels` as given, and a count n then meant shares 0 … 1 for every perturbation; it
+    is read that way here, so a stored study with a noise perturbation (now 0 … 2σ for a count) matches an
+    explicit list of its old levels and not a count.
     """
     try:
-        measure = MeasureSpec(**config["measure"])
-        counted = isinstance(config["measure"].get("levels"), int)
-        if counted and any(PERTURBATIONS[name].noise for name in measure.perturbations):
-            return None
-        return {**config, "train": TrainConfig(**config["train"]).model_dump(), "measure": resolved_measure(measure)}
-    except (ValidationError, KeyError, TypeError, AttributeError):
+        measure = dict(config["measure"])
+        count = measure.get("levels")
+        if isinstance(count, int) and not isinstance(count, bool):
+            measure["levels"] = {name: [i / (count - 1) for i in range(count)] for name in measure["perturbations"]}
+        return {**config, "train": TrainConfig(**config["train"]).model_dump(),
+                "measure": resolved_measure(MeasureSpec(**measure))}
+    except (ValidationError, KeyError, TypeError, AttributeError, ZeroDivisionError):
         return None
 
 
