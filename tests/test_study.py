@@ -210,8 +210,8 @@ def test_a_stored_level_count_for_noise_is_a_different_study(tmp_path):
     with pytest.raises(Exception, match="different configuration"):
         run_study(cfg, tmp_path, progress=False, report=False)
     # Spelling out the old meaning (noise levels 0, 0.5, 1) is the same study again.
-    run_study(load_config("mlp-10d", tiny + ["measure.levels={act_noise: [0, 0.5, 1]}"]), tmp_path, progress=False,
-              report=False)
+    spelled_out = load_config("mlp-10d", tiny + ["measure.levels={zero: 3, act_noise: [0, 0.5, 1]}"])
+    run_study(spelled_out, tmp_path, progress=False, report=False)
 
 
 def test_cli_bad_checkpoint_interval_exits_2(tmp_path, capsys):
