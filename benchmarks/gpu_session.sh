@@ -11,7 +11,7 @@
 #
 # Parts, in order of importance (each has its own time limit; PARTS="throughput study" by default):
 #   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 4, 1, 1/4 (4x first: its row is the
-#                  one a time limit would cut), variants eager, auto (compile), graphs (CUDA graphs)
+#                  one a time limit would cut), variants eager, compiled, graphs (CUDA graphs)
 #   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (target: < 5 minutes)
 #   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume;
 #                  compiled and CUDA-graph training), PARTS=tests: about 3 minutes
@@ -48,7 +48,7 @@ status=0
 if part throughput; then
     echo "== 1. throughput"
     timeout "$(cap 240)" python3 benchmarks/train_throughput.py --device cuda --images 45000 --epochs 2 --widths 4,1,0.25 \
-        --variants eager,auto,graphs \
+        --variants eager,compiled,graphs \
         2>&1 | tee "$OUT/throughput.log" || status=1
 fi
 if part study; then

@@ -6,8 +6,8 @@ by side, with the ratio to the plain loop. Variants (`--variants`) are `widthlab
 
 - ``fp32``: widthlab's trainer with every GPU switch off (the data pipeline alone differs from the plain loop);
 - ``eager``: data resident on the device, bf16 autocast, channels_last; no compilation;
-- ``auto``: the automatic GPU path (``eager`` + torch.compile, default mode);
-- ``graphs``: ``auto`` with ``compile_mode=reduce-overhead`` (CUDA graphs).
+- ``compiled``: ``eager`` + torch.compile (default mode; ``compile: auto`` compiles runs of 20,000 steps or more);
+- ``graphs``: ``compiled`` with ``compile_mode=reduce-overhead`` (CUDA graphs).
 
 The fastest epoch after the first counts; the first epoch's excess (compilation, cuDNN autotuning) is printed
 as warm-up seconds, since a study of many short runs pays it once per run.
@@ -15,7 +15,8 @@ as warm-up seconds, since a study of many short runs pays it once per run.
 Part 2 (``--study``) times a whole fixed-length width study through `widthlab.run_study`: `alexnet_cifar` on a
 CIFAR-10-format folder of random images written to a temporary directory (50,000 training images → the paper's
 45,000 / 5,000 split), 5 widths × 3 replicates, `--study-epochs` epochs, zero-ablation measurement, with the
-``processes`` executor packing `--workers` runs onto the device at once.
+``processes`` executor packing `--workers` runs onto the device at once, the GPU switches at their automatic
+settings unless `--study-set KEY=VALUE` (a `train.` field, repeatable) overrides them.
 
     python benchmarks/train_throughput.py                                  # CPU: 2,048 images, fp32 variant
     python benchmarks/train_throughput.py --device cuda --images 45000 --epochs 3
@@ -42,8 +43,9 @@ from widthlab.data import ArrayDataset, Splits
 VARIANTS = {
     "fp32": {"amp": "off", "channels_last": "off", "compile": "off", "data_on_device": "off"},
     "eager": {"amp": "on", "channels_last": "on", "compile": "off", "data_on_device": "on"},
-    "auto": {"amp": "auto", "channels_last": "auto", "compile": "auto", "data_on_device": "auto"},
-    "graphs": {"compile_mode": "reduce-overhead"},
+    "compiled": {"amp": "on", "channels_last": "on", "compile": "on", "data_on_device": "on"},
+    "graphs": {"amp": "on", "channels_last": "on", "compile": "on", "data_on_device": "on",
+               "compile_mode": "reduce-overhead"},
 }
 
 
@@ -108,9 +110,8 @@ def throughput(args) -> None:
                                               args.epochs, args.device))
         row = f"{width:>6g} {plain:>8.3f} ({args.images / plain:>6.0f}) [{plain_warm:>4.1f}]"
         for name in variants:
-            switches = {**VARIANTS["auto"], **VARIANTS[name]} if name == "graphs" else VARIANTS[name]
             ours, warm = steady(widthlab_loop(create_model("alexnet_cifar", width, input_size=28, seed=0), x, y,
-                                              args.epochs, args.device, switches))
+                                              args.epochs, args.device, VARIANTS[name]))
             row += f" {ours:>8.3f} ({args.images / ours:>6.0f}) [{warm:>4.1f}] {plain / ours:>5.2f}x"
         print(row, flush=True)
 
@@ -157,7 +158,8 @@ def study(args) -> None:
             "data": {"name": "cifar10", "root": str(root), "crop_size": 28, "augment": False, "n_val": n_val},
             "model": {"name": "alexnet_cifar", "init": "he_normal", "input_size": 28},
             "train": {"optimizer": "momentum", "lr": 0.01, "batch_size": 128, "epochs": args.study_epochs,
-                      "schedule": "step", "lr_decay": 0.95, "device": args.device},
+                      "schedule": "step", "lr_decay": 0.95, "device": args.device,
+                      **dict(item.split("=", 1) for item in args.study_set)},
             "measure": {"perturbations": ["zero"], "levels": 11, "samplings": 1, "max_rows": 50_000},
             "grid": {"widths": widths, "replicates": args.replicates},
         }
@@ -202,6 +204,8 @@ def main() -> None:
     parser.add_argument("--study-epochs", type=int, default=30)
     parser.add_argument("--study-widths", default="0.25,0.5,1,2,4")
     parser.add_argument("--replicates", type=int, default=3)
+    parser.add_argument("--study-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a train field for the study, e.g. compile=on or compile_mode=reduce-overhead")
     parser.add_argument("--executor", default="processes", choices=("local", "processes", "ray"))
     parser.add_argument("--workers", type=int, default=5)
     args = parser.parse_args()

@@ -47,6 +47,11 @@ def test_auto_switches_are_on_for_cuda_and_off_for_the_cpu():
     assert (cuda.amp, cuda.channels_last, cuda.compile, cuda.data_on_device, cuda.pin_memory) == (True,) * 5
     assert 1 <= cuda.workers <= 8  # decoding processes for lazy data sets
     assert Speed.resolve(auto, torch.device("cpu")) == Speed(False, False, False, False, workers=0, pin_memory=False)
+    # compile: auto only pays for long runs (compilation costs tens of seconds per run)
+    assert not Speed.resolve(auto, torch.device("cuda"), steps=loop.COMPILE_MIN_STEPS - 1).compile
+    assert Speed.resolve(auto, torch.device("cuda"), steps=loop.COMPILE_MIN_STEPS).compile
+    assert Speed.resolve(TrainConfig(compile="on"), torch.device("cuda"), steps=10).compile
+    assert Speed.resolve(auto, torch.device("cuda"), steps=10).amp  # the other switches do not depend on it
     forced = TrainConfig(amp="on", channels_last="off", compile="on", data_on_device="off", num_workers=3)
     assert Speed.resolve(forced, torch.device("cpu")) == Speed(True, False, True, False, workers=3)
     assert Speed.resolve(forced, torch.device("cuda")) == Speed(True, False, True, False, workers=3, pin_memory=True)
@@ -186,7 +191,7 @@ def test_cuda_auto_path_learns_and_measures(images):
     """The automatic GPU path (every switch on) learns; measuring the trained model on the GPU matches the CPU."""
     model = alexnet()
     autotuned = []
-    result = fit(model, images, TrainConfig(lr=0.01, batch_size=64, epochs=30, device="cuda"),
+    result = fit(model, images, TrainConfig(lr=0.01, batch_size=64, epochs=30, device="cuda", compile="on"),
                  on_epoch=lambda record: autotuned.append(torch.backends.cudnn.benchmark))
     assert all(autotuned) and not torch.backends.cudnn.benchmark  # on while training, restored after
     assert result.status == "done" and next(model.parameters()).is_cuda

@@ -71,6 +71,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
+# `compile: auto` compiles only runs of at least this many optimiser steps: compilation costs tens of seconds per
+# run (more in a cold cache), which a short run (an MLP's 1,600 steps) never wins back. A first guess, to be
+# tuned with benchmarks/gpu_session.sh on a GPU.
+COMPILE_MIN_STEPS = 20_000
+
+
 @dataclass(frozen=True)
 class Speed:
     """The GPU-path switches of a run, resolved for its device; `workers`: DataLoader processes decoding
@@ -84,14 +90,18 @@ class Speed:
     pin_memory: bool = False
 
     @classmethod
-    def resolve(cls, cfg: TrainConfig, device: torch.device) -> Speed:
+    def resolve(cls, cfg: TrainConfig, device: torch.device, steps: int | None = None) -> Speed:
+        """`steps`: the optimiser steps the run will take, if known (``compile: auto`` needs COMPILE_MIN_STEPS)."""
         cuda = device.type == "cuda"
-        switches = (value == "on" or (value == "auto" and cuda)
-                    for value in (cfg.amp, cfg.channels_last, cfg.compile, cfg.data_on_device))
+        long_run = steps is None or steps >= COMPILE_MIN_STEPS
+        amp, channels_last, compile_, data_on_device = (
+            value == "on" or (value == "auto" and cuda and (name != "compile" or long_run))
+            for name, value in (("amp", cfg.amp), ("channels_last", cfg.channels_last), ("compile", cfg.compile),
+                                ("data_on_device", cfg.data_on_device)))
         workers = cfg.num_workers
         if workers is None:  # auto: decode in parallel when a GPU waits for the data, in-process on the CPU
             workers = min(8, len(os.sched_getaffinity(0))) if cuda else 0
-        return cls(*switches, workers=workers, pin_memory=cuda)
+        return cls(amp, channels_last, compile_, data_on_device, workers=workers, pin_memory=cuda)
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -227,17 +237,18 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     Example: ``result = fit(create_model("mlp"), load_data("synthetic"), TrainConfig(epochs=5))``
     """
     device = resolve_device(cfg.device)
-    speed = Speed.resolve(cfg, device)
     shard = distributed_shard()
+    n_train, batch_size = len(splits.train), cfg.effective_batch_size
+    starts = global_batches(n_train, batch_size, shard[1])
+    planned = len(starts) * cfg.epochs if cfg.max_steps is None else min(len(starts) * cfg.epochs, cfg.max_steps)
+    speed = Speed.resolve(cfg, device, steps=planned)
     model.to(device)
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)
     train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
-    n_train, batch_size = len(train_set), cfg.effective_batch_size
     if shard[1] > 1 and min(n_train, batch_size) < shard[1]:
         raise WidthlabError(f"{shard[1]} processes need at least {shard[1]} examples per batch and in the training "
                             f"split, got batch size {batch_size} and {n_train} examples")
-    starts = global_batches(n_train, batch_size, shard[1])
     # The epoch's last global batch, when smaller than the rest (the same on every process).
     short_batch = len(starts) - 1 if len(starts) and n_train - starts[-1] < batch_size else None
     optimizer = make_optimizer(model.parameters(), cfg)
