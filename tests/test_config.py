@@ -48,6 +48,7 @@ def test_set_overrides_parse_yaml_values():
     ("measure.perturbations=[zap]", "unknown perturbation"),
     ("measure.levels=[0.5, 1]", "measure: levels of 'zero' must start at 0"),
     ("measure.levels=1", "levels of 'zero' must be at least 2"),
+    ("measure.levels=true", "levels must be a count, a list or a mapping of them, got True"),
     ("measure.levels=[0, 0.5, 2]", "levels of 'zero' must be at least two increasing shares in \\[0, 1\\]"),
     ("measure.levels={act_noise: 5}", "levels given for \\['act_noise'\\], which are not among the perturbations"),
     ("grid.variants={bad: {optimizer: adam}}", "variant 'bad' overrides"),

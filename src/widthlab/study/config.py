@@ -110,6 +110,14 @@ class MeasureSpec(_Strict):
             raise ValueError("at least one perturbation is needed (robustness is part of every study)")
         return value
 
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        flags = [v for v in (value.values() if isinstance(value, dict) else [value]) if isinstance(v, bool)]
+        if flags:  # YAML's true would otherwise pass as the count 1
+            raise ValueError(f"levels must be a count, a list or a mapping of them, got {flags[0]!r}")
+        return value
+
     @model_validator(mode="after")
     def _levels(self) -> MeasureSpec:
         if isinstance(self.levels, dict):
