@@ -54,6 +54,9 @@ def test_ray_executor_matches_local(local_study, tmp_path):
 def test_gpus_are_dealt_round_robin_to_workers():
     assert [gpu_for_worker(w, 2) for w in range(5)] == ["0", "1", "0", "1", "0"]
     assert gpu_for_worker(3, 0) is None
+    # A driver started with CUDA_VISIBLE_DEVICES=2,3 shares out GPUs 2 and 3, not the machine's 0 and 1.
+    assert [gpu_for_worker(w, 2, "2,3") for w in range(3)] == ["2", "3", "2"]
+    assert [gpu_for_worker(w, 2, "GPU-5a1f, GPU-77c2") for w in range(2)] == ["GPU-5a1f", "GPU-77c2"]
 
 
 def test_unknown_executor_is_a_clear_error(tmp_path):

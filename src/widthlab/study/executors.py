@@ -2,8 +2,8 @@
 driver writes the store.
 
 - ``local``: one run after another in this process (with a per-epoch progress bar).
-- ``processes``: N worker processes on this machine (``spawn``); with several GPUs, worker i uses GPU i mod n,
-  so more workers than GPUs packs several small runs per GPU.
+- ``processes``: N worker processes on this machine (``spawn``); with several GPUs, worker i uses visible GPU
+  i mod n, so more workers than GPUs packs several small runs per GPU.
 - ``ray``: each run a Ray task declaring its CPUs (the run's pinned thread count) and GPUs, on an existing
   cluster (``address``) or a local one. Needs ``pip install 'widthlab[ray]'``.
 
@@ -57,16 +57,21 @@ def run_one(spec, checkpoint: str | None, on_epoch=None, cache: dict | None = No
     return RunResult("ok", outcome, metrics)
 
 
-def gpu_for_worker(worker: int, n_gpus: int) -> str | None:
-    """The CUDA_VISIBLE_DEVICES of worker `worker`: GPUs dealt round-robin (None without GPUs)."""
-    return None if n_gpus == 0 else str(worker % n_gpus)
+def gpu_for_worker(worker: int, n_gpus: int, visible: str | None = None) -> str | None:
+    """The CUDA_VISIBLE_DEVICES of worker `worker`: GPUs dealt round-robin (None without GPUs). `visible` is the
+    driver's own CUDA_VISIBLE_DEVICES, if set: workers then share out those GPUs, not the machine's first ones."""
+    if n_gpus == 0:
+        return None
+    ids = [part.strip() for part in visible.split(",") if part.strip()] if visible else []
+    ids = ids[:n_gpus] if len(ids) >= n_gpus else [str(i) for i in range(n_gpus)]
+    return ids[worker % n_gpus]
 
 
 def _init_worker(counter, n_gpus: int) -> None:
     with counter.get_lock():
         worker = counter.value
         counter.value += 1
-    gpu = gpu_for_worker(worker, n_gpus)
+    gpu = gpu_for_worker(worker, n_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if gpu is not None:  # before torch initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
