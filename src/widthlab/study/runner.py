@@ -205,7 +205,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     specs = plan_runs(cfg)
     if gpus_per_run is None:
         gpus_per_run = 1.0 if any(s.config["train"]["device"] == "cuda" for s in specs) else 0.0
-    distributed = init_from_env()
+    distributed = init_from_env(cuda=any(s.config["train"]["device"] != "cpu" for s in specs))
     if distributed and executor != "local":
         raise WidthlabError(f"under torchrun every process trains the same run together: use the local executor, "
                             f"not {executor!r}")

@@ -19,12 +19,16 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_from_env() -> bool:
-    """Join the process group torchrun describes, once; True when running distributed."""
+def init_from_env(cuda: bool = True) -> bool:
+    """Join the process group torchrun describes, once; True when running distributed.
+
+    The backend is NCCL when training on CUDA (`cuda` and a GPU is there), else gloo: a study on the CPU of a
+    GPU machine needs gloo, since NCCL only moves CUDA tensors.
+    """
     if world_size_from_env() <= 1:
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
