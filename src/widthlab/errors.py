@@ -18,3 +18,13 @@ def check_positive_int(name: str, value: object, *, optional: bool = False):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise WidthlabError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
     return value
+
+
+def check_seconds(name: str, value: object) -> float:
+    """`value` if it is a finite number of seconds >= 0, else a WidthlabError naming `name`.
+
+    Example: ``check_seconds("checkpoint_every", 60) == 60``; ``check_seconds("checkpoint_every", -1)`` raises.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise WidthlabError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return value

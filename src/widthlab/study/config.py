@@ -235,10 +235,11 @@ def normalized_run_config(config: dict) -> dict | None:
         measure = dict(config["measure"])
         count = measure.get("levels")
         if isinstance(count, int) and not isinstance(count, bool):
-            measure["levels"] = {name: [i / (count - 1) for i in range(count)] for name in measure["perturbations"]}
+            old = evenly_spaced_levels(count, "zero").tolist()  # shares 0 … 1
+            measure["levels"] = dict.fromkeys(measure["perturbations"], old)
         return {**config, "train": TrainConfig(**config["train"]).model_dump(),
                 "measure": resolved_measure(MeasureSpec(**measure))}
-    except (ValidationError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+    except (ValidationError, WidthlabError, KeyError, TypeError, AttributeError):
         return None
 
 

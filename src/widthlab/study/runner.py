@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from widthlab.data import load_data
 from widthlab.data.base import Splits
-from widthlab.errors import WidthlabError, check_positive_int
+from widthlab.errors import WidthlabError, check_positive_int, check_seconds
 from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
-from widthlab.study.config import MeasureSpec, StudyConfig, load_config, normalized_run_config, resolved_measure
+from widthlab.study.config import StudyConfig, load_config, normalized_run_config, resolved_measure
 from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import Store, export_csv, study_lock
 from widthlab.train import TrainConfig, fit
@@ -111,7 +111,7 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     if result.status != "done" or not measure:
         return outcome, None
     measure = cfg["measure"]
-    levels = MeasureSpec(**measure).level_sets()
+    levels = measure["levels"]  # spelled out per perturbation by plan_runs
     evaluation = splits.split(measure["split"])
     labels = evaluation.y if hasattr(evaluation, "y") else None
     start = time.perf_counter()
@@ -198,9 +198,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     if executor not in EXECUTORS:
         raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     check_positive_int("workers", workers)
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, float)) or not (
-            0 <= checkpoint_every < float("inf")):
-        raise WidthlabError(f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}")
+    check_seconds("checkpoint_every", checkpoint_every)
     out_dir = Path(out_dir)
     specs = plan_runs(cfg)
     if gpus_per_run is None:

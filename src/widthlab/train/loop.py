@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from widthlab.data.base import Splits
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, check_seconds
 from widthlab.seeding import derive_seed, torch_generator
 from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
 from widthlab.train.config import TrainConfig
@@ -93,15 +93,16 @@ class Speed:
     def resolve(cls, cfg: TrainConfig, device: torch.device, steps: int | None = None) -> Speed:
         """`steps`: the optimiser steps the run will take, if known (``compile: auto`` needs COMPILE_MIN_STEPS)."""
         cuda = device.type == "cuda"
+
+        def switch(value: str, auto: bool = True) -> bool:
+            return value == "on" or (value == "auto" and cuda and auto)
+
         long_run = steps is None or steps >= COMPILE_MIN_STEPS
-        amp, channels_last, compile_, data_on_device = (
-            value == "on" or (value == "auto" and cuda and (name != "compile" or long_run))
-            for name, value in (("amp", cfg.amp), ("channels_last", cfg.channels_last), ("compile", cfg.compile),
-                                ("data_on_device", cfg.data_on_device)))
         workers = cfg.num_workers
         if workers is None:  # auto: decode in parallel when a GPU waits for the data, in-process on the CPU
             workers = min(8, len(os.sched_getaffinity(0))) if cuda else 0
-        return cls(amp, channels_last, compile_, data_on_device, workers=workers, pin_memory=cuda)
+        return cls(switch(cfg.amp), switch(cfg.channels_last), switch(cfg.compile, long_run),
+                   switch(cfg.data_on_device), workers=workers, pin_memory=cuda)
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -143,10 +144,15 @@ class BatchPlan:
         return len(global_batches(len(self.order), self.batch_size, self.shard[1]))
 
     def __iter__(self) -> Iterator[list]:
-        rank, world = self.shard
-        for start in global_batches(len(self.order), self.batch_size, world):
-            idx = self.order[start:start + self.batch_size].tensor_split(world)[rank]
+        for idx in shares(self.order, self.batch_size, self.shard):
             yield idx.tolist() if self.seeds is None else list(zip(idx.tolist(), self.seeds[idx].tolist()))
+
+
+def shares(order: torch.Tensor, batch_size: int, shard: tuple[int, int]) -> Iterator[torch.Tensor]:
+    """This process's indices of each global batch of `order` (`shard` = (rank, world size))."""
+    rank, world = shard
+    for start in global_batches(len(order), batch_size, world):
+        yield order[start:start + batch_size].tensor_split(world)[rank]
 
 
 def global_batches(n: int, batch_size: int, world: int = 1) -> range:
@@ -171,14 +177,11 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: i
     without changing the batches.
     """
     gen = torch_generator(seed, "batch-order", epoch)
-    rank, world = shard
     in_memory = hasattr(dataset, "x") and hasattr(dataset, "y")
     n = len(dataset.y) if in_memory else len(dataset)
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     if in_memory:
-        order = order.to(dataset.y.device)
-        for start in global_batches(n, batch_size, world):
-            idx = order[start:start + batch_size].tensor_split(world)[rank]
+        for idx in shares(order.to(dataset.y.device), batch_size, shard):
             yield _prepare(dataset.x[idx], device, channels_last), dataset.y[idx].to(device)
         return
     seeds = None
@@ -236,9 +239,14 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
 
     Example: ``result = fit(create_model("mlp"), load_data("synthetic"), TrainConfig(epochs=5))``
     """
+    check_seconds("checkpoint_every", checkpoint_every)
     device = resolve_device(cfg.device)
+    cuda = device.type == "cuda"
     shard = distributed_shard()
     n_train, batch_size = len(splits.train), cfg.effective_batch_size
+    if shard[1] > 1 and min(n_train, batch_size) < shard[1]:
+        raise WidthlabError(f"{shard[1]} processes need at least {shard[1]} examples per batch and in the training "
+                            f"split, got batch size {batch_size} and {n_train} examples")
     starts = global_batches(n_train, batch_size, shard[1])
     planned = len(starts) * cfg.epochs if cfg.max_steps is None else min(len(starts) * cfg.epochs, cfg.max_steps)
     speed = Speed.resolve(cfg, device, steps=planned)
@@ -246,9 +254,6 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)
     train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
-    if shard[1] > 1 and min(n_train, batch_size) < shard[1]:
-        raise WidthlabError(f"{shard[1]} processes need at least {shard[1]} examples per batch and in the training "
-                            f"split, got batch size {batch_size} and {n_train} examples")
     # The epoch's last global batch, when smaller than the rest (the same on every process).
     short_batch = len(starts) - 1 if len(starts) and n_train - starts[-1] < batch_size else None
     optimizer = make_optimizer(model.parameters(), cfg)
@@ -280,8 +285,6 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     writes = checkpoint is not None and shard[0] == 0
     provenance = {"versions": package_versions(), "git_revision": git_revision()} if writes else {}
 
-    if checkpoint_every < 0 or not math.isfinite(checkpoint_every):
-        raise WidthlabError(f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}")
     last_save = time.perf_counter()
 
     def save(epoch: int) -> None:
@@ -292,7 +295,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
             "scheduler": scheduler.state_dict(), "steps": steps, "history": result.history,
             "best_epoch": result.best_epoch, "best_val": best_val, "best_state": best_state,
             "snapshots": result.snapshots, "rng": torch.get_rng_state(), "train_config": cfg.model_dump(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
             "seconds": elapsed + time.perf_counter() - start, "meta": meta or {}, **provenance})
 
     def done_training() -> bool:
@@ -302,12 +305,11 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
 
     # Dropout and other global-RNG draws get their own seeded stream (on the training device: CUDA's generator
     # draws the dropout masks of CUDA tensors); the caller's RNG state is restored.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            cudnn_autotune(device.type == "cuda"):
+    with torch.random.fork_rng(devices=[device] if cuda else []), cudnn_autotune(cuda):
         torch.manual_seed(derive_seed(cfg.seed, "train-global"))
         if resumed is not None:
             torch.set_rng_state(resumed["rng"])
-            if device.type == "cuda" and resumed.get("cuda_rng") is not None:
+            if cuda and resumed.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(resumed["cuda_rng"], device)
         for epoch in range(first_epoch, cfg.epochs + 1):
             if done_training():
