@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("widthlab: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # under torchrun: leave the process group before exiting
+            from widthlab.train.distributed import shutdown
+
+            shutdown()
 
 
 if __name__ == "__main__":

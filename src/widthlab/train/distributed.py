@@ -35,6 +35,13 @@ def init_from_env(cuda: bool = True) -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leave the process group, if one was joined. Without it, gloo's threads can be torn down mid-flight at
+    interpreter exit ("terminate called without an active exception", the process aborts)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def distributed_shard() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) when not distributed."""
     if dist.is_available() and dist.is_initialized():
