@@ -173,7 +173,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else dirs[0]
     report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
                           snapshots=tables["snapshots"], history=tables["history"],
-                          params=parameter_counts(tables["runs"]), html=args.html)
+                          params=parameter_counts(tables["runs"], import_code=args.allow_code), html=args.html)
     _print_report(out, tables["runs"], report)
     return 0
 
@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", action="store_true",
                         help="also write report.html: one self-contained file with figures, verdict, "
                              "configuration, package versions and run times")
+    report.add_argument("--allow-code", action="store_true",
+                        help="import the module:function models the store names (to count their parameters); "
+                             "a store is data, so by default nothing it names is imported")
     report.set_defaults(func=_cmd_report)
 
     sub.add_parser("presets", help="list the bundled presets").set_defaults(func=_cmd_presets)

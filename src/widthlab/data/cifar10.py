@@ -38,6 +38,19 @@ def find_folder(root: str | os.PathLike | None) -> Path:
     raise WidthlabError(f"cifar10: no CIFAR-10 batches in {path}; {LAYOUT}")
 
 
+# What a CIFAR-10 batch pickle may name: numpy array reconstruction (and bytes decoding), nothing else. The
+# format is a pickle, and an unrestricted pickle.load runs whatever a crafted file says.
+_ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes under protocol 2
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays")
+        return super().find_class(module, name)
+
+
 def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (n, 3, 32, 32) uint8 and labels (n,) int64 of one pickled CIFAR-10 batch file."""
     if not path.is_file():
@@ -45,7 +58,7 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             # The official files are Python 2 pickles: keys (and the label list) come back as bytes.
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # a truncated or foreign file raises any of a dozen unpickling errors
         raise WidthlabError(f"cifar10: cannot read batch file {path} ({type(exc).__name__}: {exc}); "
                             f"re-download it; {LAYOUT}") from exc

@@ -134,16 +134,22 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     return outcome, pd.concat(frames, ignore_index=True)
 
 
-def parameter_counts(runs: pd.DataFrame) -> pd.DataFrame | None:
+def parameter_counts(runs: pd.DataFrame, *, import_code: bool = False) -> pd.DataFrame | None:
     """Trainable parameters per model and width (paper Figure A1), built on the meta device from each variant's
     stored model config; None (the figure is skipped) when a model cannot be built there.
 
-    The readout has the model's default number of classes: the data set is not loaded just to count it.
+    The readout has the model's default number of classes: the data set is not loaded just to count it. A store
+    is data, not code: a ``module:function`` model named in it is imported only with `import_code` (the user's
+    own config, or ``widthlab report --allow-code``); otherwise the figure is skipped.
     """
     rows = []
     for (variant, width), group in runs.groupby(["variant", "width"], sort=False):
         spec = dict(json.loads(group["config"].iloc[0])["model"])
         name = spec.pop("name")
+        if ":" in name and not import_code:
+            log.warning("parameter counts skipped: the store names user code %r, which is imported only with "
+                        "--allow-code", name)
+            return None
         try:
             # On the meta device parameters have shapes but no storage: a 4x Inception-v3 costs no memory.
             with torch.device("meta"):
@@ -237,7 +243,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
 
                 write_report(results.runs, results.metrics, out_dir, title=cfg.name, config=cfg.model_dump(mode="json"),
                              seed=cfg.seed, snapshots=results.snapshots, history=results.history,
-                             params=parameter_counts(results.runs))
+                             params=parameter_counts(results.runs, import_code=True))
         finally:
             log.removeHandler(handler)
             handler.close()

@@ -9,12 +9,14 @@ at any moment leaves either the previous checkpoint or the new one, never a torn
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.torch_version import TorchVersion
 
 from widthlab.errors import WidthlabError
 
@@ -27,7 +29,7 @@ def package_versions() -> dict[str, str]:
 
     from widthlab import __version__
 
-    return {"widthlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+    return {"widthlab": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
             "python": platform.python_version()}
 
 
@@ -59,7 +61,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise WidthlabError(f"checkpoint {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is shared data and must never run code. Every value widthlab writes
+        # (tensors, dicts, lists, numbers, strings) loads under it; a pickled object of any other type is refused.
+        # Checkpoints of widthlab <= 0.1 stored torch's version as a TorchVersion, a plain str subclass.
+        with torch.serialization.safe_globals([TorchVersion]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        if not lines:  # not a pickle at all (torch says "invalid load key")
+            raise WidthlabError(f"{str(path)!r} is not a readable torch file") from None
+        first = lines[0].split(" was not")[0].replace("WeightsUnpickler error: ", "")
+        raise WidthlabError(f"{str(path)!r} holds objects that only an unsafe load could rebuild ({first}); "
+                            "widthlab loads checkpoints with weights_only=True and refuses it") from None
     except Exception as exc:  # torch raises many types for a bad file; all mean the same to the user
         raise WidthlabError(f"{str(path)!r} is not a readable torch file ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
