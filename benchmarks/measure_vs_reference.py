@@ -92,7 +92,7 @@ def predict(model, x, batch_size, masks=None):
 
 def run_reference(cfg: dict) -> dict:
     from widthlab.measure.analyze import _draw_rows
-    from widthlab.measure.robustness import ablation_masks
+    from widthlab.measure.perturbations import ablation_masks
 
     model, x = setup(cfg)
     layers, levels, samplings, seed = model.unit_layers, cfg["levels"], cfg["samplings"], cfg["seed"]

@@ -84,7 +84,7 @@ def test_top_level_must_be_a_mapping(tmp_path):
 def test_levels_follow_each_perturbations_range():
     """An int n spreads n levels over each perturbation's own range: shares 0-1, noise 0-2σ (the Python
     defaults); a mapping sets them per perturbation."""
-    from widthlab.measure.robustness import NOISE_LEVELS, SHARE_LEVELS
+    from widthlab.measure.perturbations import NOISE_LEVELS, SHARE_LEVELS
     from widthlab.study.config import MeasureSpec
 
     spec = MeasureSpec(perturbations=("zero", "act_noise"), levels=11)

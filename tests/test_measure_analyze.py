@@ -14,7 +14,7 @@ import widthlab.measure
 from widthlab.errors import WidthlabError
 from widthlab.measure import analyze, capture, perturbation_curve, redundancy
 from widthlab.measure.analyze import COLUMNS, NULL_METRICS, REDUNDANCY_METRICS, _draw_rows
-from widthlab.measure.robustness import NOISE_LEVELS, PERTURBATIONS, SHARE_LEVELS
+from widthlab.measure.perturbations import NOISE_LEVELS, PERTURBATIONS, SHARE_LEVELS
 from widthlab.models import create_model
 
 LEVELS = [0.0, 0.5, 1.0]

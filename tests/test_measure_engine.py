@@ -8,7 +8,9 @@ from torch import fx, nn
 from widthlab.errors import WidthlabError
 from widthlab.measure import perturbation_curve
 from widthlab.measure.graph import probe, suffix_module, trace, weighted_forward
-from widthlab.measure.robustness import PERTURBATIONS, _forward_skipping_zeros, check_levels, sweep
+from widthlab.measure.engine import sweep
+from widthlab.measure.perturbations import PERTURBATIONS, check_levels
+from widthlab.measure.sites import forward_skipping_zeros
 
 SHARE = [0.0, 0.3, 0.6, 1.0]
 NOISE = [0.0, 1.0, 3.0]
@@ -332,13 +334,13 @@ def test_skip_zero_inputs_matches_exact_evaluation(resnet_data):
     assert no_handles_left(model)
 
 
-def test_forward_skipping_zeros_drops_only_zero_channels():
+def testforward_skipping_zeros_drops_only_zero_channels():
     conv, linear = nn.Conv2d(5, 3, 3, padding=1).double(), nn.Linear(5, 3).double()
     images, rows = torch.randn(4, 5, 6, 6, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     images[:, [1, 3]] = 0
     rows[:, 2] = 0
     for module, x in ((conv, images), (linear, rows), (conv, torch.zeros_like(images))):
-        torch.testing.assert_close(_forward_skipping_zeros(module, x, module.weight),
+        torch.testing.assert_close(forward_skipping_zeros(module, x, module.weight),
                                    weighted_forward(module, x, module.weight), rtol=1e-12, atol=1e-12)
 
 

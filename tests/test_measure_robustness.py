@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from widthlab.errors import WidthlabError
 from widthlab.measure import Curve, Moments, ablation_curve, capture, perturbation_curve, robustness_auc
-from widthlab.measure.robustness import ablation_masks, example_noise, n_ablated, targeted_order, unit_order
+from widthlab.measure.perturbations import ablation_masks, example_noise, n_ablated, targeted_order, unit_order
 from widthlab.seeding import torch_generator
 from widthlab.models import create_model
 

@@ -79,7 +79,7 @@ def _parse_options(items: list[str] | None, flag: str) -> dict:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.measure import analyze
-    from widthlab.measure.robustness import evenly_spaced_levels
+    from widthlab.measure.perturbations import evenly_spaced_levels
     from widthlab.report.analysis import layer_table, write_layer_figures
     from widthlab.study.external import load_inputs, load_model
 

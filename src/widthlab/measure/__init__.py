@@ -7,7 +7,8 @@ from widthlab.measure.analyze import analyze, check_measurable
 from widthlab.measure.capture import capture, default_layers, stream_activations
 from widthlab.measure.redundancy import (Moments, compressibility, pcs_needed, redundancy, redundancy_from_moments,
                                          similarity)
-from widthlab.measure.robustness import Curve, ablation_curve, perturbation_curve, robustness_auc
+from widthlab.measure.curve import Curve, robustness_auc
+from widthlab.measure.robustness import ablation_curve, perturbation_curve
 
 __all__ = ["Curve", "Moments", "ablation_curve", "analyze", "capture", "check_measurable", "compressibility",
            "default_layers", "pcs_needed", "perturbation_curve", "redundancy", "redundancy_from_moments",

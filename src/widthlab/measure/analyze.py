@@ -13,7 +13,8 @@ from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.capture import Inputs, count_examples, default_layers, resolve_modules, stream_activations
 from widthlab.measure.calibration import layer_similarity_null
 from widthlab.measure.redundancy import Moments, redundancy_from_moments
-from widthlab.measure.robustness import ALL, check_levels, get_perturbation, sweep
+from widthlab.measure.engine import sweep
+from widthlab.measure.perturbations import ALL, check_levels, get_perturbation
 from widthlab.seeding import numpy_generator
 
 COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]

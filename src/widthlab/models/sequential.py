@@ -3,7 +3,7 @@
 The CNN families are plain chains once their branching is kept inside blocks (a ResNet stage, an Inception
 mixed block). Declaring them as an ``nn.Sequential`` lets the measurement engine run the rest of the network
 from any top-level child (its fast batched ablation path, including the ``"all"`` scope), and `forward_from`
-offers the same to any caller through the ``cut_layers`` protocol of `widthlab.measure.robustness`.
+offers the same to any caller through the ``cut_layers`` protocol of `widthlab.measure.engine`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.robustness import PERTURBATIONS
+from widthlab.measure.perturbations import PERTURBATIONS
 from widthlab.report.verdict import (
     JOINT_SCOPE,
     RUN_LEVEL_METRICS,

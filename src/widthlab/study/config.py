@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.robustness import PERTURBATIONS, check_levels, evenly_spaced_levels
+from widthlab.measure.perturbations import PERTURBATIONS, check_levels, evenly_spaced_levels
 from widthlab.train.config import TrainConfig
 
 
