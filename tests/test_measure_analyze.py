@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 import widthlab.measure
 from widthlab.errors import WidthlabError
-from widthlab.measure import analyze, capture, perturbation_curve, redundancy
+from widthlab.measure import analyze, capture, default_layers, perturbation_curve, redundancy
 from widthlab.measure.analyze import COLUMNS, NULL_METRICS, REDUNDANCY_METRICS, _draw_rows
 from widthlab.measure.perturbations import NOISE_LEVELS, PERTURBATIONS, SHARE_LEVELS
 from widthlab.models import create_model
@@ -128,8 +128,27 @@ class SharedRelu(nn.Module):
         return self.fc3(self.once(self.fc2(self.shared(self.fc1(self.shared(x))))))
 
 
-def test_default_layers_reject_a_module_that_runs_twice():
-    with pytest.raises(WidthlabError, match="'shared'.*more than once"):
+class Block(nn.Module):
+    """A residual block that applies one ReLU module twice, as torchvision's BasicBlock."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.fc1, self.fc2, self.relu = nn.Linear(width, width), nn.Linear(width, width), nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.fc2(self.relu(self.fc1(x))) + x)
+
+
+def test_default_layers_replace_a_reused_activation_by_its_block():
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), Block(6), Block(6), nn.Linear(6, 2))
+    x = torch.randn(30, 4, generator=gen(5))
+    assert default_layers(model, x) == ["1", "2", "3"]
+    frame = analyze(model, x, levels=LEVELS, samplings=1)
+    assert list(values(frame, metric="n_units")) == [6, 6, 6]
+
+
+def test_default_layers_reject_a_module_that_runs_twice_outside_any_block():
+    with pytest.raises(WidthlabError, match="'shared'.*runs 2 times"):
         analyze(SharedRelu(), torch.randn(30, 4, generator=gen(5)), levels=LEVELS, samplings=1)
     frame = analyze(SharedRelu(), torch.randn(30, 4, generator=gen(5)), layers=["once"], levels=LEVELS, samplings=1)
     assert set(frame.layer) == {"once"}

@@ -10,10 +10,14 @@ import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError, check_positive_int
-from widthlab.measure.capture import Inputs, count_examples, default_layers, resolve_modules, stream_activations
 from widthlab.measure.calibration import layer_similarity_null
-from widthlab.measure.redundancy import Moments, redundancy_from_moments
+from widthlab.measure.capture import default_layers, resolve_modules, stream_activations
 from widthlab.measure.engine import sweep
+from widthlab.measure.graph import probe
+from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
+                                     select_scores, total_rows)
+from widthlab.measure.layout import unit_axes
+from widthlab.measure.redundancy import Moments, redundancy_from_moments
 from widthlab.measure.perturbations import ALL, check_levels, get_perturbation
 from widthlab.seeding import numpy_generator
 
@@ -40,9 +44,9 @@ class _LayerMoments:
     Example: ``acc = _LayerMoments(["relu1"], 3, 0, None, None); acc.add({"relu1": rows}, len(x)); acc.draws()``
     """
 
-    def __init__(self, names: list[str], samplings: int, seed: int, max_rows: int | None, examples: int | None,
-                 full: bool):
-        self.samplings, self.seed, self.max_rows, self.examples = samplings, seed, max_rows, examples
+    def __init__(self, names: list[str], samplings: int, seed: int, max_rows: int | None,
+                 counts: tuple[int, int | None] | None, full: bool):
+        self.samplings, self.seed, self.max_rows, self.counts = samplings, seed, max_rows, counts
         draws = 1 if max_rows is None else samplings
         self.moments = {name: [Moments() for _ in range(draws)] for name in names}
         # {layer: moments of all rows}, for the perturbations; without max_rows that is the one draw itself.
@@ -54,15 +58,15 @@ class _LayerMoments:
         self.seen = dict.fromkeys(names, 0)  # rows streamed so far per layer
         self.totals: dict[str, int] = {}
 
-    def add(self, chunks: dict[str, torch.Tensor], batch: int) -> None:
-        """Add one batch: ``{layer: (rows, units) chunk}`` of `batch` examples."""
+    def add(self, chunks: dict[str, torch.Tensor], batch: Batch) -> None:
+        """Add one batch: ``{layer: (rows, units) chunk}`` of the examples of `batch`."""
         for name, rows in chunks.items():
             if self.every is not None:
                 self.every[name].update(rows)
             if self.max_rows is None:
                 continue
             if name not in self.picks:
-                self.totals[name] = self.examples * (len(rows) // batch)
+                self.totals[name] = total_rows(len(rows), batch, *self.counts)
                 self.picks[name] = [_draw_rows(self.seed, name, s, self.totals[name], self.max_rows)
                                     for s in range(self.samplings)]
             start, stop = self.seen[name], self.seen[name] + len(rows)
@@ -84,8 +88,9 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             perturbations: Sequence[str] = ("zero",),
             levels: Sequence[float] | Mapping[str, Sequence[float]] | None = None, samplings: int = 3,
             seed: int = 0, max_rows: int | None = None, energy: float = 0.95, threshold: float = 0.5,
-            unit_axis: int = 1, batch_size: int = 256, ablations_per_eval: int = 1, path: str = "auto",
-            skip_zero_inputs: bool = False, null_rows: int | None = 20_000) -> pd.DataFrame:
+            unit_axis: int | None = None, batch_size: int = 256, ablations_per_eval: int = 1, path: str = "auto",
+            skip_zero_inputs: bool = False, null_rows: int | None = 20_000, output: Output = None,
+            mask: str | int | None = DEFAULT_MASK, progress=None) -> pd.DataFrame:
     """Measure redundancy and robustness of each layer; one row per number.
 
     Rows (columns ``layer, metric, perturbation, level, sampling, value``):
@@ -104,9 +109,12 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     statistics first (``mean``, ``targeted``, ``act_noise``) adds one pass that streams them before the sweep.
 
     Args:
-        model: returns (N, classes) scores; runs on its device in eval mode (training flags restored).
-        inputs: a tensor (N, ...), or a Dataset / DataLoader yielding ``(x, y)`` or ``x``.
-        layers: module names (default: ``model.unit_layers``, else every ReLU-like module's output; see
+        model: returns (N, classes) or (N, T, V) scores, directly or inside its output (see `output`); runs on its
+            device in eval mode (training flags restored).
+        inputs: a tensor, a tuple of tensors (positional inputs), a mapping of tensors (keyword inputs, e.g. a HF
+            ``BatchEncoding``), or a Dataset / DataLoader yielding these; labels as the rule of
+            `widthlab.measure.inputs` says (``(x, y)``, a ``"labels"`` key).
+        layers: module names (default: ``model.unit_layers``, else the model's activation outputs; see
             `default_layers`).
         labels: (N,) class labels (default: the inputs' own labels, if they yield any).
         perturbations: names from ``PERTURBATIONS`` (default ``("zero",)``).
@@ -118,7 +126,15 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
         null_rows: rows sampled per layer for the similarity permutation null (rows ``similarity_null``,
             ``similar_fraction_null``, ``similarity_excess``; default 20,000); None skips it.
         energy: variance share for ``pcs_needed`` (default 0.95); threshold: |r| for similarity (default 0.5).
-        unit_axis: channel axis of the layer outputs (default 1); batch_size: examples per batch (default 256).
+        unit_axis: the unit axis of every layer output (default None: decided per layer by the module that produced
+            it, `widthlab.measure.layout`: axis 1 after Conv/BatchNorm, the last axis after Linear/LayerNorm and
+            the activations following them); batch_size: examples per batch (default 256).
+        output: picks the scores from the model's output: a key, an attribute or a callable (default: the output
+            itself, its ``logits``, or its first tensor).
+        mask: the attention mask's keyword (default ``"attention_mask"``) or positional index; with a mask only
+            rows of real tokens enter every statistic, and (N, T, V) scores compare real tokens only. None ignores
+            masks.
+        progress: a tqdm-like bar advanced once per evaluation of the sweep (its total is set), or None.
         ablations_per_eval, path, skip_zero_inputs: the engine's options (defaults 1, ``"auto"``, False; see
             `perturbation_curve`).
 
@@ -136,7 +152,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     samplings = check_positive_int("samplings", samplings)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
-    names = default_layers(model, inputs, batch_size=batch_size) if layers is None else list(layers)
+    names = default_layers(model, inputs, batch_size=batch_size, mask=mask) if layers is None else list(layers)
     resolve_modules(model, names)
 
     records = []
@@ -145,12 +161,14 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     jobs = [(perturbation, names if scope == ALL else [scope], level_sets[perturbation])
             for perturbation, scope in measured]
     options = dict(samplings=samplings, seed=seed, labels=labels, unit_axis=unit_axis, batch_size=batch_size,
-                   path=path, ablations_per_eval=ablations_per_eval, skip_zero_inputs=skip_zero_inputs)
+                   path=path, ablations_per_eval=ablations_per_eval, skip_zero_inputs=skip_zero_inputs,
+                   output=output, mask=mask, progress=progress)
     needs_moments = any(get_perturbation(perturbation).needs_moments for perturbation in perturbations)
-    streams = _LayerMoments(names, samplings, seed, max_rows, None if max_rows is None else count_examples(inputs),
-                            full=needs_moments)
+    streams = _LayerMoments(names, samplings, seed, max_rows,
+                            None if max_rows is None else count_examples(inputs, mask), full=needs_moments)
     if needs_moments or not jobs:
-        for chunks, batch in stream_activations(model, inputs, names, unit_axis=unit_axis, batch_size=batch_size):
+        for chunks, batch in stream_activations(model, inputs, names, unit_axis=unit_axis, batch_size=batch_size,
+                                                mask=mask):
             streams.add(chunks, batch)
         curves = sweep(model, inputs, jobs, moments=streams.every, **options) if jobs else []
     else:  # no curve needs clean statistics first, so the curves' clean passes stream them
@@ -168,7 +186,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     if null_rows is not None:
         # Calibration of similarity: its permutation null on at most `null_rows` sampled rows (one extra pass).
         nulls = layer_similarity_null(model, inputs, names, threshold=threshold, max_rows=null_rows, seed=seed,
-                                      unit_axis=unit_axis, batch_size=batch_size)
+                                      unit_axis=unit_axis, batch_size=batch_size, mask=mask)
         for name in names:
             records += [(name, metric, "", np.nan, 0, float(nulls[name][metric])) for metric in NULL_METRICS]
 
@@ -188,33 +206,32 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
 
 @torch.no_grad()
 def check_measurable(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = None, *,
-                     perturbations: Sequence[str] = ("zero",), examples: int = 2) -> list[str]:
+                     perturbations: Sequence[str] = ("zero",), examples: int = 2, unit_axis: int | None = None,
+                     output: Output = None, mask: str | int | None = DEFAULT_MASK) -> list[str]:
     """Fail fast: the layers `analyze` would measure, checked on the first `examples` inputs.
 
-    Resolves the default layers (or the named ones) and, when a weight perturbation is asked for, finds the
-    Conv/Linear module producing each layer's units; anything `analyze` would refuse (an unknown perturbation,
-    a layer that does not run once, a residual sum or concatenation where weights are to be perturbed) raises
-    the same `WidthlabError` now. A study calls this before training, so a config that cannot be measured
-    stops before any compute is spent. The model runs once in eval mode (its training flag is restored).
+    Resolves the default layers (or the named ones), their unit axes and the model's scores and, when a weight
+    perturbation is asked for, finds the Conv/Linear module producing each layer's units; anything `analyze` would
+    refuse (an unknown perturbation, a layer that does not run once, an undecidable unit axis, outputs without
+    scores, a residual sum or concatenation where weights are to be perturbed) raises the same `WidthlabError`
+    now. A study calls this before training, so a config that cannot be measured stops before any compute is
+    spent. The model runs in eval mode (its training flags are restored).
 
     Example: ``check_measurable(create_model("mlp", 1, input_dim=10), torch.randn(4, 10)) == ["relu1"]``
     """
-    from widthlab.measure.capture import batches
-    from widthlab.measure.graph import probe
-
     specs = [get_perturbation(name) for name in ([perturbations] if isinstance(perturbations, str)
                                                  else perturbations)]
-    x, _ = next(batches(model, inputs, examples), (None, None))
-    if x is None:
-        raise WidthlabError("inputs yielded no examples")
-    x = x[:examples]
-    was_training = model.training
+    batch = first_batch(model, inputs, examples, mask)
+    flags = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        names = default_layers(model, x) if layers is None else list(layers)
+        names = default_layers(model, batch, mask=None) if layers is None else list(layers)
         resolve_modules(model, names)
         weighted = names if any(spec.weights for spec in specs) else []
-        probe(model, x, names, producers_of=weighted)
+        probe(model, batch, names, producers_of=weighted)
+        unit_axes(model, lambda: batch.run(model), names, unit_axis)
+        select_scores(batch.run(model), output)
     finally:
-        model.train(was_training)
+        for module, training in flags:
+            module.training = training
     return names

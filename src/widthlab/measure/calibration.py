@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from widthlab.errors import WidthlabError
+from widthlab.measure.inputs import DEFAULT_MASK, count_examples, total_rows
 from widthlab.measure.redundancy import Moments, as_matrix, redundancy_from_moments
 from widthlab.seeding import numpy_generator
 
@@ -65,26 +66,27 @@ def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, 
     }
 
 
-def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, unit_axis: int = 1,
-                batch_size: int = 256) -> dict[str, torch.Tensor]:
+def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, unit_axis: int | None = None,
+                batch_size: int = 256, mask: str | int | None = DEFAULT_MASK) -> dict[str, torch.Tensor]:
     """At most `max_rows` activation rows per layer, drawn uniformly without replacement over all rows
-    (examples × positions), streamed so the full activation matrix is never held.
+    (examples × positions, or real tokens), streamed so the full activation matrix is never held.
 
     Rows of layer L come from the stream (seed, L, "null-rows"); the result is (rows, units) float64 on the CPU.
 
     Example: ``sample_rows(model, x, ["relu1"], max_rows=1000)["relu1"].shape == (1000, 128)``
     """
-    from widthlab.measure.capture import count_examples, stream_activations
+    from widthlab.measure.capture import stream_activations
     from widthlab.seeding import derive_seed
 
-    examples = count_examples(inputs)
+    examples, tokens = count_examples(inputs, mask)
     picks: dict[str, np.ndarray] = {}
     kept: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     offset: dict[str, int] = dict.fromkeys(layers, 0)
-    for chunks, batch in stream_activations(model, inputs, list(layers), unit_axis=unit_axis, batch_size=batch_size):
+    for chunks, batch in stream_activations(model, inputs, list(layers), unit_axis=unit_axis, batch_size=batch_size,
+                                            mask=mask):
         for name, rows in chunks.items():
-            if name not in picks:  # rows per example are fixed by the first batch
-                total = examples * (len(rows) // batch)
+            if name not in picks:  # rows per example (or token rows) are fixed by the first batch
+                total = total_rows(len(rows), batch, examples, tokens)
                 draw = numpy_generator(derive_seed(seed, name), "null-rows").choice(
                     total, size=min(max_rows, total), replace=False)
                 picks[name] = np.sort(draw)
@@ -96,7 +98,8 @@ def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, 
 
 
 def layer_similarity_null(model, inputs, layers, *, threshold: float = 0.5, max_rows: int = 20000, seed: int = 0,
-                          unit_axis: int = 1, batch_size: int = 256) -> dict[str, dict]:
+                          unit_axis: int | None = None, batch_size: int = 256,
+                          mask: str | int | None = DEFAULT_MASK) -> dict[str, dict]:
     """`similarity_null` of each layer on at most `max_rows` sampled rows (see `sample_rows`).
 
     Example: ``layer_similarity_null(model, x, ["relu1"])["relu1"]["similarity_excess"]``
@@ -104,6 +107,6 @@ def layer_similarity_null(model, inputs, layers, *, threshold: float = 0.5, max_
     from widthlab.seeding import derive_seed
 
     samples = sample_rows(model, inputs, layers, max_rows=max_rows, seed=seed, unit_axis=unit_axis,
-                          batch_size=batch_size)
+                          batch_size=batch_size, mask=mask)
     return {name: similarity_null(rows, threshold=threshold, max_rows=max_rows, seed=derive_seed(seed, name))
             for name, rows in samples.items()}

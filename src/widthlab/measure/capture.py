@@ -13,70 +13,26 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from widthlab.errors import WidthlabError, check_positive_int
+from widthlab.errors import WidthlabError
+from widthlab.measure.inputs import DEFAULT_MASK, Batch, Inputs, batches, first_batch
+from widthlab.measure.layout import record_calls, resolve_axis, unit_axes
 
-# Modules whose outputs `layers=None` measures when a model declares no `unit_layers`.
+# Activation modules: the outputs `layers=None` measures when a model declares no `unit_layers`.
 RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
-             nn.Mish)
-
-Inputs = torch.Tensor | Dataset | DataLoader
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without either)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+             nn.Mish, nn.Hardswish)
+# Activation classes of HF transformers and timm are found by their package; these of theirs are not units' but
+# gates or identities.
+ACTIVATION_PACKAGES = ("transformers.activations", "timm.layers.activations", "timm.models.layers.activations")
+NOT_ACTIVATIONS = {"Sigmoid", "HardSigmoid", "Hardsigmoid", "Tanh", "LinearActivation", "Identity"}
 
 
-def _float_dtype(model: nn.Module) -> torch.dtype | None:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-
-
-def batches(model: nn.Module, inputs: Inputs, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(x, y)`` batches on the model's device; ``y`` is None when the inputs carry no labels.
-
-    Floating inputs are cast to the model's parameter dtype, so a float64 model can take float32 data.
-
-    Args:
-        inputs: a tensor (N, ...) split into batches of `batch_size`; a Dataset (read in order, `batch_size` at a
-            time) or a DataLoader (its own batches), either yielding ``(x, y)`` or ``x``.
-    """
-    check_positive_int("batch_size", batch_size)
-    device, dtype = model_device(model), _float_dtype(model)
-    if isinstance(inputs, torch.Tensor):
-        source = ((x, None) for x in inputs.split(batch_size))
-    elif isinstance(inputs, (Dataset, DataLoader)):
-        loader = inputs if isinstance(inputs, DataLoader) else DataLoader(inputs, batch_size=batch_size)
-        source = map(_split_batch, loader)
-    else:
-        raise WidthlabError(f"inputs must be a tensor, Dataset or DataLoader, got {type(inputs).__name__}")
-    for x, y in source:
-        x = x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
-        yield x, None if y is None else y.to(device)
-
-
-def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        y = batch[1] if len(batch) > 1 else None
-        # Only 1-D integer targets are class labels; anything else (masks, regression targets) is ignored.
-        is_label = isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point()
-        return batch[0], y if is_label else None
-    raise WidthlabError(f"a batch must be a tensor x or a tuple (x, y, ...), got {type(batch).__name__}")
-
-
-def count_examples(inputs: Inputs) -> int:
-    """The number of examples `inputs` yields (a DataLoader is iterated once, without the model)."""
-    if isinstance(inputs, DataLoader):
-        return sum(len(_split_batch(batch)[0]) for batch in inputs)
-    try:
-        return len(inputs)
-    except TypeError as exc:
-        raise WidthlabError(f"cannot count the examples of {type(inputs).__name__}; pass a sized Dataset") from exc
+def is_activation(module: nn.Module) -> bool:
+    """An activation module of torch (`RELU_LIKE`), HF transformers or timm (not a gate such as a sigmoid)."""
+    if isinstance(module, RELU_LIKE):
+        return True
+    kind = type(module)
+    return kind.__module__.startswith(ACTIVATION_PACKAGES) and kind.__name__ not in NOT_ACTIVATIONS
 
 
 def resolve_modules(model: nn.Module, layers: str | Sequence[str]) -> list[tuple[str, nn.Module]]:
@@ -109,8 +65,8 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextmanager
 def layer_hooks(model: nn.Module, layers: str | Sequence[str],
-                fn: Callable[[str, object], torch.Tensor | None]) -> Iterator[Callable[[torch.Tensor], object]]:
-    """Hook ``fn(name, output)`` onto each layer for the block; yield ``run(x)``, one checked forward pass.
+                fn: Callable[[str, object], torch.Tensor | None]) -> Iterator[Callable[[Batch], object]]:
+    """Hook ``fn(name, output)`` onto each layer for the block; yield ``run(batch)``, one checked forward pass.
 
     `fn` may return a tensor that replaces the layer's output. ``run`` raises a WidthlabError naming a layer that
     ran twice in one forward pass (its output is not one layer) or not at all. The hooks are removed in
@@ -123,14 +79,13 @@ def layer_hooks(model: nn.Module, layers: str | Sequence[str],
         def hook(module, args, output):
             calls[name] = calls.get(name, 0) + 1
             if calls[name] > 1:
-                raise WidthlabError(f"layer {name!r} ran more than once in one forward pass, so its output is not "
-                                    "one layer; measure a module that runs once (e.g. not a shared ReLU)")
+                raise WidthlabError(ran_twice(name))
             return fn(name, output)
         return hook
 
-    def run(x: torch.Tensor):
+    def run(batch: Batch):
         calls.clear()
-        out = model(x)
+        out = batch.run(model)
         silent = [name for name, _ in modules if name not in calls]
         if silent:
             raise WidthlabError(f"layer(s) {', '.join(map(repr, silent))} did not run in the forward pass")
@@ -146,25 +101,38 @@ def layer_hooks(model: nn.Module, layers: str | Sequence[str],
             handle.remove()
 
 
-def check_unit_axis(output: object, name: str, unit_axis: int = 1) -> int:
+def ran_twice(name: str) -> str:
+    """The error for a layer whose module runs more than once per forward pass."""
+    return (f"layer {name!r} ran more than once in one forward pass, so its output is not one layer; measure a "
+            "module that runs once (e.g. not a shared ReLU: its block's output instead)")
+
+
+def check_unit_axis(output: object, name: str, unit_axis: int) -> int:
     """The non-negative unit axis of a layer output, or a WidthlabError if it is not a tensor with that axis."""
     if not isinstance(output, torch.Tensor):
         raise WidthlabError(f"layer {name!r} returned {type(output).__name__}, not a tensor; measure a module "
                             "whose output is one tensor")
-    if output.dim() < 2 or not -output.dim() <= unit_axis < output.dim() or unit_axis % output.dim() == 0:
-        raise WidthlabError(f"layer {name!r} output of shape {tuple(output.shape)} has no unit axis "
-                            f"{unit_axis} (axis 0 is the batch); pass unit_axis= naming the channel axis")
-    return unit_axis % output.dim()
+    return resolve_axis(name, tuple(output.shape), unit_axis, lambda: None)
 
 
-def unit_rows(output: object, name: str, unit_axis: int = 1) -> torch.Tensor:
+def unit_rows(output: object, name: str, unit_axis: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """A layer output as a (rows, units) matrix: the unit axis moved last, everything else flattened.
 
+    With a token `mask` (B, T), an output whose other axes are (B, T) keeps only the rows of real tokens; an
+    output (B, C) keeps every row; any other layout beside a mask is an error (its padding cannot be told).
     The result never shares memory with `output`, so a later in-place op (``ReLU(inplace=True)``) cannot
     overwrite it. Raises a WidthlabError for a non-tensor output, a missing unit axis or NaN/inf values.
     """
     axis = check_unit_axis(output, name, unit_axis)
-    rows = output.detach().movedim(axis, -1).reshape(-1, output.shape[axis])
+    moved = output.detach().movedim(axis, -1)  # (B, ..., C)
+    if mask is not None and moved.dim() > 2:
+        if tuple(moved.shape[:-1]) != tuple(mask.shape):
+            raise WidthlabError(f"layer {name!r} output of shape {tuple(output.shape)} (units on axis {axis}) has "
+                                f"no token axis matching the attention mask {tuple(mask.shape)}; measure token "
+                                "layers (B, T, C), or pass mask=None to count padded positions as rows")
+        rows = moved[mask.to(moved.device)]
+    else:
+        rows = moved.reshape(-1, output.shape[axis])
     if rows.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
         rows = rows.clone()
     if not rows.is_floating_point():
@@ -174,48 +142,68 @@ def unit_rows(output: object, name: str, unit_axis: int = 1) -> torch.Tensor:
     return rows
 
 
-def stream_activations(model: nn.Module, inputs: Inputs, layers: str | Sequence[str], *, unit_axis: int = 1,
-                       batch_size: int = 1024) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
-    """Yield, batch by batch, ``({layer: (rows, units) chunk}, examples in the batch)`` on the model's device.
+def layer_axes(model: nn.Module, batch: Batch, layers: Sequence[str], unit_axis: int | None) -> dict[str, int]:
+    """`unit_axes` of `layers` from one forward pass on the first two examples of `batch` (eval mode)."""
+    probe = batch.head(2)
+    with evaluating(model), torch.no_grad():
+        return unit_axes(model, lambda: probe.run(model), layers, unit_axis)
+
+
+def stream_activations(model: nn.Module, inputs: Inputs, layers: str | Sequence[str], *,
+                       unit_axis: int | None = None, batch_size: int = 1024,
+                       mask: str | int | None = DEFAULT_MASK) -> Iterator[tuple[dict[str, torch.Tensor], Batch]]:
+    """Yield, batch by batch, ``({layer: (rows, units) chunk}, the Batch)`` on the model's device.
 
     Statistics can be accumulated from the chunks without materialising all activations. Consume the
     iterator fully (or close it): the hooks and eval mode last until it finishes.
 
     Args:
         layers: module name(s) from ``model.named_modules()``.
-        unit_axis: the channel axis of every layer output (default 1).
+        unit_axis: the unit axis of every layer output (default None: by the rule of `widthlab.measure.layout`).
         batch_size: examples per forward pass for tensor/Dataset inputs (default 1024).
+        mask: the attention mask's keyword or position (default ``"attention_mask"``; see `widthlab.measure.inputs`).
 
-    Example: ``for chunks, n in stream_activations(model, x, ["relu1"]): moments.update(chunks["relu1"])``
+    Example: ``for chunks, batch in stream_activations(model, x, ["relu1"]): moments.update(chunks["relu1"])``
     """
+    names = [name for name, _ in resolve_modules(model, layers)]
     chunks: dict[str, torch.Tensor] = {}
+    axes: dict[str, int] = {}
+    current: list[Batch] = []
 
     def keep(name: str, output: object) -> None:
-        chunks[name] = unit_rows(output, name, unit_axis)
+        if current:  # not during the pass that decides the unit axes
+            chunks[name] = unit_rows(output, name, axes[name], current[0].mask)
 
-    with evaluating(model), layer_hooks(model, layers, keep) as run:
-        for x, _ in batches(model, inputs, batch_size):
+    with evaluating(model), layer_hooks(model, names, keep) as run:
+        for batch in batches(model, inputs, batch_size, mask=mask):
+            if not axes:
+                axes.update(layer_axes(model, batch, names, unit_axis))
             chunks.clear()
+            current[:] = [batch]
             with torch.no_grad():
-                run(x)
-            yield dict(chunks), len(x)
+                run(batch)
+            yield dict(chunks), batch
 
 
-def capture(model: nn.Module, inputs: Inputs, layers: str | Sequence[str], *, unit_axis: int = 1,
-            batch_size: int = 1024) -> dict[str, torch.Tensor]:
+def capture(model: nn.Module, inputs: Inputs, layers: str | Sequence[str], *, unit_axis: int | None = None,
+            batch_size: int = 1024, mask: str | int | None = DEFAULT_MASK) -> dict[str, torch.Tensor]:
     """Materialise each layer's activations as a (rows, units) float tensor on the CPU.
 
     Args:
         model: any module; it runs on its own device in eval mode under ``no_grad`` (training flags restored).
-        inputs: a tensor (N, ...), or a Dataset / DataLoader yielding ``(x, y)`` or ``x``.
+        inputs: a tensor, a tuple or mapping of tensors, or a Dataset / DataLoader of these
+            (`widthlab.measure.inputs`).
         layers: module name(s) from ``model.named_modules()``.
-        unit_axis: the channel axis of the layer outputs (default 1).
+        unit_axis: the unit axis of the layer outputs (default None: by the rule of `widthlab.measure.layout`:
+            axis 1 after Conv/BatchNorm, the last axis after Linear/LayerNorm and the activations following them).
         batch_size: examples per forward pass for tensor/Dataset inputs (default 1024).
+        mask: the attention mask (default the ``"attention_mask"`` keyword): only real tokens' rows are kept.
 
     Example: ``capture(mlp, torch.randn(100, 10), ["relu1"])["relu1"].shape == (100, hidden)``
     """
     parts: dict[str, list[torch.Tensor]] = {}
-    for chunks, _ in stream_activations(model, inputs, layers, unit_axis=unit_axis, batch_size=batch_size):
+    for chunks, _ in stream_activations(model, inputs, layers, unit_axis=unit_axis, batch_size=batch_size,
+                                        mask=mask):
         for name, rows in chunks.items():
             parts.setdefault(name, []).append(rows.cpu())
     if not parts:
@@ -223,46 +211,59 @@ def capture(model: nn.Module, inputs: Inputs, layers: str | Sequence[str], *, un
     return {name: torch.cat(rows) for name, rows in parts.items()}
 
 
-def default_layers(model: nn.Module, inputs: Inputs, *, batch_size: int = 1024) -> list[str]:
-    """The layers measured when none are named: ``model.unit_layers``, else every ReLU-like module output.
+def _is_gate(shape: tuple | None) -> bool:
+    """A (N, C, 1, 1[, 1]) output: a squeeze-excitation bottleneck (or a pooled head), not a layer of units."""
+    return shape is not None and len(shape) >= 4 and all(d == 1 for d in shape[2:])
 
-    ReLU-like = `RELU_LIKE` (ReLU, ReLU6, LeakyReLU, PReLU, RReLU, ELU, CELU, SELU, GELU, SiLU, Mish), in module
-    order. One forward pass on the first batch finds which run: a module that does not run has no output and is
-    left out; a module reused within a forward pass (such as the shared ReLU of a torchvision BasicBlock) has no
-    single output, which is a WidthlabError naming it (pass `layers` explicitly then).
+
+def default_layers(model: nn.Module, inputs: Inputs, *, batch_size: int = 1024,
+                   mask: str | int | None = DEFAULT_MASK) -> list[str]:
+    """The layers measured when none are named: ``model.unit_layers``, else the model's activation outputs.
+
+    Activations (`is_activation`): torch's ReLU, ReLU6, LeakyReLU, PReLU, RReLU, ELU, CELU, SELU, GELU, SiLU, Mish
+    and Hardswish, and the activation classes of HF transformers and timm (not sigmoid/tanh gates), in module
+    order. One forward pass on the first batch decides:
+
+    - an activation that does not run is left out;
+    - an activation module called more than once per forward pass (the ReLU a torchvision BasicBlock applies
+      twice) has no single output: it is replaced by the output of the smallest module containing it that runs
+      once (the block), listed once;
+    - an activation whose output is (N, C, 1, 1) — a squeeze-excitation bottleneck — is left out (name it in
+      `layers` to measure it).
 
     Example: ``default_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), x) == ["1"]``
     """
     declared = getattr(model, "unit_layers", None)
     if declared:
         return list(declared)
-    candidates = [name for name, module in model.named_modules() if isinstance(module, RELU_LIKE)]
+    candidates = [name for name, module in model.named_modules() if name and is_activation(module)]
     if not candidates:
-        raise WidthlabError(f"{type(model).__name__} has no `unit_layers` and no ReLU-like modules; pass layers=")
-    calls = dict.fromkeys(candidates, 0)
-
-    def counter(name: str):
-        def hook(module, args, output):
-            calls[name] += 1
-        return hook
-
-    handles = [module.register_forward_hook(counter(name)) for name, module in resolve_modules(model, candidates)]
-    try:
-        with evaluating(model), torch.no_grad():
-            x, _ = next(batches(model, inputs, batch_size), (None, None))
-            if x is None:
-                raise WidthlabError("inputs yielded no examples")
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    reused = [name for name in candidates if calls[name] > 1]
-    if reused:
-        raise WidthlabError(f"ReLU-like module(s) {', '.join(map(repr, reused))} of {type(model).__name__} run more "
-                            "than once per forward pass, so their output is not one layer; pass layers= naming "
-                            "modules that run once (or give the model `unit_layers`)")
-    found = [name for name in candidates if calls[name] == 1]
+        raise WidthlabError(f"{type(model).__name__} has no `unit_layers` and no activation modules; pass layers=")
+    batch = first_batch(model, inputs, min(batch_size, 2), mask)
+    with evaluating(model), torch.no_grad():
+        calls = record_calls(model, lambda: batch.run(model))
+    runs: dict[str, int] = {}
+    shape: dict[str, tuple | None] = {}
+    for call in calls:
+        runs[call.name] = runs.get(call.name, 0) + 1
+        shape[call.name] = call.output_shape
+    found: list[str] = []
+    for name in candidates:
+        count = runs.get(name, 0)
+        if count == 0 or _is_gate(shape.get(name)):
+            continue
+        while count > 1:
+            if "." not in name:
+                raise WidthlabError(f"activation {name!r} of {type(model).__name__} runs {count} times per forward "
+                                    "pass and belongs to no block that runs once; pass layers=")
+            name = name.rsplit(".", 1)[0]
+            count = runs.get(name, 0)
+            if count == 0:
+                raise WidthlabError(f"an activation inside {name!r} of {type(model).__name__} runs more than once "
+                                    "per forward pass, and its block does not run; pass layers=")
+        if name not in found:
+            found.append(name)
     if not found:
-        raise WidthlabError(f"no ReLU-like module of {type(model).__name__} runs in a forward pass "
+        raise WidthlabError(f"no activation module of {type(model).__name__} runs once in a forward pass "
                             f"(candidates: {', '.join(candidates)}); pass layers=")
     return found

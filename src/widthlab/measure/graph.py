@@ -24,7 +24,7 @@ them, so they run once per batch instead of once per perturbed copy.
 **Producers.** The Conv/Linear module that produces a layer's units is the layer itself when it is a Conv/Linear,
 else found by one probe forward pass that records every leaf module's inputs and outputs: walking back from the
 layer (for a container, from the leaf module whose output it returns) through modules that act unit by unit
-(ReLU-like activations, BatchNorm, Dropout, Identity), each taking as input exactly the tensor the previous module
+(activations, BatchNorm/LayerNorm, Dropout, Identity), each taking as input exactly the tensor the previous module
 returned, unchanged, until a Conv/Linear is reached. Anything else on the way (an addition, a concatenation, a
 pooling) is a WidthlabError.
 """
@@ -38,11 +38,15 @@ import torch
 from torch import fx, nn
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.capture import RELU_LIKE
+from widthlab.measure.capture import RELU_LIKE, is_activation, ran_twice
+from widthlab.measure.inputs import Batch
+from widthlab.measure.layout import is_hf_conv1d
 
-# Modules that map each unit of their input to the same unit of their output (in eval mode).
+# Modules between a Conv/Linear and the layer whose units it produces: they keep the unit axis (activations act unit
+# by unit; BatchNorm and Dropout too in eval mode; a LayerNorm/GroupNorm/RMSNorm normalises across units, which
+# the weights' perturbation then passes through as the network itself would).
 PER_UNIT = (*RELU_LIKE, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-            nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+            nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 # Modules that act channel by channel and map a zero channel to zero (see the module doc).
 ZERO_COMMUTING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                   nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -57,14 +61,21 @@ def _is(module: object, kinds: tuple[type, ...]) -> bool:
 
 
 def is_plain_producer(module: nn.Module) -> bool:
-    """True for an nn.Linear / nn.Conv{1,2,3}d (or subclass) that keeps PyTorch's forward."""
-    return _is(module, PRODUCERS)
+    """True for an nn.Linear / nn.Conv{1,2,3}d (or subclass) that keeps PyTorch's forward, or HF's Conv1D."""
+    return _is(module, PRODUCERS) or is_hf_conv1d(module)
+
+
+def _passes_units(module: nn.Module) -> bool:
+    return _is(module, PER_UNIT) or is_activation(module)
 
 
 def weighted_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The output of plain Conv/Linear `module` on `x` with `weight` in place of its own (bias unchanged)."""
     if isinstance(module, nn.Linear):
         return nn.functional.linear(x, weight, module.bias)
+    if is_hf_conv1d(module):  # x @ W + b with W stored (in, out), as HF's own forward
+        out = torch.addmm(module.bias, x.reshape(-1, x.shape[-1]), weight)
+        return out.view(*x.shape[:-1], weight.shape[1])
     return module._conv_forward(x, weight, module.bias)
 
 
@@ -206,19 +217,21 @@ class Probe:
     chains: dict[str, list[str]]
 
 
-def probe(model: nn.Module, x: torch.Tensor, layers: Sequence[str], producers_of: Sequence[str] = ()) -> Probe:
-    """Run `model` once on `x`, recording each layer's output and order, and the producer chain of `producers_of`.
+def probe(model: nn.Module, batch: Batch | torch.Tensor, layers: Sequence[str], producers_of: Sequence[str] = ()) -> Probe:
+    """Run `model` once on `batch`, recording each layer's output and order, and the producer chain of `producers_of`.
 
     Raises a WidthlabError naming a layer that runs twice or never, or a layer of `producers_of` that is not a
     Conv/Linear and does not follow one through per-unit modules (DESIGN.md §1: weight perturbations act on the
     module producing the units).
 
     Args:
-        x: a few examples (on the model's device); layers: module names; producers_of: those of `layers` whose
+        batch: a few examples (a `Batch` or one input tensor, on the model's device); layers: module names; producers_of: those of `layers` whose
             producing Conv/Linear is wanted (default none: then only the layers are hooked).
 
-    Example: ``probe(mlp, x[:2], ["relu1"], ["relu1"]).chains["relu1"] == ["fc1", "relu1"]``
+    Example: ``probe(mlp, Batch((x[:2],), {}), ["relu1"], ["relu1"]).chains["relu1"] == ["fc1", "relu1"]``
     """
+    if isinstance(batch, torch.Tensor):
+        batch = Batch((batch,), {})
     modules = dict(model.named_modules())
     names = set(layers)
     # Producer chains need every leaf module's values; order and outputs only the layers'.
@@ -247,7 +260,7 @@ def probe(model: nn.Module, x: torch.Tensor, layers: Sequence[str], producers_of
         for name, module in watched:
             handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
             handles.append(module.register_forward_hook(after(name), with_kwargs=True))
-        model(x)
+        batch.run(model)
     finally:
         for handle in handles:
             handle.remove()
@@ -256,8 +269,7 @@ def probe(model: nn.Module, x: torch.Tensor, layers: Sequence[str], producers_of
         if count == 0:
             raise WidthlabError(f"layer {name!r} did not run in the forward pass")
         if count > 1:
-            raise WidthlabError(f"layer {name!r} ran more than once in one forward pass, so its output is not one "
-                                "layer; measure a module that runs once (e.g. not a shared ReLU)")
+            raise WidthlabError(ran_twice(name))
     order = [call.name for call in calls if call.name in names]
     outputs = {call.name: call.output for call in calls if call.name in names}
     return Probe(order=order, outputs=outputs, chains={name: _chain(calls, name) for name in producers_of})
@@ -280,11 +292,11 @@ def _chain(calls: list[_Call], layer: str) -> list[str]:
             if call.input_value is None:
                 raise WidthlabError(f"module {call.name!r} producing {layer!r} takes more than one input")
             return chain
-        if not _is(call.module, PER_UNIT):
+        if not _passes_units(call.module):
             raise WidthlabError(f"the units of {layer!r} are not produced by a Conv/Linear module: {call.name!r} is "
                                 f"a {type(call.module).__name__}; weight perturbations need a Conv/Linear layer or "
-                                "one that follows a Conv/Linear through ReLU-like, BatchNorm, Dropout or Identity "
-                                "modules")
+                                "one that follows a Conv/Linear (or HF Conv1D) through activation, norm, Dropout or "
+                                "Identity modules")
         if call.input_value is None:
             raise WidthlabError(f"{call.name!r} (before {layer!r}) does not take one tensor input")
         index = _source(calls, index, call.args[0], call.input_value,

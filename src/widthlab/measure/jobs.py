@@ -54,6 +54,7 @@ class Job:
     perturbation: Perturbation
     scope: list[str]
     levels: np.ndarray
+    index: int = 0  # its position among the sweep's jobs
     plans: dict[str, Plan] = field(default_factory=dict)  # layer -> plan
     weight_plans: dict[str, ParameterPlan] = field(default_factory=dict)  # producer module name -> plan
     identical: torch.Tensor | None = None  # (S, L) bool: the copy perturbs nothing
@@ -129,7 +130,7 @@ def unlink_donor(job: Job) -> None:
 
 
 def plan_job(job: Job, units: dict[str, int], chains: dict[str, list[str]], modules: dict[str, nn.Module],
-          moments: Mapping[str, Moments], samplings: int, seed: int, unit_axis: int) -> None:
+          moments: Mapping[str, Moments], samplings: int, seed: int, axes: dict[str, int]) -> None:
     """Build `job`'s plans and the copies that need evaluating."""
     spec = job.perturbation
     for name in job.scope:
@@ -140,7 +141,7 @@ def plan_job(job: Job, units: dict[str, int], chains: dict[str, list[str]], modu
         if spec.needs_moments and moments[name].n_units != units[name]:
             raise WidthlabError(f"moments of layer {name!r} have {moments[name].n_units} units, the layer has "
                                 f"{units[name]}")
-        plan = spec.build(LayerSpec(name, units[name], unit_axis, job.levels, samplings, seed,
+        plan = spec.build(LayerSpec(name, units[name], axes[name], job.levels, samplings, seed,
                                  moments.get(name), modules.get(producer)))
         job.plans[name] = plan
         if producer is not None:

@@ -14,7 +14,8 @@ draw comes from a stream named by (seed, layer, sampling s), so a layer's curve 
   the first k units of that order set to 0.
 - ``act_noise`` (noise): ε·level·std_unit added to every element of the layer's output, with std_unit the unit's
   std (ddof 1) over the evaluated rows and ε ~ N(0, 1) drawn for example n from the stream (seed, layer, s, n),
-  so it does not depend on batching; the same ε at every level.
+  so it does not depend on batching (for a token layer (N, T, C), token by token, so it does not depend on
+  padding either); the same ε at every level.
 - ``weight_noise`` (noise): ε·level·std(W) added to every weight of the Conv/Linear module producing the layer's
   units (`widthlab.measure.graph`: the layer itself, or the Conv/Linear before it through ReLU-like, BatchNorm,
   Dropout or Identity modules); std(W) over all its weights (ddof 0), bias untouched, ε per weight, the same at
@@ -132,8 +133,12 @@ def ablation_masks(layer: str, n_units: int, levels: Sequence[float] | np.ndarra
     return nested_masks([unit_order(layer, n_units, s, seed) for s in range(samplings)], levels)
 
 
-def example_noise(layer: str, sampling: int, seed: int, start: int, like: torch.Tensor) -> torch.Tensor:
+def example_noise(layer: str, sampling: int, seed: int, start: int, like: torch.Tensor,
+                  tokens: bool = False) -> torch.Tensor:
     """ε ~ N(0, 1) shaped like `like` (B, ...): example b drawn from the stream (seed, layer, s, start + b).
+
+    With `tokens` (a (B, T, C) token layer, units last) the example's ε is drawn token by token, T draws of (C,)
+    from its stream, so a token's noise does not depend on how far its sequence is padded.
 
     Args:
         layer, sampling, seed: name the stream; start: the index of the batch's first example in the inputs.
@@ -141,9 +146,14 @@ def example_noise(layer: str, sampling: int, seed: int, start: int, like: torch.
 
     Example: ``example_noise("relu1", 0, 0, 0, h)[5]`` equals ``example_noise("relu1", 0, 0, 5, h[5:])[0]``.
     """
-    return torch.stack([torch.randn(like.shape[1:], dtype=like.dtype,
-                                    generator=torch_generator(seed, layer, sampling, "act_noise", start + b))
-                        for b in range(len(like))]).to(like.device)
+    def draw(b: int) -> torch.Tensor:
+        g = torch_generator(seed, layer, sampling, "act_noise", start + b)
+        if tokens:
+            return torch.stack([torch.randn(like.shape[2:], dtype=like.dtype, generator=g)
+                                for _ in range(like.shape[1])])
+        return torch.randn(like.shape[1:], dtype=like.dtype, generator=g)
+
+    return torch.stack([draw(b) for b in range(len(like))]).to(like.device)
 
 
 # Plans: one layer's perturbation per copy (sampling s, level index i) ------------------------------------------------
@@ -232,7 +242,8 @@ class NoisePlan:
         self._start = start
         for part, (s, i) in zip(stacked, copies):
             if s not in self._eps:
-                self._eps[s] = example_noise(self.layer, s, self.seed, start, part)
+                tokens = part.dim() == 3 and axis == 2
+                self._eps[s] = example_noise(self.layer, s, self.seed, start, part, tokens)
             scale = (float(self.levels[i]) * self.std).to(h.device, h.dtype).reshape(shape)  # (1, C, 1...)
             part.add_(self._eps[s] * scale)
         return out

@@ -15,6 +15,7 @@ from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.capture import Inputs, default_layers, resolve_modules
 from widthlab.measure.curve import Curve, robustness_auc
 from widthlab.measure.engine import sweep
+from widthlab.measure.inputs import DEFAULT_MASK, Output
 from widthlab.measure.perturbations import ALL, check_levels
 from widthlab.measure.redundancy import Moments
 
@@ -27,7 +28,7 @@ def resolve_scope(model: nn.Module, inputs: Inputs, layer: str, layers: Sequence
     if not isinstance(layer, str):
         raise WidthlabError(f"layer must be a module name or {ALL!r}, got {layer!r}")
     if layer == ALL:
-        names = default_layers(model, inputs, batch_size=batch_size) if layers is None else list(layers)
+        names = default_layers(model, inputs, batch_size=batch_size, mask=None) if layers is None else list(layers)
     elif layers is not None:
         raise WidthlabError(f"layers= names the set of the {ALL!r} scope; got layer={layer!r} with layers={layers!r}")
     else:
@@ -38,14 +39,15 @@ def resolve_scope(model: nn.Module, inputs: Inputs, layer: str, layers: Sequence
 
 def perturbation_curve(model: nn.Module, inputs: Inputs, layer: str, *, perturbation: str = "zero",
                        levels: Sequence[float] | None = None, samplings: int = 3, seed: int = 0, labels=None,
-                       layers: Sequence[str] | None = None, unit_axis: int = 1, batch_size: int = 256,
+                       layers: Sequence[str] | None = None, unit_axis: int | None = None, batch_size: int = 256,
                        path: str = "auto", ablations_per_eval: int = 1, moments: Mapping[str, Moments] | None = None,
-                       skip_zero_inputs: bool = False) -> Curve:
+                       skip_zero_inputs: bool = False, output: Output = None,
+                       mask: str | int | None = DEFAULT_MASK) -> Curve:
     """Perturb a layer's units at increasing levels and record how often the prediction stays the same.
 
     Args:
         model: returns (N, classes) scores; runs on its device in eval mode (training flags restored).
-        inputs: a tensor (N, ...), or a Dataset / DataLoader yielding ``(x, y)`` or ``x``.
+        inputs: a tensor, a tuple or mapping of tensors, or a Dataset / DataLoader of these (`widthlab.measure.inputs`).
         layer: a module name, or ``"all"`` to perturb every layer of `layers` at once, each with its own streams.
         perturbation: a name of `PERTURBATIONS` (module doc): ``zero``, ``mean``, ``targeted``, ``act_noise``,
             ``weight_noise`` or ``weight_knockout`` (default ``"zero"``).
@@ -55,7 +57,9 @@ def perturbation_curve(model: nn.Module, inputs: Inputs, layer: str, *, perturba
         seed: the seed of those streams (default 0).
         labels: (N,) class labels in the order of `inputs`; default: the inputs' own 1-D integer labels, if any.
         layers: the analysed set for ``layer="all"`` (default: `default_layers`).
-        unit_axis: channel axis of the layer outputs (default 1).
+        unit_axis: the unit axis of the layer outputs (default None: by the producing module,
+            `widthlab.measure.layout`).
+        output, mask: pick the scores from the model's output and name the attention mask (see `analyze`).
         batch_size: examples per batch for tensor/Dataset inputs (default 256).
         path: ``"auto"`` (batched where the scope starts at a proven cut, else full), ``"full"`` or ``"batched"``.
         ablations_per_eval: perturbed copies stacked along the batch per evaluation on the batched path (default 1:
@@ -72,7 +76,7 @@ def perturbation_curve(model: nn.Module, inputs: Inputs, layer: str, *, perturba
     scope = resolve_scope(model, inputs, layer, layers, batch_size)
     return sweep(model, inputs, [(perturbation, scope, levels)], samplings=samplings, seed=seed, labels=labels,
                  unit_axis=unit_axis, batch_size=batch_size, path=path, ablations_per_eval=ablations_per_eval,
-                 moments=moments, skip_zero_inputs=skip_zero_inputs)[0]
+                 moments=moments, skip_zero_inputs=skip_zero_inputs, output=output, mask=mask)[0]
 
 
 def ablation_curve(model: nn.Module, inputs: Inputs, layer: str, *, levels: Sequence[float] | None = None,

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.capture import check_unit_axis, unit_rows
+from widthlab.measure.capture import check_unit_axis, ran_twice, unit_rows
 from widthlab.measure.graph import weighted_forward
+from widthlab.measure.layout import is_hf_conv1d
 from widthlab.measure.jobs import Entry, Job
 
 
@@ -23,10 +24,11 @@ class Sites:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], overridden: Sequence[str], captures: Sequence[str],
-                 unit_axis: int, skip_zero_inputs: bool):
+                 axes: dict[str, int], skip_zero_inputs: bool):
         self.modules = dict(model.named_modules())
         self.layers, self.overridden, self.captures = list(layers), list(overridden), list(captures)
-        self.unit_axis, self.skip = unit_axis, skip_zero_inputs
+        self.axes, self.skip = axes, skip_zero_inputs
+        self.mask: torch.Tensor | None = None  # (B, T) real tokens of this batch
         self.mode, self.job, self.copies, self.start = "pass", None, [], 0
         self.rows: dict[str, torch.Tensor] | None = None  # clean (rows, units) chunks, when wanted
         self.keep_outputs: set[str] = set()
@@ -65,8 +67,11 @@ class Sites:
             if previous is not None:
                 module.forward = previous
 
-    def new_batch(self, keep_outputs: set[str], keep_inputs: set[str], rows: bool) -> None:
-        """Forget the previous batch's values; the clean pass to come keeps these and (if `rows`) layer rows."""
+    def new_batch(self, keep_outputs: set[str], keep_inputs: set[str], rows: bool,
+                  mask: torch.Tensor | None = None) -> None:
+        """Forget the previous batch's values; the clean pass to come keeps these and (if `rows`) layer rows
+        (of real tokens only, with a `mask`)."""
+        self.mask = mask
         self.keep_outputs, self.keep_inputs = keep_outputs, keep_inputs
         self.rows = {} if rows else None
         self.outputs.clear()
@@ -112,13 +117,12 @@ class Sites:
         def hook(module, args, output):
             self.calls[name] = self.calls.get(name, 0) + 1
             if self.calls[name] > 1:
-                raise WidthlabError(f"layer {name!r} ran more than once in one forward pass, so its output is not "
-                                    "one layer; measure a module that runs once (e.g. not a shared ReLU)")
+                raise WidthlabError(ran_twice(name))
             if self.mode == "clean":
                 if self.rows is not None:
-                    self.rows[name] = unit_rows(output, name, self.unit_axis)  # checks the axis and values
+                    self.rows[name] = unit_rows(output, name, self.axes[name], self.mask)  # checks axis and values
                 else:
-                    check_unit_axis(output, name, self.unit_axis)
+                    check_unit_axis(output, name, self.axes[name])
                     if not torch.isfinite(output).all():
                         raise WidthlabError(f"layer {name!r} produced NaN or inf activations")
                 if name in self.keep_outputs:
@@ -161,12 +165,14 @@ class Sites:
 
 def forward_skipping_zeros(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`weighted_forward` without the input channels of `x` that are exactly zero everywhere (nor their weights)."""
-    axis = x.dim() - 1 if isinstance(module, nn.Linear) else 1
+    last = isinstance(module, nn.Linear) or is_hf_conv1d(module)
+    axis = x.dim() - 1 if last else 1
     # abs().amax() is several times faster than ne().any(); "!= 0" keeps a NaN channel alive.
     alive = x.abs().amax(dim=tuple(d for d in range(x.dim()) if d != axis)) != 0  # (C_in,)
     if bool(alive.all()):
         return weighted_forward(module, x, weight)
     # One channel is kept when all are zero, so the shapes stay valid (the output is then the bias).
     index = alive.nonzero()[:, 0] if bool(alive.any()) else alive.new_zeros(1, dtype=torch.int64)
-    return weighted_forward(module, x.index_select(axis, index), weight.index_select(1, index))
-
+    # HF's Conv1D stores its weight (in, out), the others (out, in, ...).
+    return weighted_forward(module, x.index_select(axis, index), weight.index_select(0 if is_hf_conv1d(module) else 1,
+                                                                                     index))
