@@ -108,3 +108,19 @@ def test_a_cifar10_batch_that_names_code_is_refused(tmp_path):
     with pytest.raises(WidthlabError, match="refusing to load pathlib"):
         read_batch(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("override", ["name=../../escaped", "name=/tmp/escaped", "name=..",
+                                      "grid.variants={'../../../v': {}}", "grid.variants={'/tmp/v': {}}",
+                                      "grid.variants={'a\\\\b': {}}"])
+def test_names_that_would_leave_the_study_folder_are_refused(override, tmp_path, capsys):
+    with pytest.raises(WidthlabError, match="plain name"):
+        load_config("mlp-10d", [override])
+    assert main(["run", "mlp-10d", "--set", override, "--out", str(tmp_path / "s"), "--dry-run"]) == 2
+    assert "plain name" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_plain_names_with_dots_and_equals_are_fine():
+    cfg = load_config("mlp-10d", ["name=my.study-2", "grid.variants={'sigma=0.01': {}, 'lr.1': {}}"])
+    assert cfg.name == "my.study-2" and set(cfg.grid.variants) == {"sigma=0.01", "lr.1"}

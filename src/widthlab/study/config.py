@@ -171,6 +171,7 @@ class GridSpec(_Strict):
         if not value:
             raise ValueError("at least one variant is needed (use {default: {}} for none)")
         for name, override in value.items():
+            check_path_name(name, "variant name")
             if not isinstance(override, dict):
                 raise ValueError(f"variant {name!r} must be a mapping of overrides, got {override!r}")
             bad = sorted(set(override) - set(RUN_SECTIONS))
@@ -182,11 +183,29 @@ class GridSpec(_Strict):
 RUN_SECTIONS = ("data", "model", "train", "measure")
 
 
+def check_path_name(name: object, what: str) -> str:
+    """`name` when it can name one file or folder inside a study directory: no path separator, not '.' or '..'.
+
+    Study and variant names become paths (``widthlab-runs/NAME``, ``checkpoints/VARIANT-w1-r0.pt``); a name such as
+    ``../../x`` or ``/tmp/x`` would write outside the study folder.
+    """
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") \
+            or name != name.strip():
+        raise ValueError(f"{what} {name!r} must be a plain name (letters, digits, '-', '_', '.', '=' ...; no '/', "
+                         "'\\', surrounding spaces, '.' or '..'): it names a file inside the study folder")
+    return name
+
+
 class StudyConfig(_Strict):
     """A whole study. `seed` fixes the data (e.g. the teacher); replicate r fixes the student's seed."""
 
     name: str
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_path_name(value, "study name")
     figure: str = ""  # the paper figure this reproduces, if any
     seed: int = 0
     # torch threads per run, pinned so that results do not depend on the executor or the machine's core count

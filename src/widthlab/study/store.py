@@ -13,6 +13,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,23 +60,71 @@ class Results:
     snapshots: pd.DataFrame
 
 
-class Store:
-    """The SQLite file of one study directory (WAL mode)."""
+SQLITE_HEADER = b"SQLite format 3\x00"
+REBUILD = ("move it away (e.g. rename it to widthlab.sqlite.bad) and rerun `widthlab run` with the same config "
+           "and --out: finished runs are rebuilt from their checkpoints/ without training again")
 
-    def __init__(self, directory: str | os.PathLike, *, create: bool = True):
+
+class Store:
+    """The SQLite file of one study directory (WAL mode).
+
+    `readonly` opens an existing store without writing anything to it (``mode=ro``; ``immutable=1`` when its
+    folder is not writable, as for an archived study on a read-only mount), for `load_results` and the read-only
+    commands. A store that is empty, not SQLite, or fails SQLite's integrity check is a WidthlabError saying so,
+    raised before anything is written.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, create: bool = True, readonly: bool = False):
         self.path = Path(directory) / STORE_NAME
-        if not create and not self.path.is_file():
+        if (readonly or not create) and not self.path.is_file():
             raise WidthlabError(f"{str(directory)!r} holds no widthlab study (no {STORE_NAME}); "
                                 "run `widthlab run` with --out pointing there first")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        for table in ("metrics", "curves"):  # stores written before snapshots were measured lack `epoch`
-            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if "epoch" not in columns:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN epoch REAL")
+        if self.path.is_file():
+            self._check_file()
+        try:
+            if readonly:
+                self._db = self._connect_readonly()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._check_integrity()
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                for table in ("metrics", "curves"):  # stores written before snapshots were measured lack `epoch`
+                    columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                    if "epoch" not in columns:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN epoch REAL")
+        except sqlite3.OperationalError as exc:
+            raise store_error(self.path, exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise WidthlabError(f"{str(self.path)!r} is damaged ({exc}); {REBUILD}") from None
+
+    def _check_file(self) -> None:
+        """A clear error for a store file that is empty or not SQLite (checked before SQLite would write it)."""
+        with open(self.path, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+        if not head:
+            raise WidthlabError(f"{str(self.path)!r} is empty (0 bytes), not a widthlab store; {REBUILD}")
+        if head != SQLITE_HEADER:
+            raise WidthlabError(f"{str(self.path)!r} is not an SQLite database (it starts with {head[:8]!r}); "
+                                f"{REBUILD}")
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        folder_writable = os.access(self.path.parent, os.W_OK)
+        uri = self.path.resolve().as_uri() + ("?mode=ro" if folder_writable else "?immutable=1")
+        return sqlite3.connect(uri, uri=True, isolation_level=None)
+
+    def _check_integrity(self) -> None:
+        if self.path.is_file() and self.path.stat().st_size:
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise WidthlabError(f"{str(self.path)!r} is damaged ({problems[0]}); {REBUILD}")
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "runs" not in tables:
+                raise WidthlabError(f"{str(self.path)!r} is an SQLite database but not a widthlab store (tables: "
+                                    f"{', '.join(sorted(tables))})")
 
     def close(self) -> None:
         self._db.close()
@@ -88,13 +137,19 @@ class Store:
 
     @contextmanager
     def transaction(self):
-        self._db.execute("BEGIN IMMEDIATE")
+        """All or nothing; a full disk or a lost write permission is a WidthlabError with the store intact."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise store_error(self.path, exc) from None
 
     def add_runs(self, runs: list[dict], normalize=None) -> None:
         """Register grid cells (run_id, variant, width, replicate, config, optional checkpoint path relative to
@@ -169,6 +224,18 @@ class Store:
         return Results(runs=runs, metrics=metrics, history=history, snapshots=snapshots)
 
 
+def store_error(path: Path, exc: sqlite3.OperationalError) -> WidthlabError:
+    """One line for an SQLite failure to write: which file, why, and the free space where it lies."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+        space = f"{free / 2 ** 20:.0f} MiB free there"
+    except OSError:
+        space = "free space unknown"
+    hint = "free some space" if "full" in str(exc) else "check the folder's permissions"
+    return WidthlabError(f"cannot write the study store {str(path)!r} ({exc}; {space}); nothing was half-written: "
+                         f"{hint} and rerun")
+
+
 def _num(value) -> float | None:
     """SQLite stores NaN as NULL; read back as NaN by pandas."""
     if value is None:
@@ -205,7 +272,7 @@ def load_results(directory: str | os.PathLike) -> Results:
     directory = Path(directory)
     if not directory.is_dir():
         raise WidthlabError(f"study directory {str(directory)!r} does not exist")
-    with Store(directory, create=False) as store:
+    with Store(directory, readonly=True) as store:
         return store.results()
 
 

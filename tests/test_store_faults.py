@@ -1,0 +1,110 @@
+"""Damaged, empty and read-only stores: one clear line, nothing written, and archived studies stay readable."""
+
+import os
+import shutil
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from widthlab.cli import main
+from widthlab.errors import WidthlabError
+from widthlab.study import load_config, run_study
+from widthlab.study.store import STORE_NAME, Store, load_results
+
+TINY = ["grid.widths=[0.25]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
+        "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "study"
+    run_study(load_config("mlp-10d", TINY), out, progress=False, report=True)
+    return out
+
+
+@pytest.fixture
+def study(finished, tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(finished, out)
+    return out
+
+
+def _files(directory):
+    """Every file's bytes, but the side files (-shm, -wal) SQLite opens beside a WAL store for any reader."""
+    return {p.name: p.read_bytes() for p in directory.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(("-shm", "-wal"))}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_bytes(b"this is not a database at all" * 100), "is not an SQLite database"),
+    (lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]), "damaged"),
+])
+def test_a_damaged_store_is_one_line_and_nothing_is_written(study, damage, message, capsys):
+    for extra in study.glob(STORE_NAME + "-*"):  # WAL side files: the damage is in the main file
+        extra.unlink()
+    damage(study / STORE_NAME)
+    before = _files(study)
+    with pytest.raises(WidthlabError, match=message):
+        load_results(study)
+    for argv in (["status", str(study)], ["report", str(study)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "move it away" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert _files(study) == before  # neither the store nor summary.md, verdict.csv, figures were touched
+
+
+def test_a_store_moved_away_is_rebuilt_from_the_checkpoints(study):
+    expected = load_results(study).metrics
+    (study / STORE_NAME).rename(study / "widthlab.sqlite.bad")
+    for extra in study.glob(STORE_NAME + "-*"):
+        extra.unlink()
+    run_study(load_config("mlp-10d", TINY), study, progress=False, report=False)
+    rebuilt = load_results(study)
+    pd.testing.assert_frame_equal(rebuilt.metrics, expected)
+    assert rebuilt.runs["epochs"].tolist() == [2]
+
+
+def test_an_archived_read_only_study_can_be_read(study, tmp_path, monkeypatch, capsys):
+    expected = load_results(study).metrics
+    # As root the permission bits do not stop a writer, so the check that decides `immutable` is made to see a
+    # read-only folder; the bits are set too, for a non-root run.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK and str(study) in str(path)
+                        else real_access(path, mode))
+    for path in [study / STORE_NAME, *study.glob(STORE_NAME + "-*")]:
+        path.chmod(0o444)
+    study.chmod(0o555)
+    try:
+        pd.testing.assert_frame_equal(load_results(study).metrics, expected)
+        assert main(["status", str(study)]) == 0
+        assert "done" in capsys.readouterr().out
+        assert main(["report", str(study), "--out", str(tmp_path / "elsewhere")]) == 0
+        assert (tmp_path / "elsewhere" / "summary.md").is_file()
+    finally:
+        study.chmod(0o755)
+
+
+def test_a_full_disk_at_commit_is_one_line_and_leaves_the_store_intact(study, monkeypatch):
+    store = Store(study)
+    statuses = store.statuses()
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(WidthlabError, match=r"cannot write the study store .*disk is full.*MiB free.*intact|"
+                                            r"cannot write the study store .*disk is full.*MiB free"):
+        with store.transaction() as db:
+            db.execute("UPDATE runs SET status = 'running'")
+            full()
+    assert store.statuses() == statuses
+    store.close()
+
+
+def test_a_sqlite_file_of_another_program_is_not_a_study(tmp_path):
+    with sqlite3.connect(tmp_path / STORE_NAME) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(WidthlabError, match="not a widthlab store"):
+        load_results(tmp_path)
