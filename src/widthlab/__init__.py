@@ -2,7 +2,7 @@
 
 Public API (DESIGN.md §3): models (`create_model`, `list_models`), data (`load_data`), measurement
 (`capture`, `pcs_needed`, `compressibility`, `similarity`, `redundancy`, `perturbation_curve`,
-`ablation_curve`, `robustness_auc`, `analyze`) and studies (`run_study`, `load_results`).
+`ablation_curve`, `robustness_auc`, `analyze`, `unit_table`) and studies (`run_study`, `load_results`).
 """
 
 from widthlab.data import Splits, load_data
@@ -18,6 +18,7 @@ from widthlab.measure import (
     redundancy,
     robustness_auc,
     similarity,
+    unit_table,
 )
 from widthlab.models import create_model, list_models
 from widthlab.study import Results, load_results, run_study
@@ -28,5 +29,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Curve", "Results", "Splits", "TrainConfig", "WidthlabError", "ablation_curve", "analyze", "capture",
     "compressibility", "create_model", "fit", "list_models", "load_data", "load_results", "pcs_needed",
-    "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity",
+    "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity", "unit_table",
 ]

@@ -9,7 +9,8 @@ from widthlab.measure.redundancy import (Moments, compressibility, pcs_needed, r
                                          similarity)
 from widthlab.measure.curve import Curve, robustness_auc
 from widthlab.measure.robustness import ablation_curve, perturbation_curve
+from widthlab.measure.units import unit_table
 
 __all__ = ["Curve", "Moments", "ablation_curve", "analyze", "capture", "check_measurable", "compressibility",
            "default_layers", "pcs_needed", "perturbation_curve", "redundancy", "redundancy_from_moments",
-           "robustness_auc", "similarity", "stream_activations"]
+           "robustness_auc", "similarity", "stream_activations", "unit_table"]

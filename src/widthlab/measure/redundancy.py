@@ -115,7 +115,7 @@ def as_matrix(acts: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x
 
 
-def _check_fraction(name: str, value: float, low_open: bool) -> float:
+def check_fraction(name: str, value: float, low_open: bool) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
         (0 < value <= 1) if low_open else (0 <= value <= 1))
     if not ok:
@@ -138,14 +138,14 @@ def flat_units(std: np.ndarray) -> np.ndarray:
     return np.ones_like(std, dtype=bool) if top == 0 else std <= FLAT_RTOL * top
 
 
-def _abs_r(cov: np.ndarray, live: np.ndarray) -> np.ndarray:
+def abs_r_matrix(cov: np.ndarray, live: np.ndarray) -> np.ndarray:
     """(live, live) |Pearson r| among the non-flat units."""
     sub = cov[np.ix_(live, live)]
     std = np.sqrt(np.diag(sub))
     return np.clip(np.abs(sub / np.outer(std, std)), 0.0, 1.0)
 
 
-def _similar_counts(abs_r: np.ndarray, threshold: float) -> np.ndarray:
+def similar_counts(abs_r: np.ndarray, threshold: float) -> np.ndarray:
     """(live,) number of other units with |r| >= threshold."""
     similar = abs_r >= threshold
     np.fill_diagonal(similar, False)
@@ -167,16 +167,16 @@ def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold
 
     Example: ``redundancy_from_moments(Moments().update(chunk1).update(chunk2))["pcs_needed"]``
     """
-    energy = _check_fraction("energy", energy, low_open=True)
-    threshold = _check_fraction("threshold", threshold, low_open=False)
+    energy = check_fraction("energy", energy, low_open=True)
+    threshold = check_fraction("threshold", threshold, low_open=False)
     check_positive_int("bins", bins)
     cov = moments.cov.cpu().numpy()
     units = len(cov)
     std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     flat = flat_units(std)
     live = np.flatnonzero(~flat)
-    abs_r = _abs_r(cov, live)
-    counts = _similar_counts(abs_r, threshold)
+    abs_r = abs_r_matrix(cov, live)
+    counts = similar_counts(abs_r, threshold)
     similarity_value = counts.sum() / units
     pairs = abs_r[np.triu_indices(len(live), 1)]
     hist, edges = np.histogram(pairs, bins=bins, range=(0.0, 1.0))
@@ -208,7 +208,7 @@ def pcs_needed(acts: torch.Tensor | np.ndarray, energy: float = 0.95) -> int:
 
     Example: ``pcs_needed(torch.randn(2000, 3) @ torch.randn(3, 20), energy=0.9999) == 3``
     """
-    energy = _check_fraction("energy", energy, low_open=True)
+    energy = check_fraction("energy", energy, low_open=True)
     return _pcs(Moments.of(acts).cov.cpu().numpy(), energy)
 
 
@@ -235,10 +235,10 @@ def similarity(acts: torch.Tensor | np.ndarray, threshold: float = 0.5) -> float
 
     Example: ``similarity(np.stack([a, a, -a, b], 1)) == 1.5`` for independent noise vectors a and b.
     """
-    threshold = _check_fraction("threshold", threshold, low_open=False)
+    threshold = check_fraction("threshold", threshold, low_open=False)
     cov = Moments.of(acts).cov.cpu().numpy()
     std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    counts = _similar_counts(_abs_r(cov, np.flatnonzero(~flat_units(std))), threshold)
+    counts = similar_counts(abs_r_matrix(cov, np.flatnonzero(~flat_units(std))), threshold)
     return float(counts.sum() / len(cov))
 
 

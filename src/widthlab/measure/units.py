@@ -1,0 +1,224 @@
+"""Per-unit importance: one row per unit of a layer, the question attribution users ask ("which units matter?").
+
+For each unit u of a layer (DESIGN.md §1's units and rows), `unit_table` reports its activation statistics and
+census flags, what ablating u alone does to the predictions (u set to 0, or to its mean over the rows), the unit
+it is most correlated with and, with labels, its class selectivity (Morcos et al. 2018). Statistics come from one
+streamed pass (float64 `Moments`, per-class row sums); the C single-unit ablations are the C copies of one engine
+curve per fill (`widthlab.measure.engine.sweep`): copy (0, u) ablates unit u, so on a proven cut they run
+`ablations_per_eval` at a time, stacked along the batch, and as full forward passes otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from widthlab.errors import WidthlabError
+from widthlab.measure.capture import evaluating, resolve_modules, stream_activations
+from widthlab.measure.engine import Evaluation, sweep
+from widthlab.measure.graph import probe
+from widthlab.measure.inputs import DEFAULT_MASK, Batch, Inputs, Output, first_batch, model_device
+from widthlab.measure.perturbations import LayerSpec, MaskPlan, Perturbation
+from widthlab.measure.redundancy import (CONSTANT_RTOL, SILENT_SHARE, Moments, abs_r_matrix, check_fraction,
+                                         flat_units, similar_counts)
+
+
+def _single_unit(name: str, fill_mean: bool) -> Perturbation:
+    """A perturbation whose copy (0, u) of levels 0 … C−1 ablates unit u alone (to 0, or to its mean)."""
+    def build(layer: LayerSpec) -> MaskPlan:
+        ablated = torch.eye(layer.units, dtype=torch.bool)[None]  # (S=1, L=C, C) one-hot
+        return MaskPlan(ablated, layer.moments.mean if fill_mean else None, layer.unit_axis)
+    return Perturbation(name, noise=False, weights=False, needs_moments=fill_mean, build=build)
+
+
+SINGLE_UNIT = {"zero": _single_unit("unit_zero", False), "mean": _single_unit("unit_mean", True)}
+
+
+def _picked(scores: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s_y, cross-entropy logsumexp(s) − s_y) in float64 for scores (..., K) and y broadcast over their leading
+    axes, both shaped like scores[..., 0]; the (..., K) scores are never copied to float64 (a language model's
+    stacked copies are large)."""
+    s_y = scores.gather(-1, y.expand(scores.shape[:-1])[..., None])[..., 0].double()
+    return s_y, scores.logsumexp(-1).double() - s_y
+
+
+class _Effects:
+    """Per-unit sums, over compared predictions, of what ablating the unit alone changes."""
+
+    def __init__(self, units: int, device: torch.device):
+        zeros = torch.zeros(units, dtype=torch.float64, device=device)
+        self.changed, self.drop, self.loss = zeros, zeros.clone(), zeros.clone()
+        self.seen = torch.zeros(units, dtype=torch.int64, device=device)
+        self.counts: dict[int, int] = {}  # batch start -> its compared predictions
+        self.labelled = True
+
+    def add(self, copies: list[tuple[int, int]], scores: torch.Tensor, ev: Evaluation) -> None:
+        """Add m evaluated copies, scores (m·B, ...), of the batch whose clean pass is `ev`."""
+        m = len(copies)
+        units = torch.tensor([i for _, i in copies], device=scores.device)
+        perturbed = scores.reshape(m, *ev.scores.shape)  # (m, B, K) or (m, B, T, V)
+        valid = torch.ones_like(ev.base, dtype=torch.bool) if ev.valid is None else ev.valid  # (B[, T])
+        self.changed.index_add_(0, units, ((perturbed.argmax(-1) != ev.base) & valid).flatten(1).sum(1).double())
+        self.seen.index_add_(0, units, torch.full((m,), ev.count, device=scores.device))
+        self.counts[ev.start] = ev.count
+        if ev.y is None:
+            self.labelled = False
+            return
+        (clean_y, clean_loss), (ablated_y, ablated_loss) = _picked(ev.scores, ev.y), _picked(perturbed, ev.y)
+        drop, loss = clean_y - ablated_y, ablated_loss - clean_loss  # (m, B[, T])
+        self.drop.index_add_(0, units, torch.where(valid, drop, 0.0).flatten(1).sum(1))
+        self.loss.index_add_(0, units, torch.where(valid, loss, 0.0).flatten(1).sum(1))
+
+    def shares(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(C,) changed share, mean score drop and mean loss change over every compared prediction."""
+        total = sum(self.counts.values())
+        # A single-unit ablation always perturbs, so the engine must have evaluated every unit on every batch.
+        if not bool((self.seen == total).all()):
+            raise RuntimeError("the engine skipped single-unit ablations; per-unit effects would be incomplete")
+        return tuple((v / total).cpu().numpy() for v in (self.changed, self.drop, self.loss))
+
+
+def _row_labels(y: torch.Tensor, batch: Batch, rows: int, token_rows: bool, layer: str) -> torch.Tensor:
+    """(rows,) the label of each row of the batch's chunk: its example's, or its token's for (B, T) labels."""
+    if y.dim() == 2:
+        if token_rows and tuple(y.shape) == tuple(batch.mask.shape):
+            labels = y[batch.mask]
+        elif not token_rows and rows == y.numel():
+            labels = y.reshape(-1)
+        else:
+            raise WidthlabError(f"token labels of shape {tuple(y.shape)} do not align with the {rows} rows of layer "
+                                f"{layer!r}; give one label per example for selectivity")
+    else:
+        per = batch.mask.sum(1) if token_rows else torch.full((len(batch),), rows // len(batch), device=y.device)
+        labels = y.repeat_interleave(per)
+    if bool((labels < 0).any()):
+        raise WidthlabError("labels must be classes >= 0, got negative entries")
+    return labels
+
+
+def _stream(model, inputs: Inputs, layer: str, labels: torch.Tensor | None, token_layer: bool,
+            unit_axis: int | None, batch_size: int, mask) -> tuple[Moments, torch.Tensor | None, torch.Tensor | None]:
+    """The layer's `Moments` and, when every batch has labels, per-class row sums (K, C) and counts (K,)."""
+    moments, sums, counts, n, labelled = Moments(), None, None, 0, True
+    for chunks, batch in stream_activations(model, inputs, [layer], unit_axis=unit_axis, batch_size=batch_size,
+                                            mask=mask):
+        rows = chunks[layer]  # (rows, C)
+        moments.update(rows)
+        y = batch.labels if labels is None else labels[n:n + len(batch)].to(rows.device)
+        n += len(batch)
+        if y is not None and len(y) != len(batch):
+            raise WidthlabError(f"labels has {len(labels)} entries but the inputs yield more examples")
+        labelled = labelled and y is not None
+        if not labelled:
+            continue
+        row_y = _row_labels(y, batch, len(rows), token_layer and batch.mask is not None, layer)
+        k = int(row_y.max()) + 1 if len(row_y) else 0
+        if sums is None or k > len(sums):  # classes are only known as they appear
+            grown = torch.zeros(k, rows.shape[1], dtype=torch.float64, device=rows.device)
+            grown_counts = torch.zeros(k, dtype=torch.int64, device=rows.device)
+            if sums is not None:
+                grown[:len(sums)], grown_counts[:len(sums)] = sums, counts
+            sums, counts = grown, grown_counts
+        sums.index_add_(0, row_y, rows.double())
+        counts.index_add_(0, row_y, torch.ones_like(row_y))
+    if moments.n == 0:
+        raise WidthlabError(f"layer {layer!r} yielded no rows")
+    return moments, (sums if labelled else None), (counts if labelled else None)
+
+
+def _selectivity(sums: np.ndarray, counts: np.ndarray, quiet: np.ndarray) -> np.ndarray:
+    """(C,) (μ_k* − μ_¬k*)/(μ_k* + μ_¬k*) over the classes that have rows; 0 where `quiet`, with fewer than two
+    classes, or where the denominator is 0."""
+    present = counts > 0
+    mu = sums[present] / counts[present, None]  # (K', C) class-conditional means
+    sel = np.zeros(sums.shape[1])
+    if len(mu) < 2:
+        return sel
+    best = mu.argmax(0)
+    top = mu[best, np.arange(mu.shape[1])]
+    rest = np.where(np.arange(len(mu))[:, None] == best, 0.0, mu).sum(0) / (len(mu) - 1)
+    np.divide(top - rest, top + rest, out=sel, where=(top + rest) != 0)
+    sel[quiet] = 0.0
+    return sel
+
+
+def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=None, unit_axis: int | None = None,
+               output: Output = None, mask: str | int | None = DEFAULT_MASK, batch_size: int = 256, seed: int = 0,
+               threshold: float = 0.5, ablations_per_eval: int = 16, path: str = "auto",
+               progress=None) -> pd.DataFrame:
+    """One row per unit of `layer`: statistics, census flags, single-unit ablation effects, partner, selectivity.
+
+    Columns (definitions in docs/metrics.md, "Per-unit importance"): ``unit``, ``mean``, ``std`` (ddof 0),
+    ``silent``, ``constant``, ``flat``, ``changed_zero``, ``changed_mean`` and, when the engine compares labels,
+    ``score_drop_zero``, ``score_drop_mean``, ``loss_change_zero``, ``loss_change_mean``; then ``partner`` (-1 if
+    none), ``partner_abs_r``, ``similar`` (other units with |r| >= `threshold`) and, when every example has a label,
+    ``selectivity``. Rows are examples × positions (real tokens only with a mask), as for every §1 metric.
+
+    Args:
+        model: returns (N, classes) or (N, T, V) scores (see `output`); runs in eval mode (training flags restored).
+        inputs: a tensor, a tuple or mapping of tensors, or a Dataset / DataLoader of these (`widthlab.measure.inputs`).
+        layer: a module name from ``model.named_modules()``.
+        labels: (N,) classes, or (N, T) tokens aligned with token scores (default None: the inputs' own labels).
+        unit_axis: the unit axis of the layer output (default None: by the producing module).
+        output, mask: pick the scores and name the attention mask (defaults: the output's logits,
+            ``"attention_mask"``), as in `analyze`.
+        batch_size: examples per batch (default 256); seed: the engine's seed (default 0; nothing here is random).
+        threshold: |r| at or above which another unit counts in ``similar`` (default 0.5).
+        ablations_per_eval: single-unit copies stacked per evaluation on the batched path (default 16).
+        path: the engine's path, ``"auto"``, ``"full"`` or ``"batched"`` (default ``"auto"``).
+        progress: a tqdm-like bar advanced once per evaluation of the ablation sweep, or None.
+
+    Example: ``unit_table(mlp, x, "relu1", labels=y).sort_values("score_drop_zero", ascending=False).head()``
+    """
+    if not isinstance(layer, str):
+        raise WidthlabError(f"layer must be one module name, got {layer!r}")
+    threshold = check_fraction("threshold", threshold, low_open=False)
+    resolve_modules(model, [layer])
+    given = None if labels is None else torch.as_tensor(labels)
+    if given is not None and (given.dim() not in (1, 2) or given.is_floating_point() or given.dtype == torch.bool):
+        raise WidthlabError(f"labels must be (N,) integer classes or (N, T) tokens, got shape {tuple(given.shape)} "
+                            f"of {given.dtype}")
+    with evaluating(model), torch.no_grad():
+        out = probe(model, first_batch(model, inputs, 2, mask), [layer]).outputs[layer]
+    # As `unit_rows` does: with a mask, the rows of an output with a token axis are the real tokens.
+    token_layer = isinstance(out, torch.Tensor) and out.dim() > 2
+    moments, sums, counts = _stream(model, inputs, layer, given, token_layer, unit_axis, batch_size, mask)
+    units = moments.n_units
+    effects = {kind: _Effects(units, model_device(model)) for kind in SINGLE_UNIT}
+    kinds = list(SINGLE_UNIT)
+    levels = np.arange(units, dtype=float)  # level u: unit u alone
+    sweep(model, inputs, [(SINGLE_UNIT[kind], [layer], levels) for kind in kinds], samplings=1, seed=seed,
+          labels=labels, unit_axis=unit_axis, batch_size=batch_size, path=path,
+          ablations_per_eval=ablations_per_eval, moments={layer: moments}, output=output, mask=mask,
+          on_scores=lambda job, copies, scores, ev: effects[kinds[job]].add(copies, scores, ev), progress=progress)
+
+    cov = moments.cov.cpu().numpy()
+    var = np.clip(np.diag(cov), 0.0, None)
+    std = np.sqrt(var)  # ddof 1, as the census of `redundancy_from_moments` compares
+    flat = flat_units(std)
+    live = np.flatnonzero(~flat)
+    constant = std <= CONSTANT_RTOL * np.median(std[live]) if len(live) else np.ones(units, dtype=bool)
+    silent = moments.positive.cpu().numpy() < SILENT_SHARE * moments.n
+    abs_r = abs_r_matrix(cov, live)  # (live, live)
+    similar = np.zeros(units, dtype=np.int64)
+    similar[live] = similar_counts(abs_r, threshold)
+    partner, partner_r = np.full(units, -1, dtype=np.int64), np.zeros(units)
+    if len(live) >= 2:
+        others = abs_r.copy()
+        np.fill_diagonal(others, -1.0)
+        best = others.argmax(1)
+        partner[live], partner_r[live] = live[best], others[np.arange(len(live)), best]
+
+    table = {"unit": np.arange(units), "mean": moments.mean.cpu().numpy(),
+             "std": np.sqrt(var * max(moments.n - 1, 1) / moments.n), "silent": silent, "constant": constant,
+             "flat": flat}
+    shares = {kind: effects[kind].shares() for kind in kinds}
+    table.update({f"changed_{kind}": shares[kind][0] for kind in kinds})
+    if all(effects[kind].labelled for kind in kinds):
+        table.update({f"score_drop_{kind}": shares[kind][1] for kind in kinds})
+        table.update({f"loss_change_{kind}": shares[kind][2] for kind in kinds})
+    table.update(partner=partner, partner_abs_r=partner_r, similar=similar)
+    if sums is not None:
+        table["selectivity"] = _selectivity(sums.cpu().numpy(), counts.cpu().numpy(), flat | silent)
+    return pd.DataFrame(table)
