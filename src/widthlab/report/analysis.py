@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from widthlab import files
+
 REDUNDANCY_COLUMNS = ("n_units", "pcs_needed", "compressibility", "similarity", "similar_fraction",
                       "silent_fraction", "constant_fraction")
 DPI = 150
@@ -69,7 +71,8 @@ def write_layer_figures(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         else:
             hist_ax.set_axis_off()
         path = out / f"layer_{_safe(layer)}.png"
-        fig.savefig(path, dpi=DPI)
+        with files.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI)
         paths.append(path)
     return paths
 

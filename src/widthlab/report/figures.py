@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from widthlab import files
 from widthlab.errors import WidthlabError
 from widthlab.measure.perturbations import PERTURBATIONS
 from widthlab.report.verdict import (
@@ -509,9 +510,11 @@ def plot_params(params: pd.DataFrame) -> Axes:
 
 
 def _save(fig: Figure, path: Path, pdf: bool) -> Path:
-    fig.savefig(path, dpi=DPI)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI)
     if pdf:
-        fig.savefig(path.with_suffix(".pdf"))
+        with files.atomic_path(path.with_suffix(".pdf")) as tmp:
+            fig.savefig(tmp)
     # Figures made here are not registered with pyplot; clearing frees their artists at once.
     fig.clear()
     return path

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from widthlab import files
 from widthlab.report.figures import write_figures
 from widthlab.report.format import (
     CALIBRATION_TEXT,
@@ -134,8 +135,8 @@ def write_summary(
     verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
     path = out / "summary.md"
     figures = sorted((out / FIGURE_DIR).glob("*.png"))
-    path.write_text(_summary_markdown(runs, run_level(runs, metrics), verdict_df, figures, title, config, seed),
-                    encoding="utf-8")
+    files.write_text(path, _summary_markdown(runs, run_level(runs, metrics), verdict_df, figures, title, config,
+                                             seed))
     return path
 
 
@@ -180,16 +181,18 @@ def write_report(
     levels = run_level(runs, metrics)
     verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
     summary = out / "summary.md"
-    summary.write_text(_summary_markdown(runs, levels, verdict_df, figures, title, config, seed), encoding="utf-8")
+    files.write_text(summary, _summary_markdown(runs, levels, verdict_df, figures, title, config, seed))
     verdict_csv = out / "verdict.csv"
-    verdict_df.to_csv(verdict_csv, index=False)
+    with files.atomic_path(verdict_csv) as tmp:
+        verdict_df.to_csv(tmp, index=False)
     run_level_csv = out / "run_level.csv"
-    levels.to_csv(run_level_csv, index=False)
+    with files.atomic_path(run_level_csv) as tmp:
+        levels.to_csv(tmp, index=False)
     html_path = None
     if html:
         html_path = out / HTML_NAME
         text = render_html(runs, levels, verdict_df, figures, title=title, config=config, seed=seed)
-        html_path.write_text(text, encoding="utf-8")
+        files.write_text(html_path, text)
     return {
         "figures": figures,
         "summary": summary,

@@ -20,6 +20,7 @@ import torch
 from torch import distributed as dist
 from tqdm.auto import tqdm
 
+from widthlab import files
 from widthlab.data import load_data
 from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError, check_positive_int, check_seconds
@@ -226,8 +227,11 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
                                  "checkpoint": f"{CHECKPOINTS}/{s.run_id}.pt"} for s in specs],
                                normalize=normalized_run_config)
                 # Only a config the store accepted replaces config.yaml: a refused rerun leaves the old one.
-                (out_dir / "config.yaml").write_text(_dump_yaml(cfg))
+                files.write_text(out_dir / "config.yaml", _dump_yaml(cfg))
                 checkpoints.mkdir(exist_ok=True)
+                for stale in (*files.remove_stale_temps(checkpoints), *files.remove_stale_temps(out_dir),
+                              *files.remove_stale_temps(out_dir / "figures")):
+                    log.info("removed %s, left by a process that died while writing it", stale)
                 statuses = store.statuses()
                 todo = [s for s in specs if statuses.get(s.run_id) not in FINAL_STATUSES]
                 share([s.run_id for s in todo])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from widthlab import files
 from widthlab.errors import WidthlabError
 
 STORE_NAME = "widthlab.sqlite"
@@ -282,6 +283,7 @@ def export_csv(results: Results, directory: str | os.PathLike) -> list[Path]:
     paths = []
     for name in ("runs", "metrics", "history", "snapshots")[:4 if len(results.snapshots) else 3]:
         path = directory / f"{name}.csv"
-        getattr(results, name).to_csv(path, index=False)
+        with files.atomic_path(path) as tmp:
+            getattr(results, name).to_csv(tmp, index=False)
         paths.append(path)
     return paths

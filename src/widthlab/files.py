@@ -1,0 +1,105 @@
+"""Writing files so that a crash, a kill or a full disk never leaves a torn or empty one behind.
+
+Every file widthlab writes into a study folder (figures, CSV, summary, HTML, config, checkpoints) is first written
+to a temporary file beside it, ``.NAME.PID.tmp.SUFFIX``, then renamed over the old one: at any moment the folder
+holds either the previous file or the new one. Temporary files of processes that died are removed by
+`remove_stale_temps` at the next run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from widthlab.errors import WidthlabError
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp(\.[A-Za-z0-9]+)?$")
+# Below this much free space a failed write is taken to be the full disk (matplotlib, for one, hides the ENOSPC
+# of a PDF write behind an AttributeError of its own).
+_NEARLY_FULL = 1 << 20
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary sibling of `path` for this process, keeping its suffix (matplotlib picks a format by it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2 ** 20:.0f} MiB free"
+    except OSError:
+        return "free space unknown"
+
+
+def write_error(path: Path, exc: BaseException) -> WidthlabError | None:
+    """One line for a write that failed because the disk is full or the folder is not writable; None otherwise."""
+    code = getattr(exc, "errno", None)
+    try:
+        nearly_full = shutil.disk_usage(path.parent).free < _NEARLY_FULL
+    except OSError:
+        nearly_full = False
+    if code in (errno.ENOSPC, errno.EDQUOT) or nearly_full:
+        return WidthlabError(f"disk full writing {str(path)!r} ({free_space(path.parent)}); free some space and rerun "
+                             "(finished results are safe in the store)")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return WidthlabError(f"cannot write {str(path)!r}: {exc.strerror or exc}; choose a writable folder (--out)")
+    return None
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed.
+
+    A full disk or a read-only folder becomes a one-line WidthlabError naming `path` and the free space.
+
+    Example: ``with atomic_path(out / "summary.md") as tmp: tmp.write_text(text)``
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except Exception as exc:
+        error = write_error(path, exc)
+        if error is not None:
+            raise error from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """`Path.write_text` (UTF-8), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (``.NAME.PID.tmp[.SUFFIX]``) in `folder` whose process is gone; return them."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = _TEMP.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
