@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
+import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +71,29 @@ def gpu_for_worker(worker: int, n_gpus: int, visible: str | None = None) -> str 
     return ids[worker % n_gpus]
 
 
-def _init_worker(counter, n_gpus: int) -> None:
+def _exit_with_parent(driver: int) -> None:
+    """End this worker when the driver dies, even by SIGKILL: the kernel's parent-death signal on Linux, and a
+    watchdog thread everywhere (a worker left alive would hold its memory, and the resource tracker, forever)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
+    if os.getppid() != driver:  # the driver died before the signal was armed (a worker starts in seconds)
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != driver:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="widthlab-parent-watch", daemon=True).start()
+
+
+def _init_worker(counter, n_gpus: int, driver: int) -> None:
+    _exit_with_parent(driver)
     with counter.get_lock():
         worker = counter.value
         counter.value += 1
@@ -98,27 +124,62 @@ def run_local(specs, checkpoints: Path, progress: bool | None, started, every: f
             bar.close()
 
 
+WORKER_DIED = ("its worker process died twice while running it (killed, or out of memory: see the system log); "
+               "the study went on without it")
+
+
 def run_processes(specs, checkpoints: Path, workers: int, started, every: float = 0.0) -> Iterator:
-    """Runs on `workers` spawned processes, yielded as they finish."""
+    """Runs on `workers` spawned processes, yielded as they finish.
+
+    A worker that dies (SIGKILL, the out-of-memory killer) breaks the pool: its runs, and the others then in
+    flight, are retried once on a fresh pool (from their checkpoints); a run whose worker dies twice is yielded
+    as failed with that cause, and the study goes on. Workers exit when the driver dies.
+    """
     import torch
 
     n_gpus = torch.cuda.device_count()
     context = multiprocessing.get_context("spawn")  # fork after torch initialises threads/CUDA is unsafe
-    counter = context.Value("i", 0)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(counter, n_gpus)) as pool:
+    retried: set[str] = set()
+    queue = list(specs)
+    for spec in specs:  # submitted runs count as running: the pool starts them as workers free up
+        started(spec)
+    while queue:
+        counter = context.Value("i", 0)
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(counter, n_gpus, os.getpid()))
         pending = {pool.submit(run_one, spec, str(checkpoints / f"{spec.run_id}.pt"), checkpoint_every=every): spec
-                   for spec in specs}
-        for spec in specs:  # submitted runs count as running: the pool starts them as workers free up
-            started(spec)
+                   for spec in queue}
+        queue = []
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield pending.pop(future), future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+                    spec = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        if spec.run_id in retried:
+                            yield spec, RunResult("failed", error=WORKER_DIED)
+                        else:
+                            retried.add(spec.run_id)
+                            queue.append(spec)
+                        continue
+                    yield spec, result
+        except BaseException:
+            _stop(pool)  # Ctrl-C, SIGTERM or an error: the workers stop with the driver, not after their runs
+            raise
+        pool.shutdown(wait=True)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued runs and terminate the workers of `pool` now."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, started,
