@@ -217,7 +217,8 @@ class Probe:
     chains: dict[str, list[str]]
 
 
-def probe(model: nn.Module, batch: Batch | torch.Tensor, layers: Sequence[str], producers_of: Sequence[str] = ()) -> Probe:
+def probe(model: nn.Module, batch: Batch | torch.Tensor, layers: Sequence[str],
+          producers_of: Sequence[str] = ()) -> Probe:
     """Run `model` once on `batch`, recording each layer's output and order, and the producer chain of `producers_of`.
 
     Raises a WidthlabError naming a layer that runs twice or never, or a layer of `producers_of` that is not a
@@ -225,8 +226,9 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor, layers: Sequence[str], 
     module producing the units).
 
     Args:
-        batch: a few examples (a `Batch` or one input tensor, on the model's device); layers: module names; producers_of: those of `layers` whose
-            producing Conv/Linear is wanted (default none: then only the layers are hooked).
+        batch: a few examples (a `Batch` or one input tensor, on the model's device); layers: module names;
+            producers_of: those of `layers` whose producing Conv/Linear is wanted (default none: then only the
+            layers are hooked).
 
     Example: ``probe(mlp, Batch((x[:2],), {}), ["relu1"], ["relu1"]).chains["relu1"] == ["fc1", "relu1"]``
     """
