@@ -110,15 +110,23 @@ def test_a_cifar10_batch_that_names_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("override", ["name=../../escaped", "name=/tmp/escaped", "name=..",
-                                      "grid.variants={'../../../v': {}}", "grid.variants={'/tmp/v': {}}",
-                                      "grid.variants={'a\\\\b': {}}"])
-def test_names_that_would_leave_the_study_folder_are_refused(override, tmp_path, capsys):
+@pytest.mark.parametrize("override", ["name=../../escaped", "name=/tmp/escaped", "name=..", "name=a\\\\b"])
+def test_study_names_that_would_leave_the_runs_folder_are_refused(override, tmp_path, capsys):
     with pytest.raises(WidthlabError, match="plain name"):
         load_config("mlp-10d", [override])
     assert main(["run", "mlp-10d", "--set", override, "--out", str(tmp_path / "s"), "--dry-run"]) == 2
     assert "plain name" in capsys.readouterr().err
     assert not (tmp_path / "s").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.mark.parametrize("variant", ["../../../v", "/tmp/v", "k=1/4", "50%"])
+def test_variant_names_that_look_like_paths_stay_inside_the_checkpoints_folder(variant, tmp_path):
+    out = tmp_path / "deep" / "study"
+    tiny = [o for o in TINY if not o.startswith("grid.variants")] + [f"grid.variants={{'{variant}': {{}}}}"]
+    run_study(load_config("mlp-10d", tiny), out, progress=False, report=False)
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.pt"))
+    assert len(written) == 1 and written[0].parent == (out / "checkpoints").relative_to(tmp_path)
+    assert not (Path("/tmp/v-w0.25-r0.pt")).exists()
 
 
 def test_plain_names_with_dots_and_equals_are_fine():

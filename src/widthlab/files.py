@@ -24,6 +24,12 @@ _TEMP = re.compile(r"^\..+\.(\d+)\.tmp(\.[A-Za-z0-9]+)?$")
 _NEARLY_FULL = 1 << 20
 
 
+def file_name(name: str) -> str:
+    """`name` as one file name: '%' and '/' escaped (``k=1/4`` → ``k=1%2F4``), so a variant named like the paper's
+    ``k=1/4`` — or ``../../x`` — names a file inside its folder; names without either are unchanged."""
+    return name.replace("%", "%25").replace("/", "%2F").replace("\\", "%5C")
+
+
 def temp_path(path: Path) -> Path:
     """The temporary sibling of `path` for this process, keeping its suffix (matplotlib picks a format by it)."""
     return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")

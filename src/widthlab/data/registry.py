@@ -33,13 +33,13 @@ def load_data(name: str, *, root: str | os.PathLike | None = None, seed: int = 0
 
     Example: ``load_data("synthetic", input_dim=10, seed=0).train.x.shape == (1000, 10)``
     """
-    from widthlab.models.registry import check_kwargs, lookup
+    from widthlab.models.registry import call_user, check_kwargs, lookup
 
     if root is None:
         root = os.environ.get("WIDTHLAB_DATA")
     loader = lookup(_REGISTRY, name, "data set")
     check_kwargs(loader, {"seed": seed, "root": root, **kw}, f"data set {name!r}")
-    splits = loader(seed=seed, root=root, **kw)
+    splits = call_user(loader, name, "data set", seed=seed, root=root, **kw)
     if not isinstance(splits, Splits):
         raise WidthlabError(f"data set {name!r} returned {type(splits).__name__}, not widthlab.data.Splits")
     return splits

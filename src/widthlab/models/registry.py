@@ -58,8 +58,10 @@ def resolve_callable(spec: str, what: str) -> Callable:
         raise WidthlabError(f"{what} {spec!r} is neither registered nor of the form 'module:function'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise WidthlabError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+    except Exception as exc:  # ImportError, or the module's own SyntaxError or exception at import
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WidthlabError(f"{what} {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}"
+                            + (f": {first})" if first else ")")) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise WidthlabError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
@@ -86,6 +88,21 @@ def check_kwargs(fn: Callable, kwargs: dict, what: str) -> None:
         raise WidthlabError(f"{what}: unknown option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
 
 
+def call_user(fn, name: str, what: str, **kwargs):
+    """``fn(**kwargs)``; for a user's ``module:function``, any exception becomes one WidthlabError naming the
+    function and the first line of its message (a study then stops once with it, instead of failing every run)."""
+    if ":" not in name:
+        return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    except WidthlabError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WidthlabError(f"{what} {name!r} raised {type(exc).__name__}" + (f": {first}" if first else "")) \
+            from None
+
+
 def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", sigma: float | None = None,
                  num_classes: int | None = None, seed: int | None = None, **kw) -> nn.Module:
     """Build model family `name` at width factor `width` and initialise it.
@@ -108,7 +125,7 @@ def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", 
     # PyTorch's module constructors draw default weights from the global RNG; with a seed those draws are
     # overwritten anyway, so keep the caller's RNG state as it was.
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        model = builder(width=width, **kw)
+        model = call_user(builder, name, "model", width=width, **kw)
     if not isinstance(model, nn.Module):
         raise WidthlabError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     if not getattr(model, "unit_layers", None):

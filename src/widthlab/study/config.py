@@ -14,23 +14,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.perturbations import PERTURBATIONS, check_levels, evenly_spaced_levels
+from widthlab.measure.perturbations import (
+    PERTURBATIONS,
+    check_levels,
+    evenly_spaced_levels,
+)
 from widthlab.train.config import TrainConfig
+from widthlab.validation import ConfigModel
 
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(ConfigModel):
+    pass
 
 
 class ModelSpec(BaseModel):
     """``name`` of a registered family (or ``module:function``), ``init``, ``sigma``; other keys are the
     family's architecture options (e.g. ``input_dim``)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     name: str = "mlp"
     init: str = "glorot_normal"
@@ -57,7 +68,7 @@ class ModelSpec(BaseModel):
 class DataSpec(BaseModel):
     """``name`` of a registered data set (or ``module:function``), ``root``; other keys are its options."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     name: str = "synthetic"
     root: str | None = None
@@ -161,6 +172,9 @@ class GridSpec(_Strict):
         for w in value:
             if not math.isfinite(w) or w <= 0:
                 raise ValueError(f"width must be a positive number, got {w}")
+            if not MIN_WIDTH <= w <= MAX_WIDTH:
+                raise ValueError(f"width {w:g} is outside {MIN_WIDTH:g} … {MAX_WIDTH:g} (1/1024x … 1024x of the base "
+                                 "network; the paper's family is 1/4x … 4x)")
         if len(set(value)) != len(value):
             raise ValueError(f"widths repeat: {list(value)}")
         return value
@@ -171,7 +185,8 @@ class GridSpec(_Strict):
         if not value:
             raise ValueError("at least one variant is needed (use {default: {}} for none)")
         for name, override in value.items():
-            check_path_name(name, "variant name")
+            if not isinstance(name, str) or not name.strip() or "\0" in name:
+                raise ValueError(f"variant name {name!r} must be a non-empty string")
             if not isinstance(override, dict):
                 raise ValueError(f"variant {name!r} must be a mapping of overrides, got {override!r}")
             bad = sorted(set(override) - set(RUN_SECTIONS))
@@ -181,13 +196,15 @@ class GridSpec(_Strict):
 
 
 RUN_SECTIONS = ("data", "model", "train", "measure")
+MIN_WIDTH, MAX_WIDTH = 2.0 ** -10, 2.0 ** 10
 
 
 def check_path_name(name: object, what: str) -> str:
     """`name` when it can name one file or folder inside a study directory: no path separator, not '.' or '..'.
 
-    Study and variant names become paths (``widthlab-runs/NAME``, ``checkpoints/VARIANT-w1-r0.pt``); a name such as
-    ``../../x`` or ``/tmp/x`` would write outside the study folder.
+    A study's name becomes its folder (``widthlab-runs/NAME``): a name such as ``../../x`` or ``/tmp/x`` would
+    write outside it. (Variant names may hold '/', as the paper's ``k=1/4``: their file names are escaped,
+    `widthlab.files.file_name`.)
     """
     if not isinstance(name, str) or not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") \
             or name != name.strip():
@@ -291,9 +308,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise WidthlabError(f"--set expects key=value, got {item!r}")
         try:
-            value = yaml.safe_load(text)
+            value = safe_load(text)
         except yaml.YAMLError as exc:
-            raise WidthlabError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+            raise WidthlabError(f"--set {item!r}: value is not valid YAML ({yaml_problem(exc)})") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -317,15 +334,41 @@ def parse_config(raw: Any, source: str = "config") -> StudyConfig:
         raise WidthlabError(f"{source}: {exc}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``safe_load`` that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """`yaml.safe_load` (no tags, no code) that refuses duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: what is wrong and where."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}"
+
+
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with ``safe_load`` (no tags, no code)."""
+    """Read a YAML mapping with `safe_load` (no tags, no code, no duplicate keys)."""
     path = Path(path)
     if not path.is_file():
         raise WidthlabError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise WidthlabError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        raise WidthlabError(f"config file {str(path)!r} is not valid YAML: {yaml_problem(exc)}") from None
     return raw if raw is not None else {}
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from widthlab.errors import WidthlabError
+from widthlab.files import file_name
 
 EXECUTORS = ("local", "processes", "ray")
 
@@ -102,6 +103,11 @@ def _init_worker(counter, n_gpus: int, driver: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
+def _checkpoint(checkpoints: Path, spec) -> str:
+    """The run's checkpoint file: its escaped run id (a variant may be named ``k=1/4``) inside `checkpoints`."""
+    return str(checkpoints / f"{file_name(spec.run_id)}.pt")
+
+
 def run_local(specs, checkpoints: Path, progress: bool | None, started, every: float = 0.0) -> Iterator:
     """Runs one after another in this process, with a run-level bar (epoch, loss, accuracy)."""
     from tqdm.auto import tqdm
@@ -119,7 +125,7 @@ def run_local(specs, checkpoints: Path, progress: bool | None, started, every: f
 
         started(spec)
         try:
-            yield spec, run_one(spec, str(checkpoints / f"{spec.run_id}.pt"), on_epoch, cache, every)
+            yield spec, run_one(spec, _checkpoint(checkpoints, spec), on_epoch, cache, every)
         finally:
             bar.close()
 
@@ -147,7 +153,7 @@ def run_processes(specs, checkpoints: Path, workers: int, started, every: float 
         counter = context.Value("i", 0)
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                    initargs=(counter, n_gpus, os.getpid()))
-        pending = {pool.submit(run_one, spec, str(checkpoints / f"{spec.run_id}.pt"), checkpoint_every=every): spec
+        pending = {pool.submit(run_one, spec, _checkpoint(checkpoints, spec), checkpoint_every=every): spec
                    for spec in queue}
         queue = []
         try:
@@ -207,7 +213,7 @@ def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, 
     try:
         for spec in specs:
             options = remote.options(num_cpus=spec.config["threads"], num_gpus=gpus_per_run)
-            refs[options.remote(spec, str(checkpoints / f"{spec.run_id}.pt"), checkpoint_every=every)] = spec
+            refs[options.remote(spec, _checkpoint(checkpoints, spec), checkpoint_every=every)] = spec
             started(spec)
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)

@@ -28,7 +28,7 @@ from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
 from widthlab.study.config import StudyConfig, load_config, normalized_run_config, resolved_measure
 from widthlab.study.executors import EXECUTORS, execute
-from widthlab.study.store import Store, export_csv, study_lock
+from widthlab.study.store import STORE_NAME, Store, export_csv, study_lock
 from widthlab.train import TrainConfig, fit
 from widthlab.train.loop import resolve_device
 from widthlab.train.distributed import init_from_env
@@ -75,6 +75,63 @@ def _load_splits(config: dict, cache: dict | None) -> Splits:
         cache.clear()  # one data set at a time: a 10,000-d synthetic set is 120 MB
         cache[key] = splits
     return splits
+
+
+# Training holds about this many copies of the weights: the weights, gradients, optimiser state, best-epoch copy.
+WEIGHT_COPIES = 4
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for a run on `device` (CUDA: the GPU's free memory; else the machine's available RAM)."""
+    if device == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def preflight(specs: list[RunSpec], cache: dict | None) -> None:
+    """Before any run is registered: every data set loads and every model builds and fits in memory.
+
+    A mistake found here (a data option, a ``module:function`` that does not import or raises, a width whose
+    model needs more memory than there is) is one WidthlabError, and the corrected command starts afresh instead
+    of being refused as "a different configuration". Models are built on the ``meta`` device (shapes only);
+    a user's model that cannot be built there is built on the CPU at its smallest width instead.
+    """
+    built: set[str] = set()
+    smallest: dict[str, RunSpec] = {}
+    for spec in specs:
+        key = json.dumps(spec.config["model"], sort_keys=True)
+        if key not in smallest or spec.width < smallest[key].width:
+            smallest[key] = spec
+    for spec in specs:
+        cfg = spec.config
+        splits = _load_splits(cfg, cache)
+        key = json.dumps([cfg["model"], spec.width], sort_keys=True)
+        if key in built:
+            continue
+        built.add(key)
+        model_spec = dict(cfg["model"])
+        name, init, sigma = model_spec.pop("name"), model_spec.pop("init"), model_spec.pop("sigma")
+        options = dict(init=init, sigma=sigma, num_classes=splits.num_classes, seed=spec.replicate, **model_spec)
+        try:
+            with torch.device("meta"):
+                model = create_model(name, spec.width, **options)
+        except WidthlabError:
+            if ":" not in name:
+                raise
+            if smallest[json.dumps(cfg["model"], sort_keys=True)] is spec:
+                create_model(name, spec.width, **options)  # a real error of the user's code surfaces here
+            continue
+        params = sum(p.numel() for p in model.parameters())
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        need = params * dtype.itemsize * WEIGHT_COPIES
+        free = available_memory(cfg["train"]["device"])
+        if free is not None and need > free:
+            raise WidthlabError(f"{name} at width {spec.width:g} has {params:,} parameters: training needs about "
+                                f"{need / 2 ** 30:.1f} GiB, more than the {free / 2 ** 30:.1f} GiB available; "
+                                "use smaller grid.widths")
 
 
 def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
@@ -221,10 +278,15 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         handler = _setup_log(out_dir)
         try:
             checkpoints = out_dir / CHECKPOINTS
+            finished = set()
+            if (out_dir / STORE_NAME).is_file():
+                with Store(out_dir, readonly=True) as peek:
+                    finished = {run_id for run_id, status in peek.statuses().items() if status in FINAL_STATUSES}
+            preflight([s for s in specs if s.run_id not in finished], {})
             with Store(out_dir) as store:
                 store.add_runs([{"run_id": s.run_id, "variant": s.variant, "width": s.width,
                                  "replicate": s.replicate, "config": s.config,
-                                 "checkpoint": f"{CHECKPOINTS}/{s.run_id}.pt"} for s in specs],
+                                 "checkpoint": f"{CHECKPOINTS}/{files.file_name(s.run_id)}.pt"} for s in specs],
                                normalize=normalized_run_config)
                 # Only a config the store accepted replaces config.yaml: a refused rerun leaves the old one.
                 files.write_text(out_dir / "config.yaml", _dump_yaml(cfg))
@@ -282,8 +344,8 @@ def _follow(specs: list[RunSpec], out_dir: Path) -> None:
     by_id = {s.run_id: s for s in specs}
     cache: dict = {}
     for run_id in message[0]:
-        execute_run(by_id[run_id], data_cache=cache, checkpoint=out_dir / CHECKPOINTS / f"{run_id}.pt",
-                    measure=False)
+        checkpoint = out_dir / CHECKPOINTS / f"{files.file_name(run_id)}.pt"
+        execute_run(by_id[run_id], data_cache=cache, checkpoint=checkpoint, measure=False)
 
 
 def _drive(store: Store, todo: list[RunSpec], results, total: int, name: str, progress: bool | None) -> None:

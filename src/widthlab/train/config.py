@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from widthlab.validation import ConfigModel
 
 Optimizer = Literal["momentum", "sgd", "adam", "rmsprop"]
 Switch = Literal["auto", "on", "off"]  # auto: on when training on CUDA, off on the CPU
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(ConfigModel):
     """Hyperparameters of one training run (unknown keys are errors).
 
     Args:
@@ -44,7 +46,6 @@ class TrainConfig(BaseModel):
     Example: ``TrainConfig(optimizer="adam", lr=1e-3, epochs=10)``
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     optimizer: Optimizer = "momentum"
     lr: float = Field(0.01, gt=0)
