@@ -108,3 +108,14 @@ def test_a_sqlite_file_of_another_program_is_not_a_study(tmp_path):
         db.execute("CREATE TABLE notes (text TEXT)")
     with pytest.raises(WidthlabError, match="not a widthlab store"):
         load_results(tmp_path)
+
+
+def test_the_report_uses_only_the_runs_of_the_current_grid(tmp_path, caplog):
+    grid = [o for o in TINY if not o.startswith("grid.")] + ["grid.variants={'default': {}}"]
+    run_study(load_config("mlp-10d", grid + ["grid.widths=[0.25, 0.5]", "grid.replicates=2"]), tmp_path,
+              progress=False, report=False)
+    run_study(load_config("mlp-10d", grid + ["grid.widths=[0.25]", "grid.replicates=1"]), tmp_path,
+              progress=False, report=True)
+    assert len(load_results(tmp_path).runs) == 4  # nothing is deleted
+    assert len(pd.read_csv(tmp_path / "run_level.csv")) == 1  # the report: the one run of this grid
+    assert "3 stored run(s) are not in this config's grid" in caplog.text

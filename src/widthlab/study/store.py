@@ -237,6 +237,21 @@ def store_error(path: Path, exc: sqlite3.OperationalError) -> WidthlabError:
                          f"{hint} and rerun")
 
 
+def select_runs(results: Results, run_ids) -> tuple[Results, list[str]]:
+    """``(the results of the runs in `run_ids` only, the stored run ids left out)``: a report and a verdict are
+    drawn from the runs of the current grid; runs of an earlier grid stay in the store."""
+    keep = set(run_ids)
+    others = sorted(set(results.runs["run_id"]) - keep)
+    if not others:
+        return results, []
+
+    def only(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["run_id"].isin(keep)].reset_index(drop=True) if "run_id" in frame else frame
+
+    return Results(runs=only(results.runs), metrics=only(results.metrics), history=only(results.history),
+                   snapshots=only(results.snapshots)), others
+
+
 def _num(value) -> float | None:
     """SQLite stores NaN as NULL; read back as NaN by pandas."""
     if value is None:
