@@ -84,3 +84,16 @@ def test_workers_exit_when_the_driver_is_killed(tmp_path):
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def test_an_unreachable_ray_address_fails_within_seconds():
+    from widthlab.errors import WidthlabError
+    from widthlab.study.executors import check_reachable
+
+    start = time.monotonic()
+    with pytest.raises(WidthlabError, match="no Ray cluster answers at '127.0.0.1:1'"):
+        check_reachable("127.0.0.1:1")
+    with pytest.raises(WidthlabError, match="ray://127.0.0.1:1"):
+        check_reachable("ray://127.0.0.1:1")
+    assert time.monotonic() - start < 15
+    check_reachable("auto")  # Ray finds (or refuses) its own cluster

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -188,6 +189,21 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=5)
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A WidthlabError within `timeout` seconds when a ``host:port`` (or ``ray://host:port``) Ray address does not
+    accept connections; Ray itself retries such an address for minutes before it gives up."""
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise WidthlabError(f"no Ray cluster answers at {address!r} ({exc.strerror or exc}); start one with "
+                            "`ray start --head`, or check the address") from None
+
+
 def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, started,
             every: float = 0.0) -> Iterator:
     """Runs as Ray tasks on the cluster at `address` (a local one when None), yielded as they finish.
@@ -201,6 +217,7 @@ def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, 
         raise WidthlabError("the ray executor needs Ray: pip install 'widthlab[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
+        check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, ignore_reinit_error=True)
