@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from widthlab.errors import WidthlabError
@@ -77,37 +79,306 @@ def _parse_options(items: list[str] | None, flag: str) -> dict:
     return options
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
-    from widthlab.measure import analyze
-    from widthlab.measure.perturbations import evenly_spaced_levels
-    from widthlab.report.analysis import layer_table, write_layer_figures
-    from widthlab.study.external import load_inputs, load_model
+def _int_arg(text: str | None, flag: str, minimum: int | None = None) -> int | None:
+    """The integer a flag was given (None when it was not), or a one-line error naming the flag."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise WidthlabError(f"{flag} expects an integer, got {text!r}") from None
+    if minimum is not None and value < minimum:
+        raise WidthlabError(f"{flag} must be at least {minimum}, got {value}")
+    return value
 
-    model = load_model(args.model)
-    inputs = load_inputs(args.data, split=args.split, seed=args.seed, root=args.root,
-                         options=_parse_options(args.data_opt, "--data-opt"))
-    layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
+
+def _mask_arg(text: str) -> str | int | None:
+    """``--mask``: ``none`` ignores masks, an integer is the position of a positional input, else a keyword."""
+    if text.lower() == "none":
+        return None
+    if not text:
+        raise WidthlabError("--mask expects a keyword (e.g. attention_mask), a positional index, or none")
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _duration(seconds: float) -> str:
+    """``12 s``, ``2.7 min`` or ``1.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.2g} min" if seconds < 600 else f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.2g} h"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+MIN_LEVELS, MIN_SAMPLINGS = 5, 1
+
+
+@dataclass(frozen=True)
+class MeasureChoice:
+    """What `choose_measurement` settled on: levels, samplings and examples, the estimated seconds, and a note
+    saying what was changed and why (None when the settings were kept)."""
+
+    levels: int
+    samplings: int
+    examples: int
+    seconds: float
+    note: str | None = None
+
+
+def estimate_seconds(seconds_per_example: float, examples: int, jobs: int, levels: int, samplings: int,
+                     extra_passes: float = 1.0) -> float:
+    """Estimated wall time of `analyze`: one clean pass, `extra_passes` (redundancy statistics) and, per job
+    (a perturbation × a scope), samplings × (levels − 1) perturbed copies, each a forward pass over `examples`.
+
+    An upper bound on the batched path, where a copy runs only the network after its layer.
+    Example: ``estimate_seconds(0.01, 300, 2, 11, 3) == 0.01 * 300 * (1 + 1 + 2 * 3 * 10)``
+    """
+    return seconds_per_example * examples * (1 + extra_passes + jobs * samplings * (levels - 1))
+
+
+def choose_measurement(*, seconds_per_example: float, examples: int, jobs: int, levels: int, samplings: int,
+                       budget: float, fixed: frozenset[str] | set[str] = frozenset(),
+                       extra_passes: float = 1.0) -> MeasureChoice:
+    """Fit `analyze` into `budget` seconds (`estimate_seconds`) by lowering what the user left to widthlab.
+
+    In this order, each only as far as needed: the levels (to no fewer than 5), the samplings (to no fewer than 1;
+    then the levels are raised again as far as the budget allows), the examples (the first N). A knob named in
+    `fixed` (``"levels"``, ``"samplings"``, ``"examples"``: set by the user) is never changed. `budget` 0 keeps
+    everything. A pure function of its arguments.
+
+    Example: ``choose_measurement(seconds_per_example=0.01, examples=300, jobs=10, levels=11, samplings=3,
+    budget=180).levels == 5``
+    """
+    def cost(lv: int, sv: int, n: int) -> float:
+        return estimate_seconds(seconds_per_example, n, jobs, lv, sv, extra_passes)
+
+    def fits(lv: int, sv: int, n: int) -> bool:
+        return cost(lv, sv, n) <= budget
+
+    first = cost(levels, samplings, examples)
+    if budget <= 0 or first <= budget:
+        return MeasureChoice(levels, samplings, examples, first)
+    free = {"levels", "samplings", "examples"} - set(fixed)
+    lowest_l = min(levels, MIN_LEVELS) if "levels" in free else levels
+    lowest_s = min(samplings, MIN_SAMPLINGS) if "samplings" in free else samplings
+    lv, sv, n = levels, samplings, examples
+    lv = next((v for v in range(levels, lowest_l - 1, -1) if fits(v, sv, n)), lowest_l)
+    if not fits(lv, sv, n):
+        sv = next((v for v in range(samplings, lowest_s - 1, -1) if fits(lv, v, n)), lowest_s)
+        lv = next((v for v in range(levels, lv - 1, -1) if fits(v, sv, n)), lv)  # give back what now fits
+    if not fits(lv, sv, n) and "examples" in free:
+        per_example = cost(lv, sv, 1)
+        n = max(1, min(examples, int(budget // per_example))) if per_example > 0 else examples
+    now = cost(lv, sv, n)
+    before = (f"estimated {_duration(first)} with {_plural(levels, 'level')} × {_plural(samplings, 'sampling')} "
+              f"on {_plural(examples, 'example')}")
+    if (lv, sv, n) == (levels, samplings, examples):
+        return MeasureChoice(lv, sv, n, now, f"{before}, over --budget {budget:g} s; measuring as asked (set "
+                                           "--levels/--samplings/--max-examples lower, or --budget 0 to silence)")
+    over = "" if now <= budget else f", still over --budget {budget:g} s"
+    return MeasureChoice(lv, sv, n, now, f"{before}; using {_plural(lv, 'level')} × {_plural(sv, 'sampling')} on "
+                                       f"{_plural(n, 'example')} (est. {_duration(now)}{over}) to fit --budget "
+                                       f"{budget:g} s; set --levels/--samplings/--max-examples to choose")
+
+
+def _seconds_per_example(model, batch, *, passes: int = 5, enough: float = 1.0) -> float:
+    """Seconds of one clean forward pass per example, timed on `batch`: the fastest of up to `passes` passes
+    (fewer once `enough` seconds are spent) after a warm-up pass, since the first pass at a new shape picks
+    kernels and a busy machine slows single passes down."""
+    import torch
+
+    from widthlab.measure.inputs import model_device
+
+    def sync() -> None:
+        if model_device(model).type == "cuda":
+            torch.cuda.synchronize()
+
+    best, spent = float("inf"), 0.0
+    with torch.no_grad():
+        batch.run(model)
+        for _ in range(passes):
+            sync()
+            start = time.perf_counter()
+            batch.run(model)
+            sync()
+            seconds = time.perf_counter() - start
+            best, spent = min(best, seconds), spent + seconds
+            if spent >= enough:
+                break
+    return best / len(batch)
+
+
+def _layer_list(units: dict[str, int]) -> str:
+    items = [f"{name} ({_plural(count, 'unit')})" for name, count in units.items()]
+    if len(items) > 6:
+        items = [*items[:3], f"… {len(items) - 5} more …", *items[-2:]]
+    return ", ".join(items)
+
+
+def _analyze_inputs(args: argparse.Namespace, max_length: int):
+    """``(label, inputs)``: the inputs `--data` names, or the data set of the study whose checkpoint is analysed."""
+    from widthlab.study.external import load_inputs, study_data
+
+    options = _parse_options(args.data_opt, "--data-opt")
+    if args.data is not None:
+        inputs = load_inputs(args.data, split=args.split, seed=args.seed, root=args.root, options=options,
+                             model=args.model, max_length=max_length)
+        registered = not args.data.endswith((".pt", ".txt")) and not Path(args.data).is_file()
+        return (f"{args.data} ({args.split} split)" if registered else args.data), inputs
+    name, recorded, seed = study_data(args.model)
+    saved_root = recorded.pop("root")
+    recorded.update(options)
+    shown = ", ".join(f"{k}={v}" for k, v in recorded.items())
+    inputs = load_inputs(name, split=args.split, seed=seed, root=args.root or saved_root, options=recorded)
+    return f"{name} ({shown + ', ' if shown else ''}seed {seed}, {args.split} split: the study's data set)", inputs
+
+
+def _analyze_flags(args: argparse.Namespace) -> dict:
+    """The analyze flags checked and parsed (each bad value a one-line `WidthlabError` naming its flag)."""
+    from widthlab.measure.perturbations import get_perturbation
+
+    try:
+        budget = float(args.budget)
+    except ValueError:
+        raise WidthlabError(f"--budget expects seconds, got {args.budget!r}") from None
+    if not 0 <= budget < float("inf"):
+        raise WidthlabError(f"--budget must be a number of seconds >= 0 (0: no budget), got {args.budget!r}")
     perturbations = tuple(p.strip() for p in args.perturbations.split(","))
-    if args.levels < 2:
-        raise WidthlabError(f"--levels must be at least 2, got {args.levels}")
-    levels = {name: evenly_spaced_levels(args.levels, name) for name in perturbations}
-    frame = analyze(model, inputs, layers, perturbations=perturbations, levels=levels, samplings=args.samplings,
-                    seed=args.seed, max_rows=args.max_rows)
+    for name in perturbations:
+        get_perturbation(name)
+    return {"levels": _int_arg(args.levels, "--levels", 2), "samplings": _int_arg(args.samplings, "--samplings", 1),
+            "max_examples": _int_arg(args.max_examples, "--max-examples", 1),
+            "max_length": _int_arg(args.max_length, "--max-length", 1),
+            "max_rows": _int_arg(args.max_rows, "--max-rows", 1),
+            "unit_axis": _int_arg(args.unit_axis, "--unit-axis"), "budget": budget, "mask": _mask_arg(args.mask),
+            "output": args.output or None, "perturbations": perturbations,
+            "layers": [name.strip() for name in args.layers.split(",")] if args.layers else None}
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from widthlab.measure import analyze, capture, check_measurable
+    from widthlab.measure.inputs import count_examples, first_batch
+    from widthlab.measure.perturbations import evenly_spaced_levels, get_perturbation
+    from widthlab.report.analysis import layer_table, write_layer_figures
+    from widthlab.study.external import (
+        first_examples,
+        load_model,
+        n_examples,
+        trial_run,
+    )
+
+    flags = _analyze_flags(args)
+    perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
+    model = load_model(args.model, seed=args.seed)
+    data_label, inputs = _analyze_inputs(args, flags["max_length"])
+    if flags["max_examples"] is not None:
+        inputs = first_examples(inputs, flags["max_examples"])
+    # Fail fast, in one line: inputs the model cannot run on, then anything analyze would refuse later.
+    trial_run(model, inputs, args.model, mask=mask)
+    names = check_measurable(model, inputs, flags["layers"], perturbations=perturbations, unit_axis=unit_axis,
+                             output=output, mask=mask)
+
+    # The plan, timed on one clean forward pass of a few examples, fitted into --budget.
+    probe = first_batch(model, inputs, 8, mask)
+    units = {name: acts.shape[1] for name, acts in
+             capture(model, probe.head(2), names, unit_axis=unit_axis, mask=mask).items()}
+    seconds_per_example = _seconds_per_example(model, probe)
+    examples = n_examples(inputs)
+    jobs = len(perturbations) * (len(names) + (len(names) > 1))  # each layer, plus "all" when there are several
+    extra = 1 + any(get_perturbation(name).needs_moments for name in perturbations)  # similarity null, moments
+    if args.units:
+        extra += sum(1 + 2 * count for count in units.values())  # per layer: statistics, 2 × C single-unit copies
+    given = {"levels": flags["levels"], "samplings": flags["samplings"], "examples": flags["max_examples"]}
+    fixed = {knob for knob, value in given.items() if value is not None}  # the user's choices: never changed
+    choice = MeasureChoice(flags["levels"] or 11, flags["samplings"] or 3, examples or 0, float("nan"))
+    if examples is not None:
+        choice = choose_measurement(seconds_per_example=seconds_per_example, examples=examples, jobs=jobs,
+                                    levels=choice.levels, samplings=choice.samplings, budget=flags["budget"],
+                                    fixed=fixed, extra_passes=extra)
+        if choice.examples < examples:
+            inputs, examples = first_examples(inputs, choice.examples), choice.examples
+    if not args.quiet:
+        tokens = count_examples(inputs, mask)[1] if isinstance(inputs, dict) else None
+        parameters = sum(p.numel() for p in model.parameters())
+        print(f"widthlab: {args.model} ({type(model).__name__}, {parameters / 1e6:.3g} M parameters) on {data_label}:"
+              f" {'unknown' if examples is None else format(examples, ',')} examples"
+              f"{'' if tokens is None else f' ({tokens:,} real tokens)'}; {_plural(len(names), 'layer')}: "
+              f"{_layer_list(units)}", file=sys.stderr)
+    if not args.quiet or choice.note is not None:  # a budget's change is reported even with --quiet
+        evaluations = -(-(examples or 1) // 256) * (1 + jobs * choice.samplings * (choice.levels - 1))
+        timing = choice.note or (f"est. {_duration(choice.seconds)} (one forward pass of {len(probe)} examples: "
+                                 f"{seconds_per_example * len(probe) * 1000:.3g} ms)")
+        print(f"widthlab: {', '.join(perturbations)} × {_plural(choice.levels, 'level')} × "
+              f"{_plural(choice.samplings, 'sampling')}: about {evaluations:,} forward evaluations, {timing}",
+              file=sys.stderr)
+
+    level_sets = {name: evenly_spaced_levels(choice.levels, name) for name in perturbations}
+    bar = None if args.quiet else tqdm(desc="measuring", unit="eval", file=sys.stderr, dynamic_ncols=True)
+    try:
+        frame = analyze(model, inputs, names, perturbations=perturbations, levels=level_sets,
+                        samplings=choice.samplings, seed=args.seed, max_rows=flags["max_rows"], unit_axis=unit_axis,
+                        output=output, mask=mask, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    tables = {"analysis": frame}
+    if args.units:
+        tables["units"] = _unit_tables(model, inputs, names, args, unit_axis=unit_axis, output=output, mask=mask)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.format == "parquet":
-        try:
-            frame.to_parquet(out / "analysis.parquet", index=False)
-        except ImportError:
-            raise WidthlabError("--format parquet needs pyarrow (pip install pyarrow); use --format csv") from None
-        written = out / "analysis.parquet"
-    else:
-        written = out / "analysis.csv"
-        frame.to_csv(written, index=False)
+    written = _write_tables(tables, out, args.format)
     write_layer_figures(frame, out / "figures")
     print(layer_table(frame).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"measurements: {written}\nfigures:      {out / 'figures'}")
+    print(f"measurements: {written['analysis']}")
+    if args.units:
+        print(f"units:        {written['units']}")
+    print(f"figures:      {out / 'figures'}")
     return 0
+
+
+def _write_tables(tables: dict, out: Path, fmt: str) -> dict[str, Path]:
+    """Write each ``{name: DataFrame}`` as ``out/name.csv`` (or ``.parquet``), atomically; returns the paths."""
+    from widthlab import files
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, table in tables.items():
+        written[name] = out / f"{name}.{fmt}"
+        with files.atomic_path(written[name]) as tmp:
+            if fmt == "parquet":
+                try:
+                    table.to_parquet(tmp, index=False)
+                except ImportError:
+                    raise WidthlabError("--format parquet needs pyarrow (pip install pyarrow); use --format csv") \
+                        from None
+            else:
+                table.to_csv(tmp, index=False)
+    return written
+
+
+def _unit_tables(model, inputs, names: list[str], args: argparse.Namespace, **options):
+    """One `unit_table` per measured layer, stacked, with the layer's name in a first ``layer`` column."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from widthlab.measure.units import unit_table
+
+    frames = []
+    for name in names:
+        bar = None if args.quiet else tqdm(desc=f"units of {name}", unit="eval", file=sys.stderr, dynamic_ncols=True)
+        try:
+            table = unit_table(model, inputs, name, seed=args.seed, progress=bar, **options)
+        finally:
+            if bar is not None:
+                bar.close()
+        frames.append(table.drop(columns="layer", errors="ignore").assign(layer=name))
+    table = pd.concat(frames, ignore_index=True)
+    return table[["layer", *[c for c in table.columns if c != "layer"]]]
 
 
 def _print_report(out: Path, runs=None, report: dict | None = None) -> None:
@@ -233,22 +504,47 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     analyze = sub.add_parser("analyze", help="measure robustness and redundancy of a model you already have")
-    analyze.add_argument("model", help="a widthlab checkpoint (.pt), module:function returning an nn.Module, "
-                                       "or torchvision:NAME / timm:NAME when that package is installed")
-    analyze.add_argument("--data", required=True, help="a registered data set (e.g. digits, cifar10) or a .pt file "
-                                                       "with a tensor, an (x, y) pair or {'x': ..., 'y': ...}")
+    analyze.add_argument("model", help="a widthlab checkpoint (.pt), hf:PATH (a saved HF transformers model), "
+                                       "module:function returning an nn.Module, or torchvision:NAME / timm:NAME "
+                                       "when that package is installed")
+    analyze.add_argument("--data", help="a registered data set (e.g. digits, cifar10), a .pt file with a tensor, "
+                                        "{'x': ..., 'y': ...}, a tuple of tensors or a dict of tensors (keyword "
+                                        "inputs), or with an hf: model a .txt file of one example per line "
+                                        "(default: the data set of the study that wrote a checkpoint)")
     analyze.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="data set option, repeatable")
     analyze.add_argument("--root", help="data folder (default: $WIDTHLAB_DATA)")
     analyze.add_argument("--split", choices=("train", "val", "test"), default="test", help="split to measure on")
+    analyze.add_argument("--max-examples", metavar="N", help="measure on the first N examples only (default: all, "
+                                                             "unless --budget lowers it)")
+    analyze.add_argument("--max-length", metavar="N", default="128",
+                         help="tokens per line of a .txt file; longer lines are truncated (default 128)")
     analyze.add_argument("--layers", help="comma-separated module names (default: the model's unit_layers, "
-                                          "else every ReLU-like module)")
+                                          "else every activation module, e.g. each transformer block's MLP act)")
     analyze.add_argument("--perturbations", default="zero", help="comma-separated (default: zero)")
-    analyze.add_argument("--levels", type=int, default=11,
+    analyze.add_argument("--levels", metavar="N",
                          help="evenly spaced levels over each perturbation's range: shares 0-1, noise 0-2σ "
-                              "(default 11)")
-    analyze.add_argument("--samplings", type=int, default=3, help="random unit orders per curve (default 3)")
-    analyze.add_argument("--max-rows", type=int, help="rows sampled per layer for redundancy (default: all)")
-    analyze.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+                              "(default 11, fewer when --budget needs it)")
+    analyze.add_argument("--samplings", metavar="S",
+                         help="random unit orders per curve (default 3, fewer when --budget needs it)")
+    analyze.add_argument("--max-rows", metavar="R", help="rows sampled per layer for redundancy (default: all)")
+    analyze.add_argument("--unit-axis", metavar="N", help="the axis of every layer output that holds its units "
+                                                          "(default: decided per layer by the module producing it)")
+    analyze.add_argument("--output", metavar="KEY", help="key or attribute of the model's output holding its scores "
+                                                         "(default: the output itself, its logits, or its first "
+                                                         "tensor)")
+    analyze.add_argument("--mask", metavar="KEY", default="attention_mask",
+                         help="keyword input (or positional index) of the attention mask: only real tokens are "
+                              "measured (default attention_mask; none ignores masks)")
+    analyze.add_argument("--units", action="store_true",
+                         help="also write units.csv: one row per unit of each layer (single-unit ablation effects, "
+                              "statistics, most correlated partner, selectivity)")
+    analyze.add_argument("--budget", metavar="SECONDS", default="180",
+                         help="estimated seconds the defaults may take: beyond it widthlab lowers the levels, the "
+                              "samplings, then the examples that you did not set, and says so (default 180; 0: off)")
+    analyze.add_argument("--seed", type=int, default=0,
+                         help="seed of every random choice: the data set, the measurement, and the random weights "
+                              "of a hub or hf: model (default 0)")
+    analyze.add_argument("--quiet", action="store_true", help="no plan and no progress bar")
     analyze.add_argument("--out", default="widthlab-analysis", help="output folder (default: widthlab-analysis)")
     analyze.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")
     analyze.set_defaults(func=_cmd_analyze)
