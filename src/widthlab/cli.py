@@ -6,8 +6,11 @@ Errors a user can cause print one line and exit with status 2 (argparse's own us
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else DEFAULT_ROOT / cfg.name
     specs = plan_runs(cfg)
     if args.dry_run:
+        from widthlab.models.registry import resolve_callable
+
+        for name, what in ((cfg.model.name, "model"), (cfg.data.name, "data set")):
+            if ":" in name:  # named by the user's own config: importing it is what running it would do
+                resolve_callable(name, what)
         print(f"study {cfg.name}: {len(specs)} runs "
               f"({len(cfg.grid.variants)} variants × {len(cfg.grid.widths)} widths × {cfg.grid.replicates} replicates)"
               f" → {out}")
@@ -58,6 +66,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from widthlab.study.store import load_results
 
     runs = load_results(args.dir).runs
+    current = _current_run_ids(Path(args.dir))
+    if current is not None:
+        runs = runs.assign(status=runs["status"].where(runs["run_id"].isin(current), "not in this config"))
     counts = runs["status"].value_counts().to_dict()
     print(f"{len(runs)} runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
     columns = ["run_id", "status", "epochs", "test_acc", "seconds", "error"]
@@ -415,7 +426,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     from widthlab.report import combine_frames, write_report
     from widthlab.study.runner import parameter_counts
-    from widthlab.study.store import load_results
+    from widthlab.study.store import load_results, select_runs, study_lock
 
     dirs = [Path(d) for d in args.dirs]
     if len(dirs) > 1 and not args.out:
@@ -425,6 +436,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         results = load_results(directory)
         config_path = directory / "config.yaml"
         config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+        current = _current_run_ids(directory)
+        if current is not None:  # the runs of the study's current grid; others stay in the store
+            results, others = select_runs(results, current)
+            if others:
+                print(f"widthlab: {len(others)} stored run(s) of {directory} are not in its config.yaml's grid and "
+                      "are left out", file=sys.stderr)
         studies.append((directory, results, config))
     names = ("runs", "metrics", "snapshots", "history")
     if len(studies) == 1:
@@ -442,11 +459,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
         config = {label: config for label, (_, _, config) in zip(labels, studies)}
         title = "Combined: " + ", ".join(labels)
     out = Path(args.out) if args.out else dirs[0]
-    report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
-                          snapshots=tables["snapshots"], history=tables["history"],
-                          params=parameter_counts(tables["runs"], import_code=args.allow_code), html=args.html)
+    seed = int((config or {}).get("seed", 0) or 0) if len(studies) == 1 else 0  # the bootstrap's seed, as run_study's
+    # Into a study's own folder only while no run writes it: the run's own report follows its last run, and a
+    # report drawn now would be older than the store it claims to summarise.
+    into_study = any(out.resolve() == directory.resolve() for directory in dirs)
+    with study_lock(out, report=True) if into_study else contextlib.nullcontext():
+        report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
+                              snapshots=tables["snapshots"], history=tables["history"], seed=seed,
+                              params=parameter_counts(tables["runs"], import_code=args.allow_code), html=args.html)
     _print_report(out, tables["runs"], report)
     return 0
+
+
+def _current_run_ids(directory: Path) -> set[str] | None:
+    """The run ids of the grid in a study folder's config.yaml (None without a readable one)."""
+    from widthlab.study.config import load_config, read_yaml
+    from widthlab.study.runner import plan_runs
+
+    path = directory / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return {spec.run_id for spec in plan_runs(load_config(read_yaml(path)))}
+    except WidthlabError:  # a config of an older version: report every stored run
+        return None
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -476,7 +512,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from widthlab import __version__
+
     parser = argparse.ArgumentParser(prog="widthlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"widthlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a study (a preset name or a YAML file), then write its report")
@@ -568,20 +607,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, Kubernetes, systemd stopping the job), handled as Ctrl-C is."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # As `python -m` does: a config's `module:function` may name a module in the current folder.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except WidthlabError as exc:
         print(f"widthlab: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("widthlab: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"widthlab: {what}; finished runs are stored: rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except BrokenPipeError:  # `widthlab status DIR | head`: the reader is gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a full disk or a read-only folder where a file is written
+        from widthlab.files import write_error
+
+        error = write_error(Path(exc.filename or "."), exc)
+        if error is None:
+            raise
+        print(f"widthlab: error: {error}", file=sys.stderr)
+        return 2
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if "torch.distributed" in sys.modules:  # under torchrun: leave the process group before exiting
             from widthlab.train.distributed import shutdown
 

@@ -210,6 +210,14 @@ class Store:
                           _num(r.epoch)) for r in part.itertuples(index=False)])
 
     def results(self) -> Results:
+        """Every table, read in one transaction: a consistent snapshot while a run may be writing."""
+        self._db.execute("BEGIN")
+        try:
+            return self._results()
+        finally:
+            self._db.execute("COMMIT")
+
+    def _results(self) -> Results:
         runs = pd.read_sql_query("SELECT * FROM runs ORDER BY variant, width, replicate", self._db)
         keys = "r.run_id, r.variant, r.width, r.replicate"
         parts = [pd.read_sql_query(f"SELECT {keys}, t.layer, t.metric, t.perturbation, t.level, t.sampling, t.value, "
@@ -261,8 +269,9 @@ def _num(value) -> float | None:
 
 
 @contextmanager
-def study_lock(directory: str | os.PathLike):
-    """Hold an exclusive OS lock on a study directory; a second holder gets a clear error.
+def study_lock(directory: str | os.PathLike, *, report: bool = False):
+    """Hold an exclusive OS lock on a study directory; a second holder gets a clear error (`report`: the one for
+    ``widthlab report`` into a folder a run is writing).
 
     `fcntl.flock` locks die with their process, so a killed study never leaves a stale lock behind.
     """
@@ -273,6 +282,9 @@ def study_lock(directory: str | os.PathLike):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if report:
+                raise WidthlabError(f"a widthlab run is writing {str(directory)!r} now and writes its report when it "
+                                    "finishes; use --out to draw one elsewhere now") from None
             raise WidthlabError(f"another widthlab process is writing to {str(directory)!r}; "
                                 "wait for it to finish or use another --out directory") from None
         yield

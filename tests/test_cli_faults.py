@@ -1,0 +1,87 @@
+"""The CLI under signals and concurrency: SIGTERM is one line and exit 143 and resumes exactly; a report never
+races a run into its folder; a closed pipe is not a traceback; `widthlab report` redraws with the study's seed."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from widthlab.cli import main
+from widthlab.study import load_config, load_results, run_study
+from widthlab.study.store import study_lock
+
+TINY = ["grid.widths=[0.25, 0.5]", "grid.replicates=1", "data.n_train=200", "data.n_val=50", "data.n_test=50",
+        "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
+
+
+def test_sigterm_mid_run_is_one_line_exit_143_and_the_resumed_study_equals_a_clean_one(tmp_path):
+    overrides = TINY + ["train.epochs=60"]
+    command = [sys.executable, "-m", "widthlab.cli", "run", "mlp-10d", "--quiet", "--checkpoint-every", "0",
+               "--out", str(tmp_path / "killed"), *[a for o in overrides for a in ("--set", o)]]
+    study = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "killed" / "widthlab.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and "done:" in log.read_text()):
+        time.sleep(0.1)
+    study.send_signal(signal.SIGTERM)  # during the second run
+    _, err = study.communicate(timeout=60)
+    assert study.returncode == 143
+    assert err.strip().splitlines()[-1].startswith("widthlab: terminated (SIGTERM)") and "Traceback" not in err
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    run_study(load_config("mlp-10d", overrides), tmp_path / "clean", progress=False, report=False)
+    pd.testing.assert_frame_equal(load_results(tmp_path / "killed").metrics, load_results(tmp_path / "clean").metrics)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "study"
+    run_study(load_config("mlp-10d", TINY + ["train.epochs=2", "grid.replicates=2", "seed=7"]), out,
+              progress=False, report=True)
+    return out
+
+
+def test_report_redraws_the_verdict_with_the_study_seed(study, tmp_path):
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    written = pd.read_csv(copy / "verdict.csv")
+    (copy / "verdict.csv").unlink()
+    assert main(["report", str(copy)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(copy / "verdict.csv"), written)
+
+
+def test_report_into_a_study_a_run_is_writing_is_refused(study, tmp_path, capsys):
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    before = (copy / "summary.md").read_bytes()
+    with study_lock(copy):  # a run holds the study
+        assert main(["report", str(copy)]) == 2
+        assert "writes its report when it finishes; use --out" in capsys.readouterr().err
+        assert main(["report", str(copy), "--out", str(tmp_path / "now")]) == 0
+    assert (copy / "summary.md").read_bytes() == before and (tmp_path / "now" / "summary.md").is_file()
+
+
+def test_status_into_a_closed_pipe_and_version(study):
+    status = subprocess.run(f"{sys.executable} -m widthlab.cli status {study} | head -1", shell=True,
+                            capture_output=True, text=True)
+    assert status.stdout.startswith("4 runs: 4 done") and "Traceback" not in status.stderr
+    version = subprocess.run([sys.executable, "-m", "widthlab.cli", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("widthlab ")
+
+
+def test_status_lists_runs_of_an_earlier_grid_as_not_in_this_config(study, tmp_path, capsys):
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    text = (copy / "config.yaml").read_text().replace("replicates: 2", "replicates: 1")
+    (copy / "config.yaml").write_text(text)
+    assert main(["status", str(copy)]) == 0
+    assert "4 runs: 2 done, 2 not in this config" in capsys.readouterr().out
+
+
+def test_dry_run_checks_module_function_names(tmp_path, capsys):
+    assert main(["run", "mlp-10d", "--dry-run", "--set", "model.name=nosuchmodule:build"]) == 2
+    assert "cannot import module 'nosuchmodule'" in capsys.readouterr().err
