@@ -92,3 +92,31 @@ def test_a_rerun_removes_stale_temps_and_a_killed_report_keeps_the_previous_figu
     assert {p: p.read_bytes() for p in (tmp_path / "figures").iterdir()} == before
     assert (tmp_path / "summary.md").read_text() == summary
     assert isinstance(pd.read_csv(tmp_path / "verdict.csv"), pd.DataFrame)
+
+
+def test_a_full_disk_at_a_checkpoint_stops_the_study_with_one_line_and_the_store_intact(tmp_path, monkeypatch):
+    import torch
+
+    from widthlab.study import load_config, load_results, run_study
+
+    tiny = ["grid.widths=[0.25, 0.5]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
+            "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
+    run_study(load_config("mlp-10d", tiny), tmp_path / "clean", progress=False, report=False)
+    real_save, calls = torch.save, []
+
+    def save(obj, handle, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second run's checkpoint (one per run: after its last epoch)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(WidthlabError, match=r"disk full writing '.*default-w0.5-r0.pt' \(\d+ MiB free\)"):
+        run_study(load_config("mlp-10d", tiny), tmp_path / "full", progress=False, report=False)
+    assert load_results(tmp_path / "full").runs.set_index("run_id")["status"].to_dict() == {
+        "default-w0.25-r0": "done", "default-w0.5-r0": "running"}
+    assert not [p for p in (tmp_path / "full" / "checkpoints").iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(torch, "save", real_save)
+    run_study(load_config("mlp-10d", tiny), tmp_path / "full", progress=False, report=False)
+    import pandas as pd
+    pd.testing.assert_frame_equal(load_results(tmp_path / "full").metrics, load_results(tmp_path / "clean").metrics)

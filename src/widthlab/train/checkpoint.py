@@ -19,6 +19,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 from widthlab.errors import WidthlabError
+from widthlab.files import write_error
 
 FORMAT = "widthlab-checkpoint-1"
 
@@ -48,11 +49,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save({"format": FORMAT, **state}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save({"format": FORMAT, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        error = write_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
