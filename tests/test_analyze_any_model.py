@@ -344,6 +344,12 @@ def test_budget_lowers_examples_last():
     assert choice.seconds <= 180 and "on 150 examples" in choice.note
 
 
+def test_budget_keeps_at_least_100_examples():
+    choice = choose(seconds_per_example=SLOW * 10)
+    assert (choice.levels, choice.samplings, choice.examples) == (5, 1, 100)
+    assert "still over --budget 180 s" in choice.note
+
+
 def test_budget_never_changes_what_the_user_set():
     choice = choose(seconds_per_example=SLOW, fixed={"levels"})
     assert (choice.levels, choice.samplings) == (11, 1) and choice.examples < 150
@@ -361,7 +367,8 @@ def test_the_cli_applies_the_budget_and_says_so(gpt2, prompts, tmp_path, capsys)
     out = tmp_path / "a"
     assert main(["analyze", f"hf:{gpt2}", "--data", str(prompts), "--budget", "0.000001", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "using 5 levels × 1 sampling on 1 example" in err and "to fit --budget" in err
+    # The prompts are fewer than MIN_EXAMPLES: all are kept, and the message says the budget is still exceeded.
+    assert "using 5 levels × 1 sampling on 6 examples" in err and "still over --budget" in err
     table = frame(out)
     assert sorted(set(table.query("metric == 'unchanged'")["level"])) == [0, 0.25, 0.5, 0.75, 1]
     assert set(table.query("metric == 'auc'")["sampling"]) == {0}

@@ -126,6 +126,7 @@ def _plural(n: int, word: str) -> str:
 
 
 MIN_LEVELS, MIN_SAMPLINGS = 5, 1
+MIN_EXAMPLES = 100
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def choose_measurement(*, seconds_per_example: float, examples: int, jobs: int, 
     """Fit `analyze` into `budget` seconds (`estimate_seconds`) by lowering what the user left to widthlab.
 
     In this order, each only as far as needed: the levels (to no fewer than 5), the samplings (to no fewer than 1;
-    then the levels are raised again as far as the budget allows), the examples (the first N). A knob named in
+    then the levels are raised again as far as the budget allows), the examples (the first N, no fewer than
+    `MIN_EXAMPLES`: past that the estimate may stay over the budget, and the message says so). A knob named in
     `fixed` (``"levels"``, ``"samplings"``, ``"examples"``: set by the user) is never changed. `budget` 0 keeps
     everything. A pure function of its arguments.
 
@@ -183,7 +185,8 @@ def choose_measurement(*, seconds_per_example: float, examples: int, jobs: int, 
         lv = next((v for v in range(levels, lv - 1, -1) if fits(v, sv, n)), lv)  # give back what now fits
     if not fits(lv, sv, n) and "examples" in free:
         per_example = cost(lv, sv, 1)
-        n = max(1, min(examples, int(budget // per_example))) if per_example > 0 else examples
+        # Never below MIN_EXAMPLES on its own: a curve over a dozen examples measures nothing worth its time.
+        n = max(min(examples, MIN_EXAMPLES), min(examples, int(budget // per_example))) if per_example > 0 else examples
     now = cost(lv, sv, n)
     before = (f"estimated {_duration(first)} with {_plural(levels, 'level')} × {_plural(samplings, 'sampling')} "
               f"on {_plural(examples, 'example')}")
