@@ -119,3 +119,4 @@ def test_the_report_uses_only_the_runs_of_the_current_grid(tmp_path, caplog):
     assert len(load_results(tmp_path).runs) == 4  # nothing is deleted
     assert len(pd.read_csv(tmp_path / "run_level.csv")) == 1  # the report: the one run of this grid
     assert "3 stored run(s) are not in this config's grid" in caplog.text
+    assert "3 stored run(s) are not in this config's grid (grid.* changed)" in (tmp_path / "summary.md").read_text()

@@ -429,12 +429,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     from widthlab.report import combine_frames, write_report
     from widthlab.study.runner import parameter_counts
-    from widthlab.study.store import load_results, select_runs, study_lock
+    from widthlab.study.store import left_out_note, load_results, select_runs, study_lock
 
     dirs = [Path(d) for d in args.dirs]
     if len(dirs) > 1 and not args.out:
         raise WidthlabError(f"{len(dirs)} study directories make one combined report: name its folder with --out")
-    studies = []
+    studies, notes = [], []
     for directory in dirs:
         results = load_results(directory)
         config_path = directory / "config.yaml"
@@ -443,8 +443,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if current is not None:  # the runs of the study's current grid; others stay in the store
             results, others = select_runs(results, current)
             if others:
-                print(f"widthlab: {len(others)} stored run(s) of {directory} are not in its config.yaml's grid and "
-                      "are left out", file=sys.stderr)
+                notes.append(left_out_note(others))
+                print(f"widthlab: {directory}: {notes[-1]}", file=sys.stderr)
         studies.append((directory, results, config))
     names = ("runs", "metrics", "snapshots", "history")
     if len(studies) == 1:
@@ -469,7 +469,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     with study_lock(out, report=True) if into_study else contextlib.nullcontext():
         report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
                               snapshots=tables["snapshots"], history=tables["history"], seed=seed,
-                              params=parameter_counts(tables["runs"], import_code=args.allow_code), html=args.html)
+                              params=parameter_counts(tables["runs"], import_code=args.allow_code), html=args.html,
+                              notes=notes)
     _print_report(out, tables["runs"], report)
     return 0
 

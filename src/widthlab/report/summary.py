@@ -62,9 +62,10 @@ def _summary_markdown(
     title: str,
     config: Any,
     seed: int,
+    notes: Sequence[str] = (),
 ) -> str:
     """The text of summary.md; `figures` are the PNGs to link (paths inside the report's figures folder)."""
-    parts = [f"# {title}", "", "## What was run", "", *(f"- {line}" for line in census(runs)), "",
+    parts = [f"# {title}", "", "## What was run", "", *(f"- {line}" for line in [*census(runs), *notes]), "",
              "Only done runs enter the tables, figures and verdict.", "", "## Results by width", ""]
     if levels.empty:
         parts += ["No run is done yet.", ""]
@@ -153,6 +154,7 @@ def write_report(
     params: pd.DataFrame | None = None,
     html: bool = False,
     pdf: bool = True,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the whole report: figures/*.png (+ .pdf), summary.md, verdict.csv, run_level.csv, optionally report.html.
 
@@ -169,6 +171,7 @@ def write_report(
         params: model/width/params rows for the parameter figure (paper A1); default None (not drawn).
         html: also write the self-contained report.html (default False).
         pdf: also write each figure as PDF (default True).
+        notes: lines added under "What was run" in summary.md (e.g. stored runs left out of this grid).
 
     Returns a dict with keys figures (list of PNG paths), summary, verdict_csv, run_level_csv, html (path or
     None), verdict, hypothesis and calibration (DataFrames).
@@ -181,7 +184,7 @@ def write_report(
     levels = run_level(runs, metrics)
     verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
     summary = out / "summary.md"
-    files.write_text(summary, _summary_markdown(runs, levels, verdict_df, figures, title, config, seed))
+    files.write_text(summary, _summary_markdown(runs, levels, verdict_df, figures, title, config, seed, notes))
     verdict_csv = out / "verdict.csv"
     with files.atomic_path(verdict_csv) as tmp:
         verdict_df.to_csv(tmp, index=False)

@@ -28,7 +28,7 @@ from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
 from widthlab.study.config import StudyConfig, load_config, normalized_run_config, resolved_measure
 from widthlab.study.executors import EXECUTORS, execute
-from widthlab.study.store import STORE_NAME, Store, export_csv, select_runs, study_lock
+from widthlab.study.store import STORE_NAME, Store, export_csv, left_out_note, select_runs, study_lock
 from widthlab.train import TrainConfig, fit
 from widthlab.train.loop import resolve_device
 from widthlab.train.distributed import init_from_env
@@ -305,15 +305,15 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
                 results = store.results()
             export_csv(results, out_dir)
             results, others = select_runs(results, [s.run_id for s in specs])
-            if others:
-                log.warning("%d stored run(s) are not in this config's grid and are left out of the report (kept in "
-                            "the store): %s", len(others), ", ".join(others[:10]) + (" ..." if len(others) > 10 else ""))
+            notes = [left_out_note(others)] if others else []
+            for note in notes:
+                log.warning(note)
             if report:
                 from widthlab.report import write_report
 
                 write_report(results.runs, results.metrics, out_dir, title=cfg.name, config=cfg.model_dump(mode="json"),
                              seed=cfg.seed, snapshots=results.snapshots, history=results.history,
-                             params=parameter_counts(results.runs, import_code=True))
+                             params=parameter_counts(results.runs, import_code=True), notes=notes)
         finally:
             log.removeHandler(handler)
             handler.close()

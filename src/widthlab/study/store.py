@@ -260,6 +260,13 @@ def select_runs(results: Results, run_ids) -> tuple[Results, list[str]]:
                    snapshots=only(results.snapshots)), others
 
 
+def left_out_note(others: list[str]) -> str:
+    """The line a log and summary.md give for stored runs that are not in the current grid."""
+    shown = ", ".join(others[:10]) + (" ..." if len(others) > 10 else "")
+    return (f"{len(others)} stored run(s) are not in this config's grid (grid.* changed) and are left out of this "
+            f"report; they stay in the store: {shown}")
+
+
 def _num(value) -> float | None:
     """SQLite stores NaN as NULL; read back as NaN by pandas."""
     if value is None:
