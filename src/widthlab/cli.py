@@ -67,7 +67,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     runs = load_results(args.dir).runs
     current = _current_run_ids(Path(args.dir))
-    if current is not None:
+    if current is not None and runs["run_id"].isin(current).any():
         runs = runs.assign(status=runs["status"].where(runs["run_id"].isin(current), "not in this config"))
     counts = runs["status"].value_counts().to_dict()
     print(f"{len(runs)} runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")

@@ -247,10 +247,12 @@ def store_error(path: Path, exc: sqlite3.OperationalError) -> WidthlabError:
 
 def select_runs(results: Results, run_ids) -> tuple[Results, list[str]]:
     """``(the results of the runs in `run_ids` only, the stored run ids left out)``: a report and a verdict are
-    drawn from the runs of the current grid; runs of an earlier grid stay in the store."""
+    drawn from the runs of the current grid; runs of an earlier grid stay in the store. When `run_ids` names none
+    of the stored runs (a config.yaml that does not describe this store), every run is kept."""
     keep = set(run_ids)
-    others = sorted(set(results.runs["run_id"]) - keep)
-    if not others:
+    stored = set(results.runs["run_id"])
+    others = sorted(stored - keep)
+    if not others or not stored & keep:  # a config that names none of the stored runs does not describe them
         return results, []
 
     def only(frame: pd.DataFrame) -> pd.DataFrame:
