@@ -11,7 +11,7 @@ from torch import nn
 
 from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.calibration import layer_similarity_null
-from widthlab.measure.capture import default_layers, resolve_modules, stream_activations
+from widthlab.measure.capture import default_layers, evaluating, resolve_modules, stream_activations
 from widthlab.measure.engine import sweep
 from widthlab.measure.graph import probe
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
@@ -222,16 +222,11 @@ def check_measurable(model: nn.Module, inputs: Inputs, layers: Sequence[str] | N
     specs = [get_perturbation(name) for name in ([perturbations] if isinstance(perturbations, str)
                                                  else perturbations)]
     batch = first_batch(model, inputs, examples, mask)
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
+    with evaluating(model):
         names = default_layers(model, batch, mask=None) if layers is None else list(layers)
         resolve_modules(model, names)
         weighted = names if any(spec.weights for spec in specs) else []
         probe(model, batch, names, producers_of=weighted)
         unit_axes(model, lambda: batch.run(model), names, unit_axis)
         select_scores(batch.run(model), output)
-    finally:
-        for module, training in flags:
-            module.training = training
     return names

@@ -8,6 +8,7 @@ its training flags back afterwards.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -166,18 +167,19 @@ def stream_activations(model: nn.Module, inputs: Inputs, layers: str | Sequence[
     Example: ``for chunks, batch in stream_activations(model, x, ["relu1"]): moments.update(chunks["relu1"])``
     """
     names = [name for name, _ in resolve_modules(model, layers)]
+    source = batches(model, inputs, batch_size, mask=mask)
+    first = next(source, None)
+    if first is None:
+        return
+    axes = layer_axes(model, first, names, unit_axis)  # decided once, before the hooks below go on
     chunks: dict[str, torch.Tensor] = {}
-    axes: dict[str, int] = {}
     current: list[Batch] = []
 
     def keep(name: str, output: object) -> None:
-        if current:  # not during the pass that decides the unit axes
-            chunks[name] = unit_rows(output, name, axes[name], current[0].mask)
+        chunks[name] = unit_rows(output, name, axes[name], current[0].mask)
 
     with evaluating(model), layer_hooks(model, names, keep) as run:
-        for batch in batches(model, inputs, batch_size, mask=mask):
-            if not axes:
-                axes.update(layer_axes(model, batch, names, unit_axis))
+        for batch in itertools.chain([first], source):
             chunks.clear()
             current[:] = [batch]
             with torch.no_grad():

@@ -84,7 +84,8 @@ class Evaluation:
         return same.flatten(1).sum(1)
 
 
-def _label_source(labels) -> torch.Tensor | None:
+def check_labels(labels) -> torch.Tensor | None:
+    """`labels` as a tensor: (N,) integer classes, or (N, T) tokens without ignored (negative) positions."""
     if labels is None:
         return None
     y = torch.as_tensor(labels)
@@ -196,7 +197,7 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str | Perturbat
     missing = list(dict.fromkeys(name for name in moment_layers if name not in moments))
     if missing:
         moments.update(_clean_moments(model, inputs, missing, unit_axis, batch_size, mask))
-    labels = _label_source(labels)
+    labels = check_labels(labels)
     modules = dict(model.named_modules())
 
     with evaluating(model), torch.no_grad():

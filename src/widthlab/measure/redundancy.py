@@ -6,6 +6,8 @@ rows; the correlation r_ij = cov_ij / sqrt(var_i var_j) is derived from the cova
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -152,6 +154,36 @@ def similar_counts(abs_r: np.ndarray, threshold: float) -> np.ndarray:
     return similar.sum(1)
 
 
+@dataclass(frozen=True)
+class Census:
+    """Per-unit facts of a layer's streamed moments (DESIGN.md §1's flat unit and unit census).
+
+    Attributes:
+        cov: (C, C) float64 covariance; std: (C,) its diagonal's square root (ddof 1).
+        flat: (C,) bool, `flat_units`; live: indices of the non-flat units.
+        constant: (C,) bool, std <= CONSTANT_RTOL × the median std of the live units (all when none is live).
+        silent: (C,) bool, > 0 on fewer than a share SILENT_SHARE of the rows.
+    """
+
+    cov: np.ndarray
+    std: np.ndarray
+    flat: np.ndarray
+    live: np.ndarray
+    constant: np.ndarray
+    silent: np.ndarray
+
+
+def census(moments: Moments) -> Census:
+    """The `Census` of `moments`: what `redundancy_from_moments` and `unit_table` both report."""
+    cov = moments.cov.cpu().numpy()
+    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    flat = flat_units(std)
+    live = np.flatnonzero(~flat)
+    constant = std <= CONSTANT_RTOL * np.median(std[live]) if len(live) else np.ones(len(cov), dtype=bool)
+    silent = moments.positive.cpu().numpy() < SILENT_SHARE * moments.n
+    return Census(cov, std, flat, live, constant, silent)
+
+
 def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold: float = 0.5,
                             bins: int = 50) -> dict:
     """Every DESIGN §1 redundancy number of a layer from its accumulated `Moments`.
@@ -170,20 +202,14 @@ def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold
     energy = check_fraction("energy", energy, low_open=True)
     threshold = check_fraction("threshold", threshold, low_open=False)
     check_positive_int("bins", bins)
-    cov = moments.cov.cpu().numpy()
+    layer = census(moments)
+    cov, live = layer.cov, layer.live
     units = len(cov)
-    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    flat = flat_units(std)
-    live = np.flatnonzero(~flat)
     abs_r = abs_r_matrix(cov, live)
     counts = similar_counts(abs_r, threshold)
     similarity_value = counts.sum() / units
     pairs = abs_r[np.triu_indices(len(live), 1)]
     hist, edges = np.histogram(pairs, bins=bins, range=(0.0, 1.0))
-    if len(live):
-        constant = std <= CONSTANT_RTOL * np.median(std[live])
-    else:
-        constant = np.ones(units, dtype=bool)
     pcs = _pcs(cov, energy)
     return {
         "n_units": units,
@@ -192,8 +218,8 @@ def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold
         "similarity": float(similarity_value),
         "similarity_live": float(counts.sum() / len(live)) if len(live) else 0.0,
         "similar_fraction": float(similarity_value / (units - 1)) if units > 1 else 0.0,
-        "silent_fraction": float((moments.positive.cpu().numpy() < SILENT_SHARE * moments.n).mean()),
-        "constant_fraction": float(constant.mean()),
+        "silent_fraction": float(layer.silent.mean()),
+        "constant_fraction": float(layer.constant.mean()),
         "abs_r_counts": hist.astype(np.int64),
         "abs_r_edges": edges,
     }

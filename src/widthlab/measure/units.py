@@ -16,12 +16,11 @@ import torch
 
 from widthlab.errors import WidthlabError
 from widthlab.measure.capture import evaluating, resolve_modules, stream_activations
-from widthlab.measure.engine import Evaluation, sweep
+from widthlab.measure.engine import Evaluation, check_labels, sweep
 from widthlab.measure.graph import probe
 from widthlab.measure.inputs import DEFAULT_MASK, Batch, Inputs, Output, first_batch, model_device
 from widthlab.measure.perturbations import LayerSpec, MaskPlan, Perturbation
-from widthlab.measure.redundancy import (CONSTANT_RTOL, SILENT_SHARE, Moments, abs_r_matrix, check_fraction,
-                                         flat_units, similar_counts)
+from widthlab.measure.redundancy import Moments, abs_r_matrix, census, check_fraction, similar_counts
 
 
 def _single_unit(name: str, fill_mean: bool) -> Perturbation:
@@ -175,10 +174,7 @@ def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=Non
         raise WidthlabError(f"layer must be one module name, got {layer!r}")
     threshold = check_fraction("threshold", threshold, low_open=False)
     resolve_modules(model, [layer])
-    given = None if labels is None else torch.as_tensor(labels)
-    if given is not None and (given.dim() not in (1, 2) or given.is_floating_point() or given.dtype == torch.bool):
-        raise WidthlabError(f"labels must be (N,) integer classes or (N, T) tokens, got shape {tuple(given.shape)} "
-                            f"of {given.dtype}")
+    given = check_labels(labels)
     with evaluating(model), torch.no_grad():
         out = probe(model, first_batch(model, inputs, 2, mask), [layer]).outputs[layer]
     # As `unit_rows` does: with a mask, the rows of an output with a token axis are the real tokens.
@@ -193,13 +189,9 @@ def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=Non
           ablations_per_eval=ablations_per_eval, moments={layer: moments}, output=output, mask=mask,
           on_scores=lambda job, copies, scores, ev: effects[kinds[job]].add(copies, scores, ev), progress=progress)
 
-    cov = moments.cov.cpu().numpy()
-    var = np.clip(np.diag(cov), 0.0, None)
-    std = np.sqrt(var)  # ddof 1, as the census of `redundancy_from_moments` compares
-    flat = flat_units(std)
-    live = np.flatnonzero(~flat)
-    constant = std <= CONSTANT_RTOL * np.median(std[live]) if len(live) else np.ones(units, dtype=bool)
-    silent = moments.positive.cpu().numpy() < SILENT_SHARE * moments.n
+    facts = census(moments)  # the flags exactly as `redundancy_from_moments` counts them
+    cov, live, flat, constant, silent = facts.cov, facts.live, facts.flat, facts.constant, facts.silent
+    var = facts.std ** 2  # ddof 1
     abs_r = abs_r_matrix(cov, live)  # (live, live)
     similar = np.zeros(units, dtype=np.int64)
     similar[live] = similar_counts(abs_r, threshold)
