@@ -277,15 +277,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from widthlab.measure import analyze, capture, check_measurable
-    from widthlab.measure.inputs import count_examples, first_batch
+    from widthlab.measure.inputs import count_examples, first_batch, known_examples
     from widthlab.measure.perturbations import evenly_spaced_levels, get_perturbation
     from widthlab.report.analysis import layer_table, write_layer_figures
-    from widthlab.study.external import (
-        first_examples,
-        load_model,
-        n_examples,
-        trial_run,
-    )
+    from widthlab.study.external import first_examples, load_model, trial_run
 
     flags = _analyze_flags(args)
     perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
@@ -303,7 +298,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     units = {name: acts.shape[1] for name, acts in
              capture(model, probe.head(2), names, unit_axis=unit_axis, mask=mask).items()}
     seconds_per_example = _seconds_per_example(model, probe)
-    examples = n_examples(inputs)
+    examples = known_examples(inputs)
     jobs = len(perturbations) * (len(names) + (len(names) > 1))  # each layer, plus "all" when there are several
     extra = 1 + any(get_perturbation(name).needs_moments for name in perturbations)  # similarity null, moments
     if args.units:

@@ -28,3 +28,12 @@ def check_seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise WidthlabError(f"{name} must be a number of seconds >= 0, got {value!r}")
     return value
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line errors (just ``Type`` without a message).
+
+    Example: ``first_line(ValueError("bad\nmore")) == "ValueError: bad"``
+    """
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -38,8 +38,8 @@ from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.capture import evaluating, stream_activations
 from widthlab.measure.curve import Curve, robustness_auc
 from widthlab.measure.graph import is_plain_producer, probe, trace
-from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, batches, predictions, select_scores,
-                                     valid_positions)
+from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, batches, known_examples, predictions,
+                                     select_scores, valid_positions)
 from widthlab.measure.jobs import Cuts, Entry, Job, link_donor, plan_job, unlink_donor
 from widthlab.measure.layout import unit_axes
 from widthlab.measure.perturbations import Perturbation, get_perturbation
@@ -251,14 +251,13 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str | Perturbat
 
 def _batch_count(inputs: Inputs, batch_size: int) -> int:
     """Batches `batches` will yield, for progress totals (1 when it cannot be told)."""
-    try:
-        if isinstance(inputs, torch.utils.data.DataLoader):
+    if isinstance(inputs, torch.utils.data.DataLoader):
+        try:
             return len(inputs)
-        n = len(next(iter(inputs.values()))) if isinstance(inputs, Mapping) else \
-            len(inputs[0]) if isinstance(inputs, (tuple, list)) else len(inputs)
-        return max(1, -(-n // batch_size))
-    except TypeError:
-        return 1
+        except TypeError:  # an iterable-style dataset
+            return 1
+    n = known_examples(inputs)
+    return 1 if n is None else max(1, -(-n // batch_size))
 
 
 class _Run:

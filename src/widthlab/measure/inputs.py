@@ -207,6 +207,20 @@ def batches(model: nn.Module, inputs: Inputs, batch_size: int, *,
                     None if batch.mask is None else batch.mask.to(device))
 
 
+def known_examples(inputs: Inputs) -> int | None:
+    """The number of examples of `inputs` when it can be told without reading them (None otherwise)."""
+    try:
+        if isinstance(inputs, Mapping):
+            return len(next(v for v in inputs.values() if isinstance(v, torch.Tensor)))
+        if isinstance(inputs, (tuple, list)):
+            return len(inputs[0])
+        if isinstance(inputs, DataLoader):
+            return len(inputs.dataset)
+        return len(inputs)
+    except (TypeError, StopIteration):
+        return None
+
+
 def count_examples(inputs: Inputs, mask: str | int | None = DEFAULT_MASK) -> tuple[int, int | None]:
     """``(examples, real tokens or None without a mask)`` of `inputs`, read without the model."""
     examples, tokens = 0, None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from widthlab.errors import WidthlabError, check_positive_int
+from widthlab.errors import WidthlabError, check_positive_int, first_line
 from widthlab.models.init import initialize
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -59,9 +59,7 @@ def resolve_callable(spec: str, what: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or the module's own SyntaxError or exception at import
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise WidthlabError(f"{what} {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}"
-                            + (f": {first})" if first else ")")) from None
+        raise WidthlabError(f"{what} {spec!r}: cannot import module {module_name!r} ({first_line(exc)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise WidthlabError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
@@ -98,9 +96,7 @@ def call_user(fn, name: str, what: str, **kwargs):
     except WidthlabError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise WidthlabError(f"{what} {name!r} raised {type(exc).__name__}" + (f": {first}" if first else "")) \
-            from None
+        raise WidthlabError(f"{what} {name!r} raised {first_line(exc)}") from None
 
 
 def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", sigma: float | None = None,

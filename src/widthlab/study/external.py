@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from widthlab.data import load_data
 from widthlab.data.base import ArrayDataset
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, first_line
 from widthlab.measure.inputs import DEFAULT_MASK, first_batch
 from widthlab.models import create_model
 from widthlab.models.registry import call_user, resolve_callable
@@ -44,12 +44,6 @@ HUBS = ("torchvision", "timm")
 HF = "hf:"
 # The files `save_pretrained` writes the weights to (one file, or a sharded index).
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception, for one-line errors."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def is_checkpoint(spec: str) -> bool:
@@ -286,20 +280,6 @@ def _tokenize(text: Path, folder: str, max_length: int) -> dict[str, torch.Tenso
 
 
 # Helpers of the analyze command --------------------------------------------------------------------------------------
-
-def n_examples(inputs) -> int | None:
-    """The number of examples of `inputs`, when it can be told without reading them."""
-    try:
-        if isinstance(inputs, Mapping):
-            return len(next(v for v in inputs.values() if isinstance(v, torch.Tensor)))
-        if isinstance(inputs, (tuple, list)):
-            return len(inputs[0])
-        if isinstance(inputs, DataLoader):
-            return len(inputs.dataset)
-        return len(inputs)
-    except (TypeError, StopIteration):
-        return None
-
 
 def first_examples(inputs, n: int):
     """The first `n` examples of `inputs` (all of them when there are fewer), in the same form."""
