@@ -109,11 +109,12 @@ def _checkpoint(checkpoints: Path, spec) -> str:
     return str(checkpoints / f"{file_name(spec.run_id)}.pt")
 
 
-def run_local(specs, checkpoints: Path, progress: bool | None, started, every: float = 0.0) -> Iterator:
+def run_local(specs, checkpoints: Path, progress: bool | None, started, every: float = 0.0,
+              cache: dict | None = None) -> Iterator:
     """Runs one after another in this process, with a run-level bar (epoch, loss, accuracy)."""
     from tqdm.auto import tqdm
 
-    cache: dict = {}
+    cache = {} if cache is None else cache
     for spec in specs:
         epochs = spec.config["train"]["epochs"]
         bar = tqdm(total=epochs, desc=spec.run_id, unit="epoch", leave=False, position=1, dynamic_ncols=True,
@@ -245,12 +246,13 @@ def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, 
 
 def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, address: str | None = None,
             gpus_per_run: float = 0.0, progress: bool | None = None, started=lambda spec: None,
-            checkpoint_every: float = 0.0) -> Iterator:
+            checkpoint_every: float = 0.0, data_cache: dict | None = None) -> Iterator:
     """Dispatch to the named executor; yields (spec, RunResult) as runs finish. `started(spec)` is called when
     a run starts (local) or is handed to the pool or cluster (processes, ray); runs write a checkpoint at most
-    every `checkpoint_every` seconds (and after their last epoch)."""
+    every `checkpoint_every` seconds (and after their last epoch). `data_cache` holds data sets the driver has
+    loaded already; the local executor reuses them."""
     if executor == "local":
-        return run_local(specs, checkpoints, progress, started, checkpoint_every)
+        return run_local(specs, checkpoints, progress, started, checkpoint_every, data_cache)
     if executor == "processes":
         return run_processes(specs, checkpoints, workers, started, checkpoint_every)
     if executor == "ray":

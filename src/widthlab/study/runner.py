@@ -282,7 +282,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
             if (out_dir / STORE_NAME).is_file():
                 with Store(out_dir, readonly=True) as peek:
                     finished = {run_id for run_id, status in peek.statuses().items() if status in FINAL_STATUSES}
-            preflight([s for s in specs if s.run_id not in finished], {})
+            data_cache: dict = {}  # the preflight's data set, reused by the local executor's first runs
+            preflight([s for s in specs if s.run_id not in finished], data_cache)
             with Store(out_dir) as store:
                 store.add_runs([{"run_id": s.run_id, "variant": s.variant, "width": s.width,
                                  "replicate": s.replicate, "config": s.config,
@@ -300,7 +301,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
                 log.info("study %s: %d runs, %d to do, executor %s", cfg.name, len(specs), len(todo), executor)
                 results = execute(executor, todo, checkpoints, workers=workers, address=address,
                                   gpus_per_run=gpus_per_run, progress=progress, checkpoint_every=checkpoint_every,
-                                  started=lambda spec: store.mark(spec.run_id, "running"))
+                                  started=lambda spec: store.mark(spec.run_id, "running"), data_cache=data_cache)
                 _drive(store, todo, results, len(specs), cfg.name, progress)
                 results = store.results()
             export_csv(results, out_dir)
