@@ -13,6 +13,7 @@ from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.calibration import layer_similarity_null
 from widthlab.measure.capture import default_layers, evaluating, resolve_modules, stream_activations
 from widthlab.measure.engine import sweep
+from widthlab.measure.frivolous import frivolous_rows
 from widthlab.measure.graph import probe
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
                                      select_scores, total_rows)
@@ -103,6 +104,10 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     - robustness, per perturbation and per layer, plus layer ``"all"`` (every layer at once) when more than one
       layer is analysed (with one layer it would repeat that layer): ``auc`` (level NaN) and the curve points
       ``unchanged`` and, with labels, ``accuracy`` at each level, for every sampling.
+    - frivolous units (`widthlab.measure.frivolous`), per unit layer: ``prunability`` x* (where the ``zero`` curve
+      first falls below 0.8), ``prunable_units`` x*·C and ``non_prunable_units`` (1 − x*)·C per sampling
+      (perturbation ``zero``, when it is measured), and ``redundant_units`` (compressibility·C) and
+      ``non_redundant_units`` (pcs_needed) per redundancy draw (perturbation ``""``).
 
     Every curve is measured in one sweep over the data (`sweep`), sharing each batch's clean forward pass among all
     perturbations and scopes; that pass also streams the redundancy moments. A perturbation that needs clean
@@ -200,8 +205,9 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
                 records += [(scope, metric, perturbation, float(level), s, float(v))
                             for level, v in zip(curve.levels, values[s])]
     frame = pd.DataFrame.from_records(records, columns=COLUMNS)
-    return frame.astype({"layer": str, "metric": str, "perturbation": str, "level": float, "sampling": int,
-                         "value": float})
+    frame = frame.astype({"layer": str, "metric": str, "perturbation": str, "level": float, "sampling": int,
+                          "value": float})
+    return pd.concat([frame, frivolous_rows(frame)], ignore_index=True)  # unit counts, from the rows above
 
 
 @torch.no_grad()
