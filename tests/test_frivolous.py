@@ -91,3 +91,77 @@ def test_analyze_reports_the_unit_counts():
     assert rows["prunable_units", 1] + rows["non_prunable_units", 1] == pytest.approx(32)
     assert rows["non_redundant_units", 0] == rows["pcs_needed", 0]
     assert rows["redundant_units", 0] == pytest.approx(32 - rows["pcs_needed", 0])
+
+
+def _study(widths, counts_of, replicates=2, layers=("fc",)):
+    """runs and metrics tables of a hand-made study: counts_of(width, replicate, layer) -> {metric: value}."""
+    runs, metrics = [], []
+    for w in widths:
+        for r in range(replicates):
+            run_id = f"v-w{w:g}-r{r}"
+            runs.append(dict(run_id=run_id, variant="v", width=w, replicate=r, status="done", test_acc=0.9))
+            for layer in layers:
+                for metric, value in counts_of(w, r, layer).items():
+                    metrics.append(dict(run_id=run_id, layer=layer, metric=metric,
+                                        perturbation="" if "redundant" in metric or metric == "n_units" else "zero",
+                                        level=np.nan, sampling=0, value=value))
+    return pd.DataFrame(runs), pd.DataFrame(metrics)
+
+
+WIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def test_growth_per_doubling_of_known_series():
+    from widthlab.report.frivolous import effective_width, growth
+
+    def counts(w, r, layer):
+        c = 128 * w
+        doublings = np.log2(w / 0.25)
+        return {"n_units": c, "non_prunable_units": 10 * 1.8 ** doublings * (1 + 0.01 * r),
+                "prunable_units": c - 10 * 1.8 ** doublings, "non_redundant_units": 5 * 2.0 ** doublings,
+                "redundant_units": 3 * 2.5 ** doublings}
+
+    runs, metrics = _study(WIDTHS, counts)
+    table = growth(runs, metrics).set_index("quantity")
+    assert table.loc["non_prunable_units", "g"] == pytest.approx(1.8)
+    assert table.loc["non_redundant_units", "g"] == pytest.approx(2.0)
+    assert table.loc["redundant_units", "g"] == pytest.approx(2.5)
+    assert table.loc["non_prunable_units", "ci_low"] < 1.8 < table.loc["non_prunable_units", "ci_high"] < 2
+    assert table.loc["non_prunable_units", "pace"] == "slower than width"
+    assert table.loc["non_redundant_units", "pace"] == "as width"  # exactly 2 in every resample
+    assert table.loc["redundant_units", "pace"] == "faster than width"
+    assert set(table["method"]) == {"runs"}
+    verdict = effective_width(growth(runs, metrics)).iloc[0]
+    assert verdict["slower"] == "no" and "non-prunable g = 1.80" in verdict["reason"]
+
+
+def test_growth_normalises_by_the_largest_width_and_handles_odd_steps_and_zeros():
+    from widthlab.report.frivolous import growth, layer_counts
+
+    # Widths 1 and 3: one step of log2(3) doublings; value ∝ w^log2(1.5) → g = 1.5.
+    def counts(w, r, layer):
+        return {"n_units": 10 * w, "non_prunable_units": 4 * w ** np.log2(1.5),
+                "non_redundant_units": 0.0 if w == 1 else 7.0}
+
+    runs, metrics = _study((1.0, 3.0), counts, replicates=1, layers=("a", "b"))
+    layers = layer_counts(runs, metrics)
+    assert set(layers["c_max"]) == {30.0}
+    assert layers.loc[layers["width"] == 1, "non_prunable_units_norm"].iloc[0] == pytest.approx(4 / 30)
+    table = growth(runs, metrics).set_index("quantity")
+    assert table.loc["non_prunable_units", "g"] == pytest.approx(1.5)
+    assert table.loc["non_prunable_units", "method"] == "layers"  # one replicate, two layers
+    assert np.isnan(table.loc["non_redundant_units", "g"])  # 0 at the smaller width: no ratio
+    assert table.loc["non_redundant_units", "pace"] == "not judged"
+
+
+def test_reference_summary_of_samplings():
+    from widthlab.report.frivolous import layer_counts
+
+    runs = pd.DataFrame([dict(run_id="r", variant="v", width=1.0, replicate=0, status="done", test_acc=1.0)])
+    metrics = pd.DataFrame([dict(run_id="r", layer="fc", metric=m, perturbation=p, level=np.nan, sampling=s, value=v)
+                            for m, p, s, v in [("n_units", "", 0, 10), ("prunable_units", "zero", 0, 4),
+                                               ("prunable_units", "zero", 1, 6), ("non_prunable_units", "zero", 0, 6),
+                                               ("non_prunable_units", "zero", 1, 4)]])
+    row = layer_counts(runs, metrics).iloc[0]
+    assert row["prunable_units"] == 5 and row["prunable_units_ref"] == 6
+    assert row["non_prunable_units"] == 5 and row["non_prunable_units_ref"] == 4

@@ -64,7 +64,8 @@ def _require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> Non
 
 
 def done_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs whose status is "done" (the only ones figures and the verdict count).
+    """The runs whose status is "done" (the only ones figures and the verdict count), less the selection
+    candidates that were not chosen (``chosen`` 0).
 
     Args:
         runs: the study's runs table (run_id, variant, width, replicate, status, test_acc, ...).
@@ -73,6 +74,8 @@ def done_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """
     _require_columns(runs, RUN_COLUMNS, "runs")
     done = runs[runs["status"] == "done"]
+    if "chosen" in done.columns:  # grid.select: a candidate measured but not chosen (`measure: all`) stays out
+        done = done[done["chosen"].fillna(1).astype(float) != 0]
     bad = done.loc[~(done["width"].astype(float) > 0), "width"]
     if len(bad):
         raise WidthlabError(f"width must be > 0 to be placed on a log2 axis; got {sorted(set(bad))}")

@@ -157,12 +157,104 @@ class MeasureSpec(_Strict):
         return sets
 
 
+class SelectSpec(_Strict):
+    """Hyperparameter selection per grid cell (the paper's "tuned" / "Best" hyperparameters).
+
+    Every candidate override is trained for every cell (variant × width × replicate); the candidate with the best
+    validation accuracy is kept and measured (`measure: all` measures every candidate). Written as
+
+    - ``{train.lr: [1, 0.1, 0.01]}``: a mapping of dotted keys to lists of values, every combination a candidate;
+    - ``[{train.lr: 0.1, train.batch_size: 32}, {train.lr: 0.4, train.batch_size: 128}]``: the candidates;
+    - ``{candidates: <either>, measure: chosen | all, enabled: true | false}``; `enabled: false` declares a
+      selection that ``widthlab run --select`` turns on (the CNN presets: a full selection multiplies training).
+    """
+
+    candidates: tuple[dict[str, Any], ...]
+    measure: Literal["chosen", "all"] = "chosen"
+    enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _forms(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) or (isinstance(value, dict) and "candidates" not in value):
+            value = {"candidates": value}
+        if isinstance(value, dict) and isinstance(value.get("candidates"), dict):
+            value = {**value, "candidates": _product(value["candidates"])}
+        return value
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates(cls, value: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        if len(value) < 2:
+            raise ValueError(f"a selection needs at least two candidates, got {len(value)}")
+        for candidate in value:
+            if not isinstance(candidate, dict) or not candidate:
+                raise ValueError(f"a candidate must be a non-empty mapping of dotted keys to values, got {candidate!r}")
+            for key in candidate:
+                section = str(key).partition(".")[0]
+                if section not in RUN_SECTIONS or "." not in str(key):
+                    raise ValueError(f"candidate key {key!r} must be a dotted key in one of {', '.join(RUN_SECTIONS)} "
+                                     "(e.g. train.lr)")
+        if len({json_key(c) for c in value}) != len(value):
+            raise ValueError("candidates repeat")
+        candidate_labels(value)
+        return value
+
+
+def _product(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of a ``{dotted key: [values]}`` mapping, in the order written."""
+    import itertools
+
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"select {key!r} needs a non-empty list of candidate values, got {values!r}")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def json_key(candidate: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(candidate, sort_keys=True, default=str)
+
+
+def candidate_labels(candidates) -> list[str]:
+    """A short name per candidate for run ids and reports: ``lr=0.1`` (the last part of each key, or the whole
+    dotted key where two keys share it), joined by ``,``."""
+    keys = {k for c in candidates for k in c}
+    short = {k: k.rsplit(".", 1)[-1] for k in keys}
+    clash = {k for k in keys if sum(short[k] == short[o] for o in keys) > 1}
+    labels = [",".join(f"{k if k in clash else short[k]}={v}" for k, v in c.items()) for c in candidates]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"candidates give the same name twice: {labels}")
+    return labels
+
+
+def unflatten(candidate: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 0.1}`` → ``{"train": {"lr": 0.1}}`` (an override that `deep_merge` applies)."""
+    out: dict[str, Any] = {}
+    for key, value in candidate.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 class GridSpec(_Strict):
-    """Width factors × variants × replicates; replicate r trains with seed r."""
+    """Width factors × variants × replicates (replicate r trains with seed r), and optionally a selection of
+    hyperparameters per cell (`SelectSpec`)."""
 
     widths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     replicates: int = Field(3, ge=1)
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+    select: SelectSpec | None = None
+
+    @property
+    def selecting(self) -> bool:
+        """Whether runs select among candidates (a selection declared and enabled)."""
+        return self.select is not None and self.select.enabled
 
     @field_validator("widths")
     @classmethod
@@ -224,6 +316,8 @@ class StudyConfig(_Strict):
     def _name(cls, value: str) -> str:
         return check_path_name(value, "study name")
     figure: str = ""  # the paper figure this reproduces, if any
+    # Why this study's verdict may mean nothing, written beside it (a smoke run, a stand-in data set).
+    caveats: tuple[str, ...] = ()
     seed: int = 0
     # torch threads per run, pinned so that results do not depend on the executor or the machine's core count
     threads: int = Field(1, ge=1)
@@ -233,22 +327,27 @@ class StudyConfig(_Strict):
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     grid: GridSpec = Field(default_factory=GridSpec)
 
-    def variant_sections(self, variant: str) -> dict[str, Any]:
-        """The base sections with `variant`'s overrides merged in, validated."""
+    def variant_sections(self, variant: str, candidate: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The base sections with `variant`'s overrides (then a selection `candidate`'s) merged in, validated."""
         base = self.model_dump(include=set(RUN_SECTIONS))
         merged = deep_merge(base, self.grid.variants[variant])
+        if candidate:
+            merged = deep_merge(merged, unflatten(candidate))
+        where = f"variant {variant!r}" + (f", candidate {candidate}" if candidate else "")
         sections = {}
         for section, cls in (("data", DataSpec), ("model", ModelSpec), ("train", TrainConfig), ("measure", MeasureSpec)):
             try:
                 sections[section] = cls(**merged[section])
             except ValidationError as exc:
-                raise WidthlabError(f"variant {variant!r}: {section}.{_first_error(exc)}") from None
+                raise WidthlabError(f"{where}: {section}.{_first_error(exc)}") from None
         return sections
 
     @model_validator(mode="after")
     def _variants_valid(self) -> StudyConfig:
+        candidates = self.grid.select.candidates if self.grid.select is not None else (None,)
         for variant in self.grid.variants:
-            self.variant_sections(variant)
+            for candidate in candidates:
+                self.variant_sections(variant, candidate)
         return self
 
 

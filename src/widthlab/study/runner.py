@@ -7,6 +7,7 @@ store, so any executor can compute runs anywhere and hand the results back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError, check_positive_int, check_seconds
 from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
-from widthlab.study.config import StudyConfig, load_config, normalized_run_config, resolved_measure
+from widthlab.study.config import (StudyConfig, candidate_labels, load_config, normalized_run_config,
+                                   resolved_measure)
 from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import STORE_NAME, Store, export_csv, left_out_note, select_runs, study_lock
 from widthlab.train import TrainConfig, fit
@@ -35,6 +37,7 @@ from widthlab.train.distributed import init_from_env
 
 log = logging.getLogger("widthlab")
 FINAL_STATUSES = ("done", "diverged")
+TRAINED = "trained"  # a selection candidate trained but not measured (it was not, or not yet, chosen)
 CHECKPOINTS = "checkpoints"
 
 
@@ -46,22 +49,61 @@ class RunSpec:
     variant: str
     width: float
     replicate: int
-    config: dict[str, Any]  # seed, threads, data, model, train, measure: JSON-ready
+    config: dict[str, Any]  # seed, threads, data, model, train, measure (+ select): JSON-ready
+    cell: str | None = None  # with grid.select: the grid cell this candidate competes in
+    candidate: str | None = None  # with grid.select: the candidate's name (``lr=0.1``)
+    measure: bool = True  # False: train only, the run ends "trained" (a candidate not yet chosen)
 
 
 def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
-    """The grid in a stable order: variant, then width, then replicate (replicate r trains with seed r)."""
+    """The grid in a stable order: variant, then width, then replicate (replicate r trains with seed r), then,
+    with ``grid.select``, the candidates in the order written (run id ``CELL-NAME``, e.g. ``default-w1-r0-lr=0.1``).
+    """
+    select = cfg.grid.select if cfg.grid.selecting else None
+    candidates = [None] if select is None else list(select.candidates)
+    labels = [None] if select is None else candidate_labels(select.candidates)
     specs = []
     for variant in cfg.grid.variants:
-        sections = cfg.variant_sections(variant)
+        per_candidate = [cfg.variant_sections(variant, candidate) for candidate in candidates]
         for width in cfg.grid.widths:
             for replicate in range(cfg.grid.replicates):
-                train = sections["train"].model_copy(update={"seed": replicate})
-                config = {"study_seed": cfg.seed, "threads": cfg.threads, "width": width, "replicate": replicate,
-                          "data": sections["data"].model_dump(), "model": sections["model"].model_dump(),
-                          "train": train.model_dump(), "measure": resolved_measure(sections["measure"])}
-                specs.append(RunSpec(f"{variant}-w{width:g}-r{replicate}", variant, width, replicate, config))
+                cell = f"{variant}-w{width:g}-r{replicate}"
+                for candidate, label, sections in zip(candidates, labels, per_candidate):
+                    train = sections["train"].model_copy(update={"seed": replicate})
+                    config = {"study_seed": cfg.seed, "threads": cfg.threads, "width": width, "replicate": replicate,
+                              "data": sections["data"].model_dump(), "model": sections["model"].model_dump(),
+                              "train": train.model_dump(), "measure": resolved_measure(sections["measure"])}
+                    if candidate is None:
+                        specs.append(RunSpec(cell, variant, width, replicate, config))
+                        continue
+                    config["select"] = {"cell": cell, "candidate": label, "overrides": candidate}
+                    specs.append(RunSpec(f"{cell}-{label}", variant, width, replicate, config, cell=cell,
+                                         candidate=label, measure=select.measure == "all"))
     return specs
+
+
+def choose(runs: pd.DataFrame, specs: list[RunSpec]) -> tuple[dict[str, str], list[str]]:
+    """``({cell: the chosen run id}, notes)`` for every cell whose candidates have all finished: the candidate with
+    the best validation accuracy (ties: the first written), among those that did not diverge. A cell with a
+    candidate still to run or failed is not chosen yet; a cell whose candidates all diverged has no choice (note).
+    """
+    by_id = runs.set_index("run_id")
+    cells: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        if spec.cell is not None:
+            cells.setdefault(spec.cell, []).append(spec)
+    chosen, notes = {}, []
+    for cell, members in cells.items():
+        status = [by_id.at[m.run_id, "status"] for m in members]
+        if any(s not in (*FINAL_STATUSES, TRAINED) for s in status):
+            continue
+        scores = [(float(by_id.at[m.run_id, "val_acc"]), -i, m.run_id) for i, m in enumerate(members)
+                  if by_id.at[m.run_id, "status"] != "diverged" and pd.notna(by_id.at[m.run_id, "val_acc"])]
+        if not scores:
+            notes.append(f"cell {cell}: every candidate diverged; nothing is measured for it")
+            continue
+        chosen[cell] = max(scores)[2]
+    return chosen, notes
 
 
 def _load_splits(config: dict, cache: dict | None) -> Splits:
@@ -166,7 +208,11 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
                "val_acc": result.val_acc, "test_acc": result.test_acc, "epochs": len(result.history),
                "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history,
                "resumed_from": result.resumed_from}
+    outcome["test_examples"], outcome["num_classes"] = len(splits.test), splits.num_classes
     if result.status != "done" or not measure:
+        return outcome, None
+    if not spec.measure:  # a selection candidate: measured only if it is chosen
+        outcome["status"] = TRAINED
         return outcome, None
     measure = cfg["measure"]
     levels = measure["levels"]  # spelled out per perturbation by plan_runs
@@ -268,6 +314,9 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     if gpus_per_run is None:
         gpus_per_run = 1.0 if any(s.config["train"]["device"] == "cuda" for s in specs) else 0.0
     distributed = init_from_env(cuda=any(s.config["train"]["device"] != "cpu" for s in specs))
+    if distributed and cfg.grid.selecting:
+        raise WidthlabError("grid.select under torchrun is not supported: every process would have to measure the "
+                            "chosen candidates together; run the selection without torchrun, or without grid.select")
     if distributed and executor != "local":
         raise WidthlabError(f"under torchrun every process trains the same run together: use the local executor, "
                             f"not {executor!r}")
@@ -286,7 +335,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
             preflight([s for s in specs if s.run_id not in finished], data_cache)
             with Store(out_dir) as store:
                 store.add_runs([{"run_id": s.run_id, "variant": s.variant, "width": s.width,
-                                 "replicate": s.replicate, "config": s.config,
+                                 "replicate": s.replicate, "config": s.config, "cell": s.cell,
+                                 "candidate": s.candidate,
                                  "checkpoint": f"{CHECKPOINTS}/{files.file_name(s.run_id)}.pt"} for s in specs],
                                normalize=normalized_run_config)
                 # Only a config the store accepted replaces config.yaml: a refused rerun leaves the old one.
@@ -296,17 +346,35 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
                               *files.remove_stale_temps(out_dir / "figures")):
                     log.info("removed %s, left by a process that died while writing it", stale)
                 statuses = store.statuses()
-                todo = [s for s in specs if statuses.get(s.run_id) not in FINAL_STATUSES]
+                todo = [s for s in specs if statuses.get(s.run_id) not in (*FINAL_STATUSES, TRAINED)]
                 share([s.run_id for s in todo])
                 log.info("study %s: %d runs, %d to do, executor %s", cfg.name, len(specs), len(todo), executor)
-                results = execute(executor, todo, checkpoints, workers=workers, address=address,
-                                  gpus_per_run=gpus_per_run, progress=progress, checkpoint_every=checkpoint_every,
-                                  started=lambda spec: store.mark(spec.run_id, "running"), data_cache=data_cache)
-                _drive(store, todo, results, len(specs), cfg.name, progress)
+
+                def compute(batch: list[RunSpec], total: int, desc: str) -> None:
+                    results = execute(executor, batch, checkpoints, workers=workers, address=address,
+                                      gpus_per_run=gpus_per_run, progress=progress, checkpoint_every=checkpoint_every,
+                                      started=lambda spec: store.mark(spec.run_id, "running"), data_cache=data_cache)
+                    _drive(store, batch, results, total, desc, progress)
+
+                compute(todo, len(specs), cfg.name)
+                notes = []
+                if cfg.grid.selecting:
+                    # Each cell keeps its best-validation candidate; a chosen one not measured yet is measured now
+                    # (its finished checkpoint resumes without training).
+                    chosen, notes = choose(store.runs(), specs)
+                    store.choose(chosen)
+                    statuses = store.statuses()
+                    by_id = {s.run_id: s for s in specs}
+                    pending = [dataclasses.replace(by_id[run_id], measure=True) for run_id in chosen.values()
+                               if statuses[run_id] == TRAINED]
+                    log.info("selection: %d of %d cells chosen, %d chosen candidates to measure", len(chosen),
+                             len({s.cell for s in specs}), len(pending))
+                    if pending:
+                        compute(pending, len(chosen), f"{cfg.name}: measure chosen")
                 results = store.results()
             export_csv(results, out_dir)
             results, others = select_runs(results, [s.run_id for s in specs])
-            notes = [left_out_note(others)] if others else []
+            notes = [*([left_out_note(others)] if others else []), *notes]
             for note in notes:
                 log.warning(note)
             if report:

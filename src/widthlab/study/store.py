@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, variant TEXT NOT NULL, width REAL NOT NULL, replicate INTEGER NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending', config TEXT NOT NULL,
     seconds REAL, train_acc REAL, val_acc REAL, test_acc REAL, epochs INTEGER, best_epoch INTEGER,
-    diverged_epoch INTEGER, error TEXT, checkpoint TEXT, started_at TEXT, finished_at TEXT);
+    diverged_epoch INTEGER, error TEXT, checkpoint TEXT, started_at TEXT, finished_at TEXT,
+    test_examples INTEGER, num_classes INTEGER, cell TEXT, candidate TEXT, chosen INTEGER);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id), layer TEXT NOT NULL, metric TEXT NOT NULL,
     perturbation TEXT NOT NULL, level REAL, sampling INTEGER NOT NULL, value REAL, epoch REAL);
@@ -46,6 +47,14 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
 CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
 """
+
+
+# (table, column, type) added after the first stores were written: snapshot epochs; the test set's size and
+# class count (the chance-level check); grid.select's cell, candidate name and choice (1 chosen, 0 not, NULL:
+# no selection or not chosen yet).
+ADDED_COLUMNS = (("metrics", "epoch", "REAL"), ("curves", "epoch", "REAL"), ("runs", "test_examples", "INTEGER"),
+                 ("runs", "num_classes", "INTEGER"), ("runs", "cell", "TEXT"), ("runs", "candidate", "TEXT"),
+                 ("runs", "chosen", "INTEGER"))
 
 
 @dataclass(frozen=True)
@@ -93,10 +102,11 @@ class Store:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
-                for table in ("metrics", "curves"):  # stores written before snapshots were measured lack `epoch`
+                # Columns added by later versions (stores written before them lack them).
+                for table, column, kind in ADDED_COLUMNS:
                     columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                    if "epoch" not in columns:
-                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN epoch REAL")
+                    if column not in columns:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except sqlite3.OperationalError as exc:
             raise store_error(self.path, exc) from None
         except sqlite3.DatabaseError as exc:
@@ -167,9 +177,10 @@ class Store:
                 config = json.dumps(run["config"], sort_keys=True)
                 row = db.execute("SELECT config FROM runs WHERE run_id = ?", (run["run_id"],)).fetchone()
                 if row is None:
-                    db.execute("INSERT INTO runs (run_id, variant, width, replicate, config, checkpoint) "
-                               "VALUES (?, ?, ?, ?, ?, ?)", (run["run_id"], run["variant"], run["width"],
-                                                             run["replicate"], config, run.get("checkpoint")))
+                    db.execute("INSERT INTO runs (run_id, variant, width, replicate, config, checkpoint, cell, "
+                               "candidate) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               (run["run_id"], run["variant"], run["width"], run["replicate"], config,
+                                run.get("checkpoint"), run.get("cell"), run.get("candidate")))
                 elif row[0] != config and canonical(json.loads(row[0])) != canonical(run["config"]):
                     raise WidthlabError(
                         f"run {run['run_id']!r} is stored with a different configuration in {str(self.path)!r}; "
@@ -177,6 +188,16 @@ class Store:
 
     def statuses(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT run_id, status FROM runs").fetchall())
+
+    def runs(self) -> pd.DataFrame:
+        """The runs table alone (no metrics)."""
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY variant, width, replicate, run_id", self._db)
+
+    def choose(self, chosen: dict[str, str]) -> None:
+        """Mark each cell's chosen candidate (``{cell: run_id}``): chosen = 1 for it, 0 for the cell's others."""
+        with self.transaction() as db:
+            for cell, run_id in chosen.items():
+                db.execute("UPDATE runs SET chosen = (run_id = ?) WHERE cell = ?", (run_id, cell))
 
     def mark(self, run_id: str, status: str, error: str | None = None) -> None:
         """Set a run's status (``running``, ``failed`` ...) outside the result transaction."""
@@ -192,10 +213,11 @@ class Store:
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             db.execute(
                 "UPDATE runs SET status = ?, seconds = ?, train_acc = ?, val_acc = ?, test_acc = ?, epochs = ?, "
-                "best_epoch = ?, diverged_epoch = ?, error = NULL, finished_at = datetime('now') WHERE run_id = ?",
+                "best_epoch = ?, diverged_epoch = ?, test_examples = ?, num_classes = ?, error = NULL, "
+                "finished_at = datetime('now') WHERE run_id = ?",
                 (outcome["status"], outcome["seconds"], _num(outcome.get("train_acc")), _num(outcome.get("val_acc")),
                  _num(outcome.get("test_acc")), outcome.get("epochs"), outcome.get("best_epoch"),
-                 outcome.get("diverged_epoch"), run_id))
+                 outcome.get("diverged_epoch"), outcome.get("test_examples"), outcome.get("num_classes"), run_id))
             db.executemany("INSERT INTO history (run_id, epoch, record) VALUES (?, ?, ?)",
                            [(run_id, rec["epoch"], json.dumps(rec)) for rec in outcome.get("history", [])])
             if metrics is not None and len(metrics):
@@ -218,7 +240,7 @@ class Store:
             self._db.execute("COMMIT")
 
     def _results(self) -> Results:
-        runs = pd.read_sql_query("SELECT * FROM runs ORDER BY variant, width, replicate", self._db)
+        runs = self.runs()
         keys = "r.run_id, r.variant, r.width, r.replicate"
         parts = [pd.read_sql_query(f"SELECT {keys}, t.layer, t.metric, t.perturbation, t.level, t.sampling, t.value, "
                                    f"t.epoch FROM {table} t JOIN runs r USING (run_id)", self._db)
