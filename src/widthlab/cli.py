@@ -34,7 +34,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from widthlab.study.smoke import smoke_config
 
         cfg = smoke_config(cfg)
+    if args.select:
+        if cfg.grid.select is None:
+            raise WidthlabError(f"--select: {cfg.name!r} declares no grid.select; give one (e.g. --set "
+                                "'grid.select={train.lr: [0.1, 0.01, 0.001]}')")
+        cfg = load_config(cfg, ["grid.select.enabled=true"])
     out = Path(args.out) if args.out else DEFAULT_ROOT / cfg.name
+    for caveat in cfg.caveats:  # before any work: a stand-in data set must not surprise anyone at the verdict
+        print(f"widthlab: note: {caveat}", file=sys.stderr)
     specs = plan_runs(cfg)
     if args.dry_run:
         from widthlab.models.registry import resolve_callable
@@ -43,7 +50,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if ":" in name:  # named by the user's own config: importing it is what running it would do
                 resolve_callable(name, what)
         print(f"study {cfg.name}: {len(specs)} runs "
-              f"({len(cfg.grid.variants)} variants × {len(cfg.grid.widths)} widths × {cfg.grid.replicates} replicates)"
+              f"({len(cfg.grid.variants)} variants × {len(cfg.grid.widths)} widths × {cfg.grid.replicates} replicates"
+              + (f" × {len(cfg.grid.select.candidates)} candidates" if cfg.grid.selecting else "") + ")"
               f" → {out}")
         for spec in specs:
             print(f"  {spec.run_id:<28} variant={spec.variant:<16} width={spec.width:g} replicate={spec.replicate}")
@@ -488,7 +496,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     from widthlab.presets import describe_presets
 
     for row in describe_presets():
-        print(f"{row['name']:<22} Figure {row['figure']:<5} {row['data']:<22} {row['description']}")
+        print(f"{row['name']:<22} Figure {row['figure']:<5} {row['data']:<18} runs {row['runs']:<28} "
+              f"{row['description']}")
     return 0
 
 
@@ -524,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set grid.replicates=1 --set train.epochs=10")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="training device (default: the config's)")
     run.add_argument("--dry-run", action="store_true", help="print the grid of runs and stop")
+    run.add_argument("--select", action="store_true",
+                     help="turn on the config's declared grid.select (the CNN presets declare the paper's learning-"
+                          "rate selection, off by default: it multiplies training by the number of candidates)")
     run.add_argument("--smoke", action="store_true",
                      help="a seconds-long version: widths 1/4 and 1/2, one replicate, 64 examples, 3 steps, "
                           "digits when the study's image data is absent")

@@ -177,6 +177,10 @@ def growth(runs: pd.DataFrame, metrics: pd.DataFrame, *, quantities: Sequence[st
     return pd.DataFrame(rows, columns=list(GROWTH_COLUMNS)).astype({"g": float, "ci_low": float, "ci_high": float})
 
 
+def _two(value: float) -> str:
+    return f"{value:.2f}" if np.isfinite(value) else "n/a"
+
+
 def effective_width(growth_df: pd.DataFrame) -> pd.DataFrame:
     """Per variant: does its effective width (non-prunable and non-redundant units) grow slower than width?
 
@@ -189,7 +193,7 @@ def effective_width(growth_df: pd.DataFrame) -> pd.DataFrame:
     for variant, group in growth_df.groupby("variant", sort=False):
         paces = dict(zip(group["quantity"], group["pace"]))
         gs = {r.quantity: r for r in group.itertuples(index=False)}
-        judged = "; ".join(f"{LABELS[q]} g = {gs[q].g:.2f} [{gs[q].ci_low:.2f}, {gs[q].ci_high:.2f}]"
+        judged = "; ".join(f"{LABELS[q]} g = {_two(gs[q].g)} [{_two(gs[q].ci_low)}, {_two(gs[q].ci_high)}]"
                            for q in EFFECTIVE if q in gs)
         if any(paces.get(q, "not judged") == "not judged" for q in EFFECTIVE):
             slower = "not judged"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from widthlab.report.caveats import caveat_lines
 from widthlab.report.figures import width_label
 from widthlab.report.format import (
     CALIBRATION_TEXT,
@@ -45,7 +46,7 @@ nav a { margin-right: .9rem; } code, pre { font-family: ui-monospace, Menlo, Con
 table { border-collapse: collapse; margin: .6rem 0; } th, td { padding: .25rem .6rem; border: 1px solid #d0d7de; }
 th { background: #f3f5f7; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.up { background: #dff3e4; font-weight: 600; } td.down { background: #fbe1e1; font-weight: 600; }
-td.flat { color: #57606a; }
+td.flat { color: #57606a; } .caveat { color: #9a3412; }
 figure { margin: 1.2rem 0; } figure img { max-width: 100%; border: 1px solid #e4e8eb; }
 figcaption { color: #57606a; font-size: .92rem; }
 pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .85rem; }
@@ -101,6 +102,11 @@ def _inline(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
 
 
+def _markdown_inline(text: str) -> str:
+    """`_inline` plus **bold** spans."""
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", _inline(text))
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, table_id: str = "",
            classes: Sequence[Sequence[str]] | None = None) -> str:
     """An HTML table; `classes` gives each cell's CSS class (e.g. the trend colours, "num" for numbers)."""
@@ -133,9 +139,12 @@ def render_html(
     title: str,
     config: Any = None,
     seed: int = 0,
+    caveats_df: pd.DataFrame | None = None,
+    sections: Sequence[Any] = (),
 ) -> str:
-    """The self-contained HTML report: census, results by width, verdict table, hypothesis, similarity
-    calibration, embedded figures, run times, package versions and configuration.
+    """The self-contained HTML report: census, results by width, verdict table (with its caveats), hypothesis,
+    similarity calibration, the extra `sections` (frivolous units, hyperparameter selection), embedded figures,
+    run times, package versions and configuration.
 
     Args:
         runs: the runs table (all statuses).
@@ -145,13 +154,16 @@ def render_html(
         title: the report's heading.
         config: the study's configuration (mapping or pydantic model), shown as YAML; default None (omitted).
         seed: the verdict's bootstrap seed, named in the verdict's explanation (default 0).
+        caveats_df: the output of `widthlab.report.caveats.caveats`, shown beside the verdict (default None).
+        sections: `widthlab.report.sections.Section` blocks placed after the calibration (default none).
 
     Returns the HTML text (UTF-8, no external resources).
 
     Example: ``Path("report.html").write_text(render_html(runs, run_level(runs, metrics), v, pngs, title="MLP"))``.
     """
     sections = [("run", "What was run"), ("results", "Results by width"), ("verdict", "Verdict"),
-                ("hypothesis", "Hypothesis"), ("calibration", "Similarity calibration"), ("figures", "Figures"),
+                ("hypothesis", "Hypothesis"), ("calibration", "Similarity calibration"),
+                *((section.key, section.title) for section in sections), ("figures", "Figures"),
                 ("run-times", "Run times"), ("versions", "Package versions")]
     if config is not None:
         sections.append(("configuration", "Configuration"))
@@ -173,11 +185,21 @@ def render_html(
         table = _table(VERDICT_HEADER, rows, table_id="verdict-table", classes=classes)
     else:
         table = "<p>No verdict yet.</p>"
-    body["verdict"] = f"<p>{_inline(VERDICT_TEXT.format(resamples=RESAMPLES, seed=seed))}</p>{table}"
+    study_caveats = caveat_lines(caveats_df) if caveats_df is not None else []
+    warning = "".join(f'<p class="caveat"><strong>Caveat: {_inline(c)}.</strong></p>' for c in study_caveats)
+    body["verdict"] = f"{warning}<p>{_inline(VERDICT_TEXT.format(resamples=RESAMPLES, seed=seed))}</p>{table}"
     body["hypothesis"] = f"<p>{_inline(HYPOTHESIS_TEXT)}</p><ul>" + "".join(
         f"<li><code>{html.escape(str(r.variant))}</code>: <strong>{'holds' if r.holds else 'does not hold'}"
-        f"</strong> — {html.escape(r.reason)}</li>" for r in hypothesis(verdict_df).itertuples(index=False)
+        f"</strong> — {html.escape(r.reason)}"
+        + "".join(f' <strong class="caveat">Caveat: {_inline(c)}.</strong>'
+                  for c in [*study_caveats, *(caveat_lines(caveats_df, r.variant) if caveats_df is not None else [])])
+        + "</li>" for r in hypothesis(verdict_df).itertuples(index=False)
     ) + "</ul>"
+    for section in sections:
+        body[section.key] = (f"<p>{_inline(section.text)}</p>"
+                             + "".join(_table(header, rows) for header, rows in section.tables)
+                             + ("<ul>" + "".join(f"<li>{_markdown_inline(line)}</li>" for line in section.bullets)
+                                + "</ul>" if section.bullets else ""))
     body["calibration"] = f"<p>{_inline(CALIBRATION_TEXT)}</p><ul>" + "".join(
         f"<li><code>{html.escape(str(r.variant))}</code>: similarity trend survives calibration: "
         f"<strong>{html.escape(r.survives)}</strong> — {html.escape(r.reason)}</li>"

@@ -25,7 +25,11 @@ from widthlab.report.format import (
     results_rows,
     verdict_rows,
 )
+from widthlab.report.caveats import caveat_lines, caveats
+from widthlab.report.figures import _save as save_figure  # one way to write a figure (PNG + PDF)
+from widthlab.report.frivolous import effective_width, growth, layer_counts, plot_frivolous
 from widthlab.report.html import render_html
+from widthlab.report.sections import Section, frivolous_section, selection_section, selection_table
 from widthlab.report.verdict import calibration, hypothesis, run_level, verdict
 
 HTML_NAME = "report.html"
@@ -54,6 +58,25 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
 
 
+def _section_markdown(section: Section) -> list[str]:
+    parts = [f"## {section.title}", "", section.text, ""]
+    for header, rows in section.tables:
+        parts += [_markdown_table(header, rows), ""]
+    parts += [f"- {line}" for line in section.bullets]
+    return [*parts, ""] if section.bullets else parts
+
+
+def hypothesis_lines(verdict_df: pd.DataFrame, caveats_df: pd.DataFrame | None = None) -> list[str]:
+    """One line per variant: whether the hypothesis holds, why, and the caveats that qualify it."""
+    lines = []
+    for r in hypothesis(verdict_df).itertuples(index=False):
+        own = caveat_lines(caveats_df, r.variant) if caveats_df is not None else []
+        study = caveat_lines(caveats_df) if caveats_df is not None else []
+        warn = "".join(f" **Caveat: {c}.**" for c in [*study, *own])
+        lines.append(f"`{r.variant}`: {'**holds**' if r.holds else 'does not hold'} — {r.reason}{warn}")
+    return lines
+
+
 def _summary_markdown(
     runs: pd.DataFrame,
     levels: pd.DataFrame,
@@ -63,6 +86,8 @@ def _summary_markdown(
     config: Any,
     seed: int,
     notes: Sequence[str] = (),
+    caveats_df: pd.DataFrame | None = None,
+    sections: Sequence[Section] = (),
 ) -> str:
     """The text of summary.md; `figures` are the PNGs to link (paths inside the report's figures folder)."""
     parts = [f"# {title}", "", "## What was run", "", *(f"- {line}" for line in [*census(runs), *notes]), "",
@@ -77,9 +102,11 @@ def _summary_markdown(
             _markdown_table(["variant", "width", "runs", *results_columns(levels)], results_rows(levels)),
             "",
         ]
+    study_caveats = caveat_lines(caveats_df) if caveats_df is not None else []
     parts += [
         "## Verdict",
         "",
+        *([f"**Caveat: {c}.**" for c in study_caveats] + [""] if study_caveats else []),
         VERDICT_TEXT.format(resamples=RESAMPLES, seed=seed),
         "",
         _markdown_table(VERDICT_HEADER, verdict_rows(verdict_df)) if len(verdict_df) else "No verdict yet.",
@@ -89,15 +116,14 @@ def _summary_markdown(
         HYPOTHESIS_TEXT,
         "",
     ]
-    parts += [
-        f"- `{r.variant}`: {'**holds**' if r.holds else 'does not hold'} — {r.reason}"
-        for r in hypothesis(verdict_df).itertuples(index=False)
-    ] or ["No variant was judged."]
+    parts += [f"- {line}" for line in hypothesis_lines(verdict_df, caveats_df)] or ["No variant was judged."]
     parts += ["", "## Similarity calibration", "", CALIBRATION_TEXT, ""]
     parts += [
         f"- `{r.variant}`: similarity trend survives calibration: **{r.survives}** — {r.reason}"
         for r in calibration(verdict_df).itertuples(index=False)
     ] or ["No variant was judged."]
+    for section in sections:
+        parts += ["", *_section_markdown(section)]
     names = [name for name in FIGURE_CAPTIONS if name in {Path(f).name for f in figures}]
     if names:
         parts += ["", "## Figures", "", f"![{FIGURE_CAPTIONS[names[0]]}]({FIGURE_DIR}/{names[0]})", ""]
@@ -173,28 +199,41 @@ def write_report(
         pdf: also write each figure as PDF (default True).
         notes: lines added under "What was run" in summary.md (e.g. stored runs left out of this grid).
 
+    Also writes, when they apply: caveats.csv (why a verdict may mean nothing), growth.csv (growth per doubling of
+    the frivolous-unit counts), unit_counts.csv (per run and layer) and selection.csv (grid.select's choices).
+
     Returns a dict with keys figures (list of PNG paths), summary, verdict_csv, run_level_csv, html (path or
-    None), verdict, hypothesis and calibration (DataFrames).
+    None), verdict, hypothesis, calibration, caveats, growth and effective_width (DataFrames).
 
     Example: ``write_report(results.runs, results.metrics, "study/report", title="MLP", html=True)["html"]``.
     """
     out = Path(out_dir)
     figures = write_figures(runs, metrics, out / FIGURE_DIR, snapshots=snapshots, history=history, params=params,
                             pdf=pdf)
+    growth_df = growth(runs, metrics, resamples=RESAMPLES, seed=seed)
+    if len(growth_df):
+        figures.append(save_figure(plot_frivolous(runs, metrics, growth_df), out / FIGURE_DIR / "frivolous.png", pdf))
     levels = run_level(runs, metrics)
     verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
+    caveats_df = caveats(runs, config)
+    sections = [s for s in (selection_section(runs), frivolous_section(runs, metrics, growth_df)) if s is not None]
     summary = out / "summary.md"
-    files.write_text(summary, _summary_markdown(runs, levels, verdict_df, figures, title, config, seed, notes))
-    verdict_csv = out / "verdict.csv"
-    with files.atomic_path(verdict_csv) as tmp:
-        verdict_df.to_csv(tmp, index=False)
-    run_level_csv = out / "run_level.csv"
-    with files.atomic_path(run_level_csv) as tmp:
-        levels.to_csv(tmp, index=False)
+    files.write_text(summary, _summary_markdown(runs, levels, verdict_df, figures, title, config, seed, notes,
+                                                caveats_df, sections))
+    tables = {"verdict": verdict_df, "run_level": levels, "caveats": caveats_df, "growth": growth_df,
+              "unit_counts": layer_counts(runs, metrics), "selection": selection_table(runs)}
+    for name, table in tables.items():
+        if name in ("verdict", "run_level") or len(table):
+            with files.atomic_path(out / f"{name}.csv") as tmp:
+                table.to_csv(tmp, index=False)
+        else:
+            (out / f"{name}.csv").unlink(missing_ok=True)  # a table of an earlier report that no longer applies
+    verdict_csv, run_level_csv = out / "verdict.csv", out / "run_level.csv"
     html_path = None
     if html:
         html_path = out / HTML_NAME
-        text = render_html(runs, levels, verdict_df, figures, title=title, config=config, seed=seed)
+        text = render_html(runs, levels, verdict_df, figures, title=title, config=config, seed=seed,
+                           caveats_df=caveats_df, sections=sections)
         files.write_text(html_path, text)
     return {
         "figures": figures,
@@ -205,4 +244,7 @@ def write_report(
         "verdict": verdict_df,
         "hypothesis": hypothesis(verdict_df),
         "calibration": calibration(verdict_df),
+        "caveats": caveats_df,
+        "growth": growth_df,
+        "effective_width": effective_width(growth_df),
     }

@@ -165,7 +165,8 @@ class SelectSpec(_Strict):
 
     - ``{train.lr: [1, 0.1, 0.01]}``: a mapping of dotted keys to lists of values, every combination a candidate;
     - ``[{train.lr: 0.1, train.batch_size: 32}, {train.lr: 0.4, train.batch_size: 128}]``: the candidates;
-    - ``{candidates: <either>, measure: chosen | all, enabled: true | false}``; `enabled: false` declares a
+    - ``{candidates: <either>, measure: chosen | all, enabled: true | false}`` (or the options beside the dotted
+      keys of the first form); `enabled: false` declares a
       selection that ``widthlab run --select`` turns on (the CNN presets: a full selection multiplies training).
     """
 
@@ -176,8 +177,11 @@ class SelectSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _forms(cls, value: Any) -> Any:
-        if isinstance(value, (list, tuple)) or (isinstance(value, dict) and "candidates" not in value):
+        if isinstance(value, (list, tuple)):
             value = {"candidates": value}
+        elif isinstance(value, dict) and "candidates" not in value:  # {train.lr: [...], measure: all}
+            options = {k: v for k, v in value.items() if k in ("measure", "enabled")}
+            value = {**options, "candidates": {k: v for k, v in value.items() if k not in options}}
         if isinstance(value, dict) and isinstance(value.get("candidates"), dict):
             value = {**value, "candidates": _product(value["candidates"])}
         return value

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import distributed as dist
@@ -87,18 +88,18 @@ def choose(runs: pd.DataFrame, specs: list[RunSpec]) -> tuple[dict[str, str], li
     the best validation accuracy (ties: the first written), among those that did not diverge. A cell with a
     candidate still to run or failed is not chosen yet; a cell whose candidates all diverged has no choice (note).
     """
-    by_id = runs.set_index("run_id")
+    status = dict(zip(runs["run_id"], runs["status"]))
+    val_acc = dict(zip(runs["run_id"], runs["val_acc"].astype(float)))
     cells: dict[str, list[RunSpec]] = {}
     for spec in specs:
         if spec.cell is not None:
             cells.setdefault(spec.cell, []).append(spec)
     chosen, notes = {}, []
     for cell, members in cells.items():
-        status = [by_id.at[m.run_id, "status"] for m in members]
-        if any(s not in (*FINAL_STATUSES, TRAINED) for s in status):
+        if any(status.get(m.run_id) not in (*FINAL_STATUSES, TRAINED) for m in members):
             continue
-        scores = [(float(by_id.at[m.run_id, "val_acc"]), -i, m.run_id) for i, m in enumerate(members)
-                  if by_id.at[m.run_id, "status"] != "diverged" and pd.notna(by_id.at[m.run_id, "val_acc"])]
+        scores = [(val_acc[m.run_id], -i, m.run_id) for i, m in enumerate(members)
+                  if status[m.run_id] != "diverged" and np.isfinite(val_acc[m.run_id])]
         if not scores:
             notes.append(f"cell {cell}: every candidate diverged; nothing is measured for it")
             continue
@@ -326,6 +327,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     with study_lock(out_dir), _sharing_todo(distributed) as share:
         handler = _setup_log(out_dir)
         try:
+            for caveat in cfg.caveats:
+                log.warning("caveat: %s", caveat)
             checkpoints = out_dir / CHECKPOINTS
             finished = set()
             if (out_dir / STORE_NAME).is_file():

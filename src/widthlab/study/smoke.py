@@ -19,6 +19,9 @@ SMOKE_STEPS = 3
 # Input side of the digits stand-in per model family (default: the model's `input_size` option, else 32).
 SMOKE_IMAGE_SIZE = {"resnet18_imagenet": 64, "inception_v3": 75, "inception_v3_mixed5d": 75}
 SMALL_SPLITS = {"n_train": SMOKE_EXAMPLES, "n_val": SMOKE_EXAMPLES, "n_test": SMOKE_EXAMPLES}
+SMOKE_CANDIDATES = 2
+SMOKE_CAVEAT = ("smoke run (2 widths, 1 replicate, 3 optimiser steps on 64 examples): it tests the code, its verdict "
+                "is not meaningful")
 SMALL_IMAGENET = {"classes": 2, "images_per_class": SMOKE_EXAMPLES // 2, "val_per_class": 4}
 
 
@@ -31,7 +34,8 @@ def _data_present(data: dict[str, Any], seed: int) -> bool:
     return True
 
 
-def _smoke_data(data: dict[str, Any], model: dict[str, Any], seed: int, present: dict) -> dict[str, Any]:
+def _smoke_data(data: dict[str, Any], model: dict[str, Any], seed: int, present: dict,
+                stand_ins: set[str]) -> dict[str, Any]:
     name = data["name"]
     if name == "imagenet":
         small = {**data, **SMALL_IMAGENET}
@@ -44,6 +48,7 @@ def _smoke_data(data: dict[str, Any], model: dict[str, Any], seed: int, present:
         present[key] = _data_present(small, seed)
     if present[key]:
         return small
+    stand_ins.add(name)
     size = SMOKE_IMAGE_SIZE.get(model["name"], model.get("input_size", 32))
     digits = {"name": "digits", "image_size": size, **SMALL_SPLITS}
     if data.get("random_labels"):
@@ -59,10 +64,11 @@ def smoke_config(cfg: StudyConfig) -> StudyConfig:
     Example: ``run_study(smoke_config(load_config("resnet56")), "/tmp/resnet56-smoke")``
     """
     present: dict = {}
+    stand_ins: set[str] = set()
     variants = {}
     for variant in cfg.grid.variants:
         sections = {k: v.model_dump(mode="json") for k, v in cfg.variant_sections(variant).items()}
-        sections["data"] = _smoke_data(sections["data"], sections["model"], cfg.seed, present)
+        sections["data"] = _smoke_data(sections["data"], sections["model"], cfg.seed, present, stand_ins)
         train = sections["train"]
         train.update(epochs=1, max_steps=SMOKE_STEPS, batch_size=min(train["batch_size"], 16),
                      snapshot_epochs=[1] if train["snapshot_epochs"] else [])
@@ -76,4 +82,9 @@ def smoke_config(cfg: StudyConfig) -> StudyConfig:
                train=first["train"], measure=first["measure"])
     raw["name"] = f"{cfg.name}-smoke"
     raw["grid"] = {"widths": list(SMOKE_WIDTHS), "replicates": 1, "variants": variants}
+    if cfg.grid.select is not None:  # the selection path runs, on its first two candidates
+        raw["grid"]["select"] = {**cfg.grid.select.model_dump(mode="json"),
+                                 "candidates": list(cfg.grid.select.candidates[:SMOKE_CANDIDATES])}
+    raw["caveats"] = [*cfg.caveats, SMOKE_CAVEAT,
+                      *(f"digits stand in for {name} (its data was not found)" for name in sorted(stand_ins))]
     return parse_config(raw, f"smoke version of {cfg.name!r}")

@@ -1,0 +1,159 @@
+"""grid.select: every candidate trained per cell, the best-validation one kept and measured, resumable."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from widthlab.errors import WidthlabError
+from widthlab.report.verdict import done_runs
+from widthlab.study import runner
+from widthlab.study.config import load_config
+from widthlab.study.runner import choose, plan_runs, run_study
+from widthlab.study.store import load_results
+
+TINY = ["grid.widths=[0.25, 0.5]", "grid.replicates=2", "train.epochs=5", "data.n_train=300", "data.n_val=100",
+        "data.n_test=50", "measure.samplings=1", "measure.levels=3", "measure.perturbations=[zero]",
+        "grid.variants={'default': {}}"]
+# lr 1e-5 barely moves the weights in 5 epochs; 0.1 learns: the choice is not a tie.
+SELECT = ["grid.select={train.lr: [0.00001, 0.1]}"]
+
+
+def test_select_forms_and_errors():
+    cfg = load_config("mlp-10d", ["grid.select={train.lr: [0.1, 0.01], train.batch_size: [16, 32]}"])
+    assert cfg.grid.select.candidates == ({"train.lr": 0.1, "train.batch_size": 16},
+                                          {"train.lr": 0.1, "train.batch_size": 32},
+                                          {"train.lr": 0.01, "train.batch_size": 16},
+                                          {"train.lr": 0.01, "train.batch_size": 32})
+    pairs = load_config("mlp-10d", ["grid.select=[{train.lr: 0.4, train.lr_batch_factor: 4}, {train.lr: 0.1}]"])
+    assert len(pairs.grid.select.candidates) == 2 and pairs.grid.selecting
+    off = load_config("resnet56")
+    assert off.grid.select is not None and not off.grid.selecting
+    assert load_config("mlp-10d", ["grid.select=null"]).grid.select is None
+    for bad, message in [("{train.lr: [0.1]}", "at least two candidates"),
+                         ("{lr: [0.1, 0.01]}", "dotted key"),
+                         ("{train.lr: [0.1, -1]}", "candidate {'train.lr': -1}: train.lr"),
+                         ("[{train.lr: 0.1}, {train.lr: 0.1}]", "repeat"),
+                         ("{train.lr: []}", "non-empty list"),
+                         ("{candidates: {train.lr: [1, 2]}, measure: some}", "measure")]:
+        with pytest.raises(WidthlabError, match=message.replace("{", r"\{").replace("[", r"\[")):
+            load_config("mlp-10d", [f"grid.select={bad}"])
+
+
+def test_plan_names_each_candidate_of_each_cell():
+    specs = plan_runs(load_config("mlp-10d", TINY + SELECT))
+    assert len(specs) == 2 * 2 * 2
+    first = specs[0]
+    assert (first.run_id, first.cell, first.candidate, first.measure) == ("default-w0.25-r0-lr=1e-05",
+                                                                          "default-w0.25-r0", "lr=1e-05", False)
+    assert first.config["train"]["lr"] == 0.00001 and specs[1].config["train"]["lr"] == 0.1
+    assert first.config["select"] == {"cell": "default-w0.25-r0", "candidate": "lr=1e-05",
+                                      "overrides": {"train.lr": 0.00001}}
+    assert all(s.measure for s in plan_runs(load_config("mlp-10d", TINY + SELECT + ["grid.select.measure=all"])))
+
+
+def test_choose_takes_the_best_validation_candidate():
+    specs = plan_runs(load_config("mlp-10d", TINY + ["grid.select={train.lr: [0.3, 0.1, 0.01]}"]))
+    cells = {}
+    for s in specs:
+        cells.setdefault(s.cell, []).append(s.run_id)
+    rows = []
+    plan = {  # per cell: (status, val_acc) of the candidates in order
+        "default-w0.25-r0": [("trained", 0.7), ("trained", 0.9), ("trained", 0.8)],
+        "default-w0.25-r1": [("trained", 0.8), ("trained", 0.8), ("trained", 0.6)],  # a tie: the first
+        "default-w0.5-r0": [("diverged", np.nan), ("trained", 0.5), ("trained", 0.6)],
+        "default-w0.5-r1": [("trained", 0.9), ("failed", np.nan), ("trained", 0.6)],  # not final yet
+    }
+    for cell, members in plan.items():
+        for run_id, (status, acc) in zip(cells[cell], members):
+            rows.append(dict(run_id=run_id, status=status, val_acc=acc))
+    chosen, notes = choose(pd.DataFrame(rows), specs)
+    assert chosen == {"default-w0.25-r0": cells["default-w0.25-r0"][1], "default-w0.25-r1": cells["default-w0.25-r1"][0],
+                      "default-w0.5-r0": cells["default-w0.5-r0"][2]}
+    assert notes == []
+    rows = [dict(run_id=r, status="diverged", val_acc=np.nan) for r in cells["default-w0.25-r0"]]
+    chosen, notes = choose(pd.DataFrame(rows), specs)
+    assert chosen == {} and "every candidate diverged" in notes[0]
+
+
+def _check_choice(runs: pd.DataFrame) -> None:
+    for cell, group in runs.groupby("cell"):
+        finite = group[group["status"] != "diverged"]
+        best = finite.loc[finite["val_acc"].idxmax()]
+        assert group.loc[group["chosen"] == 1, "run_id"].tolist() == [best["run_id"]], cell
+        assert (group["chosen"] == 0).sum() == len(group) - 1
+
+
+def test_study_measures_only_the_chosen_candidates(tmp_path):
+    run_study(load_config("mlp-10d", TINY + SELECT), tmp_path, progress=False)
+    res = load_results(tmp_path)
+    runs = res.runs
+    _check_choice(runs)
+    assert set(runs.loc[runs["candidate"] == "lr=0.1", "chosen"]) == {1}  # the learning rate that learns
+    assert set(runs.loc[runs["chosen"] == 1, "status"]) == {"done"}
+    assert set(runs.loc[runs["chosen"] == 0, "status"]) == {"trained"}
+    assert set(res.metrics["run_id"]) == set(runs.loc[runs["chosen"] == 1, "run_id"])
+    assert len(done_runs(runs)) == 4
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Hyperparameter selection" in summary and "lr=0.1 ×2" in summary
+    selection = pd.read_csv(tmp_path / "selection.csv")
+    assert selection["chosen"].tolist() == ["lr=0.1 ×2", "lr=0.1 ×2"]
+
+
+def test_measure_all_keeps_the_verdict_on_the_chosen(tmp_path):
+    run_study(load_config("mlp-10d", TINY + SELECT + ["grid.select.measure=all"]), tmp_path, progress=False,
+              report=False)
+    runs = load_results(tmp_path).runs
+    _check_choice(runs)
+    assert set(runs["status"]) == {"done"}  # every candidate measured
+    assert set(done_runs(runs)["run_id"]) == set(runs.loc[runs["chosen"] == 1, "run_id"])
+
+
+def test_selection_resumes_after_a_crash_between_its_phases(tmp_path, monkeypatch):
+    cfg = load_config("mlp-10d", TINY + SELECT)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed after training the candidates")
+
+    monkeypatch.setattr(runner, "choose", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_study(cfg, tmp_path / "a", progress=False, report=False)
+    trained = load_results(tmp_path / "a").runs
+    assert set(trained["status"]) == {"trained"} and trained["chosen"].isna().all()
+    monkeypatch.undo()
+
+    started = []
+    real = runner.execute_run
+
+    def spy(spec, **kwargs):
+        started.append((spec.run_id, spec.measure))
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(runner, "execute_run", spy)
+    run_study(cfg, tmp_path / "a", progress=False, report=False)  # local executor: execute_run in this process
+    resumed = load_results(tmp_path / "a")
+    chosen = resumed.runs.loc[resumed.runs["chosen"] == 1, "run_id"].tolist()
+    assert sorted(started) == sorted((run_id, True) for run_id in chosen)  # no candidate trained again
+    assert (resumed.runs.loc[resumed.runs["chosen"] == 1, "epochs"] == 5).all()
+    run_study(cfg, tmp_path / "b", progress=False, report=False)  # uninterrupted
+    clean = load_results(tmp_path / "b")
+    pd.testing.assert_frame_equal(resumed.metrics, clean.metrics)
+    pd.testing.assert_series_equal(resumed.runs["chosen"], clean.runs["chosen"])
+
+
+def test_processes_executor_chooses_the_same(tmp_path):
+    cfg = load_config("mlp-10d", TINY + SELECT + ["grid.replicates=1"])
+    run_study(cfg, tmp_path / "local", progress=False, report=False)
+    run_study(cfg, tmp_path / "procs", executor="processes", workers=2, progress=False, report=False)
+    local, procs = load_results(tmp_path / "local"), load_results(tmp_path / "procs")
+    pd.testing.assert_series_equal(local.runs["chosen"], procs.runs["chosen"])
+    pd.testing.assert_frame_equal(local.metrics, procs.metrics)
+
+
+def test_cli_select_flag(capsys):
+    from widthlab.cli import main
+
+    assert main(["run", "resnet56", "--select", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "90 runs" in out and "× 3 candidates" in out and "real-labels-w0.25-r0-lr=0.3" in out
+    assert main(["run", "alexnet-lr-batch", "--select", "--dry-run"]) == 2
+    assert "declares no grid.select" in capsys.readouterr().err
