@@ -18,8 +18,9 @@ from widthlab.measure.graph import probe
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
                                      select_scores, total_rows)
 from widthlab.measure.layout import unit_axes
-from widthlab.measure.redundancy import Moments, redundancy_from_moments
 from widthlab.measure.perturbations import ALL, check_levels, get_perturbation
+from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
+from widthlab.measure.selectivity import ClassSums, layer_selectivity, token_layers, unit_selectivity
 from widthlab.seeding import numpy_generator
 
 COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]
@@ -28,6 +29,9 @@ REDUNDANCY_METRICS = ("n_units", "pcs_needed", "compressibility", "similarity", 
 HISTOGRAM_METRIC = "abs_r_count"
 # Similarity calibration (sampling 0): the permutation null and observed − null on the same sampled rows.
 NULL_METRICS = ("similarity_null", "similar_fraction_null", "similarity_excess")
+# Class selectivity (sampling 0, with labels); the last two only with a training split.
+SELECTIVITY_METRICS = ("selectivity", "selectivity_std", "unselective_fraction", "selectivity_train",
+                       "selectivity_gen")
 
 
 def _draw_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) -> np.ndarray:
@@ -91,7 +95,8 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             seed: int = 0, max_rows: int | None = None, energy: float = 0.95, threshold: float = 0.5,
             unit_axis: int | None = None, batch_size: int = 256, ablations_per_eval: int = 1, path: str = "auto",
             skip_zero_inputs: bool = False, null_rows: int | None = 20_000, output: Output = None,
-            mask: str | int | None = DEFAULT_MASK, progress=None) -> pd.DataFrame:
+            mask: str | int | None = DEFAULT_MASK, progress=None, train_inputs: Inputs | None = None,
+            train_labels=None) -> pd.DataFrame:
     """Measure redundancy and robustness of each layer; one row per number.
 
     Rows (columns ``layer, metric, perturbation, level, sampling, value``):
@@ -108,6 +113,12 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
       first falls below 0.8), ``prunable_units`` x*·C and ``non_prunable_units`` (1 − x*)·C per sampling
       (perturbation ``zero``, when it is measured), and ``redundant_units`` (compressibility·C) and
       ``non_redundant_units`` (pcs_needed) per redundancy draw (perturbation ``""``).
+    - class selectivity (`widthlab.measure.selectivity`), per layer, when the measured inputs have labels
+      (perturbation ``""``, level NaN, sampling 0): ``selectivity`` (mean over units), ``selectivity_std`` (ddof 0)
+      and ``unselective_fraction`` (share of units below 0.05), each on the measured inputs with k* from
+      `train_inputs` (else from the measured inputs), and with `train_inputs` ``selectivity_train`` and
+      ``selectivity_gen`` (mean of (train − test)²). Its per-class sums ride on the clean pass; `train_inputs`
+      add one streaming pass.
 
     Every curve is measured in one sweep over the data (`sweep`), sharing each batch's clean forward pass among all
     perturbations and scopes; that pass also streams the redundancy moments. A perturbation that needs clean
@@ -122,6 +133,11 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
         layers: module names (default: ``model.unit_layers``, else the model's activation outputs; see
             `default_layers`).
         labels: (N,) class labels (default: the inputs' own labels, if they yield any).
+        train_inputs: the training split, in any input form, from which selectivity takes each unit's class k*
+            (default None: k* from the measured inputs, no ``selectivity_train``/``selectivity_gen`` rows); ignored
+            when the measured inputs have no labels.
+        train_labels: (N_train,) labels of `train_inputs` (default None: their own); a training split without
+            labels is an error.
         perturbations: names from ``PERTURBATIONS`` (default ``("zero",)``).
         levels: the levels of every perturbation, or a mapping perturbation → its levels (default: each
             perturbation's own: shares 0, 0.1, ..., 1.0, or σ multiples 0, 0.2, ..., 2.0 for ``act_noise`` and
@@ -169,15 +185,33 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
                    path=path, ablations_per_eval=ablations_per_eval, skip_zero_inputs=skip_zero_inputs,
                    output=output, mask=mask, progress=progress)
     needs_moments = any(get_perturbation(perturbation).needs_moments for perturbation in perturbations)
+    head = first_batch(model, inputs, 2, mask)
+    classes = train = None
+    if labels is not None or head.labels is not None:
+        token = token_layers(model, head, names)
+        classes = ClassSums(token, labels)
+        if train_inputs is not None:  # before the sweep, so a training split without labels fails fast
+            train = ClassSums(token, train_labels, what="train_labels", required=True)
+            for chunks, batch in stream_activations(model, train_inputs, names, unit_axis=unit_axis,
+                                                    batch_size=batch_size, mask=mask):
+                train.add(chunks, batch)
+    # Selectivity's census needs the moments of all rows, which max_rows alone does not keep.
     streams = _LayerMoments(names, samplings, seed, max_rows,
-                            None if max_rows is None else count_examples(inputs, mask), full=needs_moments)
+                            None if max_rows is None else count_examples(inputs, mask),
+                            full=needs_moments or classes is not None)
+
+    def clean(chunks: dict[str, torch.Tensor], batch: Batch) -> None:
+        streams.add(chunks, batch)
+        if classes is not None:
+            classes.add(chunks, batch)
+
     if needs_moments or not jobs:
         for chunks, batch in stream_activations(model, inputs, names, unit_axis=unit_axis, batch_size=batch_size,
                                                 mask=mask):
-            streams.add(chunks, batch)
+            clean(chunks, batch)
         curves = sweep(model, inputs, jobs, moments=streams.every, **options) if jobs else []
     else:  # no curve needs clean statistics first, so the curves' clean passes stream them
-        curves = sweep(model, inputs, jobs, on_clean=streams.add, **options)
+        curves = sweep(model, inputs, jobs, on_clean=clean, **options)
     moments = streams.draws()
     for name in names:
         for s, m in enumerate(moments[name]):
@@ -194,6 +228,13 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
                                       unit_axis=unit_axis, batch_size=batch_size, mask=mask)
         for name in names:
             records += [(name, metric, "", np.nan, 0, float(nulls[name][metric])) for metric in NULL_METRICS]
+
+    if classes is not None and classes.labelled:
+        for name in names:
+            facts = census(streams.every[name])  # flat and silent units of the measured inputs
+            per_unit = unit_selectivity(classes[name], facts.flat | facts.silent,
+                                        None if train is None else train[name])
+            records += [(name, metric, "", np.nan, 0, value) for metric, value in layer_selectivity(per_unit).items()]
 
     for (perturbation, scope), curve in zip(measured, curves):
         for s in range(samplings):

@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.capture import evaluating, resolve_modules, stream_activations
-from widthlab.measure.engine import Evaluation, check_labels, sweep
-from widthlab.measure.graph import probe
-from widthlab.measure.inputs import DEFAULT_MASK, Batch, Inputs, Output, first_batch, model_device
+from widthlab.measure.capture import resolve_modules, stream_activations
+from widthlab.measure.engine import Evaluation, sweep
+from widthlab.measure.inputs import DEFAULT_MASK, Inputs, Output, first_batch, model_device
 from widthlab.measure.perturbations import LayerSpec, MaskPlan, Perturbation
 from widthlab.measure.redundancy import Moments, abs_r_matrix, census, check_fraction, similar_counts
+from widthlab.measure.selectivity import ClassSums, token_layers, unit_selectivity
 
 
 def _single_unit(name: str, fill_mean: bool) -> Perturbation:
@@ -78,81 +78,32 @@ class _Effects:
         return tuple((v / total).cpu().numpy() for v in (self.changed, self.drop, self.loss))
 
 
-def _row_labels(y: torch.Tensor, batch: Batch, rows: int, token_rows: bool, layer: str) -> torch.Tensor:
-    """(rows,) the label of each row of the batch's chunk: its example's, or its token's for (B, T) labels."""
-    if y.dim() == 2:
-        if token_rows and tuple(y.shape) == tuple(batch.mask.shape):
-            labels = y[batch.mask]
-        elif not token_rows and rows == y.numel():
-            labels = y.reshape(-1)
-        else:
-            raise WidthlabError(f"token labels of shape {tuple(y.shape)} do not align with the {rows} rows of layer "
-                                f"{layer!r}; give one label per example for selectivity")
-    else:
-        per = batch.mask.sum(1) if token_rows else torch.full((len(batch),), rows // len(batch), device=y.device)
-        labels = y.repeat_interleave(per)
-    if bool((labels < 0).any()):
-        raise WidthlabError("labels must be classes >= 0, got negative entries")
-    return labels
-
-
-def _stream(model, inputs: Inputs, layer: str, labels: torch.Tensor | None, token_layer: bool,
-            unit_axis: int | None, batch_size: int, mask) -> tuple[Moments, torch.Tensor | None, torch.Tensor | None]:
-    """The layer's `Moments` and, when every batch has labels, per-class row sums (K, C) and counts (K,)."""
-    moments, sums, counts, n, labelled = Moments(), None, None, 0, True
+def _stream(model, inputs: Inputs, layer: str, classes: ClassSums, unit_axis: int | None, batch_size: int,
+            mask) -> Moments:
+    """The layer's `Moments`; each batch's rows also go to `classes` (per-class row sums and counts)."""
+    moments = Moments()
     for chunks, batch in stream_activations(model, inputs, [layer], unit_axis=unit_axis, batch_size=batch_size,
                                             mask=mask):
-        rows = chunks[layer]  # (rows, C)
-        moments.update(rows)
-        y = batch.labels if labels is None else labels[n:n + len(batch)].to(rows.device)
-        n += len(batch)
-        if y is not None and len(y) != len(batch):
-            raise WidthlabError(f"labels has {len(labels)} entries but the inputs yield more examples")
-        labelled = labelled and y is not None
-        if not labelled:
-            continue
-        row_y = _row_labels(y, batch, len(rows), token_layer and batch.mask is not None, layer)
-        k = int(row_y.max()) + 1 if len(row_y) else 0
-        if sums is None or k > len(sums):  # classes are only known as they appear
-            grown = torch.zeros(k, rows.shape[1], dtype=torch.float64, device=rows.device)
-            grown_counts = torch.zeros(k, dtype=torch.int64, device=rows.device)
-            if sums is not None:
-                grown[:len(sums)], grown_counts[:len(sums)] = sums, counts
-            sums, counts = grown, grown_counts
-        sums.index_add_(0, row_y, rows.double())
-        counts.index_add_(0, row_y, torch.ones_like(row_y))
+        moments.update(chunks[layer])
+        classes.add(chunks, batch)
     if moments.n == 0:
         raise WidthlabError(f"layer {layer!r} yielded no rows")
-    return moments, (sums if labelled else None), (counts if labelled else None)
-
-
-def _selectivity(sums: np.ndarray, counts: np.ndarray, quiet: np.ndarray) -> np.ndarray:
-    """(C,) (μ_k* − μ_¬k*)/(μ_k* + μ_¬k*) over the classes that have rows; 0 where `quiet`, with fewer than two
-    classes, or where the denominator is 0."""
-    present = counts > 0
-    mu = sums[present] / counts[present, None]  # (K', C) class-conditional means
-    sel = np.zeros(sums.shape[1])
-    if len(mu) < 2:
-        return sel
-    best = mu.argmax(0)
-    top = mu[best, np.arange(mu.shape[1])]
-    rest = np.where(np.arange(len(mu))[:, None] == best, 0.0, mu).sum(0) / (len(mu) - 1)
-    np.divide(top - rest, top + rest, out=sel, where=(top + rest) != 0)
-    sel[quiet] = 0.0
-    return sel
+    return moments
 
 
 def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=None, unit_axis: int | None = None,
                output: Output = None, mask: str | int | None = DEFAULT_MASK, batch_size: int = 256, seed: int = 0,
-               threshold: float = 0.5, ablations_per_eval: int = 16, path: str = "auto",
-               progress=None) -> pd.DataFrame:
+               threshold: float = 0.5, ablations_per_eval: int = 16, path: str = "auto", progress=None,
+               train_inputs: Inputs | None = None, train_labels=None) -> pd.DataFrame:
     """One row per unit of `layer`: statistics, census flags, single-unit ablation effects, partner, selectivity.
 
     Columns (definitions in docs/metrics.md, "Per-unit importance"): ``unit``, ``mean``, ``std`` (ddof 0),
     ``silent``, ``constant``, ``flat``, ``changed_zero``, ``changed_mean`` and, when the engine compares labels,
     ``score_drop_zero``, ``score_drop_mean``, ``loss_change_zero``, ``loss_change_mean``; then ``partner`` (-1 if
     none), ``partner_abs_r``, ``similar`` (other units with |r| >= `threshold`) and, when every example has a label,
-    ``selectivity``. Rows are examples × positions (real tokens only with a mask), as for every §1 metric.
+    ``selectivity`` (with `train_inputs`: its value on `inputs` for the training split's k*, plus
+    ``selectivity_train`` and ``selectivity_gen``). Rows are examples × positions (real tokens only with a mask), as
+    for every §1 metric.
 
     Args:
         model: returns (N, classes) or (N, T, V) scores (see `output`); runs in eval mode (training flags restored).
@@ -167,6 +118,9 @@ def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=Non
         ablations_per_eval: single-unit copies stacked per evaluation on the batched path (default 16).
         path: the engine's path, ``"auto"``, ``"full"`` or ``"batched"`` (default ``"auto"``).
         progress: a tqdm-like bar advanced once per evaluation of the ablation sweep, or None.
+        train_inputs: the training split, in any input form (default None: k* of ``selectivity`` is taken on
+            `inputs` themselves); one more streaming pass. Only used when `inputs` have labels.
+        train_labels: labels of `train_inputs` (default None: their own); missing labels are an error.
 
     Example: ``unit_table(mlp, x, "relu1", labels=y).sort_values("score_drop_zero", ascending=False).head()``
     """
@@ -174,12 +128,16 @@ def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=Non
         raise WidthlabError(f"layer must be one module name, got {layer!r}")
     threshold = check_fraction("threshold", threshold, low_open=False)
     resolve_modules(model, [layer])
-    given = check_labels(labels)
-    with evaluating(model), torch.no_grad():
-        out = probe(model, first_batch(model, inputs, 2, mask), [layer]).outputs[layer]
-    # As `unit_rows` does: with a mask, the rows of an output with a token axis are the real tokens.
-    token_layer = isinstance(out, torch.Tensor) and out.dim() > 2
-    moments, sums, counts = _stream(model, inputs, layer, given, token_layer, unit_axis, batch_size, mask)
+    token = token_layers(model, first_batch(model, inputs, 2, mask), [layer])
+    classes = ClassSums(token, labels)
+    moments = _stream(model, inputs, layer, classes, unit_axis, batch_size, mask)
+    test = classes[layer]
+    train = None
+    if test is not None and train_inputs is not None:
+        train = ClassSums(token, train_labels, what="train_labels", required=True)
+        for chunks, batch in stream_activations(model, train_inputs, [layer], unit_axis=unit_axis,
+                                                batch_size=batch_size, mask=mask):
+            train.add(chunks, batch)
     units = moments.n_units
     effects = {kind: _Effects(units, model_device(model)) for kind in SINGLE_UNIT}
     kinds = list(SINGLE_UNIT)
@@ -211,6 +169,6 @@ def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=Non
         table.update({f"score_drop_{kind}": shares[kind][1] for kind in kinds})
         table.update({f"loss_change_{kind}": shares[kind][2] for kind in kinds})
     table.update(partner=partner, partner_abs_r=partner_r, similar=similar)
-    if sums is not None:
-        table["selectivity"] = _selectivity(sums.cpu().numpy(), counts.cpu().numpy(), flat | silent)
+    if test is not None:
+        table.update(unit_selectivity(test, flat | silent, None if train is None else train[layer]))
     return pd.DataFrame(table)
