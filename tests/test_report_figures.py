@@ -8,15 +8,20 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from test_report import falling, flat_value, make_tables, rising
+from torch import nn
 
 from widthlab.errors import WidthlabError
+from widthlab.measure import analyze
 from widthlab.report import (
     abs_r_table,
     calibration,
     combine,
     epoch_level,
     layer_level,
+    plot_ablation_curves,
     plot_abs_r,
     plot_layerwise,
     plot_params,
@@ -26,6 +31,15 @@ from widthlab.report import (
     run_level,
     verdict,
 )
+from widthlab.report.analysis import (
+    NOISE_LABEL,
+    UNIT_SHARE_LABEL,
+    WEIGHT_SHARE_LABEL,
+    layer_figure,
+    layer_table,
+    write_layer_figures,
+)
+from widthlab.report.figures import plot_overview, share_limits, spread_note
 
 BIN_CENTRES = (np.arange(50) + 0.5) / 50
 CALIBRATION = ("similarity_null", "similar_fraction_null", "similarity_excess")
@@ -68,6 +82,40 @@ def with_snapshots(metrics, epochs=(1, 2, 3)):
     core = final[final["metric"].isin(["auc", "compressibility", "similarity"])]
     snaps = [core.assign(epoch=float(e), value=core["value"] - 0.01 * (epochs[-1] - e)) for e in epochs]
     return pd.concat([final, *snaps], ignore_index=True)
+
+
+def legends(fig):
+    """The figure's legends and its axes' legends."""
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+
+
+def legend_texts(fig):
+    return [t.get_text() for legend in legends(fig) for t in legend.get_texts()]
+
+
+def assert_legends_clear(fig):
+    """Every legend lies inside the figure and covers no plotted point, error bar cap or bar."""
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    found = legends(fig)
+    assert found
+    for legend in found:
+        box = legend.get_window_extent()
+        assert fig.bbox.x0 - 1 <= box.x0 and box.x1 <= fig.bbox.x1 + 1
+        assert fig.bbox.y0 - 1 <= box.y0 and box.y1 <= fig.bbox.y1 + 1
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            for line in ax.get_lines():
+                xy = np.asarray(line.get_xydata(), float)
+                xy = xy[np.isfinite(xy).all(axis=1)]
+                if len(xy):
+                    x, y = line.get_transform().transform(xy).T
+                    covered = (box.x0 <= x) & (x <= box.x1) & (box.y0 <= y) & (y <= box.y1)
+                    assert not covered.any(), (legend.get_title().get_text(), ax.get_title())
+            for patch in ax.patches:
+                assert not box.overlaps(patch.get_window_extent()), ax.get_title()
 
 
 def history_of(runs, epochs=(1, 2, 3)):
@@ -168,7 +216,7 @@ def test_plot_abs_r_has_a_panel_per_layer_and_variant_and_a_line_per_width():
     fig = plot_abs_r(runs, with_histograms(metrics, runs), layers=["h2", "h1"])
     assert len(fig.axes) == 4
     # Rows are layers, columns variants; the legend sits in the top-right panel.
-    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["1/4", "1", "4"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["1/4", "1", "4"]
     assert "h2" in fig.axes[0].get_ylabel() and fig.axes[1].get_title() == "b"
     with pytest.raises(WidthlabError, match="abs_r_count"):
         plot_abs_r(runs, metrics)
@@ -177,7 +225,7 @@ def test_plot_abs_r_has_a_panel_per_layer_and_variant_and_a_line_per_width():
 def test_plot_abs_r_falls_back_to_measured_widths():
     runs, metrics = make_tables({"a": rising}, widths=(0.5, 2, 8), replicates=1)
     fig = plot_abs_r(runs, with_histograms(metrics, runs))
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["1/2", "2", "8"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["1/2", "2", "8"]
 
 
 # Figures C7–C10: layerwise --------------------------------------------------------------------------------------
@@ -187,7 +235,8 @@ def test_plot_layerwise_draws_one_panel_per_layer_in_the_given_order():
     fig = plot_layerwise(layer_level(runs, metrics), "robustness", ["stem", "s1", "s2"])
     assert [a.get_title() for a in fig.axes] == ["stem", "s1", "s2"]
     assert all(len(a.containers) == 2 for a in fig.axes)  # one errorbar line per variant
-    assert fig.axes[0].get_legend() is not None
+    assert legend_texts(fig)[:2] == ["a", "b"]
+    assert "error bars: ± std over replicates (n = 3)" in legend_texts(fig)
     with pytest.raises(WidthlabError, match="pcs"):
         plot_layerwise(layer_level(runs, metrics), "pcs")
 
@@ -255,3 +304,144 @@ def test_combine_rejects_bad_labels(labels, match):
     study = Study(*make_tables({"v": rising}, widths=(1.0,), replicates=1))
     with pytest.raises(WidthlabError, match=match):
         combine([study, study], labels)
+
+
+# What the error bars are, where the legends sit, accuracy axes -------------------------------------------------
+
+def test_spread_note_gives_n_or_its_range():
+    assert spread_note([3, 3]) == "error bars: ± std over replicates (n = 3)"
+    assert spread_note([3, 2, 3], mark="band") == "bands: ± std over replicates (n = 2–3)"
+    assert spread_note([1, 1]) == "error bars: ± std over replicates (n = 1, no error bar)"
+    assert spread_note([5], over="samplings") == "error bars: ± std over samplings (n = 5)"
+
+
+def test_overview_legend_names_the_null_and_the_replicates(calibrated):
+    runs, metrics = calibrated
+    levels = run_level(runs, metrics)
+    fig = plot_overview(levels)
+    assert [a.get_title() for a in fig.axes] == ["(a) Accuracy", "(b) Robustness", "(c) Compressibility",
+                                                 "(d) Similarity"]
+    # The null is dashed on the similarity panel only, and the one figure legend names it.
+    assert [li.get_linestyle() for li in fig.axes[3].get_lines()].count("--") == 3
+    texts = legend_texts(fig)
+    assert "permutation null" in texts
+    n = runs.groupby(["variant", "width"]).size().unique()
+    assert list(n) == [3] and "error bars: ± std over replicates (n = 3)" in texts
+    calibration_fig = plot_similarity_calibration(levels)
+    assert "permutation null" in legend_texts(calibration_fig)
+
+
+def test_n_is_counted_per_point():
+    runs, metrics = make_tables({"v": rising}, widths=(0.5, 2), replicates=3)
+    dropped = runs["run_id"] == "v-w2-r0"
+    runs, metrics = runs[~dropped], metrics[~metrics["run_id"].isin(runs.loc[dropped, "run_id"])]
+    ax = plot_vs_width(run_level(runs, metrics), "robustness")
+    assert "error bars: ± std over replicates (n = 2–3)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "bands: ± std over replicates (n = 2–3)" in legend_texts(plot_ablation_curves(metrics, runs))
+    one_runs, one = make_tables({"v": rising}, widths=(0.5, 2), replicates=1)
+    ax = plot_vs_width(run_level(one_runs, one), "robustness")
+    assert "error bars: ± std over replicates (n = 1, no error bar)" in [
+        t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_no_legend_covers_data(calibrated):
+    runs, metrics = calibrated
+    levels = run_level(runs, metrics)
+    metrics = with_histograms(metrics, runs)
+    figures = [plot_vs_width(levels, "similarity").figure, plot_overview(levels), plot_similarity_calibration(levels),
+               plot_layerwise(layer_level(runs, metrics), "similarity"), plot_ablation_curves(metrics, runs),
+               plot_abs_r(runs, metrics),
+               plot_vs_epoch(epoch_level(runs, with_snapshots(metrics), history_of(runs))),
+               plot_params(pd.DataFrame({"model": "mlp", "width": [0.25, 1, 4], "params": [418, 1666, 6658]})).figure,
+               layer_figure(analyze_frame(), "h1")]
+    for fig in figures:
+        assert_legends_clear(fig)
+
+
+def test_accuracy_axes_span_zero_to_one():
+    runs, metrics = make_tables({"v": lambda w, i: 0.925 + 0.01 * math.log2(w)}, widths=(0.25, 1, 4), noise=0.001)
+    levels = run_level(runs, metrics)
+    assert levels["accuracy"].between(0.9, 0.95).all()
+    low, high = plot_vs_width(levels, "accuracy").get_ylim()
+    assert low <= 0.5 and high >= 1.0
+    # Robustness is not a share: its axis follows the data.
+    assert plot_vs_width(levels, "robustness").get_ylim()[0] > 0.5
+    fig = plot_vs_epoch(epoch_level(runs, with_snapshots(metrics), history_of(runs)))
+    assert fig.axes[0].get_ylim() == (0.0, 1.02)
+    assert share_limits([0.9, 0.95]) == (0.0, 1.02)
+    # Shares near 0 would be a flat line on (0, 1.02): the data's range, padded by 0.05 of the share.
+    assert share_limits([0.02, 0.04, np.nan]) == pytest.approx((0.0, 0.09))
+    assert share_limits([0.1, 0.101]) == pytest.approx((0.05, 0.151))
+
+
+# `widthlab analyze`: per-layer figures and table ------------------------------------------------------------------
+
+def analyze_frame(perturbations=("zero", "act_noise"), samplings=3, extra=()):
+    """A tidy analyze frame for layers h1 and "all": straight curves, auc, redundancy numbers and a histogram."""
+    rows = []
+    for layer in ("h1", "all"):
+        for perturbation in perturbations:
+            levels = np.arange(6) / (2.5 if perturbation.endswith("noise") else 5)
+            for sampling in range(samplings):
+                rows += [dict(layer=layer, metric="unchanged", perturbation=perturbation, level=x, sampling=sampling,
+                              value=1 - 0.4 * x + 0.01 * sampling) for x in levels]
+                rows.append(dict(layer=layer, metric="auc", perturbation=perturbation, level=np.nan,
+                                 sampling=sampling, value=0.7 + 0.01 * sampling))
+        if layer != "all":
+            for metric, value in (("n_units", 8.0), ("compressibility", 0.25), *extra):
+                rows += [dict(layer=layer, metric=metric, perturbation="", level=np.nan, sampling=s,
+                              value=value + s) for s in range(2)]
+            rows += [dict(layer=layer, metric="abs_r_count", perturbation="", level=c, sampling=0, value=n)
+                     for c, n in zip(BIN_CENTRES, np.arange(50, 0, -1.0))]
+    return pd.DataFrame(rows)
+
+
+def test_analyze_figure_puts_noise_on_its_own_axes():
+    fig = layer_figure(analyze_frame(("zero", "weight_knockout", "act_noise", "weight_noise")), "h1")
+    share, noise, hist = fig.axes
+    assert share.get_xlabel() == f"{UNIT_SHARE_LABEL} / {WEIGHT_SHARE_LABEL}"
+    assert noise.get_xlabel() == NOISE_LABEL == "noise σ (multiple of the unit's / weight's std)"
+    assert [len(ax.containers) for ax in (share, noise)] == [2, 2]
+    # One colour per perturbation across both panels, as the one legend shows.
+    assert len({c.lines[0].get_color() for ax in (share, noise) for c in ax.containers}) == 4
+    assert share.get_xlim()[1] <= 1.1 < noise.get_xlim()[1]
+    assert hist.get_xlabel() == "|r| between unit pairs"
+    texts = legend_texts(fig)
+    assert texts[:4] == ["zero", "weight_knockout", "act_noise", "weight_noise"]
+    assert "error bars: ± std over samplings (n = 3)" in texts
+    assert share.get_ylim() == (0.0, 1.02)
+
+
+def test_analyze_figure_with_share_perturbations_only_keeps_one_curve_panel(tmp_path):
+    frame = analyze_frame(("zero",), samplings=1)
+    fig = layer_figure(frame, "h1")
+    assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == UNIT_SHARE_LABEL
+    assert "error bars: ± std over samplings (n = 1, no error bar)" in legend_texts(fig)
+    # The joint scope has curves but no histogram: its second panel is off.
+    joint = layer_figure(frame, "all")
+    assert not joint.axes[1].axison
+    assert [p.name for p in write_layer_figures(frame, tmp_path)] == ["layer_h1.png", "layer_all.png"]
+
+
+def test_analyze_figure_of_a_measured_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    frame = analyze(model, torch.randn(20, 6), perturbations=("zero", "act_noise"), levels=[0.0, 0.5, 1.0],
+                    samplings=2)
+    fig = layer_figure(frame, "1")
+    assert [ax.get_xlabel() for ax in fig.axes[:2]] == [UNIT_SHARE_LABEL, NOISE_LABEL]
+    assert "error bars: ± std over samplings (n = 2)" in legend_texts(fig)
+    assert_legends_clear(fig)
+
+
+def test_layer_table_picks_up_the_frivolous_and_selectivity_numbers_when_present():
+    plain = layer_table(analyze_frame())
+    assert list(plain.columns) == ["layer", "n_units", "compressibility", "auc_zero", "auc_zero_std",
+                                   "auc_act_noise", "auc_act_noise_std"]
+    names = ("selectivity", "unselective_fraction", "prunability", "prunable_units", "non_prunable_units",
+             "redundant_units", "non_redundant_units")
+    table = layer_table(analyze_frame(extra=[(name, 0.1 * i) for i, name in enumerate(names)])).set_index("layer")
+    assert list(table.columns[:9]) == ["n_units", "compressibility", *names]
+    # Mean over samplings (values s + 0.1·i for s = 0, 1); the joint scope has none of them.
+    np.testing.assert_allclose(table.loc["h1", list(names)], [0.5 + 0.1 * i for i in range(len(names))])
+    assert table.loc["all", list(names)].isna().all()

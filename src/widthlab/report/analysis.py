@@ -9,26 +9,35 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from widthlab import files
+from widthlab.measure.perturbations import PERTURBATIONS
+from widthlab.report.figures import figure_legend, note_entry, share_axis, spread_note
 
-REDUNDANCY_COLUMNS = ("n_units", "pcs_needed", "compressibility", "similarity", "similar_fraction",
-                      "silent_fraction", "constant_fraction")
+# Per-layer numbers of the table (mean over samplings), in this order; those the frame lacks get no column.
+LAYER_COLUMNS = ("n_units", "pcs_needed", "compressibility", "similarity", "similar_fraction",
+                 "silent_fraction", "constant_fraction", "selectivity", "unselective_fraction", "prunability",
+                 "prunable_units", "non_prunable_units", "redundant_units", "non_redundant_units")
+NOISE_LABEL = "noise σ (multiple of the unit's / weight's std)"
+UNIT_SHARE_LABEL = "share of units ablated"
+WEIGHT_SHARE_LABEL = "share of weights knocked out"
 DPI = 150
 
 
 def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per layer: the redundancy numbers (mean over samplings) and ``auc_<perturbation>`` mean and std.
+    """One row per layer: the LAYER_COLUMNS numbers the frame holds (mean over samplings) and
+    ``auc_<perturbation>`` mean and std.
 
     Example: ``layer_table(widthlab.analyze(model, x))``
     """
     scalar = frame[frame["level"].isna()]
-    redundancy = scalar[scalar["metric"].isin(REDUNDANCY_COLUMNS)]
-    table = redundancy.pivot_table(index="layer", columns="metric", values="value", aggfunc="mean", sort=False)
+    numbers = scalar[scalar["metric"].isin(LAYER_COLUMNS)]
+    table = numbers.pivot_table(index="layer", columns="metric", values="value", aggfunc="mean", sort=False)
     # Every layer gets a row, the joint scope "all" too (it has robustness but no redundancy numbers).
     table = table.reindex(index=list(dict.fromkeys(frame["layer"])),
-                          columns=[c for c in REDUNDANCY_COLUMNS if c in table.columns])
+                          columns=[c for c in LAYER_COLUMNS if c in table.columns])
     auc = scalar[scalar["metric"] == "auc"]
     for perturbation, part in auc.groupby("perturbation", sort=False):
         stats = part.groupby("layer", sort=False)["value"].agg(["mean", lambda v: float(np.std(v))])
@@ -37,8 +46,36 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def _is_noise(perturbation: str) -> bool:
+    """Whether the perturbation's levels are σ multiples (registered as noise), not shares in [0, 1]."""
+    spec = PERTURBATIONS.get(perturbation)
+    return spec is not None and spec.noise
+
+
+def _share_label(perturbations) -> str:
+    """The x label of the share panel: units ablated, weights knocked out, or both."""
+    weights = {PERTURBATIONS[p].weights if p in PERTURBATIONS else False for p in perturbations}
+    return " / ".join(label for flag, label in ((False, UNIT_SHARE_LABEL), (True, WEIGHT_SHARE_LABEL))
+                      if flag in weights)
+
+
+def _draw_curves(ax: Axes, curves: pd.DataFrame, colours: dict[str, str]) -> list[int]:
+    """Mean ± std over samplings of each perturbation's curve; returns the number of samplings per point."""
+    counts = []
+    for perturbation, points in curves.groupby("perturbation", sort=False):
+        stats = points.groupby("level")["value"].agg(["mean", lambda v: float(np.std(v)), "size"])
+        ax.errorbar(stats.index, stats["mean"], yerr=stats.iloc[:, 1], marker="o", ms=3, capsize=2,
+                    label=perturbation, color=colours[perturbation])
+        counts += list(stats["size"])
+    return counts
+
+
 def write_layer_figures(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Per layer, one PNG: its perturbation curves (mean ± std over samplings) beside its |r| histogram.
+
+    Share perturbations (levels are shares of units or weights) and noise perturbations (levels are σ
+    multiples) get separate panels, each with its own x axis; one legend right of the panels names the
+    perturbations and says what the error bars are with the number of samplings per point.
 
     Args:
         frame: the tidy frame of `widthlab.analyze`.
@@ -48,33 +85,51 @@ def write_layer_figures(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for layer in dict.fromkeys(frame["layer"]):
-        part = frame[frame["layer"] == layer]
-        fig = Figure(figsize=(10, 3.8), layout="constrained")
-        curve_ax, hist_ax = fig.subplots(1, 2)
-        curves = part[part["metric"] == "unchanged"]
-        for perturbation, points in curves.groupby("perturbation", sort=False):
-            stats = points.groupby("level")["value"].agg(["mean", lambda v: float(np.std(v))])
-            curve_ax.errorbar(stats.index, stats["mean"], yerr=stats.iloc[:, 1], marker="o", ms=3, capsize=2,
-                              label=perturbation)
-        curve_ax.set(xlabel="Perturbation level (share of units, or σ multiple for noise)",
-                     ylabel="Fraction of labels unchanged", title=f"{layer}: robustness")
-        if len(curves):
-            curve_ax.legend(title="perturbation")
-        hist = part[part["metric"] == "abs_r_count"]
-        if len(hist):
-            counts = hist.groupby("level")["value"].mean()
-            width = float(np.diff(counts.index).min()) if len(counts) > 1 else 0.02
-            hist_ax.bar(counts.index, counts.values, width=width, color="tab:gray")
-            hist_ax.set(xlabel="|r| between unit pairs", ylabel="Pairs", title=f"{layer}: correlations", xlim=(0, 1))
-        else:
-            hist_ax.set_axis_off()
-        path = out / f"layer_{_safe(layer)}.png"
-        with files.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=DPI)
-        paths.append(path)
-    return paths
+    return [_save(layer_figure(frame, layer), out / f"layer_{_safe(layer)}.png")
+            for layer in dict.fromkeys(frame["layer"])]
+
+
+def layer_figure(frame: pd.DataFrame, layer: str) -> Figure:
+    """One layer's figure of `write_layer_figures`: a share-curve panel, a noise-curve panel (each only when
+    such curves were measured; at least one curve panel) and the |r| histogram.
+
+    Example: ``layer_figure(df, "relu1").axes[0].get_xlabel() == "share of units ablated"``
+    """
+    part = frame[frame["layer"] == layer]
+    curves = part[part["metric"] == "unchanged"]
+    noise = curves["perturbation"].map(_is_noise).astype(bool)
+    groups = [group for group in (curves[~noise], curves[noise]) if len(group)] or [curves]
+    fig = Figure(figsize=(4.4 * (len(groups) + 1) + 2.2, 3.8), layout="constrained")
+    *curve_axes, hist_ax = fig.subplots(1, len(groups) + 1)
+    # One colour per perturbation across panels, so the one legend fits both.
+    colours = {p: f"C{i}" for i, p in enumerate(pd.unique(curves["perturbation"]))}
+    counts = []
+    for ax, group in zip(curve_axes, groups):
+        counts += _draw_curves(ax, group, colours)
+        is_noise = bool(len(group)) and _is_noise(group["perturbation"].iloc[0])
+        xlabel = NOISE_LABEL if is_noise else _share_label(pd.unique(group["perturbation"])) or UNIT_SHARE_LABEL
+        title = f"{layer}: robustness to noise" if is_noise else f"{layer}: robustness"
+        ax.set(xlabel=xlabel, ylabel="Fraction of labels unchanged", title=title)
+        ax.grid(alpha=0.3)
+        share_axis(ax)
+    figure_legend(fig, curve_axes, "perturbation",
+                  notes=[note_entry(spread_note(counts, over="samplings"))])
+    hist = part[part["metric"] == "abs_r_count"]
+    if len(hist):
+        counts = hist.groupby("level")["value"].mean()
+        width = float(np.diff(counts.index).min()) if len(counts) > 1 else 0.02
+        hist_ax.bar(counts.index, counts.values, width=width, color="tab:gray")
+        hist_ax.set(xlabel="|r| between unit pairs", ylabel="Pairs", title=f"{layer}: correlations", xlim=(0, 1))
+    else:
+        hist_ax.set_axis_off()
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI)
+    fig.clear()
+    return path
 
 
 def _safe(name: str) -> str:

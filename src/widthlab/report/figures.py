@@ -4,6 +4,12 @@ Metric vs width (Figures 1, 3–5, C4–C6, C11–C14), ablation curves (Figure 
 metrics along training epochs (Figure C3), layerwise curves (Figures C7–C10) and parameter counts (Figure A1),
 plus the similarity calibration (share of similar pairs, permutation null, excess).
 
+Every error bar and band is ± std (ddof 0) over replicates, and the legend says so with the number of replicates
+per point (`spread_note`). Legends never sit on data: an axes-level plot puts its legend right of its axes, a
+figure with several panels puts one legend right of all of them (`outside_legend`, `figure_legend`).
+Accuracies and other shares get a y axis from 0 to 1.02 (`share_limits`), so a 0.001 difference never looks
+like a collapse.
+
 Figures are built as `matplotlib.figure.Figure` objects, not through pyplot, so no display or global backend
 is involved (files are written by the Agg and PDF renderers) and nothing stays registered once they are saved.
 """
@@ -22,6 +28,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from widthlab import files
@@ -72,6 +79,12 @@ EPOCH_METRICS = ("robustness", "compressibility", "similarity")
 ABS_R_METRIC = "abs_r_count"
 ABS_R_WIDTHS = (0.25, 1.0, 4.0)
 DPI = 150
+# Quantities in [0, 1] (accuracies, shares of pairs) drawn on a share axis (`share_limits`).
+SHARE_METRICS = frozenset({"accuracy", "val_acc", "test_acc", "similar_fraction", "similar_fraction_null"})
+SHARE_RANGE = (0.0, 1.02)
+# Data whose highest point is below this would be a flat line along the bottom of (0, 1.02): zoom in.
+SQUASHED_BELOW = 0.25
+SHARE_PAD = 0.05
 
 
 def width_label(width: float) -> str:
@@ -110,14 +123,77 @@ def _width_colours(widths) -> dict[float, tuple]:
     return {w: colormaps["viridis"](0.85 * norm(np.log2(w))) for w in widths}
 
 
+def share_limits(values) -> tuple[float, float]:
+    """The y range of an accuracy or share axis: (0, 1.02), or where every value is below 0.25 (it would be a
+    flat line along the bottom) the data's range padded by 0.05 and clipped to (0, 1.02).
+
+    The padding is in units of the share, not of the data's range, so a 0.001 difference stays small.
+
+    Args:
+        values: the plotted values (means ± std); NaNs are ignored.
+
+    Example: ``share_limits([0.9, 0.95]) == (0.0, 1.02)``; ``share_limits([0.02, 0.04]) == (0.0, 0.09)``.
+    """
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if not len(values) or values.max() >= SQUASHED_BELOW:
+        return SHARE_RANGE
+    low, high = SHARE_RANGE
+    return max(low, float(values.min()) - SHARE_PAD), min(high, float(values.max()) + SHARE_PAD)
+
+
+def share_axis(*axes: Axes) -> None:
+    """An accuracy or share y axis: `share_limits` of the y data drawn on `axes` (lines, error bars, bands),
+    set on each of them."""
+    values = [np.ravel(line.get_ydata()) for ax in axes for line in ax.get_lines()]
+    values += [path.vertices[:, 1] for ax in axes for drawn in ax.collections for path in drawn.get_paths()]
+    limits = share_limits(np.concatenate(values) if values else [])
+    for ax in axes:
+        ax.set_ylim(*limits)
+
+
+def spread_note(counts, over: str = "replicates", mark: str = "error bar") -> str:
+    """What the error bars (or bands) are: "error bars: ± std over replicates (n = 3)".
+
+    n is the number of values behind each point: "n = 2–3" when it differs between points, and
+    "n = 1, no error bar" when every point has one.
+
+    Args:
+        counts: the number of values behind each plotted point.
+        over: what the std is over (default "replicates"; "samplings" for one analysed model).
+        mark: "error bar" (default) or "band".
+
+    Example: ``spread_note([3, 3, 2], mark="band") == "bands: ± std over replicates (n = 2–3)"``.
+    """
+    counts = sorted({int(c) for c in counts if c > 0})
+    if not counts:
+        return ""
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    single = f", no {mark}" if counts == [1] else ""
+    return f"{mark}s: ± std over {over} (n = {n}{single})"
+
+
+def note_entry(note: str, mark: str = "error bar") -> tuple:
+    """A grey legend entry (handle, label) explaining the error bars (a bar glyph) or bands (a pale patch)."""
+    if mark == "band":
+        return Patch(facecolor="grey", alpha=0.15), note
+    return Line2D([], [], color="grey", marker="|", markersize=12, markeredgewidth=1.5, linestyle="none"), note
+
+
+def _counts(data: pd.DataFrame, by: list[str], columns) -> list[int]:
+    """The number of non-NaN values of each column per group of `by`: the n behind each plotted point."""
+    return [int(n) for column in columns if column in data.columns
+            for n in data.dropna(subset=[column]).groupby(by)[column].size()]
+
+
 def _has_data(frame: pd.DataFrame, column: str) -> bool:
     return column in frame.columns and bool(np.isfinite(frame[column].to_numpy(float)).any())
 
 
 def _mean_std(values: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
-    """Mean and std (ddof 0) of `column` per value of `by`, sorted by it."""
+    """Mean, std (ddof 0) and count n of `column` per value of `by`, sorted by it."""
     return (values.dropna(subset=[column]).groupby(by)[column]
-            .agg(mean="mean", std=lambda v: float(np.std(v, ddof=0))).sort_index())
+            .agg(mean="mean", std=lambda v: float(np.std(v, ddof=0)), n="size").sort_index())
 
 
 def _draw_variants(ax: Axes, data: pd.DataFrame, column: str) -> bool:
@@ -140,27 +216,50 @@ def _draw_variants(ax: Axes, data: pd.DataFrame, column: str) -> bool:
     return with_null
 
 
-def _legend(ax: Axes, title: str, with_null: bool) -> None:
-    handles, labels = ax.get_legend_handles_labels()
+def _entries(axes, with_null: bool, notes: Sequence[tuple]) -> tuple[list, list[str]]:
+    """The legend entries of `axes` (one per label), then "permutation null" and the notes (`note_entry`)."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
     if with_null:
         # One grey entry explains every dashed line instead of doubling the variant entries.
-        handles.append(Line2D([], [], color="grey", linestyle="--", marker="x"))
-        labels.append("permutation null")
-    ax.legend(handles, labels, title=title, fontsize="small")
+        entries["permutation null"] = Line2D([], [], color="grey", linestyle="--", marker="x")
+    for handle, label in notes:
+        if label:
+            entries[label] = handle
+    return list(entries.values()), list(entries)
+
+
+def outside_legend(ax: Axes, title: str, with_null: bool = False, notes: Sequence[tuple] = ()) -> None:
+    """The legend of an axes-level plot, right of its axes (constrained layout makes room), never on its data."""
+    handles, labels = _entries([ax], with_null, notes)
+    ax.legend(handles, labels, title=title, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1),
+              borderaxespad=0)
+
+
+def figure_legend(fig: Figure, axes, title: str, with_null: bool = False, notes: Sequence[tuple] = ()) -> None:
+    """One legend for all panels of `fig`, right of them (the figure must use constrained layout)."""
+    handles, labels = _entries(axes, with_null, notes)
+    if handles:
+        fig.legend(handles, labels, title=title, fontsize="small", loc="outside right upper")
 
 
 def plot_vs_width(run_level_df: pd.DataFrame, metric: str, ax: Axes | None = None, *, legend: bool = True) -> Axes:
     """One line per variant of a run-level metric against width: mean ± std (ddof 0) over replicates.
 
     For similarity and similar_fraction the permutation null (similarity_null, similar_fraction_null), when
-    measured, is drawn as a dashed line in each variant's colour.
+    measured, is drawn as a dashed line in each variant's colour. The legend (right of the axes) names the
+    variants, the null, and what the error bars are with the number of replicates per point (`spread_note`).
+    Accuracy and similar_fraction get a share axis (`share_limits`).
 
     Args:
         run_level_df: the output of `run_level` (variant, width, and the metric's column).
         metric: one of RUN_LEVEL_METRICS (accuracy, robustness, compressibility, similarity, similar_fraction,
             similarity_null, similar_fraction_null, similarity_excess).
         ax: the axes to draw on (default: a new figure's).
-        legend: whether to draw the legend (titled "variant"); default True.
+        legend: whether to draw the legend (titled "variant"); default True. Figures of several panels pass False
+            and draw one legend right of all panels.
 
     Returns the axes.
 
@@ -169,20 +268,36 @@ def plot_vs_width(run_level_df: pd.DataFrame, metric: str, ax: Axes | None = Non
     if metric not in RUN_LEVEL_METRICS or metric not in run_level_df.columns:
         raise WidthlabError(f"cannot plot {metric!r}; valid metrics: {list(RUN_LEVEL_METRICS)}")
     if ax is None:
-        ax = Figure(figsize=(5, 3.8), layout="constrained").subplots()
+        ax = Figure(figsize=(6.8, 3.8), layout="constrained").subplots()
     data = run_level_df.dropna(subset=[metric])
     with_null = _draw_variants(ax, run_level_df, metric)
     _width_axis(ax, run_level_df["width"])
     ax.set_ylabel(AXIS_LABELS[metric])
     ax.set_title(TITLES[metric])
     ax.grid(alpha=0.3)
+    if metric in SHARE_METRICS:
+        share_axis(ax)
     if metric == "similarity_excess":
         ax.axhline(0.0, color="grey", linewidth=0.8)
     if data.empty:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
     elif legend:
-        _legend(ax, "variant", with_null)
+        outside_legend(ax, "variant", with_null, [note_entry(_variant_note(run_level_df, [metric]))])
     return ax
+
+
+def _variant_note(run_level_df: pd.DataFrame, metrics) -> str:
+    """`spread_note` for run-level metrics drawn per variant and width."""
+    return spread_note(_counts(run_level_df, ["variant", "width"], metrics))
+
+
+def _panels_legend(fig: Figure, axes, run_level_df: pd.DataFrame, metrics) -> None:
+    """One figure legend for panels drawn by `plot_vs_width(..., legend=False)`: variants, the permutation null
+    when a panel drew one, and the error bars with n over all panels."""
+    if run_level_df.dropna(subset=[m for m in metrics if m in run_level_df.columns], how="all").empty:
+        return
+    with_null = any(m in NULLS and _has_data(run_level_df, NULLS[m]) for m in metrics)
+    figure_legend(fig, axes, "variant", with_null, [note_entry(_variant_note(run_level_df, metrics))])
 
 
 def plot_similarity_calibration(run_level_df: pd.DataFrame) -> Figure:
@@ -199,10 +314,33 @@ def plot_similarity_calibration(run_level_df: pd.DataFrame) -> Figure:
     metrics = ["similarity", "similar_fraction"]
     if _has_data(run_level_df, "similarity_excess"):
         metrics.append("similarity_excess")
-    fig = Figure(figsize=(4.6 * len(metrics), 3.9), layout="constrained")
-    for index, (ax, metric) in enumerate(zip(np.atleast_1d(fig.subplots(1, len(metrics))), metrics)):
-        plot_vs_width(run_level_df, metric, ax, legend=index == 0)
+    fig = Figure(figsize=(4.6 * len(metrics) + 2.2, 3.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    for index, (ax, metric) in enumerate(zip(axes, metrics)):
+        plot_vs_width(run_level_df, metric, ax, legend=False)
         ax.set_title(f"({'abc'[index]}) {TITLES[metric]}")
+    _panels_legend(fig, axes, run_level_df, metrics)
+    return fig
+
+
+def plot_overview(run_level_df: pd.DataFrame) -> Figure:
+    """The four metric panels (a) accuracy, (b) robustness, (c) compressibility, (d) similarity vs width (paper
+    Figure C5), with one legend right of them: variants, the permutation null (dashed in (d), when measured)
+    and the error bars with n.
+
+    Args:
+        run_level_df: the output of `run_level`.
+
+    Returns the figure.
+
+    Example: ``plot_overview(run_level(runs, metrics)).savefig("overview.png")``.
+    """
+    fig = Figure(figsize=(12, 7.6), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    for index, (ax, metric) in enumerate(zip(axes, OVERVIEW_METRICS)):
+        plot_vs_width(run_level_df, metric, ax, legend=False)
+        ax.set_title(f"({'abcd'[index]}) {TITLES[metric]}")
+    _panels_legend(fig, axes, run_level_df, OVERVIEW_METRICS)
     return fig
 
 
@@ -210,6 +348,7 @@ def plot_layerwise(layer_level_df: pd.DataFrame, metric: str, layers: Sequence[s
     """Figures C7–C10: a metric against width with one panel per unit layer; variants as lines (mean ± std).
 
     Panels share the y axis so layers can be compared; similarity panels carry their permutation null dashed.
+    One legend right of the panels names the variants, the null and the error bars with n (`spread_note`).
 
     Args:
         layer_level_df: the output of `layer_level` (long: run_id, variant, width, layer, metric, value).
@@ -230,7 +369,7 @@ def plot_layerwise(layer_level_df: pd.DataFrame, metric: str, layers: Sequence[s
         raise WidthlabError(f"none of the layers {list(layers or [])} was measured; measured: {present}")
     columns = min(len(order), 4)
     rows = -(-len(order) // columns)
-    fig = Figure(figsize=(3.7 * columns, 3.3 * rows + 0.4), layout="constrained")
+    fig = Figure(figsize=(3.7 * columns + 2.2, 3.3 * rows + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True, squeeze=False)).ravel()
     with_null = False
     for ax, name in zip(axes, order):
@@ -242,7 +381,8 @@ def plot_layerwise(layer_level_df: pd.DataFrame, metric: str, layers: Sequence[s
         ax.set_visible(False)
     for ax in axes[::columns]:
         ax.set_ylabel(AXIS_LABELS[metric])
-    _legend(axes[0], "variant", with_null)
+    note = spread_note(_counts(wide[wide["layer"].isin(order)], ["variant", "width", "layer"], [metric]))
+    figure_legend(fig, axes[:len(order)], "variant", with_null, [note_entry(note)])
     fig.suptitle(f"{TITLES[metric]} per layer")
     return fig
 
@@ -265,6 +405,11 @@ def ablation_curve_table(
 
     Example: ``ablation_curve_table(metrics, runs).query("width == 1")``.
     """
+    return _curve_stats(_curve_runs(metrics, runs, perturbation, layer)).drop(columns="n")
+
+
+def _curve_runs(metrics: pd.DataFrame, runs: pd.DataFrame, perturbation: str, layer: str | None) -> pd.DataFrame:
+    """Each done run's curve (run_id, level, value, variant, width), as `ablation_curve_table` describes."""
     done = done_runs(runs)
     metrics = final_rows(metrics)
     rows = metrics[
@@ -281,9 +426,13 @@ def ablation_curve_table(
         )
     per_layer = rows.groupby(["run_id", "layer", "level"], as_index=False)["value"].mean()
     per_run = per_layer.groupby(["run_id", "level"], as_index=False)["value"].mean()
-    per_run = per_run.merge(done[["run_id", "variant", "width"]], on="run_id")
+    return per_run.merge(done[["run_id", "variant", "width"]], on="run_id")
+
+
+def _curve_stats(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof 0) and number of runs n per variant, width and level of `_curve_runs`' curves."""
     table = per_run.groupby(["variant", "width", "level"], as_index=False, sort=False)["value"].agg(
-        unchanged="mean", std=lambda v: float(np.std(v, ddof=0)))
+        unchanged="mean", std=lambda v: float(np.std(v, ddof=0)), n="size")
     return table.sort_values(["width", "level"], kind="stable")
 
 
@@ -293,7 +442,7 @@ def plot_ablation_curves(
     """Figure 2: fraction of labels unchanged vs fraction of units ablated, one line per width, one panel per variant.
 
     Curves are averaged over samplings, unit layers (unless `layer` is given) and replicates; the band is
-    ± std over replicates.
+    ± std over replicates, and the legend (right of the panels) says so with n per point (`spread_note`).
 
     Args:
         metrics: the metrics table (rows with metric "unchanged").
@@ -305,12 +454,12 @@ def plot_ablation_curves(
 
     Example: ``plot_ablation_curves(metrics, runs).savefig("ablation_curves.png")``.
     """
-    table = ablation_curve_table(metrics, runs, perturbation, layer)
+    table = _curve_stats(_curve_runs(metrics, runs, perturbation, layer))
     noise = perturbation in PERTURBATIONS and PERTURBATIONS[perturbation].noise
     # Panels follow the runs table's order (the study grid's), not the alphabet.
     variants = [v for v in pd.unique(done_runs(runs)["variant"]) if v in set(table["variant"])]
     colours = _width_colours(table["width"])
-    fig = Figure(figsize=(4.2 * len(variants), 3.8), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(variants) + 2.2, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(variants), sharey=True))
     for ax, variant in zip(axes, variants):
         for width, colour in colours.items():
@@ -329,7 +478,8 @@ def plot_ablation_curves(
             ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Fraction of labels unchanged")
-    axes[-1].legend(title="width", fontsize="small")
+    share_axis(*axes)
+    figure_legend(fig, axes, "width", notes=[note_entry(spread_note(table["n"], mark="band"), "band")])
     scope = "mean over unit layers" if layer is None else f"layer {layer}"
     fig.suptitle(f"Ablation curves ({perturbation}, {scope})")
     return fig
@@ -402,7 +552,7 @@ def plot_abs_r(runs: pd.DataFrame, metrics: pd.DataFrame, *, widths: Sequence[fl
     columns = len(variants) if len(order) > 1 else min(3, len(variants))
     panels = [(layer, variant) for layer in order for variant in variants]
     rows = -(-len(panels) // columns)
-    fig = Figure(figsize=(3.8 * columns + 0.6, 2.7 * rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(3.8 * columns + 1.6, 2.7 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
     levels = np.unique(table["level"].to_numpy(float))
     half = float(np.diff(levels).min()) / 2 if len(levels) > 1 else 0.01
@@ -430,7 +580,7 @@ def plot_abs_r(runs: pd.DataFrame, metrics: pd.DataFrame, *, widths: Sequence[fl
             ax.set_ylabel(f"{layer}\nshare of unit pairs")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    axes[columns - 1].legend(title="width", fontsize="small")
+    figure_legend(fig, axes[:len(panels)], "width")
     fig.suptitle(f"|r| distributions (dashed: mean |r|, dotted: threshold {threshold:g})")
     return fig
 
@@ -439,7 +589,8 @@ def plot_vs_epoch(epoch_level_df: pd.DataFrame) -> Figure:
     """Figure C3: metrics along training epochs, one line per width (mean ± std over replicates).
 
     Rows are variants; columns are the quantities with data: accuracy (test_acc, else val_acc, from the
-    training history), robustness, compressibility, similarity.
+    training history, on a share axis), robustness, compressibility, similarity. Bands are ± std over
+    replicates; the legend right of the panels says so with n per point (`spread_note`).
 
     Args:
         epoch_level_df: the output of `epoch_level` (run_id, variant, width, epoch and the quantities).
@@ -456,8 +607,9 @@ def plot_vs_epoch(epoch_level_df: pd.DataFrame) -> Figure:
         raise WidthlabError(f"the snapshots hold none of {['accuracy', *EPOCH_METRICS]}")
     variants = list(pd.unique(epoch_level_df["variant"]))
     colours = _width_colours(epoch_level_df["width"])
-    fig = Figure(figsize=(4.2 * len(quantities), 3.4 * len(variants) + 0.4), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(quantities) + 2.2, 3.4 * len(variants) + 0.4), layout="constrained")
     axes = fig.subplots(len(variants), len(quantities), sharex=True, squeeze=False)
+    counts = []
     for i, variant in enumerate(variants):
         for j, quantity in enumerate(quantities):
             ax = axes[i, j]
@@ -466,6 +618,7 @@ def plot_vs_epoch(epoch_level_df: pd.DataFrame) -> Figure:
                 stats = _mean_std(rows, "epoch", quantity)
                 if stats.empty:
                     continue
+                counts += list(stats["n"])
                 ax.plot(stats.index, stats["mean"], marker=".", color=colour, label=width_label(width))
                 ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                                 color=colour, alpha=0.15, linewidth=0)
@@ -474,9 +627,11 @@ def plot_vs_epoch(epoch_level_df: pd.DataFrame) -> Figure:
             ax.set_ylabel(AXIS_LABELS[quantity] if quantity == accuracy else TITLES[quantity])
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if quantity == accuracy:
+                share_axis(ax)
             if i == len(variants) - 1:
                 ax.set_xlabel("Epoch")
-    axes[0, 0].legend(title="width", fontsize="small")
+    figure_legend(fig, axes.ravel(), "width", notes=[note_entry(spread_note(counts, mark="band"), "band")])
     return fig
 
 
@@ -495,7 +650,7 @@ def plot_params(params: pd.DataFrame) -> Axes:
         raise WidthlabError(f"the params table lacks columns {missing}; it needs ['model', 'width', 'params']")
     if params.empty:
         raise WidthlabError("the params table has no rows")
-    ax = Figure(figsize=(5, 3.8), layout="constrained").subplots()
+    ax = Figure(figsize=(6.2, 3.8), layout="constrained").subplots()
     table = params.drop_duplicates(["model", "width"]).astype({"width": float, "params": float})
     for model in pd.unique(table["model"]):
         rows = table[table["model"] == model].sort_values("width")
@@ -505,7 +660,7 @@ def plot_params(params: pd.DataFrame) -> Axes:
     ax.set_ylabel("Trainable parameters")
     ax.set_title("Parameters")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="model", fontsize="small")
+    outside_legend(ax, "model")
     return ax
 
 
@@ -554,11 +709,7 @@ def write_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: str | Path
     for metric in single:
         paths.append(_save(plot_vs_width(levels, metric).figure, out / f"{metric}.png", pdf))
     paths.append(_save(plot_similarity_calibration(levels), out / "similarity_calibration.png", pdf))
-    overview = Figure(figsize=(10, 7.6), layout="constrained")
-    for index, (ax, metric) in enumerate(zip(overview.subplots(2, 2).flat, OVERVIEW_METRICS)):
-        plot_vs_width(levels, metric, ax, legend=index == 0)
-        ax.set_title(f"({'abcd'[index]}) {TITLES[metric]}")
-    paths.append(_save(overview, out / "overview.png", pdf))
+    paths.append(_save(plot_overview(levels), out / "overview.png", pdf))
 
     order = [name for name in pd.unique(final_rows(metrics)["layer"]) if name != JOINT_SCOPE]
     builders = {"ablation_curves": lambda: plot_ablation_curves(metrics, runs),

@@ -15,21 +15,27 @@ from widthlab.report.verdict import done_runs
 
 RESAMPLES = 1000
 FIGURE_DIR = "figures"
+# Error bars and bands are ± std over replicates; each figure's legend gives n, the replicates per point.
+SPREAD = "mean ± std over replicates, n in the legend"
 FIGURE_CAPTIONS = {
-    "overview.png": "Overview: (a) accuracy, (b) robustness, (c) compressibility, (d) similarity",
-    "accuracy.png": "Accuracy vs width (paper Figure 1)",
-    "ablation_curves.png": "Ablation curves, zero ablation, mean over unit layers (paper Figure 2)",
-    "robustness.png": "Robustness vs width (paper Figure 3)",
-    "compressibility.png": "Compressibility vs width (paper Figure 4)",
-    "similarity.png": "Similarity vs width, permutation null dashed when measured (paper Figure 5)",
-    "similar_fraction.png": "Share of similar unit pairs vs width",
-    "similarity_excess.png": "Similarity excess over the permutation null vs width",
-    "similarity_calibration.png": "Similarity beside its calibration: similar fraction and excess over the null",
-    "layerwise_robustness.png": "Robustness per layer (paper Figures C7–C10 a)",
-    "layerwise_compressibility.png": "Compressibility per layer (paper Figures C7–C10 b)",
-    "layerwise_similarity.png": "Similarity per layer (paper Figures C7–C10 c)",
-    "abs_r_distributions.png": "Distributions of |r| between units per layer (paper Figure B2)",
-    "epochs.png": "Metrics along training epochs (paper Figure C3)",
+    "overview.png": f"Overview: (a) accuracy, (b) robustness, (c) compressibility, (d) similarity ({SPREAD}; "
+                    "permutation null dashed when measured)",
+    "accuracy.png": f"Accuracy vs width ({SPREAD}; paper Figure 1)",
+    "ablation_curves.png": "Ablation curves, zero ablation, mean over unit layers (band: ± std over replicates, "
+                           "n in the legend; paper Figure 2)",
+    "robustness.png": f"Robustness vs width ({SPREAD}; paper Figure 3)",
+    "compressibility.png": f"Compressibility vs width ({SPREAD}; paper Figure 4)",
+    "similarity.png": f"Similarity vs width, permutation null dashed when measured ({SPREAD}; paper Figure 5)",
+    "similar_fraction.png": f"Share of similar unit pairs vs width ({SPREAD})",
+    "similarity_excess.png": f"Similarity excess over the permutation null vs width ({SPREAD})",
+    "similarity_calibration.png": "Similarity beside its calibration: similar fraction and excess over the null "
+                                  f"({SPREAD})",
+    "layerwise_robustness.png": f"Robustness per layer ({SPREAD}; paper Figures C7–C10 a)",
+    "layerwise_compressibility.png": f"Compressibility per layer ({SPREAD}; paper Figures C7–C10 b)",
+    "layerwise_similarity.png": f"Similarity per layer ({SPREAD}; paper Figures C7–C10 c)",
+    "abs_r_distributions.png": "Distributions of |r| between units per layer, mean over replicates "
+                               "(paper Figure B2)",
+    "epochs.png": "Metrics along training epochs (band: ± std over replicates, n in the legend; paper Figure C3)",
     "params.png": "Trainable parameters vs width (paper Figure A1)",
 }
 CALIBRATION_TEXT = (
