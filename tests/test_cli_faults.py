@@ -15,7 +15,7 @@ from widthlab.cli import main
 from widthlab.study import load_config, load_results, run_study
 from widthlab.study.store import study_lock
 
-TINY = ["grid.widths=[0.25, 0.5]", "grid.replicates=1", "data.n_train=200", "data.n_val=50", "data.n_test=50",
+TINY = ["grid.select=null", "grid.widths=[0.25, 0.5]", "grid.replicates=1", "data.n_train=200", "data.n_val=50", "data.n_test=50",
         "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from widthlab.study import load_config, load_results, run_study
 
-TINY = ["grid.widths=[0.25, 0.5]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
+TINY = ["grid.select=null", "grid.widths=[0.25, 0.5]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
         "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
 
 

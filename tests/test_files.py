@@ -71,7 +71,7 @@ def test_a_rerun_removes_stale_temps_and_a_killed_report_keeps_the_previous_figu
     from widthlab.report import write_report
     from widthlab.study import load_config, load_results, run_study
 
-    tiny = ["grid.widths=[0.25, 0.5]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
+    tiny = ["grid.select=null", "grid.widths=[0.25, 0.5]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
             "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
     run_study(load_config("mlp-10d", tiny), tmp_path, progress=False, report=True)
     stale = tmp_path / "checkpoints" / ".default-w0.25-r0.pt.999999999.tmp"
@@ -99,7 +99,7 @@ def test_a_full_disk_at_a_checkpoint_stops_the_study_with_one_line_and_the_store
 
     from widthlab.study import load_config, load_results, run_study
 
-    tiny = ["grid.widths=[0.25, 0.5]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
+    tiny = ["grid.select=null", "grid.widths=[0.25, 0.5]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
             "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
     run_study(load_config("mlp-10d", tiny), tmp_path / "clean", progress=False, report=False)
     real_save, calls = torch.save, []

@@ -14,6 +14,7 @@ import widthlab.measure
 from widthlab.errors import WidthlabError
 from widthlab.measure import analyze, capture, default_layers, perturbation_curve, redundancy
 from widthlab.measure.analyze import COLUMNS, NULL_METRICS, REDUNDANCY_METRICS, _draw_rows
+from widthlab.measure.frivolous import PRUNABILITY_METRICS, REDUNDANT_METRICS
 from widthlab.measure.perturbations import NOISE_LEVELS, PERTURBATIONS, SHARE_LEVELS
 from widthlab.models import create_model
 
@@ -48,12 +49,15 @@ def test_columns_and_row_counts(images):
     assert list(frame.columns) == COLUMNS
     assert sorted(frame.layer.unique()) == ["1", "3", "all"]  # ReLU-like modules by default, plus the joint scope
     redundancy_rows = frame[frame.perturbation == ""]
-    # two layers, sampling 0 only: the §1 numbers, 50 histogram bins and the 3 similarity-calibration numbers
-    assert len(redundancy_rows) == 2 * (len(REDUNDANCY_METRICS) + 50 + len(NULL_METRICS))
+    # two layers, sampling 0 only: the §1 numbers, 50 histogram bins, the 3 similarity-calibration numbers, the
+    # redundant / non-redundant unit counts and the 3 selectivity numbers (labels given, no training split)
+    assert len(redundancy_rows) == 2 * (len(REDUNDANCY_METRICS) + 50 + len(NULL_METRICS) + len(REDUNDANT_METRICS) + 3)
     assert redundancy_rows.loc[redundancy_rows.metric != "abs_r_count", "level"].isna().all()
     robustness_rows = frame[frame.perturbation != ""]
-    assert len(robustness_rows) == 2 * 3 * 2 * (1 + 2 * len(LEVELS))  # perturbations × scopes × samplings × rows
-    assert set(robustness_rows.metric) == {"auc", "unchanged", "accuracy"}
+    # perturbations × scopes × samplings × rows, and x* with the prunable / non-prunable counts of each unit
+    # layer and sampling of the zero curves
+    assert len(robustness_rows) == 2 * 3 * 2 * (1 + 2 * len(LEVELS)) + 2 * 2 * len(PRUNABILITY_METRICS)
+    assert set(robustness_rows.metric) == {"auc", "unchanged", "accuracy", *PRUNABILITY_METRICS}
     assert robustness_rows.loc[robustness_rows.metric == "auc", "level"].isna().all()
     assert frame.sampling.dtype.kind == "i" and frame.level.dtype.kind == "f"
 

@@ -40,8 +40,13 @@ def test_every_preset_runs_in_smoke_mode(preset, tmp_path):
     cfg = smoke_config(load_config(preset))
     run_study(cfg, tmp_path, progress=False, report=False)
     res = load_results(tmp_path)
-    assert len(res.runs) == 2 * len(cfg.grid.variants)
-    assert set(res.runs["status"]) == {"done"}, res.runs[["run_id", "status", "error"]].to_string()
+    cells = 2 * len(cfg.grid.variants)
+    candidates = len(cfg.grid.select.candidates) if cfg.grid.selecting else 1
+    assert len(res.runs) == cells * candidates
+    measured = res.runs[res.runs["chosen"] == 1] if cfg.grid.selecting else res.runs
+    assert len(measured) == cells
+    assert set(measured["status"]) == {"done"}, res.runs[["run_id", "status", "error"]].to_string()
+    assert "smoke run" in cfg.caveats[-1] or "smoke run" in " ".join(cfg.caveats)
     assert set(res.runs["width"]) == {0.25, 0.5}
     assert (res.history.groupby("run_id")["epoch"].max() == 1).all()
     auc = res.metrics.query("metric == 'auc' and perturbation == 'zero'")["value"]
@@ -58,3 +63,4 @@ def test_smoke_caps_examples_and_steps():
         assert sections["data"].name == "digits" and sections["data"].options["n_train"] == 64
     assert cfg.variant_sections("random-labels")["data"].options["random_labels"] is True
     assert smoke_config(load_config("inception-v3")).variant_sections("default")["data"].options["image_size"] == 75
+    assert "digits stand in for cifar10 (its data was not found)" in cfg.caveats  # no CIFAR-10 folder here

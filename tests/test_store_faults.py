@@ -12,7 +12,7 @@ from widthlab.errors import WidthlabError
 from widthlab.study import load_config, run_study
 from widthlab.study.store import STORE_NAME, Store, load_results
 
-TINY = ["grid.widths=[0.25]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
+TINY = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
         "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
 
 

@@ -11,7 +11,7 @@ from widthlab import load_results, run_study
 from widthlab.cli import main
 from widthlab.study.config import load_config
 
-SMALL = ["grid.widths=[0.25, 1]", "grid.replicates=2", "train.epochs=4", "data.n_train=200", "data.n_val=100",
+SMALL = ["grid.select=null", "grid.widths=[0.25, 1]", "grid.replicates=2", "train.epochs=4", "data.n_train=200", "data.n_val=100",
          "data.n_test=150", "measure.samplings=2", "measure.levels=6",
          "grid.variants={'sigma=0.01': {model: {sigma: 0.01}}, 'sigma=0.1': {model: {sigma: 0.1}}}"]
 
@@ -78,7 +78,7 @@ def test_a_changed_grid_in_the_same_directory_is_refused(study):
 def test_cli_run_dry_run_lists_the_grid(capsys):
     assert main(["run", "mlp-10d", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "45 runs" in out and "sigma=0.001-w0.25-r0" in out
+    assert "180 runs" in out and "× 4 candidates" in out and "sigma=0.001-w0.25-r0-lr=0.1" in out
 
 
 def test_cli_run_and_report(tmp_path, capsys):
@@ -164,7 +164,7 @@ def test_a_study_stored_before_a_field_was_added_still_resumes(tmp_path):
 
     import torch
 
-    tiny = ["grid.widths=[0.25]", "grid.replicates=1", "train.epochs=3", "data.n_train=100", "data.n_val=50",
+    tiny = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=3", "data.n_train=100", "data.n_val=50",
             "data.n_test=50", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
     cfg = load_config("mlp-10d", tiny)
     run_study(cfg, tmp_path, progress=False, report=False)
@@ -195,7 +195,7 @@ def test_a_stored_level_count_for_noise_is_a_different_study(tmp_path):
     import json
     import sqlite3
 
-    tiny = ["grid.widths=[0.25]", "grid.replicates=1", "train.epochs=1", "data.n_train=100", "data.n_val=50",
+    tiny = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=1", "data.n_train=100", "data.n_val=50",
             "data.n_test=50", "measure.samplings=1", "measure.levels=3", "measure.perturbations=[zero, act_noise]",
             "grid.variants={'default': {}}"]
     cfg = load_config("mlp-10d", tiny)

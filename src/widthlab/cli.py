@@ -398,6 +398,13 @@ def _unit_tables(model, inputs, names: list[str], args: argparse.Namespace, **op
     return table[["layer", *[c for c in table.columns if c != "layer"]]]
 
 
+def _read_csv(path: Path):
+    """A report table the report wrote, or None when it did not (nothing of that kind to report)."""
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else None
+
+
 def _print_report(out: Path, runs=None, report: dict | None = None) -> None:
     """Print the run census, the verdict table, the hypothesis and the calibration line of each variant.
 
@@ -407,6 +414,7 @@ def _print_report(out: Path, runs=None, report: dict | None = None) -> None:
     import pandas as pd
 
     from widthlab.report import calibration, format_verdict_table, hypothesis
+    from widthlab.report.frivolous import effective_width
     from widthlab.study.store import STORE_NAME, load_results
 
     if report is None:
@@ -420,6 +428,14 @@ def _print_report(out: Path, runs=None, report: dict | None = None) -> None:
         print(f"hypothesis {'holds' if row.holds else 'does not hold'} for {row.variant}: {row.reason}")
     for row in calibration(table).itertuples(index=False):
         print(f"similarity trend survives calibration for {row.variant}: {row.survives} ({row.reason})")
+    growth_df = report["growth"] if report is not None else _read_csv(out / "growth.csv")
+    if growth_df is not None and len(growth_df):
+        for row in effective_width(growth_df).itertuples(index=False):
+            print(f"effective width grows slower than width for {row.variant}: {row.slower} ({row.reason})")
+    caveats_df = report["caveats"] if report is not None else _read_csv(out / "caveats.csv")
+    for caveat in ([] if caveats_df is None else caveats_df.itertuples(index=False)):
+        where = "" if caveat.variant == "*" else f" ({caveat.variant})"
+        print(f"caveat{where}: {caveat.caveat}")
     print(f"summary: {out / 'summary.md'}\nfigures: {out / 'figures'}")
     if report is not None and report["html"] is not None:
         print(f"html:    {report['html']}")

@@ -37,6 +37,9 @@ FIGURE_CAPTIONS = {
                                "(paper Figure B2)",
     "epochs.png": "Metrics along training epochs (band: ± std over replicates, n in the legend; paper Figure C3)",
     "params.png": "Trainable parameters vs width (paper Figure A1)",
+    "frivolous.png": ("Frivolous units vs width (AAAI 2021 version): prunable / non-prunable and redundant / "
+                      "non-redundant units per layer, normalised by the layer's size at the largest width, log-2 "
+                      "axes, mean ± std over replicates, g = growth per doubling"),
 }
 CALIBRATION_TEXT = (
     "Similarity counts similar units per unit, so it can grow with width while the share of similar pairs "
@@ -58,8 +61,8 @@ HYPOTHESIS_TEXT = (
 # Statuses always listed in the census, even at zero; others appear only when present.
 MAIN_STATUSES = ("done", "failed", "diverged")
 VERDICT_HEADER = ["variant", "metric", "slope/doubling", "95% CI", "trend", "runs", "method"]
-# Shown in the results table only when measured (the permutation null is optional).
-CALIBRATION_RESULTS = ("similarity_null", "similarity_excess")
+# Shown in the results table only when measured (the permutation null and selectivity are optional).
+OPTIONAL_RESULTS = ("similarity_null", "similarity_excess", "selectivity")
 
 
 def number(value: float, signed: bool = False) -> str:
@@ -112,7 +115,7 @@ def census(runs: pd.DataFrame) -> list[str]:
 def results_columns(levels: pd.DataFrame) -> list[str]:
     """The run-level quantities of the results table: the overview four, similar_fraction, and the permutation
     null and excess when measured."""
-    extra = [c for c in CALIBRATION_RESULTS if c in levels.columns and levels[c].notna().any()]
+    extra = [c for c in OPTIONAL_RESULTS if c in levels.columns and levels[c].notna().any()]
     return [*OVERVIEW_METRICS, "similar_fraction", *extra]
 
 

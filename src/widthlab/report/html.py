@@ -161,13 +161,13 @@ def render_html(
 
     Example: ``Path("report.html").write_text(render_html(runs, run_level(runs, metrics), v, pngs, title="MLP"))``.
     """
-    sections = [("run", "What was run"), ("results", "Results by width"), ("verdict", "Verdict"),
+    parts = [("run", "What was run"), ("results", "Results by width"), ("verdict", "Verdict"),
                 ("hypothesis", "Hypothesis"), ("calibration", "Similarity calibration"),
                 *((section.key, section.title) for section in sections), ("figures", "Figures"),
                 ("run-times", "Run times"), ("versions", "Package versions")]
     if config is not None:
-        sections.append(("configuration", "Configuration"))
-    nav = "".join(f'<a href="#{key}">{name}</a>' for key, name in sections)
+        parts.append(("configuration", "Configuration"))
+    nav = "".join(f'<a href="#{key}">{name}</a>' for key, name in parts)
     body = {}
     body["run"] = "<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in census(runs)) + "</ul>" + (
         "<p>Only done runs enter the tables, figures and verdict.</p>")
@@ -221,7 +221,7 @@ def render_html(
     body["versions"] = _table(["package", "version"], list(package_versions().items()), table_id="versions-table")
     if config is not None:
         body["configuration"] = f"<pre>{html.escape(config_text(config))}</pre>"
-    content = "".join(f'<section id="{key}"><h2>{name}</h2>{body[key]}</section>' for key, name in sections)
+    content = "".join(f'<section id="{key}"><h2>{name}</h2>{body[key]}</section>' for key, name in parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"

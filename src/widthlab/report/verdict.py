@@ -46,6 +46,8 @@ LAYER_QUANTITIES = {
     "similarity_null": ("similarity_null", ""),
     "similar_fraction_null": ("similar_fraction_null", ""),
     "similarity_excess": ("similarity_excess", ""),
+    # Class selectivity (Morcos et al. 2018), when the runs were measured with labels.
+    "selectivity": ("selectivity", ""),
 }
 RUN_LEVEL_METRICS = ("accuracy", *LAYER_QUANTITIES)
 VERDICT_COLUMNS = ("variant", "metric", "slope", "ci_low", "ci_high", "trend", "n_runs", "method")

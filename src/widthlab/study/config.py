@@ -348,8 +348,9 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _variants_valid(self) -> StudyConfig:
-        candidates = self.grid.select.candidates if self.grid.select is not None else (None,)
+        candidates = self.grid.select.candidates if self.grid.select is not None else ()
         for variant in self.grid.variants:
+            self.variant_sections(variant)  # a bad variant is named alone, before any candidate
             for candidate in candidates:
                 self.variant_sections(variant, candidate)
         return self

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from widthlab import files
 from widthlab.data import load_data
-from widthlab.data.base import Splits
+from widthlab.data.base import ArrayDataset, Splits
 from widthlab.errors import WidthlabError, check_positive_int, check_seconds
 from widthlab.measure import analyze, check_measurable
 from widthlab.models import create_model
@@ -177,6 +177,23 @@ def preflight(specs: list[RunSpec], cache: dict | None) -> None:
                                 "use smaller grid.widths")
 
 
+# Selectivity's class of largest mean (k*) is taken on at most this many training examples (one extra pass).
+SELECTIVITY_EXAMPLES = 10_000
+
+
+def selectivity_examples(train, seed: int):
+    """The training examples selectivity takes k* from: all of them, or `SELECTIVITY_EXAMPLES` drawn without
+    replacement (seeded by the study seed, so every run of a study uses the same ones)."""
+    n = len(train)
+    if n <= SELECTIVITY_EXAMPLES:
+        return train
+    generator = torch.Generator().manual_seed(int(seed))
+    index = torch.randperm(n, generator=generator)[:SELECTIVITY_EXAMPLES].sort().values
+    if isinstance(train, ArrayDataset):
+        return ArrayDataset(train.x[index], train.y[index])
+    return torch.utils.data.Subset(train, index.tolist())
+
+
 def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
                 checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
                 measure: bool = True) -> tuple[dict, pd.DataFrame | None]:
@@ -219,12 +236,13 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     levels = measure["levels"]  # spelled out per perturbation by plan_runs
     evaluation = splits.split(measure["split"])
     labels = evaluation.y if hasattr(evaluation, "y") else None
+    train_inputs = selectivity_examples(splits.train, cfg["study_seed"]) if measure["split"] != "train" else None
     start = time.perf_counter()
 
     def measure_now(epoch: float) -> pd.DataFrame:
         frame = analyze(model, evaluation, labels=labels, perturbations=tuple(measure["perturbations"]),
                         levels=levels, samplings=measure["samplings"], seed=spec.replicate,
-                        max_rows=measure["max_rows"])
+                        max_rows=measure["max_rows"], train_inputs=train_inputs)
         return frame.assign(epoch=epoch)
 
     # Snapshots first (along-training figures), then the trained weights, whose rows have epoch NaN.
