@@ -165,3 +165,28 @@ def test_reference_summary_of_samplings():
     row = layer_counts(runs, metrics).iloc[0]
     assert row["prunable_units"] == 5 and row["prunable_units_ref"] == 6
     assert row["non_prunable_units"] == 5 and row["non_prunable_units_ref"] == 4
+
+
+def test_load_results_derives_the_counts_of_runs_stored_before_them(tmp_path):
+    import sqlite3
+
+    from widthlab.study.config import load_config
+    from widthlab.study.runner import run_study
+    from widthlab.study.store import STORE_NAME, load_results
+
+    tiny = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=2", "data.n_train=64",
+            "data.n_val=32", "data.n_test=64", "measure.samplings=2", "measure.levels=5",
+            "grid.variants={'default': {}}"]
+    run_study(load_config("mlp-10d", tiny), tmp_path, progress=False, report=False)
+    stored = load_results(tmp_path).metrics
+    with sqlite3.connect(tmp_path / STORE_NAME) as db:  # an older widthlab stored no frivolous rows
+        db.execute("DELETE FROM metrics WHERE metric IN ('prunability', 'prunable_units', 'non_prunable_units', "
+                   "'redundant_units', 'non_redundant_units')")
+    derived = load_results(tmp_path).metrics
+
+    def counts(frame):
+        part = frame[frame["metric"].str.contains("prun|redundant_units")]
+        return part.sort_values(["metric", "sampling"]).reset_index(drop=True)[["metric", "sampling", "value"]]
+
+    assert len(counts(stored)) == 2 * 3 + 2
+    pd.testing.assert_frame_equal(counts(derived), counts(stored))

@@ -247,12 +247,27 @@ class Store:
                  for table in ("metrics", "curves")]
         metrics = pd.concat(parts, ignore_index=True)
         metrics[["level", "epoch"]] = metrics[["level", "epoch"]].astype(float)
+        metrics = _with_frivolous(metrics)
         final = metrics["epoch"].isna()
         snapshots = metrics[~final].reset_index(drop=True)
         metrics = metrics[final].drop(columns="epoch").reset_index(drop=True)
         history = pd.read_sql_query("SELECT run_id, record FROM history ORDER BY run_id, epoch", self._db)
         history = pd.DataFrame([{"run_id": rid, **json.loads(rec)} for rid, rec in history.itertuples(index=False)])
         return Results(runs=runs, metrics=metrics, history=history, snapshots=snapshots)
+
+
+def _with_frivolous(metrics: pd.DataFrame) -> pd.DataFrame:
+    """`metrics` plus the frivolous-unit rows of runs stored before widthlab measured them (derived from their
+    stored curves and redundancy rows, as `analyze` derives them), so an old study reports them too."""
+    from widthlab.measure.frivolous import FRIVOLOUS_METRICS, frivolous_rows
+
+    have = set(metrics.loc[metrics["metric"].isin(FRIVOLOUS_METRICS), "run_id"])
+    old = metrics[~metrics["run_id"].isin(have)]
+    if old.empty:
+        return metrics
+    derived = [frivolous_rows(group) for _, group in old.groupby(["run_id", "epoch"], dropna=False, sort=False)]
+    derived = [frame for frame in derived if len(frame)]
+    return pd.concat([metrics, *derived], ignore_index=True) if derived else metrics
 
 
 def store_error(path: Path, exc: sqlite3.OperationalError) -> WidthlabError:
