@@ -223,7 +223,7 @@ def test_run_level_averages_unit_layers_and_samplings_but_not_all():
     levels = run_level(runs, metrics)
     assert list(levels.columns) == ["run_id", "variant", "width", "replicate", "accuracy", "robustness",
                                     "compressibility", "similarity", "similar_fraction", "similarity_null",
-                                    "similar_fraction_null", "similarity_excess"]
+                                    "similar_fraction_null", "similarity_excess", "selectivity"]
     # No permutation null in these tables: its columns are there, and NaN.
     assert levels["similarity_null"].isna().all()
     for metric in ("robustness", "compressibility", "similarity", "similar_fraction"):
