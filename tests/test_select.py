@@ -1,5 +1,7 @@
 """grid.select: every candidate trained per cell, the best-validation one kept and measured, resumable."""
 
+import importlib.util
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,6 +99,16 @@ def test_study_measures_only_the_chosen_candidates(tmp_path):
     assert "## Hyperparameter selection" in summary and "lr=0.1 ×2" in summary
     selection = pd.read_csv(tmp_path / "selection.csv")
     assert selection["chosen"].tolist() == ["lr=0.1 ×2", "lr=0.1 ×2"]
+    assert "## Frivolous units" in summary and (tmp_path / "figures" / "frivolous.png").is_file()
+    growth = pd.read_csv(tmp_path / "growth.csv")
+    assert set(growth["quantity"]) == {"prunable_units", "non_prunable_units", "redundant_units",
+                                       "non_redundant_units"}
+    from widthlab.report import write_report
+
+    html = write_report(res.runs, res.metrics, tmp_path / "html", title="t", html=True, pdf=False)["html"]
+    text = html.read_text()
+    assert 'id="selection"' in text and 'id="frivolous"' in text and "effective width grows slower" in text
+    assert "lr=0.1 ×2" in text
 
 
 def test_measure_all_keeps_the_verdict_on_the_chosen(tmp_path):
@@ -157,3 +169,13 @@ def test_cli_select_flag(capsys):
     assert "90 runs" in out and "× 3 candidates" in out and "real-labels-w0.25-r0-lr=0.3" in out
     assert main(["run", "alexnet-lr-batch", "--select", "--dry-run"]) == 2
     assert "declares no grid.select" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is an optional extra (widthlab[ray])")
+def test_ray_executor_chooses_the_same(tmp_path):
+    cfg = load_config("mlp-10d", TINY + SELECT + ["grid.replicates=1", "grid.widths=[0.25]"])
+    run_study(cfg, tmp_path / "local", progress=False, report=False)
+    run_study(cfg, tmp_path / "ray", executor="ray", progress=False, report=False)
+    local, ray = load_results(tmp_path / "local"), load_results(tmp_path / "ray")
+    pd.testing.assert_series_equal(local.runs["chosen"], ray.runs["chosen"])
+    pd.testing.assert_frame_equal(local.metrics, ray.metrics)

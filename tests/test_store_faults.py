@@ -111,7 +111,7 @@ def test_a_sqlite_file_of_another_program_is_not_a_study(tmp_path):
 
 
 def test_the_report_uses_only_the_runs_of_the_current_grid(tmp_path, caplog):
-    grid = [o for o in TINY if not o.startswith("grid.")] + ["grid.variants={'default': {}}"]
+    grid = [o for o in TINY if not o.startswith("grid.")] + ["grid.variants={'default': {}}", "grid.select=null"]
     run_study(load_config("mlp-10d", grid + ["grid.widths=[0.25, 0.5]", "grid.replicates=2"]), tmp_path,
               progress=False, report=False)
     run_study(load_config("mlp-10d", grid + ["grid.widths=[0.25]", "grid.replicates=1"]), tmp_path,
