@@ -8,9 +8,10 @@ from widthlab.measure.capture import capture, default_layers, stream_activations
 from widthlab.measure.redundancy import (Moments, compressibility, pcs_needed, redundancy, redundancy_from_moments,
                                          similarity)
 from widthlab.measure.curve import Curve, robustness_auc
+from widthlab.measure.frivolous import frivolous_rows, prunability
 from widthlab.measure.robustness import ablation_curve, perturbation_curve
 from widthlab.measure.units import unit_table
 
 __all__ = ["Curve", "Moments", "ablation_curve", "analyze", "capture", "check_measurable", "compressibility",
-           "default_layers", "pcs_needed", "perturbation_curve", "redundancy", "redundancy_from_moments",
+           "default_layers", "frivolous_rows", "pcs_needed", "prunability", "perturbation_curve", "redundancy", "redundancy_from_moments",
            "robustness_auc", "similarity", "stream_activations", "unit_table"]

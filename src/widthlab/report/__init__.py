@@ -5,6 +5,7 @@ Works on plain pandas DataFrames (the study store's `runs` and `metrics`); impor
 measure.
 """
 
+from widthlab.report.caveats import caveats, chance_runs
 from widthlab.report.combine import combine, combine_frames
 from widthlab.report.figures import (
     ablation_curve_table,
@@ -19,7 +20,9 @@ from widthlab.report.figures import (
     width_label,
     write_figures,
 )
+from widthlab.report.frivolous import effective_width, growth, layer_counts, plot_frivolous, run_counts
 from widthlab.report.html import package_versions, render_html, run_times
+from widthlab.report.sections import selection_table
 from widthlab.report.summary import format_verdict_table, write_report, write_summary
 from widthlab.report.verdict import (
     calibration,
@@ -36,24 +39,32 @@ __all__ = [
     "ablation_curve_table",
     "abs_r_table",
     "calibration",
+    "caveats",
+    "chance_runs",
     "combine",
     "combine_frames",
     "done_runs",
+    "effective_width",
     "epoch_level",
     "final_rows",
     "format_verdict_table",
+    "growth",
     "hypothesis",
+    "layer_counts",
     "layer_level",
     "package_versions",
     "plot_ablation_curves",
     "plot_abs_r",
+    "plot_frivolous",
     "plot_layerwise",
     "plot_params",
     "plot_similarity_calibration",
     "plot_vs_epoch",
     "plot_vs_width",
     "render_html",
+    "run_counts",
     "run_level",
+    "selection_table",
     "run_times",
     "verdict",
     "width_label",
