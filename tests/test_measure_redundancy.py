@@ -161,3 +161,23 @@ def test_nan_and_bad_arguments_are_rejected():
         redundancy(acts)
     with pytest.raises(WidthlabError, match="no rows"):
         redundancy_from_moments(Moments())
+
+
+def test_diagonal_moments_give_the_full_census_per_unit():
+    from widthlab.measure.redundancy import Moments, census
+
+    x = torch.randn(500, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x[:, 3] = 5.0  # flat
+    x[:, 5] = 0.0  # silent and flat
+    x[:, 6] *= 1e-5  # constant next to the others
+    full, diagonal = Moments(), Moments(diagonal=True)
+    for chunk in x.split(64):
+        full.update(chunk)
+        diagonal.update(chunk)
+    a, b = census(full), census(diagonal)
+    np.testing.assert_allclose(np.diag(b.cov), np.diag(a.cov), rtol=1e-12)
+    assert not np.any(b.cov - np.diag(np.diag(b.cov)))  # no correlations are kept
+    for flag in ("flat", "silent", "constant"):
+        np.testing.assert_array_equal(getattr(a, flag), getattr(b, flag))
+    assert a.flat[3] and a.silent[5] and a.constant[6]
+    torch.testing.assert_close(diagonal.std, full.std, rtol=1e-12, atol=0)

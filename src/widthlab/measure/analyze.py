@@ -44,13 +44,14 @@ class _LayerMoments:
     """Streams each layer's (rows, units) chunks into float64 moments: all rows, or `max_rows` per sampling.
 
     With `max_rows`, sampling s keeps rows drawn uniformly without replacement from the stream (seed, layer, s,
-    "rows"), and `full` asks for the moments of all rows as well (for perturbations that need clean statistics).
+    "rows"), and `full` asks for the moments of all rows as well (for perturbations that need clean statistics;
+    with `census_only`, for selectivity's flat/silent flags alone, only their per-unit variances).
 
     Example: ``acc = _LayerMoments(["relu1"], 3, 0, None, None); acc.add({"relu1": rows}, len(x)); acc.draws()``
     """
 
     def __init__(self, names: list[str], samplings: int, seed: int, max_rows: int | None,
-                 counts: tuple[int, int | None] | None, full: bool):
+                 counts: tuple[int, int | None] | None, full: bool, census_only: bool = False):
         self.samplings, self.seed, self.max_rows, self.counts = samplings, seed, max_rows, counts
         draws = 1 if max_rows is None else samplings
         self.moments = {name: [Moments() for _ in range(draws)] for name in names}
@@ -58,7 +59,8 @@ class _LayerMoments:
         if max_rows is None:
             self.every = {name: ms[0] for name, ms in self.moments.items()}
         else:
-            self.every = {name: Moments() for name in names} if full else None
+            # `census_only`: all rows are needed only for per-unit flags (selectivity), not for the perturbations
+            self.every = {name: Moments(diagonal=census_only) for name in names} if full else None
         self.picks: dict[str, list[np.ndarray]] = {}  # sorted row indices per sampling, drawn at a first chunk
         self.seen = dict.fromkeys(names, 0)  # rows streamed so far per layer
         self.totals: dict[str, int] = {}
@@ -198,7 +200,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     # Selectivity's census needs the moments of all rows, which max_rows alone does not keep.
     streams = _LayerMoments(names, samplings, seed, max_rows,
                             None if max_rows is None else count_examples(inputs, mask),
-                            full=needs_moments or classes is not None)
+                            full=needs_moments or classes is not None, census_only=not needs_moments)
 
     def clean(chunks: dict[str, torch.Tensor], batch: Batch) -> None:
         streams.add(chunks, batch)

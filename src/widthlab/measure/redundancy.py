@@ -30,7 +30,10 @@ class Moments:
     Example: ``m = Moments(); m.update(a); m.update(b); m.cov`` equals ``np.cov(np.vstack([a, b]).T)``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, diagonal: bool = False) -> None:
+        # `diagonal`: keep only the per-unit variances (O(C) work per row instead of O(C²)); `cov` is then the
+        # diagonal matrix of them, enough for the flat / silent / constant census but not for correlations.
+        self.diagonal = diagonal
         self.n = 0
         self._shift: torch.Tensor | None = None  # (C,) the first row seen
         self._mean: torch.Tensor | None = None  # (C,) mean of the shifted rows
@@ -53,7 +56,7 @@ class Moments:
             units = x.shape[1]
             self._shift = x[0].clone()
             self._mean = x.new_zeros(units)
-            self._m2 = x.new_zeros(units, units)
+            self._m2 = x.new_zeros(units) if self.diagonal else x.new_zeros(units, units)
             self._positive = torch.zeros(units, dtype=torch.int64, device=x.device)
         elif x.shape[1] != len(self._shift):
             raise WidthlabError(f"chunk has {x.shape[1]} units, earlier chunks had {len(self._shift)}")
@@ -64,10 +67,12 @@ class Moments:
         y = x - self._shift  # (rows, C): exactly 0 for a unit that never changes
         mean_b = y.mean(0)
         dev = y - mean_b
-        m2_b = dev.T @ dev
         delta = mean_b - self._mean
         total = self.n + rows
-        self._m2 += m2_b + torch.outer(delta, delta) * (self.n * rows / total)
+        if self.diagonal:
+            self._m2 += (dev * dev).sum(0) + delta * delta * (self.n * rows / total)
+        else:
+            self._m2 += dev.T @ dev + torch.outer(delta, delta) * (self.n * rows / total)
         self._mean += delta * (rows / total)
         self.n = total
         return self
@@ -91,12 +96,15 @@ class Moments:
     def cov(self) -> torch.Tensor:
         """(C, C) covariance with ddof = 1 as `np.cov` (all zeros for a single row)."""
         self._check()
-        return self._m2 / max(self.n - 1, 1)
+        m2 = torch.diag(self._m2) if self.diagonal else self._m2
+        return m2 / max(self.n - 1, 1)
 
     @property
     def std(self) -> torch.Tensor:
         """(C,) per-unit standard deviation (ddof = 1)."""
-        return self.cov.diagonal().clamp(min=0).sqrt()
+        self._check()
+        variance = self._m2 if self.diagonal else self._m2.diagonal()
+        return (variance / max(self.n - 1, 1)).clamp(min=0).sqrt()
 
     @property
     def positive(self) -> torch.Tensor:
