@@ -251,9 +251,9 @@ def test_no_labels_no_rows_and_no_columns():
     x, _ = hand_made()
     frame = analyze(Chosen(5), x, layers=["units"], **QUICK)
     assert not frame.metric.isin(SELECTIVITY_METRICS).any()
-    # A training split changes nothing when the measured inputs have no labels.
-    frame = analyze(Chosen(5), x, layers=["units"], train_inputs=x, **QUICK)
-    assert not frame.metric.isin(SELECTIVITY_METRICS).any()
+    # A training split without labels on the measured inputs would be silently unused: refused instead.
+    with pytest.raises(WidthlabError, match="measured inputs have no labels"):
+        analyze(Chosen(5), x, layers=["units"], train_inputs=x, **QUICK)
     assert "selectivity" not in unit_table(Chosen(5), x, "units")
 
 

@@ -136,8 +136,8 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             `default_layers`).
         labels: (N,) class labels (default: the inputs' own labels, if they yield any).
         train_inputs: the training split, in any input form, from which selectivity takes each unit's class k*
-            (default None: k* from the measured inputs, no ``selectivity_train``/``selectivity_gen`` rows); ignored
-            when the measured inputs have no labels.
+            (default None: k* from the measured inputs, no ``selectivity_train``/``selectivity_gen`` rows); the
+            measured inputs must then have labels too (else a WidthlabError).
         train_labels: (N_train,) labels of `train_inputs` (default None: their own); a training split without
             labels is an error.
         perturbations: names from ``PERTURBATIONS`` (default ``("zero",)``).
@@ -189,6 +189,9 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     needs_moments = any(get_perturbation(perturbation).needs_moments for perturbation in perturbations)
     head = first_batch(model, inputs, 2, mask)
     classes = train = None
+    if train_inputs is not None and labels is None and head.labels is None:
+        raise WidthlabError("train_inputs were given for selectivity, but the measured inputs have no labels: give "
+                            "labels= (or inputs that carry them), or leave train_inputs out")
     if labels is not None or head.labels is not None:
         token = token_layers(model, head, names)
         classes = ClassSums(token, labels)
