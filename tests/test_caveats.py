@@ -37,7 +37,9 @@ def test_caveats_void_a_variant_mostly_at_chance_and_note_a_few():
 
 def test_study_caveats_and_unchecked_runs():
     runs = _runs([0.9, 0.95]).assign(test_examples=np.nan)
-    table = caveats(runs, {"caveats": ["smoke run (...)", "digits stand in for cifar10 (its data was not found)"]})
+    from widthlab.study.smoke import SMOKE_CAVEAT
+
+    table = caveats(runs, {"caveats": [SMOKE_CAVEAT, "digits stand in for cifar10 (its data was not found)"]})
     assert table["variant"].tolist() == ["*", "*", "v"]
     assert table["meaningful"].tolist() == [False, True, True]  # a smoke run voids every verdict
     assert "were not checked against chance" in table["caveat"].iloc[2]
@@ -58,3 +60,10 @@ def test_smoke_run_says_its_verdict_is_not_meaningful(tmp_path, capsys):
     # 64 examples and 3 optimiser steps: the runs are at chance, and the report says that too.
     assert "accuracy at chance" in hypothesis
     assert (out / "caveats.csv").is_file() and (out / "selection.csv").is_file()  # mlp-10d selects the lr
+
+
+def test_random_label_runs_are_not_tested_against_chance():
+    import json
+
+    runs = _runs([0.5, 0.51]).assign(config=json.dumps({"data": {"name": "cifar10", "random_labels": True}}))
+    assert chance_runs(runs).empty and caveats(runs).empty  # at chance on true test labels is the expected result

@@ -38,6 +38,8 @@ def test_prunability_takes_the_first_of_several_crossings_and_other_thetas():
     assert prunability(LEVELS, y) == pytest.approx(0.1 * 0.2 / 0.3)  # the first fall, not the one after 0.9
     assert prunability([0, 1], [1, 0], theta=0.5) == pytest.approx(0.5)
     assert prunability([0, 0.5, 1], [0.6, 0.5, 0.0]) == 0.0  # starts below θ
+    short = _frame([[1, 0.95, 0.9, 0.85]]).query("level <= 0.3 or level != level")
+    assert not frivolous_rows(short)["metric"].str.startswith("prun").any()
 
 
 def test_prunability_refuses_bad_curves():
@@ -47,6 +49,8 @@ def test_prunability_refuses_bad_curves():
         prunability([0, 1], [1, np.nan])
     with pytest.raises(WidthlabError, match="theta"):
         prunability([0, 1], [1, 0], theta=0)
+    with pytest.raises(WidthlabError, match="from 0 to 1"):  # never below θ up to 0.3: x* is unknown, not 0.3
+        prunability([0, 0.1, 0.2, 0.3], [1, 0.95, 0.9, 0.85])
 
 
 def _frame(curves: list[list[float]], n_units=40, pcs=(10, 12), compress=(0.75, 0.7)) -> pd.DataFrame:

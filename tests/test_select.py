@@ -67,14 +67,23 @@ def test_choose_takes_the_best_validation_candidate():
     }
     for cell, members in plan.items():
         for run_id, (status, acc) in zip(cells[cell], members):
-            rows.append(dict(run_id=run_id, status=status, val_acc=acc))
+            rows.append(dict(run_id=run_id, status=status, val_acc=acc, train_acc=acc))
     chosen, notes = choose(pd.DataFrame(rows), specs)
     assert chosen == {"default-w0.25-r0": cells["default-w0.25-r0"][1], "default-w0.25-r1": cells["default-w0.25-r1"][0],
                       "default-w0.5-r0": cells["default-w0.5-r0"][2]}
-    assert notes == []
-    rows = [dict(run_id=r, status="diverged", val_acc=np.nan) for r in cells["default-w0.25-r0"]]
+    assert len(notes) == 1 and "default-w0.5-r1: candidate(s) lr=0.1 failed" in notes[0]
+    rows = [dict(run_id=r, status="diverged", val_acc=np.nan, train_acc=np.nan) for r in cells["default-w0.25-r0"]]
     chosen, notes = choose(pd.DataFrame(rows), specs)
     assert chosen == {} and "every candidate diverged" in notes[0]
+
+
+def test_random_labels_choose_by_training_accuracy():
+    specs = plan_runs(load_config("mlp-10d", TINY + SELECT + ["grid.widths=[0.25]", "grid.replicates=1"]))
+    for spec in specs:  # as a CIFAR-10 random-label variant's runs say
+        spec.config["data"]["random_labels"] = True
+    rows = [dict(run_id=specs[0].run_id, status="trained", val_acc=0.6, train_acc=0.5),
+            dict(run_id=specs[1].run_id, status="trained", val_acc=0.4, train_acc=0.99)]
+    assert choose(pd.DataFrame(rows), specs)[0] == {specs[0].cell: specs[1].run_id}  # val labels are noise here
 
 
 def _check_choice(runs: pd.DataFrame) -> None:
@@ -179,3 +188,30 @@ def test_ray_executor_chooses_the_same(tmp_path):
     local, ray = load_results(tmp_path / "local"), load_results(tmp_path / "ray")
     pd.testing.assert_series_equal(local.runs["chosen"], ray.runs["chosen"])
     pd.testing.assert_frame_equal(local.metrics, ray.metrics)
+
+
+def test_a_cell_not_chosen_yet_stays_out_of_the_report():
+    runs = pd.DataFrame([dict(run_id="a", variant="v", width=1.0, replicate=0, status="done", cell="c1", chosen=1.0),
+                         dict(run_id="b", variant="v", width=1.0, replicate=0, status="done", cell="c1", chosen=0.0),
+                         dict(run_id="c", variant="v", width=1.0, replicate=1, status="done", cell="c2",
+                              chosen=np.nan),  # a candidate of c2 failed: nothing of c2 is chosen
+                         dict(run_id="d", variant="v", width=2.0, replicate=0, status="done", cell=None,
+                              chosen=np.nan)])  # no selection
+    assert done_runs(runs)["run_id"].tolist() == ["a", "d"]
+
+
+def test_switching_to_measure_all_measures_the_trained_candidates(tmp_path):
+    one = ["grid.widths=[0.25]", "grid.replicates=1"]
+    run_study(load_config("mlp-10d", TINY + SELECT + one), tmp_path, progress=False, report=False)
+    assert "trained" in set(load_results(tmp_path).runs["status"])
+    run_study(load_config("mlp-10d", TINY + SELECT + one + ["grid.select.measure=all"]), tmp_path, progress=False,
+              report=False)
+    res = load_results(tmp_path)
+    assert set(res.runs["status"]) == {"done"} and set(res.metrics["run_id"]) == set(res.runs["run_id"])
+
+
+def test_a_variant_may_not_set_what_the_selection_chooses():
+    with pytest.raises(WidthlabError, match=r"variant 'fast' sets \['train.lr'\], which grid.select also chooses"):
+        load_config("mlp-10d", ["grid.variants={fast: {train: {lr: 0.5}}}"])
+    with pytest.raises(WidthlabError, match="train.seed cannot be a candidate"):
+        load_config("mlp-10d", ["grid.select={train.seed: [1, 2]}"])

@@ -414,6 +414,7 @@ def _print_report(out: Path, runs=None, report: dict | None = None) -> None:
     import pandas as pd
 
     from widthlab.report import calibration, format_verdict_table, hypothesis
+    from widthlab.report.caveats import voided
     from widthlab.report.frivolous import effective_width
     from widthlab.study.store import STORE_NAME, load_results
 
@@ -424,15 +425,17 @@ def _print_report(out: Path, runs=None, report: dict | None = None) -> None:
     counts = runs["status"].value_counts().to_dict()
     print(f"runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
     print(format_verdict_table(table))
+    caveats_df = report["caveats"] if report is not None else _read_csv(out / "caveats.csv")
     for row in hypothesis(table).itertuples(index=False):
-        print(f"hypothesis {'holds' if row.holds else 'does not hold'} for {row.variant}: {row.reason}")
+        meaningless = " (not meaningful, see the caveats)" if caveats_df is not None and voided(caveats_df, row.variant) \
+            else ""
+        print(f"hypothesis {'holds' if row.holds else 'does not hold'} for {row.variant}{meaningless}: {row.reason}")
     for row in calibration(table).itertuples(index=False):
         print(f"similarity trend survives calibration for {row.variant}: {row.survives} ({row.reason})")
     growth_df = report["growth"] if report is not None else _read_csv(out / "growth.csv")
     if growth_df is not None and len(growth_df):
         for row in effective_width(growth_df).itertuples(index=False):
             print(f"effective width grows slower than width for {row.variant}: {row.slower} ({row.reason})")
-    caveats_df = report["caveats"] if report is not None else _read_csv(out / "caveats.csv")
     for caveat in ([] if caveats_df is None else caveats_df.itertuples(index=False)):
         where = "" if caveat.variant == "*" else f" ({caveat.variant})"
         print(f"caveat{where}: {caveat.caveat}")

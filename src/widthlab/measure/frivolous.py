@@ -39,7 +39,8 @@ def prunability(levels: Sequence[float] | np.ndarray, unchanged: Sequence[float]
         unchanged: (L,) the curve's share of predictions unchanged at each level.
         theta: the threshold (default 0.8, as the reference code).
 
-    Returns x* in [levels[0], levels[-1]]: the last level when the curve never falls below `theta`.
+    Returns x* in [0, 1]: 1 when the curve never falls below `theta`. The levels must run from 0 to 1 (a
+    WidthlabError otherwise; `frivolous_rows` then reports no prunability for that curve).
 
     Example: ``prunability([0, 0.5, 1], [1, 0.6, 0.2]) == 0.25``
     """
@@ -48,6 +49,8 @@ def prunability(levels: Sequence[float] | np.ndarray, unchanged: Sequence[float]
     if x.ndim != 1 or len(x) < 2 or y.shape != x.shape or np.any(np.diff(x) <= 0):
         raise WidthlabError(f"prunability needs at least two increasing levels and one value per level; got levels "
                             f"{x.tolist()} and values of shape {y.shape}")
+    if x[0] != 0 or x[-1] != 1:  # a curve stopping at 0.3 that never fell below θ says nothing of x* beyond 0.3
+        raise WidthlabError(f"prunability needs share levels from 0 to 1; got {x[0]:g} … {x[-1]:g}")
     if not np.all(np.isfinite(y)):
         raise WidthlabError(f"prunability needs finite curve values; got {y.tolist()}")
     if not 0 < theta <= 1:
@@ -65,7 +68,8 @@ def frivolous_rows(frame: pd.DataFrame, theta: float = THETA) -> pd.DataFrame:
     """The frivolous-unit rows of a tidy `analyze` frame (same columns), derived from its own rows.
 
     Per unit layer (never the joint scope ``all``) and sampling: ``prunability``, ``prunable_units`` and
-    ``non_prunable_units`` (perturbation ``zero``, from its ``unchanged`` curve, when the frame has one) and, per
+    ``non_prunable_units`` (perturbation ``zero``, from its ``unchanged`` curve, when the frame has one whose levels
+    run from 0 to 1) and, per
     redundancy draw, ``redundant_units`` and ``non_redundant_units`` (perturbation ``""``). C is the layer's
     ``n_units``. Empty (with the frame's columns) when the frame holds neither.
 
@@ -79,6 +83,8 @@ def frivolous_rows(frame: pd.DataFrame, theta: float = THETA) -> pd.DataFrame:
                    & frame["layer"].isin(size)]
     for (layer, sampling), points in curves.groupby(["layer", "sampling"], sort=False):
         points = points.sort_values("level")
+        if points["level"].iloc[0] != 0 or points["level"].iloc[-1] != 1:
+            continue  # levels that stop short of all units cannot place x* (no rows rather than a wrong one)
         share = prunability(points["level"].to_numpy(), points["value"].to_numpy(), theta)
         c = float(size[layer])
         records += [(layer, metric, PRUNING_PERTURBATION, np.nan, int(sampling), value)

@@ -167,13 +167,14 @@ class Census:
     """Per-unit facts of a layer's streamed moments (DESIGN.md §1's flat unit and unit census).
 
     Attributes:
-        cov: (C, C) float64 covariance; std: (C,) its diagonal's square root (ddof 1).
+        cov: (C, C) float64 covariance (None for diagonal `Moments`); std: (C,) its diagonal's square root
+            (ddof 1).
         flat: (C,) bool, `flat_units`; live: indices of the non-flat units.
         constant: (C,) bool, std <= CONSTANT_RTOL × the median std of the live units (all when none is live).
         silent: (C,) bool, > 0 on fewer than a share SILENT_SHARE of the rows.
     """
 
-    cov: np.ndarray
+    cov: np.ndarray | None
     std: np.ndarray
     flat: np.ndarray
     live: np.ndarray
@@ -183,11 +184,12 @@ class Census:
 
 def census(moments: Moments) -> Census:
     """The `Census` of `moments`: what `redundancy_from_moments` and `unit_table` both report."""
-    cov = moments.cov.cpu().numpy()
-    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    # Diagonal moments (per-unit flags only) never become a dense C×C matrix: `cov` is then None.
+    cov = None if moments.diagonal else moments.cov.cpu().numpy()
+    std = moments.std.cpu().numpy() if moments.diagonal else np.sqrt(np.clip(np.diag(cov), 0.0, None))
     flat = flat_units(std)
     live = np.flatnonzero(~flat)
-    constant = std <= CONSTANT_RTOL * np.median(std[live]) if len(live) else np.ones(len(cov), dtype=bool)
+    constant = std <= CONSTANT_RTOL * np.median(std[live]) if len(live) else np.ones(len(std), dtype=bool)
     silent = moments.positive.cpu().numpy() < SILENT_SHARE * moments.n
     return Census(cov, std, flat, live, constant, silent)
 

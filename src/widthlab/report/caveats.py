@@ -8,11 +8,14 @@ seconds-long smoke run says nothing about the hypothesis; the report writes why 
 - a run is **at chance** when a one-sided binomial test cannot reject that its k = round(test_acc · n) correct
   answers of n test examples were drawn at the chance rate 1/classes (p > 0.01, `scipy.stats.binomtest`); the
   store keeps n and the class count per run (runs stored before it did are not checked, and say so);
-- a variant whose done runs are mostly at chance gets "not meaningful: accuracy at chance"; a minority gets a note.
+- a variant whose done runs are mostly at chance gets "not meaningful: accuracy at chance"; a minority gets a note;
+  runs trained on random labels (`data.random_labels`) are not tested: at chance on true test labels is what they
+  should be.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +33,8 @@ def chance_runs(runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """Per done run: the binomial test of its test accuracy against chance (1/classes), one-sided.
 
     Returns a DataFrame with columns run_id, variant, test_acc, n, classes, p_value and at_chance (True when
-    p > `alpha`); runs without a stored test-set size or class count get NaN p_value and at_chance False.
+    p > `alpha`); runs without a stored test-set size or class count get NaN p_value and at_chance False; runs
+    trained on random labels are left out.
 
     Example: ``chance_runs(res.runs).query("at_chance")``
     """
@@ -39,6 +43,8 @@ def chance_runs(runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     done = done_runs(runs)
     rows = []
     for run in done.itertuples(index=False):
+        if _random_labels(getattr(run, "config", None)):
+            continue  # trained on random labels: test accuracy at chance is the expected result, not a failure
         n = getattr(run, "test_examples", np.nan)
         classes = getattr(run, "num_classes", np.nan)
         acc = float(run.test_acc) if pd.notna(getattr(run, "test_acc", np.nan)) else np.nan
@@ -49,6 +55,16 @@ def chance_runs(runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         rows.append(dict(run_id=run.run_id, variant=run.variant, test_acc=acc, n=n, classes=classes, p_value=p,
                          at_chance=bool(np.isfinite(p) and p > alpha)))
     return pd.DataFrame(rows, columns=["run_id", "variant", "test_acc", "n", "classes", "p_value", "at_chance"])
+
+
+def _random_labels(config: Any) -> bool:
+    """Whether a run's stored config (a JSON string) trains on random labels."""
+    if not isinstance(config, str):
+        return False
+    try:
+        return bool(json.loads(config).get("data", {}).get("random_labels"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def caveats(runs: pd.DataFrame, config: Mapping[str, Any] | Any = None, alpha: float = ALPHA) -> pd.DataFrame:
@@ -63,7 +79,7 @@ def caveats(runs: pd.DataFrame, config: Mapping[str, Any] | Any = None, alpha: f
         config = config.model_dump(mode="json")
     rows = []
     for text in (config or {}).get("caveats", ()) or ():
-        rows.append(dict(variant=ALL_VARIANTS, caveat=str(text), meaningful=not str(text).startswith("smoke")))
+        rows.append(dict(variant=ALL_VARIANTS, caveat=str(text), meaningful="not meaningful" not in str(text)))
     tests = chance_runs(runs, alpha)
     for variant, group in tests.groupby("variant", sort=False):
         checked = group[group["p_value"].notna()]

@@ -25,7 +25,7 @@ from widthlab.report.format import (
     results_rows,
     verdict_rows,
 )
-from widthlab.report.caveats import caveat_lines, caveats
+from widthlab.report.caveats import caveat_lines, caveats, voided
 from widthlab.report.figures import _save as save_figure  # one way to write a figure (PNG + PDF)
 from widthlab.report.frivolous import effective_width, growth, layer_counts, plot_frivolous
 from widthlab.report.html import render_html
@@ -73,7 +73,8 @@ def hypothesis_lines(verdict_df: pd.DataFrame, caveats_df: pd.DataFrame | None =
         own = caveat_lines(caveats_df, r.variant) if caveats_df is not None else []
         study = caveat_lines(caveats_df) if caveats_df is not None else []
         warn = "".join(f" **Caveat: {c}.**" for c in [*study, *own])
-        lines.append(f"`{r.variant}`: {'**holds**' if r.holds else 'does not hold'} — {r.reason}{warn}")
+        meaningless = " (not meaningful)" if caveats_df is not None and voided(caveats_df, r.variant) else ""
+        lines.append(f"`{r.variant}`: {'**holds**' if r.holds else 'does not hold'}{meaningless} — {r.reason}{warn}")
     return lines
 
 

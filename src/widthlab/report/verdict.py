@@ -66,8 +66,8 @@ def _require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> Non
 
 
 def done_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs whose status is "done" (the only ones figures and the verdict count), less the selection
-    candidates that were not chosen (``chosen`` 0).
+    """The runs whose status is "done" (the only ones figures and the verdict count); of a selection's candidates
+    (``cell`` set) only the chosen ones (``chosen`` 1), never one of a cell not chosen yet.
 
     Args:
         runs: the study's runs table (run_id, variant, width, replicate, status, test_acc, ...).
@@ -76,8 +76,9 @@ def done_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """
     _require_columns(runs, RUN_COLUMNS, "runs")
     done = runs[runs["status"] == "done"]
-    if "chosen" in done.columns:  # grid.select: a candidate measured but not chosen (`measure: all`) stays out
-        done = done[done["chosen"].fillna(1).astype(float) != 0]
+    if "chosen" in done.columns:  # grid.select: only a cell's chosen candidate counts (not one merely measured)
+        candidate = done["cell"].notna() if "cell" in done.columns else pd.Series(False, index=done.index)
+        done = done[~candidate | (done["chosen"].astype(float) == 1)]
     bad = done.loc[~(done["width"].astype(float) > 0), "width"]
     if len(bad):
         raise WidthlabError(f"width must be > 0 to be placed on a log2 axis; got {sorted(set(bad))}")

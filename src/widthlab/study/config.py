@@ -199,8 +199,10 @@ class SelectSpec(_Strict):
                 if section not in RUN_SECTIONS or "." not in str(key):
                     raise ValueError(f"candidate key {key!r} must be a dotted key in one of {', '.join(RUN_SECTIONS)} "
                                      "(e.g. train.lr)")
-        if len({json_key(c) for c in value}) != len(value):
+        if any(a == b for i, a in enumerate(value) for b in value[:i]):  # 1 and 1.0 are the same candidate
             raise ValueError("candidates repeat")
+        if any("train.seed" in c for c in value):
+            raise ValueError("train.seed cannot be a candidate: replicate r trains with seed r")
         candidate_labels(value)
         return value
 
@@ -216,12 +218,6 @@ def _product(grid: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def json_key(candidate: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(candidate, sort_keys=True, default=str)
-
-
 def candidate_labels(candidates) -> list[str]:
     """A short name per candidate for run ids and reports: ``lr=0.1`` (the last part of each key, or the whole
     dotted key where two keys share it), joined by ``,``."""
@@ -232,6 +228,15 @@ def candidate_labels(candidates) -> list[str]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"candidates give the same name twice: {labels}")
     return labels
+
+
+def _dotted(override: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys an override mapping sets: ``{"train": {"lr": 1}}`` → ``["train.lr"]``."""
+    keys = []
+    for key, value in override.items():
+        name = f"{prefix}{key}"
+        keys += _dotted(value, f"{name}.") if isinstance(value, dict) else [name]
+    return keys
 
 
 def unflatten(candidate: dict[str, Any]) -> dict[str, Any]:
@@ -349,8 +354,13 @@ class StudyConfig(_Strict):
     @model_validator(mode="after")
     def _variants_valid(self) -> StudyConfig:
         candidates = self.grid.select.candidates if self.grid.select is not None else ()
-        for variant in self.grid.variants:
+        keys = {key for candidate in candidates for key in candidate}
+        for variant, override in self.grid.variants.items():
             self.variant_sections(variant)  # a bad variant is named alone, before any candidate
+            clash = sorted(keys & set(_dotted(override)))
+            if clash:  # the candidate would silently replace what the variant sets
+                raise WidthlabError(f"variant {variant!r} sets {clash}, which grid.select also chooses; a variant and "
+                                    "the selection must set different keys")
             for candidate in candidates:
                 self.variant_sections(variant, candidate)
         return self

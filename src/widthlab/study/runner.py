@@ -86,20 +86,27 @@ def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
 def choose(runs: pd.DataFrame, specs: list[RunSpec]) -> tuple[dict[str, str], list[str]]:
     """``({cell: the chosen run id}, notes)`` for every cell whose candidates have all finished: the candidate with
     the best validation accuracy (ties: the first written), among those that did not diverge. A cell with a
-    candidate still to run or failed is not chosen yet; a cell whose candidates all diverged has no choice (note).
+    candidate still to run or failed is not chosen yet, and a cell whose candidates all diverged has no choice
+    (both with a note). With random training labels the validation labels are random too, so the candidate that
+    fits its training set best (training accuracy) is chosen instead.
     """
     status = dict(zip(runs["run_id"], runs["status"]))
-    val_acc = dict(zip(runs["run_id"], runs["val_acc"].astype(float)))
+    score = {"val_acc": dict(zip(runs["run_id"], runs["val_acc"].astype(float))),
+             "train_acc": dict(zip(runs["run_id"], runs["train_acc"].astype(float)))}
     cells: dict[str, list[RunSpec]] = {}
     for spec in specs:
         if spec.cell is not None:
             cells.setdefault(spec.cell, []).append(spec)
     chosen, notes = {}, []
     for cell, members in cells.items():
-        if any(status.get(m.run_id) not in (*FINAL_STATUSES, TRAINED) for m in members):
+        waiting = [m.candidate for m in members if status.get(m.run_id) not in (*FINAL_STATUSES, TRAINED)]
+        if waiting:
+            notes.append(f"cell {cell}: candidate(s) {', '.join(waiting)} failed or did not finish; the cell is not "
+                         "chosen nor reported (rerun to retry them)")
             continue
-        scores = [(val_acc[m.run_id], -i, m.run_id) for i, m in enumerate(members)
-                  if status[m.run_id] != "diverged" and np.isfinite(val_acc[m.run_id])]
+        by = score["train_acc" if members[0].config["data"].get("random_labels") else "val_acc"]
+        scores = [(by[m.run_id], -i, m.run_id) for i, m in enumerate(members)
+                  if status[m.run_id] != "diverged" and np.isfinite(by[m.run_id])]
         if not scores:
             notes.append(f"cell {cell}: every candidate diverged; nothing is measured for it")
             continue
@@ -183,7 +190,8 @@ SELECTIVITY_EXAMPLES = 10_000
 
 def selectivity_examples(train, seed: int):
     """The training examples selectivity takes k* from: all of them, or `SELECTIVITY_EXAMPLES` drawn without
-    replacement (seeded by the study seed, so every run of a study uses the same ones)."""
+    replacement (seeded by the study seed, so every run of a study uses the same ones). `train` is the training
+    split as it is evaluated (`Splits.split("train")`: centre crops, not the augmented training inputs)."""
     n = len(train)
     if n <= SELECTIVITY_EXAMPLES:
         return train
@@ -236,7 +244,7 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     levels = measure["levels"]  # spelled out per perturbation by plan_runs
     evaluation = splits.split(measure["split"])
     labels = evaluation.y if hasattr(evaluation, "y") else None
-    train_inputs = selectivity_examples(splits.train, cfg["study_seed"]) if measure["split"] != "train" else None
+    train_inputs = selectivity_examples(splits.split("train"), cfg["study_seed"]) if measure["split"] != "train" else None
     start = time.perf_counter()
 
     def measure_now(epoch: float) -> pd.DataFrame:
@@ -367,7 +375,9 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
                               *files.remove_stale_temps(out_dir / "figures")):
                     log.info("removed %s, left by a process that died while writing it", stale)
                 statuses = store.statuses()
-                todo = [s for s in specs if statuses.get(s.run_id) not in (*FINAL_STATUSES, TRAINED)]
+                # A candidate trained earlier but now to be measured (`measure: all` after `chosen`) is measured.
+                todo = [s for s in specs if statuses.get(s.run_id) not in (*FINAL_STATUSES, TRAINED)
+                        or (s.measure and statuses.get(s.run_id) == TRAINED)]
                 share([s.run_id for s in todo])
                 log.info("study %s: %d runs, %d to do, executor %s", cfg.name, len(specs), len(todo), executor)
 
@@ -383,7 +393,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
                     # Each cell keeps its best-validation candidate; a chosen one not measured yet is measured now
                     # (its finished checkpoint resumes without training).
                     chosen, notes = choose(store.runs(), specs)
-                    store.choose(chosen)
+                    store.choose(chosen, cells={s.cell for s in specs})
                     statuses = store.statuses()
                     by_id = {s.run_id: s for s in specs}
                     pending = [dataclasses.replace(by_id[run_id], measure=True) for run_id in chosen.values()

@@ -7,6 +7,7 @@ resized to the model's input size (Inception-v3 needs at least 75×75).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from widthlab.data import load_data
@@ -85,6 +86,16 @@ def smoke_config(cfg: StudyConfig) -> StudyConfig:
     if cfg.grid.select is not None:  # the selection path runs, on its first two candidates
         raw["grid"]["select"] = {**cfg.grid.select.model_dump(mode="json"),
                                  "candidates": list(cfg.grid.select.candidates[:SMOKE_CANDIDATES])}
+        variants = copy.deepcopy(variants)  # the base (the first variant's sections) keeps every key
+        raw["grid"]["variants"] = variants
+        for sections in variants.values():  # the variants are spelled out in full: leave the chosen keys to select
+            for key in {k for c in cfg.grid.select.candidates for k in c}:
+                section, _, name = key.partition(".")
+                node = sections[section]
+                *parents, leaf = name.split(".")
+                for part in parents:
+                    node = node.get(part, {})
+                node.pop(leaf, None)
     raw["caveats"] = [*cfg.caveats, SMOKE_CAVEAT,
                       *(f"digits stand in for {name} (its data was not found)" for name in sorted(stand_ins))]
     return parse_config(raw, f"smoke version of {cfg.name!r}")

@@ -193,11 +193,14 @@ class Store:
         """The runs table alone (no metrics)."""
         return pd.read_sql_query("SELECT * FROM runs ORDER BY variant, width, replicate, run_id", self._db)
 
-    def choose(self, chosen: dict[str, str]) -> None:
-        """Mark each cell's chosen candidate (``{cell: run_id}``): chosen = 1 for it, 0 for the cell's others."""
+    def choose(self, chosen: dict[str, str], cells=()) -> None:
+        """Mark each cell's chosen candidate (``{cell: run_id}``): chosen = 1 for it, 0 for the cell's others; the
+        other `cells` (not chosen this time, e.g. a candidate failed) lose any earlier choice (chosen NULL)."""
         with self.transaction() as db:
             for cell, run_id in chosen.items():
                 db.execute("UPDATE runs SET chosen = (run_id = ?) WHERE cell = ?", (run_id, cell))
+            for cell in set(cells) - set(chosen):
+                db.execute("UPDATE runs SET chosen = NULL WHERE cell = ?", (cell,))
 
     def mark(self, run_id: str, status: str, error: str | None = None) -> None:
         """Set a run's status (``running``, ``failed`` ...) outside the result transaction."""
