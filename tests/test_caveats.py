@@ -67,3 +67,14 @@ def test_random_label_runs_are_not_tested_against_chance():
 
     runs = _runs([0.5, 0.51]).assign(config=json.dumps({"data": {"name": "cifar10", "random_labels": True}}))
     assert chance_runs(runs).empty and caveats(runs).empty  # at chance on true test labels is the expected result
+
+
+def test_a_paper_cnn_on_digits_is_announced_as_a_stand_in():
+    from widthlab.study.config import DIGITS_CAVEAT, load_config
+
+    cfg = load_config("resnet56", ["data={name: digits}"])
+    assert cfg.caveats == (DIGITS_CAVEAT,)
+    assert load_config(cfg.model_dump(mode="json")).caveats == (DIGITS_CAVEAT,)  # written once, as config.yaml
+    assert load_config("mlp-10d").caveats == ()
+    table = caveats(_runs([0.9, 0.95]), cfg)
+    assert table["meaningful"].tolist() == [True] and "stand in" in table["caveat"].iloc[0]

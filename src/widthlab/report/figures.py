@@ -684,8 +684,8 @@ def write_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: str | Path
     overview (the four metric panels as (a)–(d), like paper Figure C5). When the data holds them:
     similarity_excess (permutation null measured), ablation_curves ("zero" curves), layerwise_{robustness,
     compressibility, similarity} (two or more unit layers), abs_r_distributions (|r| histograms), epochs
-    (snapshot measurements) and params (a params table given). A figure without data is skipped with a log
-    message.
+    (snapshot measurements), frivolous (frivolous-unit counts vs width) and params (a params table given). A figure
+    without data is skipped with a log message.
 
     Args:
         runs: the runs table; only status "done" rows count.
@@ -712,10 +712,13 @@ def write_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: str | Path
     paths.append(_save(plot_overview(levels), out / "overview.png", pdf))
 
     order = [name for name in pd.unique(final_rows(metrics)["layer"]) if name != JOINT_SCOPE]
+    from widthlab.report.frivolous import plot_frivolous  # it draws on this module's width axis
+
     builders = {"ablation_curves": lambda: plot_ablation_curves(metrics, runs),
                 "abs_r_distributions": lambda: plot_abs_r(runs, metrics, layers=order),
                 "epochs": lambda: plot_vs_epoch(epoch_level(runs, metrics if snapshots is None else snapshots,
-                                                            history))}
+                                                            history)),
+                "frivolous": lambda: plot_frivolous(runs, metrics)}
     per_layer = layer_level(runs, metrics)
     if per_layer["layer"].nunique() >= 2:
         for metric in LAYERWISE_METRICS:

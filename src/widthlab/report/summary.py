@@ -26,8 +26,7 @@ from widthlab.report.format import (
     verdict_rows,
 )
 from widthlab.report.caveats import caveat_lines, caveats, voided
-from widthlab.report.figures import _save as save_figure  # one way to write a figure (PNG + PDF)
-from widthlab.report.frivolous import effective_width, growth, layer_counts, plot_frivolous
+from widthlab.report.frivolous import effective_width, growth, layer_counts
 from widthlab.report.html import render_html
 from widthlab.report.sections import Section, frivolous_section, selection_section, selection_table
 from widthlab.report.verdict import calibration, hypothesis, run_level, verdict
@@ -212,8 +211,6 @@ def write_report(
     figures = write_figures(runs, metrics, out / FIGURE_DIR, snapshots=snapshots, history=history, params=params,
                             pdf=pdf)
     growth_df = growth(runs, metrics, resamples=RESAMPLES, seed=seed)
-    if len(growth_df):
-        figures.append(save_figure(plot_frivolous(runs, metrics, growth_df), out / FIGURE_DIR / "frivolous.png", pdf))
     levels = run_level(runs, metrics)
     verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
     caveats_df = caveats(runs, config)

@@ -297,6 +297,10 @@ class GridSpec(_Strict):
 
 
 RUN_SECTIONS = ("data", "model", "train", "measure")
+# The zoo's CIFAR-10 / ImageNet networks: on digits they run as a demo of the paper's experiment.
+PAPER_IMAGE_MODELS = {"alexnet_cifar", "resnet56_cifar", "resnet18_imagenet", "inception_v3", "inception_v3_mixed5d"}
+DIGITS_CAVEAT = ("digits stand in for the paper's image data (scikit-learn's 1,797 8×8 handwritten digits, "
+                 "resized): a demonstration, not the paper's experiment")
 MIN_WIDTH, MAX_WIDTH = 2.0 ** -10, 2.0 ** 10
 
 
@@ -350,6 +354,15 @@ class StudyConfig(_Strict):
             except ValidationError as exc:
                 raise WidthlabError(f"{where}: {section}.{_first_error(exc)}") from None
         return sections
+
+    @model_validator(mode="after")
+    def _stand_in(self) -> StudyConfig:
+        """A paper CNN trained on digits is a demo, not the paper's experiment: say so beside its verdict."""
+        on_digits = {sections["model"].name for variant in self.grid.variants
+                     for sections in [self.variant_sections(variant)] if sections["data"].name == "digits"}
+        if on_digits & PAPER_IMAGE_MODELS and not any("digits stand in" in c for c in self.caveats):
+            object.__setattr__(self, "caveats", (*self.caveats, DIGITS_CAVEAT))
+        return self
 
     @model_validator(mode="after")
     def _variants_valid(self) -> StudyConfig:
