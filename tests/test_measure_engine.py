@@ -16,13 +16,8 @@ SHARE = [0.0, 0.3, 0.6, 1.0]
 NOISE = [0.0, 1.0, 3.0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 models run fastest on one thread (and a busy machine makes thread pools spin)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny float64 models run fastest on one thread (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed=0):

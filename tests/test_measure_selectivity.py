@@ -14,13 +14,8 @@ from widthlab.measure.analyze import SELECTIVITY_METRICS
 QUICK = {"perturbations": (), "null_rows": None, "samplings": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 models run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny float64 models run fastest on one thread (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Chosen(nn.Module):

@@ -11,13 +11,8 @@ from widthlab.errors import WidthlabError
 from widthlab.measure import capture, redundancy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 models run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny float64 models run fastest on one thread (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def no_hooks_left(model):
