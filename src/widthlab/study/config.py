@@ -356,26 +356,23 @@ class StudyConfig(_Strict):
         return sections
 
     @model_validator(mode="after")
-    def _stand_in(self) -> StudyConfig:
-        """A paper CNN trained on digits is a demo, not the paper's experiment: say so beside its verdict."""
-        on_digits = {sections["model"].name for variant in self.grid.variants
-                     for sections in [self.variant_sections(variant)] if sections["data"].name == "digits"}
-        if on_digits & PAPER_IMAGE_MODELS and not any("digits stand in" in c for c in self.caveats):
-            object.__setattr__(self, "caveats", (*self.caveats, DIGITS_CAVEAT))
-        return self
-
-    @model_validator(mode="after")
     def _variants_valid(self) -> StudyConfig:
         candidates = self.grid.select.candidates if self.grid.select is not None else ()
         keys = {key for candidate in candidates for key in candidate}
+        on_digits = set()  # the models the variants train on digits
         for variant, override in self.grid.variants.items():
-            self.variant_sections(variant)  # a bad variant is named alone, before any candidate
+            sections = self.variant_sections(variant)  # a bad variant is named alone, before any candidate
+            if sections["data"].name == "digits":
+                on_digits.add(sections["model"].name)
             clash = sorted(keys & set(_dotted(override)))
             if clash:  # the candidate would silently replace what the variant sets
                 raise WidthlabError(f"variant {variant!r} sets {clash}, which grid.select also chooses; a variant and "
                                     "the selection must set different keys")
             for candidate in candidates:
                 self.variant_sections(variant, candidate)
+        # A paper CNN trained on digits is a demo, not the paper's experiment: say so beside its verdict.
+        if on_digits & PAPER_IMAGE_MODELS and not any("digits stand in" in c for c in self.caveats):
+            object.__setattr__(self, "caveats", (*self.caveats, DIGITS_CAVEAT))
         return self
 
 
