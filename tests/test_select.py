@@ -143,14 +143,14 @@ def test_selection_resumes_after_a_crash_between_its_phases(tmp_path, monkeypatc
     monkeypatch.undo()
 
     started = []
-    real = runner.execute_run
+    real = runner.execute_runs
 
-    def spy(spec, **kwargs):
-        started.append((spec.run_id, spec.measure))
-        return real(spec, **kwargs)
+    def spy(specs, **kwargs):
+        started.extend((spec.run_id, spec.measure) for spec in specs)
+        return real(specs, **kwargs)
 
-    monkeypatch.setattr(runner, "execute_run", spy)
-    run_study(cfg, tmp_path / "a", progress=False, report=False)  # local executor: execute_run in this process
+    monkeypatch.setattr(runner, "execute_runs", spy)
+    run_study(cfg, tmp_path / "a", progress=False, report=False)  # local executor: execute_runs in this process
     resumed = load_results(tmp_path / "a")
     chosen = resumed.runs.loc[resumed.runs["chosen"] == 1, "run_id"].tolist()
     assert sorted(started) == sorted((run_id, True) for run_id in chosen)  # no candidate trained again

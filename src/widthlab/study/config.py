@@ -397,7 +397,7 @@ def normalized_run_config(config: dict) -> dict | None:
         if isinstance(count, int) and not isinstance(count, bool):
             old = evenly_spaced_levels(count, "zero").tolist()  # shares 0 … 1
             measure["levels"] = dict.fromkeys(measure["perturbations"], old)
-        return {**config, "train": TrainConfig(**config["train"]).model_dump(),
+        return {**config, "train": TrainConfig(**config["train"]).identity(),
                 "measure": resolved_measure(MeasureSpec(**measure))}
     except (ValidationError, WidthlabError, KeyError, TypeError, AttributeError):
         return None

@@ -63,6 +63,27 @@ def run_one(spec, checkpoint: str | None, on_epoch=None, cache: dict | None = No
     return RunResult("ok", outcome, metrics)
 
 
+def run_group(specs, checkpoints: Path, on_epoch=None, cache: dict | None = None,
+              checkpoint_every: float = 0.0) -> list[RunResult]:
+    """Execute a group of runs (`group_runs`: trained as one stacked model when they can be), one `RunResult`
+    per run; an exception fails every run of the group (a rerun resumes each from its checkpoint)."""
+    from widthlab.study.runner import execute_runs
+
+    if len(specs) == 1:
+        one = None if on_epoch is None else (lambda record: on_epoch(0, record))
+        return [run_one(specs[0], _checkpoint(checkpoints, specs[0]), one, cache, checkpoint_every)]
+    try:
+        done = execute_runs(specs, data_cache=_WORKER_CACHE if cache is None else cache, on_epoch=on_epoch,
+                            checkpoints=[_checkpoint(checkpoints, spec) for spec in specs],
+                            checkpoint_every=checkpoint_every)
+    except WidthlabError as exc:
+        return [RunResult("user_error", error=str(exc)) for _ in specs]
+    except Exception as exc:  # a broken group must not sink the study; its traceback goes to the log
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        return [RunResult("failed", error=error) for _ in specs]
+    return [RunResult("ok", outcome, metrics) for outcome, metrics in done]
+
+
 def gpu_for_worker(worker: int, n_gpus: int, visible: str | None = None) -> str | None:
     """The CUDA_VISIBLE_DEVICES of worker `worker`: GPUs dealt round-robin (None without GPUs). `visible` is the
     driver's own CUDA_VISIBLE_DEVICES, if set: workers then share out those GPUs, not the machine's first ones."""
@@ -109,25 +130,28 @@ def _checkpoint(checkpoints: Path, spec) -> str:
     return str(checkpoints / f"{file_name(spec.run_id)}.pt")
 
 
-def run_local(specs, checkpoints: Path, progress: bool | None, started, every: float = 0.0,
+def run_local(groups, checkpoints: Path, progress: bool | None, started, every: float = 0.0,
               cache: dict | None = None) -> Iterator:
-    """Runs one after another in this process, with a run-level bar (epoch, loss, accuracy)."""
+    """Groups one after another in this process, with a bar per group (epoch, loss, accuracy of its runs)."""
     from tqdm.auto import tqdm
 
     cache = {} if cache is None else cache
-    for spec in specs:
-        epochs = spec.config["train"]["epochs"]
-        bar = tqdm(total=epochs, desc=spec.run_id, unit="epoch", leave=False, position=1, dynamic_ncols=True,
+    for group in groups:
+        epochs = group[0].config["train"]["epochs"]
+        desc = group[0].run_id if len(group) == 1 else f"{group[0].run_id} + {len(group) - 1} stacked"
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, position=1, dynamic_ncols=True,
                    disable=None if progress is None else not progress)
 
-        def on_epoch(record, bar=bar):
-            bar.n = record["epoch"]
-            bar.set_postfix(loss=f"{record['loss']:.4f}", train=f"{record['train_acc']:.3f}",
-                            val=f"{record['val_acc']:.3f}")
+        def on_epoch(index, record, bar=bar):
+            if index == 0:
+                bar.n = record["epoch"]
+                bar.set_postfix(loss=f"{record['loss']:.4f}", train=f"{record['train_acc']:.3f}",
+                                val=f"{record['val_acc']:.3f}")
 
-        started(spec)
+        for spec in group:
+            started(spec)
         try:
-            yield spec, run_one(spec, _checkpoint(checkpoints, spec), on_epoch, cache, every)
+            yield from zip(group, run_group(group, checkpoints, on_epoch, cache, every))
         finally:
             bar.close()
 
@@ -136,10 +160,10 @@ WORKER_DIED = ("its worker process died twice while running it (killed, or out o
                "the study went on without it")
 
 
-def run_processes(specs, checkpoints: Path, workers: int, started, every: float = 0.0) -> Iterator:
-    """Runs on `workers` spawned processes, yielded as they finish.
+def run_processes(groups, checkpoints: Path, workers: int, started, every: float = 0.0) -> Iterator:
+    """Groups of runs on `workers` spawned processes, yielded run by run as their groups finish.
 
-    A worker that dies (SIGKILL, the out-of-memory killer) breaks the pool: its runs, and the others then in
+    A worker that dies (SIGKILL, the out-of-memory killer) breaks the pool: its groups, and the others then in
     flight, are retried once on a fresh pool (from their checkpoints); a run whose worker dies twice is yielded
     as failed with that cause, and the study goes on. Workers exit when the driver dies.
     """
@@ -148,31 +172,31 @@ def run_processes(specs, checkpoints: Path, workers: int, started, every: float 
     n_gpus = torch.cuda.device_count()
     context = multiprocessing.get_context("spawn")  # fork after torch initialises threads/CUDA is unsafe
     retried: set[str] = set()
-    queue = list(specs)
-    for spec in specs:  # submitted runs count as running: the pool starts them as workers free up
-        started(spec)
+    queue = list(groups)
+    for group in groups:  # submitted runs count as running: the pool starts them as workers free up
+        for spec in group:
+            started(spec)
     while queue:
         counter = context.Value("i", 0)
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                    initargs=(counter, n_gpus, os.getpid()))
-        pending = {pool.submit(run_one, spec, _checkpoint(checkpoints, spec), checkpoint_every=every): spec
-                   for spec in queue}
+        pending = {pool.submit(run_group, group, checkpoints, checkpoint_every=every): group for group in queue}
         queue = []
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    spec = pending.pop(future)
+                    group = pending.pop(future)
                     try:
-                        result = future.result()
+                        results = future.result()
                     except BrokenProcessPool:
-                        if spec.run_id in retried:
-                            yield spec, RunResult("failed", error=WORKER_DIED)
+                        if group[0].run_id in retried:
+                            yield from ((spec, RunResult("failed", error=WORKER_DIED)) for spec in group)
                         else:
-                            retried.add(spec.run_id)
-                            queue.append(spec)
+                            retried.add(group[0].run_id)
+                            queue.append(group)
                         continue
-                    yield spec, result
+                    yield from zip(group, results)
         except BaseException:
             _stop(pool)  # Ctrl-C, SIGTERM or an error: the workers stop with the driver, not after their runs
             raise
@@ -205,9 +229,9 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
                             "`ray start --head`, or check the address") from None
 
 
-def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, started,
+def run_ray(groups, checkpoints: Path, address: str | None, gpus_per_run: float, started,
             every: float = 0.0) -> Iterator:
-    """Runs as Ray tasks on the cluster at `address` (a local one when None), yielded as they finish.
+    """Groups of runs as Ray tasks on the cluster at `address` (a local one when None), yielded as they finish.
 
     Checkpoints are written by the tasks, so on a multi-node cluster the study directory must be on a file
     system every node sees (or checkpoints only help runs that resume on the same node).
@@ -226,17 +250,18 @@ def run_ray(specs, checkpoints: Path, address: str | None, gpus_per_run: float, 
             where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
             raise WidthlabError(f"cannot start or reach {where}: {str(exc).splitlines()[0]} (for a ray:// "
                                 "address install ray[client]; for 'auto' start one with `ray start --head`)") from None
-    remote = ray.remote(run_one)
+    remote = ray.remote(run_group)
     refs: dict = {}
     try:
-        for spec in specs:
-            options = remote.options(num_cpus=spec.config["threads"], num_gpus=gpus_per_run)
-            refs[options.remote(spec, _checkpoint(checkpoints, spec), checkpoint_every=every)] = spec
-            started(spec)
+        for group in groups:
+            options = remote.options(num_cpus=group[0].config["threads"], num_gpus=gpus_per_run)
+            refs[options.remote(group, checkpoints, checkpoint_every=every)] = group
+            for spec in group:
+                started(spec)
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
             for ref in done:
-                yield refs.pop(ref), ray.get(ref)
+                yield from zip(refs.pop(ref), ray.get(ref))
     finally:
         for ref in refs:
             ray.cancel(ref)
@@ -250,11 +275,15 @@ def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, addres
     """Dispatch to the named executor; yields (spec, RunResult) as runs finish. `started(spec)` is called when
     a run starts (local) or is handed to the pool or cluster (processes, ray); runs write a checkpoint at most
     every `checkpoint_every` seconds (and after their last epoch). `data_cache` holds data sets the driver has
-    loaded already; the local executor reuses them."""
+    loaded already; the local executor reuses them. Runs that can train as one stacked model are packed into
+    groups first (`widthlab.study.runner.group_runs`); each group is one unit of work."""
+    from widthlab.study.runner import group_runs
+
+    groups = group_runs(list(specs))
     if executor == "local":
-        return run_local(specs, checkpoints, progress, started, checkpoint_every, data_cache)
+        return run_local(groups, checkpoints, progress, started, checkpoint_every, data_cache)
     if executor == "processes":
-        return run_processes(specs, checkpoints, workers, started, checkpoint_every)
+        return run_processes(groups, checkpoints, workers, started, checkpoint_every)
     if executor == "ray":
-        return run_ray(specs, checkpoints, address, gpus_per_run, started, checkpoint_every)
+        return run_ray(groups, checkpoints, address, gpus_per_run, started, checkpoint_every)
     raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")

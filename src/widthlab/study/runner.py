@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import STORE_NAME, Store, export_csv, left_out_note, select_runs, study_lock
 from widthlab.train import TrainConfig, fit
 from widthlab.train.loop import resolve_device
+from widthlab.train.vectorized import MAX_MEMBERS, NotStackable, fit_group, group_key
 from widthlab.train.distributed import init_from_env
 
 log = logging.getLogger("widthlab")
@@ -202,21 +204,9 @@ def selectivity_examples(train, seed: int):
     return torch.utils.data.Subset(train, index.tolist())
 
 
-def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
-                checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
-                measure: bool = True) -> tuple[dict, pd.DataFrame | None]:
-    """Build, train and measure one run. Returns (outcome, metrics); metrics is None when training diverged.
-
-    Args:
-        data_cache: a dict reused across runs of one process so the data set is built once per study.
-        on_epoch: forwarded to `fit` (progress reporting).
-        checkpoint: the run's checkpoint file; training resumes from it when it exists.
-        checkpoint_every: seconds between checkpoints (see `fit`; default 0: every epoch).
-        measure: False trains only (the non-zero ranks of a distributed run).
-    """
+def _build(spec: RunSpec, splits: Splits) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """The run's model (checked measurable on its training device), training config and checkpoint metadata."""
     cfg = spec.config
-    torch.set_num_threads(cfg["threads"])
-    splits = _load_splits(cfg, data_cache)
     model_spec = dict(cfg["model"])
     name, init, sigma = model_spec.pop("name"), model_spec.pop("init"), model_spec.pop("sigma")
     model = create_model(name, spec.width, init=init, sigma=sigma, num_classes=splits.num_classes,
@@ -228,8 +218,75 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     check_measurable(model, splits.split(cfg["measure"]["split"]), perturbations=cfg["measure"]["perturbations"])
     meta = {"run_id": spec.run_id, "width": spec.width, "replicate": spec.replicate, "model": cfg["model"],
             "num_classes": splits.num_classes, "data": cfg["data"], "study_seed": cfg["study_seed"]}
-    result = fit(model, splits, train_cfg, on_epoch=on_epoch, checkpoint=checkpoint,
-                 checkpoint_every=checkpoint_every, meta=meta)
+    return model, train_cfg, meta
+
+
+def group_runs(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """`specs` packed into groups that may train as one stacked model (`widthlab.train.vectorized`): runs of one
+    data set, architecture and width whose configs differ only in the seed and initial weights (replicates,
+    initialisation variants), at most `MAX_MEMBERS` per group, in plan order. A run with ``train.vectorize:
+    off`` is a group of its own. Whether a group really trains stacked is decided when it runs (`fit_group`)."""
+    groups: dict[str, list[RunSpec]] = {}
+    alone = []
+    for spec in specs:
+        cfg = spec.config
+        if cfg["train"].get("vectorize", "auto") == "off":
+            alone.append([spec])
+            continue
+        model = {k: v for k, v in cfg["model"].items() if k not in ("init", "sigma")}
+        key = json.dumps([cfg["study_seed"], cfg["threads"], cfg["data"], model, spec.width,
+                          group_key(TrainConfig(**cfg["train"]))], sort_keys=True)
+        groups.setdefault(key, []).append(spec)
+    packed = [members[i:i + MAX_MEMBERS] for members in groups.values() for i in range(0, len(members), MAX_MEMBERS)]
+    return sorted(packed + alone, key=lambda group: specs.index(group[0]))
+
+
+def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epoch=None,
+                 checkpoints: list[str | os.PathLike | None] | None = None, checkpoint_every: float = 0.0,
+                 measure: bool = True) -> list[tuple[dict, pd.DataFrame | None]]:
+    """Build, train and measure runs (a group of `group_runs`): trained as one stacked model when they can be
+    (`fit_group`), else one by one with `fit`; the numbers are the same either way. One (outcome, metrics) per
+    run; metrics is None when training diverged.
+
+    Args:
+        data_cache: a dict reused across runs of one process so the data set is built once per study.
+        on_epoch: ``on_epoch(index, record)`` after each epoch of run ``specs[index]`` (progress reporting).
+        checkpoints: each run's checkpoint file; training resumes from it when it exists.
+        checkpoint_every: seconds between checkpoints (see `fit`; default 0: every epoch).
+        measure: False trains only (the non-zero ranks of a distributed run).
+    """
+    torch.set_num_threads(specs[0].config["threads"])
+    splits = _load_splits(specs[0].config, data_cache)
+    built = [_build(spec, splits) for spec in specs]
+    models, cfgs, metas = (list(column) for column in zip(*built))
+    checkpoints = list(checkpoints or [None] * len(specs))
+    results = None
+    if len(specs) > 1:
+        try:
+            results = fit_group(models, splits, cfgs, on_epoch=on_epoch, checkpoints=checkpoints,
+                                checkpoint_every=checkpoint_every, metas=metas)
+        except NotStackable as exc:  # e.g. dropout, or the runs' checkpoints are at different epochs
+            log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), exc)
+    if results is None:
+        results = [fit(model, splits, cfg, on_epoch=None if on_epoch is None else functools.partial(on_epoch, i),
+                       checkpoint=path, checkpoint_every=checkpoint_every, meta=meta)
+                   for i, (model, cfg, path, meta) in enumerate(zip(models, cfgs, checkpoints, metas))]
+    return [_finish(spec, model, result, splits, measure) for spec, model, result in zip(specs, models, results)]
+
+
+def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
+                checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
+                measure: bool = True) -> tuple[dict, pd.DataFrame | None]:
+    """Build, train and measure one run (see `execute_runs`). Returns (outcome, metrics)."""
+    return execute_runs([spec], data_cache=data_cache, checkpoints=[checkpoint], checkpoint_every=checkpoint_every,
+                        on_epoch=None if on_epoch is None else (lambda index, record: on_epoch(record)),
+                        measure=measure)[0]
+
+
+def _finish(spec: RunSpec, model: torch.nn.Module, result, splits: Splits,
+            measure: bool) -> tuple[dict, pd.DataFrame | None]:
+    """A trained run's outcome, and its measurement (snapshots first, then the trained weights)."""
+    cfg = spec.config
     outcome = {"status": result.status, "seconds": result.seconds, "train_acc": result.train_acc,
                "val_acc": result.val_acc, "test_acc": result.test_acc, "epochs": len(result.history),
                "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history,
@@ -240,17 +297,17 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
     if not spec.measure:  # a selection candidate: measured only if it is chosen
         outcome["status"] = TRAINED
         return outcome, None
-    measure = cfg["measure"]
-    levels = measure["levels"]  # spelled out per perturbation by plan_runs
-    evaluation = splits.split(measure["split"])
+    plan = cfg["measure"]
+    levels = plan["levels"]  # spelled out per perturbation by plan_runs
+    evaluation = splits.split(plan["split"])
     labels = evaluation.y if hasattr(evaluation, "y") else None
-    train_inputs = selectivity_examples(splits.split("train"), cfg["study_seed"]) if measure["split"] != "train" else None
+    train_inputs = selectivity_examples(splits.split("train"), cfg["study_seed"]) if plan["split"] != "train" else None
     start = time.perf_counter()
 
     def measure_now(epoch: float) -> pd.DataFrame:
-        frame = analyze(model, evaluation, labels=labels, perturbations=tuple(measure["perturbations"]),
-                        levels=levels, samplings=measure["samplings"], seed=spec.replicate,
-                        max_rows=measure["max_rows"], train_inputs=train_inputs)
+        frame = analyze(model, evaluation, labels=labels, perturbations=tuple(plan["perturbations"]),
+                        levels=levels, samplings=plan["samplings"], seed=spec.replicate,
+                        max_rows=plan["max_rows"], train_inputs=train_inputs)
         return frame.assign(epoch=epoch)
 
     # Snapshots first (along-training figures), then the trained weights, whose rows have epoch NaN.

@@ -9,7 +9,8 @@ from pydantic import Field
 from widthlab.validation import ConfigModel
 
 Optimizer = Literal["momentum", "sgd", "adam", "rmsprop"]
-Switch = Literal["auto", "on", "off"]  # auto: on when training on CUDA, off on the CPU
+Switch = Literal["auto", "on", "off"]
+SPEED_ONLY = ("vectorize",)  # fields that change how fast a run trains, not what it computes  # auto: on when training on CUDA, off on the CPU
 
 
 class TrainConfig(ConfigModel):
@@ -42,6 +43,11 @@ class TrainConfig(ConfigModel):
         num_workers: DataLoader processes decoding a data set that is not held in memory (ImageNet); the batches
             and crops do not depend on it. None (default): up to 8 when training on CUDA, 0 on the CPU.
         seed: seeds the batch order and any dropout; device: ``cpu``, ``cuda`` or ``auto``.
+        vectorize: ``auto`` (default): a study trains its runs that differ only in seed and initial weights
+            (replicates, initialisation variants) as one stacked model, with the numbers of training them one by
+            one (float64 on the CPU: bit for bit; float32: to rounding); models with batch norm or dropout, and
+            compiled or distributed runs, train one by one. ``off``: always one by one. A speed switch: it is
+            not part of a run's identity, so a study may be resumed with the other setting.
 
     Example: ``TrainConfig(optimizer="adam", lr=1e-3, epochs=10)``
     """
@@ -73,6 +79,11 @@ class TrainConfig(ConfigModel):
     eval_batch_size: int = Field(1024, ge=1)
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    vectorize: Literal["auto", "off"] = "auto"
+
+    def identity(self) -> dict:
+        """The config as a run's identity: every field but the speed switches that do not change its numbers."""
+        return self.model_dump(exclude=set(SPEED_ONLY))
 
     @property
     def effective_lr(self) -> float:

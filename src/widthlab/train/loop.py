@@ -382,7 +382,7 @@ def same_config(stored: dict, cfg: TrainConfig) -> bool:
     """Whether a checkpoint's training config is `cfg`, with this version's defaults filled into the stored one
     (a field added by an upgrade does not orphan a half-trained run)."""
     try:
-        return TrainConfig(**stored).model_dump() == cfg.model_dump()
+        return TrainConfig(**stored).identity() == cfg.identity()
     except (ValidationError, TypeError):
         return False
 

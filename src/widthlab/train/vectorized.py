@@ -1,0 +1,300 @@
+"""`fit_group`: train several runs of one architecture at once, as one stacked model, with the results of `fit`.
+
+Runs that differ only in their seed and initial weights (replicates, initialisation variants) take the same
+number of steps on batches of the same shape, so R of them can share every kernel launch: their batches are
+concatenated and each linear layer is one batched matrix product (`widthlab.train.stacked`). Each run keeps its
+own data order, augmentation stream, optimiser state (the optimiser's update is elementwise, so one optimiser
+over the stacked parameters updates each run as its own would), divergence, early stopping, snapshots and its
+own checkpoint file in `fit`'s format: a run can resume alone, and a group resumes from its runs' checkpoints.
+On the CPU in float64 the results equal `fit`'s bit for bit; in float32 to rounding (1e-5).
+
+`vectorizable` says whether a list of runs can train this way, and why not; `fit_group` then trains them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from widthlab.data.base import Splits
+from widthlab.errors import WidthlabError
+from widthlab.seeding import torch_generator
+from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
+from widthlab.train.config import TrainConfig
+from widthlab.train.distributed import distributed_shard
+from widthlab.train.loop import (FitResult, Speed, _prepare, global_batches, iterate_batches, make_optimizer,
+                                 make_scheduler, on_device, resolve_device, same_config)
+from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
+
+class NotStackable(ValueError):
+    """These runs cannot train as one stacked model (the message says why); train them one by one."""
+
+
+# At most this many runs share one stacked model (memory grows with it; the gain flattens well before).
+MAX_MEMBERS = 32
+
+
+def group_key(cfg: TrainConfig) -> str:
+    """Runs whose training configs have the same key take the same steps: everything but the seed."""
+    return cfg.model_copy(update={"seed": 0}).model_dump_json()
+
+
+def planned_steps(cfg: TrainConfig, examples: int) -> int:
+    """The optimiser steps a run of `examples` training examples takes (one process)."""
+    steps = len(global_batches(examples, cfg.effective_batch_size)) * cfg.epochs
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
+
+
+def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig]) -> str | None:
+    """None when `models` can train as one stacked model, else the reason they train one by one."""
+    if len(models) < 2:
+        return "a single run"
+    if any(cfg.vectorize == "off" for cfg in cfgs):
+        return "train.vectorize is off"
+    if len({group_key(cfg) for cfg in cfgs}) > 1:
+        return "the runs' training configs differ in more than their seed"
+    cfg = cfgs[0]
+    speed = Speed.resolve(cfg, resolve_device(cfg.device), steps=planned_steps(cfg, len(splits.train)))
+    if distributed_shard()[1] > 1:
+        return "distributed training (torchrun)"
+    if speed.compile or speed.channels_last:
+        return "compiled or channels_last training"
+    if not (hasattr(splits.train, "x") and hasattr(splits.train, "y")):
+        return "the training split is not held in memory"
+    why = stackable(models[0])
+    if why is not None:
+        return why
+    shapes = {tuple((k, tuple(v.shape), v.dtype) for k, v in m.state_dict().items()) for m in models}
+    if len(shapes) > 1:
+        return "the models' parameters differ in shape or dtype"
+    return None
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, member: int) -> dict:
+    """Member `member`'s share of a stacked optimizer's state dict: what its own optimiser would hold."""
+    state = optimizer.state_dict()
+    return {"state": {index: {key: value[member].clone() if torch.is_tensor(value) and value.dim() > 0 else value
+                              for key, value in entry.items()} for index, entry in state["state"].items()},
+            "param_groups": state["param_groups"]}
+
+
+def _stack_optimizer_states(states: list[dict]) -> dict:
+    first = states[0]
+    return {"state": {index: {key: torch.stack([s["state"][index][key] for s in states])
+                              if torch.is_tensor(value) and value.dim() > 0 else value
+                              for key, value in entry.items()} for index, entry in first["state"].items()},
+            "param_groups": first["param_groups"]}
+
+
+class _Member:
+    """One run's own bookkeeping inside a group."""
+
+    def __init__(self, cfg: TrainConfig, checkpoint, meta):
+        self.cfg, self.checkpoint, self.meta = cfg, checkpoint, meta
+        self.result = FitResult(status="done")
+        self.best_val, self.best_state, self.final_state = -1.0, None, None
+        self.elapsed, self.finished = 0.0, False
+
+    def reached_target(self) -> bool:
+        last = self.result.history[-1] if self.result.history else None
+        return self.cfg.target_train_acc is not None and last is not None and \
+            last["train_acc"] >= self.cfg.target_train_acc
+
+
+def _resume_states(members: list[_Member]) -> list[dict] | None:
+    """Every member's checkpoint when all of them have one of the same epoch; None when none has one.
+    A mix (some runs further than others) is `NotStackable`: the caller trains them alone."""
+    paths = [m.checkpoint for m in members]
+    present = [p is not None and Path(p).is_file() for p in paths]
+    if not any(present):
+        return None
+    if not all(present):
+        raise NotStackable("only some runs of the group have checkpoints")
+    states = [load_checkpoint(p) for p in paths]
+    if len({(s["epoch"], s["steps"]) for s in states}) > 1:
+        raise NotStackable("the group's checkpoints are at different epochs")
+    for member, state in zip(members, states):
+        if not same_config(state["train_config"], member.cfg):
+            raise WidthlabError(f"checkpoint {str(member.checkpoint)!r} was written with another training config; "
+                                "remove it to start the run afresh")
+    return states
+
+
+@torch.no_grad()
+def _accuracies(stacked: nn.Module, dataset, members: int, cfg: TrainConfig, device, speed) -> torch.Tensor:
+    """Top-1 accuracy of every member on `dataset` (evaluation mode), as `accuracy` computes it per run."""
+    was_training = stacked.training
+    stacked.eval()
+    correct = torch.zeros(members, dtype=torch.int64, device=device)
+    total = 0
+    with speed.autocast(device):
+        for x, y in iterate_batches(dataset, cfg.eval_batch_size, shuffle=False, device=device,
+                                    workers=speed.workers, pin_memory=speed.pin_memory):
+            scores = stacked(x.repeat(members, *[1] * (x.dim() - 1)))
+            correct += (scores.reshape(members, len(y), -1).argmax(-1) == y).sum(1)
+            total += len(y)
+    stacked.train(was_training)
+    return correct.double().cpu() / max(total, 1)
+
+
+def fit_group(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig],
+              on_epoch: Callable[[int, dict], None] | None = None, *,
+              checkpoints: list[str | os.PathLike | None] | None = None, checkpoint_every: float = 0.0,
+              metas: list[dict | None] | None = None) -> list[FitResult]:
+    """Train `models` (one architecture, configs equal but for the seed) together; one `FitResult` per model,
+    equal to what `fit(models[r], splits, cfgs[r], ...)` returns. Each model is left with its trained weights.
+
+    Raises `NotStackable` when the models cannot train stacked (see `vectorizable`, and a stacked forward pass
+    that does not compute the members' own), or when their checkpoints are at different epochs; the caller then
+    trains them one by one with `fit`, which resumes each from its own checkpoint.
+    `on_epoch(r, record)` is called after each of run r's epochs.
+    """
+    why = vectorizable(models, splits, cfgs)
+    if why is not None:
+        raise NotStackable(f"cannot train these runs together: {why}")
+    count = len(models)
+    members = [_Member(cfg, path, meta) for cfg, path, meta in
+               zip(cfgs, checkpoints or [None] * count, metas or [None] * count)]
+    cfg = cfgs[0]
+    device = resolve_device(cfg.device)
+    cuda = device.type == "cuda"
+    batch_size = cfg.effective_batch_size
+    speed = Speed.resolve(cfg, device, steps=planned_steps(cfg, len(splits.train)))
+    for model in models:
+        model.to(device)
+    stacked = stack_models(models, grouped=cuda)
+    train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
+    probe = next(iterate_batches(train_set, batch_size, shuffle=False, device=device))[0]
+    mismatch = check_stacked(stacked, models, probe)
+    if mismatch is not None:
+        raise NotStackable(f"cannot train these runs together: {mismatch}")
+    states = _resume_states(members)
+    optimizer = make_optimizer(stacked.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    steps, first_epoch = 0, 1
+    if states is not None:
+        load_members(stacked, [s["model"] for s in states])
+        optimizer.load_state_dict(_stack_optimizer_states([s["optimizer"] for s in states]))
+        scheduler.load_state_dict(states[0]["scheduler"])
+        steps, first_epoch = states[0]["steps"], states[0]["epoch"] + 1
+        for member, state in zip(members, states):
+            member.result.history, member.result.best_epoch = list(state["history"]), state["best_epoch"]
+            member.result.snapshots = dict(state["snapshots"])
+            member.best_val, member.best_state = state["best_val"], state["best_state"]
+            member.elapsed, member.result.resumed_from = state["seconds"], state["epoch"]
+    # No stacked layer draws from the global RNG, so each run's stream stays where `fit` seeds it.
+    rng_states = [torch_generator(c.seed, "train-global").get_state() for c in cfgs]
+    provenance = {"versions": package_versions(), "git_revision": git_revision()} \
+        if any(m.checkpoint is not None for m in members) else {}
+    start = last_save = time.perf_counter()
+
+    def save(epoch: int) -> None:
+        nonlocal last_save
+        last_save = time.perf_counter()
+        share = (time.perf_counter() - start) / count
+        for r, member in enumerate(members):
+            if member.checkpoint is None or member.finished:
+                continue
+            result = member.result
+            save_checkpoint(member.checkpoint, {
+                "epoch": epoch, "model": member_state(stacked, r), "optimizer": _optimizer_state(optimizer, r),
+                "scheduler": scheduler.state_dict(), "steps": steps, "history": result.history,
+                "best_epoch": result.best_epoch, "best_val": member.best_val, "best_state": member.best_state,
+                "snapshots": result.snapshots, "rng": rng_states[r], "train_config": member.cfg.model_dump(),
+                "cuda_rng": None, "seconds": member.elapsed + share, "meta": member.meta or {}, **provenance})
+
+    def finish(member: _Member, r: int) -> None:
+        member.finished = True
+        member.final_state = member_state(stacked, r)
+
+    # A run that reached its target accuracy before its checkpoint (a resumed run) trains no further.
+    for r, member in enumerate(members):
+        if member.reached_target() or (cfg.max_steps is not None and steps >= cfg.max_steps):
+            finish(member, r)
+    loss_fn = nn.CrossEntropyLoss()
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            if all(m.finished for m in members):
+                break
+            stacked.train()
+            loss_sum = torch.zeros(count, device=device, dtype=torch.float64)
+            correct = torch.zeros(count, device=device, dtype=torch.int64)
+            seen = 0
+            orders = [iterate_batches(train_set, batch_size, shuffle=True, seed=c.seed, epoch=epoch, device=device)
+                      for c in cfgs]
+            augment = [torch_generator(c.seed, "augment", epoch) for c in cfgs]
+            for batches in zip(*orders):
+                xs, ys = [x for x, _ in batches], [y for _, y in batches]
+                if splits.augment is not None:
+                    xs = [_prepare(splits.augment(x, gen), None, False) for x, gen in zip(xs, augment)]
+                with speed.autocast(device):
+                    scores = stacked(torch.cat(xs))
+                    losses = torch.stack([loss_fn(part.float(), y) for part, y in zip(scores.chunk(count), ys)])
+                optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                optimizer.step()
+                steps += 1
+                loss_sum += losses.detach().double() * len(ys[0])
+                correct += (scores.reshape(count, len(ys[0]), -1).argmax(-1) == torch.stack(ys)).sum(1)
+                seen += len(ys[0])
+                if cfg.max_steps is not None and steps >= cfg.max_steps:
+                    break
+            epoch_loss = (loss_sum / max(seen, 1)).tolist()
+            for r, member in enumerate(members):
+                if not member.finished and not math.isfinite(epoch_loss[r]):
+                    member.result.status, member.result.diverged_epoch = "diverged", epoch
+                    finish(member, r)
+            if all(m.finished for m in members):
+                break
+            scheduler.step()
+            val = _accuracies(stacked, splits.val, count, cfg, device, speed).tolist()
+            train_acc = (correct.double().cpu() / max(seen, 1)).tolist()
+            done = cfg.max_steps is not None and steps >= cfg.max_steps
+            due = time.perf_counter() - last_save >= checkpoint_every or epoch == cfg.epochs
+            for r, member in enumerate(members):
+                if member.finished:
+                    continue
+                record = {"epoch": epoch, "loss": epoch_loss[r], "train_acc": train_acc[r], "val_acc": val[r],
+                          "lr": optimizer.param_groups[0]["lr"]}
+                member.result.history.append(record)
+                if record["val_acc"] > member.best_val:
+                    member.best_val, member.result.best_epoch = record["val_acc"], epoch
+                    if cfg.early_stopping:
+                        member.best_state = member_state(stacked, r)
+                if epoch in cfg.snapshot_epochs:
+                    member.result.snapshots[epoch] = member_state(stacked, r)
+                if member.reached_target() or done:
+                    due = True
+            if due:
+                save(epoch)
+            for r, member in enumerate(members):
+                if not member.finished and (member.reached_target() or done):
+                    finish(member, r)
+                if on_epoch is not None and member.result.history and member.result.history[-1]["epoch"] == epoch:
+                    on_epoch(r, member.result.history[-1])
+    share = (time.perf_counter() - start) / count
+    finals = []
+    for r, member in enumerate(members):
+        state = member.final_state if member.final_state is not None else member_state(stacked, r)
+        if member.result.status == "done" and cfg.early_stopping and member.best_state is not None:
+            state = member.best_state
+        finals.append(state)
+    load_members(stacked, finals)
+    accuracies = {split: _accuracies(stacked, splits.split(split), count, cfg, device, speed).tolist()
+                  for split in ("train", "val", "test")}
+    results = []
+    for r, (member, model) in enumerate(zip(members, models)):
+        model.load_state_dict(finals[r])
+        if member.result.status == "done":
+            for split, values in accuracies.items():
+                setattr(member.result, f"{split}_acc", values[r])
+        member.result.seconds = member.elapsed + share
+        results.append(member.result)
+    return results
