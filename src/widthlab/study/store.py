@@ -244,9 +244,11 @@ class Store:
 
     def _results(self) -> Results:
         runs = self.runs()
+        # In grid order, whatever order the runs finished in (executors and stacked groups differ in that).
         keys = "r.run_id, r.variant, r.width, r.replicate"
         parts = [pd.read_sql_query(f"SELECT {keys}, t.layer, t.metric, t.perturbation, t.level, t.sampling, t.value, "
-                                   f"t.epoch FROM {table} t JOIN runs r USING (run_id)", self._db)
+                                   f"t.epoch FROM {table} t JOIN runs r USING (run_id) "
+                                   "ORDER BY r.variant, r.width, r.replicate, r.run_id, t.rowid", self._db)
                  for table in ("metrics", "curves")]
         metrics = pd.concat(parts, ignore_index=True)
         metrics[["level", "epoch"]] = metrics[["level", "epoch"]].astype(float)

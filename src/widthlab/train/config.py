@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from widthlab.validation import ConfigModel
 
@@ -80,6 +80,12 @@ class TrainConfig(ConfigModel):
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     vectorize: Literal["auto", "off"] = "auto"
+
+    @field_validator("amp", "channels_last", "compile", "data_on_device", "vectorize", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value):
+        """YAML 1.1 reads a bare ``off`` / ``on`` as a boolean: take it as the word that was written."""
+        return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
 
     def identity(self) -> dict:
         """The config as a run's identity: every field but the speed switches that do not change its numbers."""

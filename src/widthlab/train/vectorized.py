@@ -171,7 +171,7 @@ def fit_group(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig],
         model.to(device)
     stacked = stack_models(models, grouped=cuda)
     train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
-    probe = next(iterate_batches(train_set, batch_size, shuffle=False, device=device))[0]
+    probe = next(iterate_batches(train_set, batch_size * count, shuffle=False, device=device))[0]
     mismatch = check_stacked(stacked, models, probe)
     if mismatch is not None:
         raise NotStackable(f"cannot train these runs together: {mismatch}")

@@ -1,0 +1,222 @@
+"""Runs trained as one stacked model (`fit_group`) give the numbers of training them one by one (`fit`)."""
+
+import copy
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from widthlab import create_model, load_data
+from widthlab.data.base import ArrayDataset
+from widthlab.study import load_config, load_results, run_study
+from widthlab.study.runner import group_runs, plan_runs
+from widthlab.train import TrainConfig, fit
+from widthlab.train.stacked import check_stacked, stack_models, stackable
+from widthlab.train.vectorized import NotStackable, fit_group
+
+
+def _splits(dtype=torch.float32, **options):
+    splits = load_data("synthetic", input_dim=10, n_train=200, n_val=100, n_test=100, seed=0, **options)
+    if dtype == torch.float32:
+        return splits
+
+    def cast(part):
+        return ArrayDataset(part.x.to(dtype), part.y)
+
+    return dataclasses.replace(splits, train=cast(splits.train), val=cast(splits.val), test=cast(splits.test))
+
+
+def _mlps(count, dtype, width=0.25):
+    # Different initialisation variances and seeds: a replicate and σ-variant group of one study cell.
+    return [create_model("mlp", width, init="normal", sigma=(0.01, 0.1, 1.0)[r % 3], seed=r, input_dim=10).to(dtype)
+            for r in range(count)]
+
+
+def _alone(models, splits, cfgs, **kwargs):
+    copies = [copy.deepcopy(m) for m in models]
+    return copies, [fit(m, splits, c, **kwargs) for m, c in zip(copies, cfgs)]
+
+
+def _same_results(alone, together, exact=True):
+    for a, b in zip(alone, together):
+        assert (a.status, a.best_epoch, a.diverged_epoch) == (b.status, b.best_epoch, b.diverged_epoch)
+        assert len(a.history) == len(b.history)
+        for x, y in zip(a.history, b.history):
+            for key in x:
+                assert x[key] == y[key] if exact else x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7)
+        for split in ("train_acc", "val_acc", "test_acc"):
+            same = getattr(a, split) == getattr(b, split)
+            assert same or (pd.isna(getattr(a, split)) and pd.isna(getattr(b, split)))
+
+
+def _same_weights(models_a, models_b, exact=True):
+    for a, b in zip(models_a, models_b):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            if exact:
+                assert torch.equal(x, y), name
+            else:
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer, extra", [("momentum", {"early_stopping": True}),
+                                              ("adam", {"weight_decay": 1e-3}),
+                                              ("rmsprop", {"schedule": "step", "lr_decay": 0.5})])
+def test_float64_bit_identical_to_one_by_one(one_thread, optimizer, extra):
+    splits = _splits(torch.float64)
+    models = _mlps(3, torch.float64)
+    cfgs = [TrainConfig(optimizer=optimizer, lr=0.02, epochs=4, seed=r, **extra) for r in range(3)]
+    alone_models, alone = _alone(models, splits, cfgs)
+    together = fit_group(models, splits, cfgs)
+    _same_results(alone, together)
+    _same_weights(alone_models, models)
+
+
+def test_float32_equal_to_rounding_mlp_and_alexnet(one_thread):
+    splits = _splits()
+    models = _mlps(3, torch.float32)
+    cfgs = [TrainConfig(lr=0.05, epochs=3, seed=r) for r in range(3)]
+    alone_models, alone = _alone(models, splits, cfgs)
+    _same_results(alone, fit_group(models, splits, cfgs), exact=False)
+    _same_weights(alone_models, models, exact=False)
+
+    digits = load_data("digits", image_size=16, n_train=96, n_val=48, n_test=48, seed=0)
+    nets = [create_model("alexnet_cifar", 0.125, input_size=16, seed=r) for r in range(2)]
+    cfgs = [TrainConfig(lr=0.01, epochs=2, batch_size=32, seed=r) for r in range(2)]
+    alone_nets, alone = _alone(nets, digits, cfgs)
+    _same_results(alone, fit_group(nets, digits, cfgs), exact=False)
+    _same_weights(alone_nets, nets, exact=False)
+
+
+def test_a_diverging_member_leaves_the_others_alone(one_thread):
+    splits = _splits(torch.float64)
+    models = _mlps(3, torch.float64)
+    with torch.no_grad():
+        models[1].fc1.weight[0, 0] = float("nan")  # member 1's loss is NaN from its first step
+    cfgs = [TrainConfig(lr=0.02, epochs=3, seed=r) for r in range(3)]
+    alone_models, alone = _alone(models, splits, cfgs)
+    together = fit_group(models, splits, cfgs)
+    assert [r.status for r in together] == ["done", "diverged", "done"] and together[1].diverged_epoch == 1
+    _same_results(alone, together)
+    _same_weights(alone_models[::2], models[::2])
+
+
+def test_each_member_stops_at_its_target_accuracy(one_thread):
+    splits = _splits(torch.float64)
+    models = _mlps(3, torch.float64)
+    cfgs = [TrainConfig(lr=0.05, epochs=8, seed=r, target_train_acc=0.85) for r in range(3)]
+    alone_models, alone = _alone(models, splits, cfgs)
+    together = fit_group(models, splits, cfgs)
+    assert len({len(r.history) for r in together}) > 1  # the members stopped at different epochs
+    _same_results(alone, together)
+    _same_weights(alone_models, models)
+
+
+def test_group_checkpoints_resume_as_a_group_and_alone(one_thread, tmp_path):
+    splits = _splits(torch.float64)
+    cfgs = [TrainConfig(lr=0.02, epochs=4, seed=r, snapshot_epochs=(2,)) for r in range(3)]
+    paths = [tmp_path / f"run{r}.pt" for r in range(3)]
+    uninterrupted = _mlps(3, torch.float64)
+    clean = fit_group(uninterrupted, splits, cfgs)
+
+    def crash(index, record):
+        if record["epoch"] == 2 and index == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_group(_mlps(3, torch.float64), splits, cfgs, on_epoch=crash, checkpoints=paths)
+    resumed_models = _mlps(3, torch.float64)
+    backup = [p.read_bytes() for p in paths]
+    resumed = fit_group(resumed_models, splits, cfgs, checkpoints=paths)
+    assert [r.resumed_from for r in resumed] == [2, 2, 2]
+    _same_results(clean, resumed)
+    _same_weights(uninterrupted, resumed_models)
+    for a, b in zip(clean, resumed):
+        for epoch in a.snapshots:
+            assert all(torch.equal(a.snapshots[epoch][k], b.snapshots[epoch][k]) for k in a.snapshots[epoch])
+
+    for p, data in zip(paths, backup):  # a group's checkpoint is fit's own: one run resumes alone from it
+        p.write_bytes(data)
+    alone_model = _mlps(3, torch.float64)[1]
+    alone = fit(alone_model, splits, cfgs[1], checkpoint=paths[1])
+    assert alone.resumed_from == 2
+    _same_results([clean[1]], [alone])
+    _same_weights([uninterrupted[1]], [alone_model])
+
+    # Checkpoints at different epochs: the group refuses, and the caller trains its runs one by one.
+    paths[0].unlink()
+    with pytest.raises(NotStackable, match="only some runs"):
+        fit_group(_mlps(3, torch.float64), splits, cfgs, checkpoints=paths)
+
+
+class _Centred(nn.Module):
+    """A forward that mixes the examples of a batch: it cannot be stacked, and nothing in its modules says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(10, 2)
+
+    def forward(self, x):
+        return self.fc(x - x.mean(0))
+
+
+def test_what_cannot_be_stacked_is_named():
+    assert stackable(create_model("alexnet_cifar", 0.125, dropout=0.5)) == "fc1_drop draws dropout masks (p=0.5)"
+    assert "BatchNorm" in stackable(create_model("resnet56_cifar", 0.25))
+    shared = nn.Linear(4, 4)
+    assert "shared weights" in stackable(nn.Sequential(shared, nn.ReLU(), shared))
+    assert stackable(create_model("alexnet_cifar", 0.125)) is None  # dropout p = 0 draws nothing
+    models = [_Centred() for _ in range(2)]
+    x = torch.randn(8, 10)
+    assert "differs from the model trained alone" in check_stacked(stack_models(models), models, x)
+    splits = _splits()
+    with pytest.raises(NotStackable, match="differs from the model trained alone"):
+        fit_group(models, splits, [TrainConfig(epochs=1, seed=r) for r in range(2)])
+    with pytest.raises(NotStackable, match="differ in more than their seed"):
+        fit_group(_mlps(2, torch.float32), splits, [TrainConfig(epochs=1, lr=lr) for lr in (0.1, 0.01)])
+    with pytest.raises(NotStackable, match="vectorize is off"):
+        fit_group(_mlps(2, torch.float32), splits, [TrainConfig(epochs=1, vectorize="off", seed=r) for r in range(2)])
+
+
+TINY = ["data.n_train=96", "data.n_val=48", "data.n_test=48", "train.epochs=2", "grid.widths=[0.25,0.5]",
+        "grid.replicates=2", "measure.levels=3", "measure.samplings=1"]
+
+
+def test_group_runs_packs_replicates_and_init_variants():
+    cfg = load_config("mlp-10d", TINY)  # with its lr selection: 4 candidates per cell
+    specs = plan_runs(cfg)
+    groups = group_runs(specs)
+    # One group per width and candidate learning rate: 3 σ variants × 2 replicates each.
+    assert len(groups) == 2 * 4 and all(len(g) == 6 for g in groups)
+    for group in groups:
+        assert len({s.width for s in group}) == 1 and len({s.config["train"]["lr"] for s in group}) == 1
+        assert len({s.variant for s in group}) == 3
+    off = group_runs(plan_runs(load_config("mlp-10d", [*TINY, "train.vectorize=off"])))
+    assert all(len(g) == 1 for g in off)
+
+
+def test_study_numbers_do_not_depend_on_vectorize(tmp_path, monkeypatch):
+    from widthlab.study import runner
+
+    calls = []
+    real = runner.fit_group
+
+    def spy(models, *args, **kwargs):
+        calls.append(len(models))
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit_group", spy)
+    overrides = [*TINY, "grid.select=null"]
+    run_study(load_config("mlp-10d", overrides), tmp_path / "auto", progress=False, report=False)
+    assert calls == [6, 6]  # each width's 3 σ variants × 2 replicates trained as one model
+    run_study(load_config("mlp-10d", [*overrides, "train.vectorize=off"]), tmp_path / "off", progress=False,
+              report=False)
+    assert calls == [6, 6]
+    auto, off = load_results(tmp_path / "auto"), load_results(tmp_path / "off")
+    columns = ["run_id", "status", "train_acc", "val_acc", "test_acc", "epochs", "best_epoch"]
+    pd.testing.assert_frame_equal(auto.runs[columns], off.runs[columns])
+    pd.testing.assert_frame_equal(auto.metrics, off.metrics)
+    # A speed switch is not part of a run's identity: the study resumes with the other setting.
+    run_study(load_config("mlp-10d", [*overrides, "train.vectorize=off"]), tmp_path / "auto", progress=False,
+              report=False)
