@@ -14,7 +14,7 @@ import torch
 
 from widthlab.errors import WidthlabError
 from widthlab.measure.inputs import DEFAULT_MASK, count_examples, total_rows
-from widthlab.measure.redundancy import Moments, as_matrix, redundancy_from_moments
+from widthlab.measure.redundancy import Moments, as_matrix, census, check_fraction, similarity_from_census
 from widthlab.seeding import numpy_generator
 
 
@@ -25,7 +25,7 @@ def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, 
     At most `max_rows` rows are drawn without replacement (stream ``numpy_generator(seed, "null-rows")``; all
     rows, in order, when there are no more than that); each unit's column of those rows is then permuted
     independently (stream ``numpy_generator(seed, "null-perm")``). Both matrices go through the one §1
-    definition (`redundancy_from_moments`: flat units count 0, similar_fraction = similarity / (C − 1)). A flat
+    definition (`similarity_from_census`: flat units count 0, similar_fraction = similarity / (C − 1)). A flat
     unit stays flat under permutation, so it never adds to the null. Only the sampled rows are converted and
     checked for NaN/inf, so a huge activation matrix is never copied whole.
 
@@ -54,8 +54,10 @@ def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, 
         x = x[torch.as_tensor(picked, device=x.device)]
     observed = as_matrix(x).cpu().numpy()  # (rows, C) float64
     shuffled = numpy_generator(seed, "null-perm").permuted(observed, axis=0)  # each column permuted on its own
-    real = redundancy_from_moments(Moments.of(observed), threshold=threshold)
-    null = redundancy_from_moments(Moments.of(shuffled), threshold=threshold)
+    # Similarity alone: the principal components of these matrices are never reported, so no eigen-decomposition.
+    threshold = check_fraction("threshold", threshold, low_open=False)
+    real = similarity_from_census(census(Moments.of(observed)), threshold=threshold)
+    null = similarity_from_census(census(Moments.of(shuffled)), threshold=threshold)
     return {
         "rows": len(observed),
         "similarity": real["similarity"],

@@ -194,6 +194,31 @@ def census(moments: Moments) -> Census:
     return Census(cov, std, flat, live, constant, silent)
 
 
+def similarity_from_census(layer: Census, *, threshold: float = 0.5, bins: int = 50) -> dict:
+    """The similarity numbers of a layer's `Census` (no eigen-decomposition): what the permutation null needs.
+
+    Returns a dict: ``n_units``, ``similarity``, ``similarity_live``, ``similar_fraction``, ``abs_r_counts`` ((bins,)
+    int counts over the pairs i < j of non-flat units) and ``abs_r_edges`` ((bins + 1,) bin edges).
+
+    Example: ``similarity_from_census(census(Moments.of(acts)))["similarity"] == similarity(acts)``
+    """
+    cov, live = layer.cov, layer.live
+    units = len(cov)
+    abs_r = abs_r_matrix(cov, live)
+    counts = similar_counts(abs_r, threshold)
+    similarity_value = counts.sum() / units
+    pairs = abs_r[np.triu_indices(len(live), 1)]
+    hist, edges = np.histogram(pairs, bins=bins, range=(0.0, 1.0))
+    return {
+        "n_units": units,
+        "similarity": float(similarity_value),
+        "similarity_live": float(counts.sum() / len(live)) if len(live) else 0.0,
+        "similar_fraction": float(similarity_value / (units - 1)) if units > 1 else 0.0,
+        "abs_r_counts": hist.astype(np.int64),
+        "abs_r_edges": edges,
+    }
+
+
 def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold: float = 0.5,
                             bins: int = 50) -> dict:
     """Every DESIGN §1 redundancy number of a layer from its accumulated `Moments`.
@@ -213,26 +238,12 @@ def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold
     threshold = check_fraction("threshold", threshold, low_open=False)
     check_positive_int("bins", bins)
     layer = census(moments)
-    cov, live = layer.cov, layer.live
-    units = len(cov)
-    abs_r = abs_r_matrix(cov, live)
-    counts = similar_counts(abs_r, threshold)
-    similarity_value = counts.sum() / units
-    pairs = abs_r[np.triu_indices(len(live), 1)]
-    hist, edges = np.histogram(pairs, bins=bins, range=(0.0, 1.0))
-    pcs = _pcs(cov, energy)
-    return {
-        "n_units": units,
-        "pcs_needed": pcs,
-        "compressibility": 1.0 - pcs / units,
-        "similarity": float(similarity_value),
-        "similarity_live": float(counts.sum() / len(live)) if len(live) else 0.0,
-        "similar_fraction": float(similarity_value / (units - 1)) if units > 1 else 0.0,
-        "silent_fraction": float(layer.silent.mean()),
-        "constant_fraction": float(layer.constant.mean()),
-        "abs_r_counts": hist.astype(np.int64),
-        "abs_r_edges": edges,
-    }
+    numbers = similarity_from_census(layer, threshold=threshold, bins=bins)
+    units = numbers["n_units"]
+    pcs = _pcs(layer.cov, energy)
+    numbers.update(pcs_needed=pcs, compressibility=1.0 - pcs / units, silent_fraction=float(layer.silent.mean()),
+                   constant_fraction=float(layer.constant.mean()))
+    return numbers
 
 
 def pcs_needed(acts: torch.Tensor | np.ndarray, energy: float = 0.95) -> int:
