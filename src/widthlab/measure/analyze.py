@@ -61,27 +61,43 @@ class _LayerMoments:
         else:
             # `census_only`: all rows are needed only for per-unit flags (selectivity), not for the perturbations
             self.every = {name: Moments(diagonal=census_only) for name in names} if full else None
-        self.picks: dict[str, list[np.ndarray]] = {}  # sorted row indices per sampling, drawn at a first chunk
+        # sorted row indices per sampling, drawn at a first chunk; None when every sampling keeps all rows
+        self.picks: dict[str, list[np.ndarray] | None] = {}
         self.seen = dict.fromkeys(names, 0)  # rows streamed so far per layer
         self.totals: dict[str, int] = {}
 
     def add(self, chunks: dict[str, torch.Tensor], batch: Batch) -> None:
         """Add one batch: ``{layer: (rows, units) chunk}`` of the examples of `batch`."""
         for name, rows in chunks.items():
+            if self.max_rows is not None and name not in self.picks:
+                self._draw(name, len(rows), batch)
             if self.every is not None:
                 self.every[name].update(rows)
             if self.max_rows is None:
                 continue
-            if name not in self.picks:
-                self.totals[name] = total_rows(len(rows), batch, *self.counts)
-                self.picks[name] = [_draw_rows(self.seed, name, s, self.totals[name], self.max_rows)
-                                    for s in range(self.samplings)]
             start, stop = self.seen[name], self.seen[name] + len(rows)
+            self.seen[name] = stop
+            if self.picks[name] is None:  # every sampling keeps every row, in order: one shared accumulation
+                if self.every is None or self.moments[name][0] is not self.every[name]:
+                    self.moments[name][0].update(rows)
+                continue
             for s, idx in enumerate(self.picks[name]):
                 lo, hi = np.searchsorted(idx, [start, stop])
                 if hi > lo:
                     self.moments[name][s].update(rows[torch.as_tensor(idx[lo:hi] - start, device=rows.device)])
-            self.seen[name] = stop
+
+    def _draw(self, name: str, rows: int, batch: Batch) -> None:
+        """Draw each sampling's rows of `name` at its first chunk of `rows` rows."""
+        self.totals[name] = total = total_rows(rows, batch, *self.counts)
+        if self.max_rows >= total:
+            # Drawing every row gives every sampling the same matrix, so they share one `Moments` (the one of all
+            # rows, when kept in full) and `analyze` computes its spectrum once.
+            every = None if self.every is None or self.every[name].diagonal else self.every[name]
+            shared = every or Moments()
+            self.moments[name] = [shared] * self.samplings
+            self.picks[name] = None
+        else:
+            self.picks[name] = [_draw_rows(self.seed, name, s, total, self.max_rows) for s in range(self.samplings)]
 
     def draws(self) -> dict[str, list[Moments]]:
         """``{layer: [moments per draw]}`` once every batch is added."""
@@ -219,8 +235,11 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
         curves = sweep(model, inputs, jobs, on_clean=clean, **options)
     moments = streams.draws()
     for name in names:
+        spectra: dict[int, dict] = {}  # id(moments) -> its numbers: samplings sharing their rows share one spectrum
         for s, m in enumerate(moments[name]):
-            numbers = redundancy_from_moments(m, energy=energy, threshold=threshold)
+            if id(m) not in spectra:
+                spectra[id(m)] = redundancy_from_moments(m, energy=energy, threshold=threshold)
+            numbers = spectra[id(m)]
             records += [(name, metric, "", np.nan, s, float(numbers[metric])) for metric in REDUNDANCY_METRICS]
             edges = numbers["abs_r_edges"]
             centres = (edges[:-1] + edges[1:]) / 2
