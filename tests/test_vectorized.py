@@ -89,6 +89,16 @@ def test_float32_equal_to_rounding_mlp_and_alexnet(one_thread):
     _same_weights(alone_nets, nets, exact=False)
 
 
+def test_grouped_convolution_computes_each_member():
+    nets = [create_model("alexnet_cifar", 0.125, input_size=16, seed=r) for r in range(3)]
+    x = torch.randn(12, 3, 16, 16, requires_grad=True)
+    outs = [stack_models(nets, grouped=grouped)(x) for grouped in (False, True)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    grads = [torch.autograd.grad(out.square().sum(), x)[0] for out in outs]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    assert check_stacked(stack_models(nets, grouped=True), nets, x.detach()) is None
+
+
 def test_a_diverging_member_leaves_the_others_alone(one_thread):
     splits = _splits(torch.float64)
     models = _mlps(3, torch.float64)

@@ -35,7 +35,7 @@ from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import STORE_NAME, Store, export_csv, left_out_note, select_runs, study_lock
 from widthlab.train import TrainConfig, fit
 from widthlab.train.loop import resolve_device
-from widthlab.train.vectorized import MAX_MEMBERS, NotStackable, fit_group, group_key
+from widthlab.train.vectorized import MAX_MEMBERS, NotStackable, fit_group, group_key, worth_stacking
 from widthlab.train.distributed import init_from_env
 
 log = logging.getLogger("widthlab")
@@ -261,7 +261,10 @@ def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epo
     models, cfgs, metas = (list(column) for column in zip(*built))
     checkpoints = list(checkpoints or [None] * len(specs))
     results = None
-    if len(specs) > 1:
+    slower = worth_stacking(models[0], resolve_device(cfgs[0].device)) if len(specs) > 1 else None
+    if slower is not None:
+        log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), slower)
+    elif len(specs) > 1:
         try:
             results = fit_group(models, splits, cfgs, on_epoch=on_epoch, checkpoints=checkpoints,
                                 checkpoint_every=checkpoint_every, metas=metas)

@@ -77,6 +77,15 @@ def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig
     return None
 
 
+def worth_stacking(model: nn.Module, device: torch.device) -> str | None:
+    """None when stacking `model`'s runs pays on `device`, else why they train one by one instead: on the CPU a
+    convolution's runs are compute-bound and stacking them is no faster (benchmarks/vectorized_training.py:
+    3 alexnet_cifar 1/4x 0.8-0.9x), while small dense models are bound by per-step overhead (15 MLPs ~9x)."""
+    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return "convolutions train as fast one by one on the CPU"
+    return None
+
+
 def _optimizer_state(optimizer: torch.optim.Optimizer, member: int) -> dict:
     """Member `member`'s share of a stacked optimizer's state dict: what its own optimiser would hold."""
     state = optimizer.state_dict()
