@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared device check of issue 5, for a session lent a GPU machine (about 9 minutes on an H200).
+# The one prepared device check for a session lent a GPU machine (about 10 minutes on an H200).
 #
 # The device machine's python3 (3.12) has torch, numpy, pandas, matplotlib, PyYAML, tqdm, scikit-learn and
 # Pillow but no pydantic; fetch its wheels here first (the folder is git-ignored and travels with `carry`):
@@ -9,12 +9,15 @@
 #   run(command="PARTS=tests bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=300)    # ~3 minutes
 # Make the second call at once: the machine stays warm for 30 s, and a fresh start costs minutes.
 #
-# Parts, in order of importance (each has its own time limit; PARTS="throughput study" by default):
+# Parts, in order of importance (each has its own time limit; PARTS="stacked throughput study" by default):
+#   0. stacked:    benchmarks/vectorized_training.py on CUDA: 15 replicate MLPs and 3 alexnet_cifar 1/4x trained
+#                  as one stacked model (grouped convolutions) vs one by one, speed-up and accuracy gap
 #   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 4, 1, 1/4 (4x first: its row is the
 #                  one a time limit would cut), variants eager, compiled, graphs (CUDA graphs)
 #   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (target: < 5 minutes)
 #   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume;
-#                  compiled and CUDA-graph training), PARTS=tests: about 3 minutes
+#                  compiled and CUDA-graph training), then tests/test_vectorized.py (stacked training on CUDA
+#                  with grouped convolutions, and the CPU bit-identity on the device machine's BLAS), about 4 minutes
 # Logs go to $OUT (the device tool's folder that comes back) or ./gpu-session-logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,12 +42,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, widthlab; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'widthlab', widthlab.__version__)" \
     | tee -a "$OUT/gpu.txt" || exit 1
 
-PARTS=${PARTS:-"throughput study"}
+PARTS=${PARTS:-"stacked throughput study"}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 # Each part gets its own cap, or less: the whole script ends by BUDGET seconds (the device tool's limit is 600).
 BUDGET=${BUDGET:-580}
 cap() { local left=$((BUDGET - SECONDS)); echo $(( left < $1 ? (left > 10 ? left : 10) : $1 )); }
 status=0
+if part stacked; then
+    echo "== 0. stacked replicates"
+    timeout "$(cap 120)" python3 benchmarks/vectorized_training.py --device cuda --mlp-epochs 20 --alexnet-epochs 5 \
+        2>&1 | tee "$OUT/stacked.log" || status=1
+fi
 if part throughput; then
     echo "== 1. throughput"
     timeout "$(cap 240)" python3 benchmarks/train_throughput.py --device cuda --images 45000 --epochs 2 --widths 4,1,0.25 \
@@ -60,5 +68,7 @@ if part tests; then
     echo "== 3. CUDA tests"
     timeout "$(cap 240)" python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_train_fast_path.py \
         2>&1 | tee "$OUT/cuda-tests.log" || status=1
+    timeout "$(cap 120)" python3 -m pytest -q -p no:cacheprovider tests/test_vectorized.py \
+        2>&1 | tee -a "$OUT/cuda-tests.log" || status=1
 fi
 exit $status

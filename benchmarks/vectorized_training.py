@@ -35,6 +35,10 @@ def _time(fn) -> float:
 
 
 def workload(name: str, models, splits, cfgs) -> dict:
+    # Warm-up: both paths once on two runs for one step (first-call imports and kernel selection are not timed).
+    short = [c.model_copy(update={"max_steps": 1, "epochs": 1}) for c in cfgs[:2]]
+    fit(copy.deepcopy(models[0]), splits, short[0])
+    fit_group([copy.deepcopy(m) for m in models[:2]], splits, short)
     alone_models = [copy.deepcopy(m) for m in models]
     alone: list = []
     t_alone = _time(lambda: alone.extend(fit(m, splits, c) for m, c in zip(alone_models, cfgs)))

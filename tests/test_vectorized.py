@@ -89,6 +89,21 @@ def test_float32_equal_to_rounding_mlp_and_alexnet(one_thread):
     _same_weights(alone_nets, nets, exact=False)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stacked_training_on_cuda_matches_one_by_one():
+    digits = load_data("digits", image_size=16, n_train=256, n_val=64, n_test=64, seed=0)
+    nets = [create_model("alexnet_cifar", 0.25, input_size=16, seed=r) for r in range(3)]
+    cfgs = [TrainConfig(lr=0.01, epochs=2, batch_size=32, seed=r, device="cuda", amp="off") for r in range(3)]
+    alone_nets, alone = _alone(nets, digits, cfgs)
+    together = fit_group(nets, digits, cfgs)  # grouped convolutions: one launch for the three runs
+    for a, b in zip(alone, together):
+        assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=1e-4)
+    for a, b in zip(alone_nets, nets):  # cuDNN picks its own algorithms per shape: equal to float32 rounding
+        for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+            torch.testing.assert_close(x.cpu(), y.cpu(), rtol=1e-3, atol=1e-4)
+
+
 def test_grouped_convolution_computes_each_member():
     nets = [create_model("alexnet_cifar", 0.125, input_size=16, seed=r) for r in range(3)]
     x = torch.randn(12, 3, 16, 16, requires_grad=True)
