@@ -22,12 +22,12 @@ from widthlab.measure import (
 )
 from widthlab.models import create_model, list_models
 from widthlab.study import Results, load_results, run_study
-from widthlab.train import TrainConfig, fit
+from widthlab.train import TrainConfig, fit, fit_group
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Curve", "Results", "Splits", "TrainConfig", "WidthlabError", "ablation_curve", "analyze", "capture",
-    "compressibility", "create_model", "fit", "list_models", "load_data", "load_results", "pcs_needed",
+    "compressibility", "create_model", "fit", "fit_group", "list_models", "load_data", "load_results", "pcs_needed",
     "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity", "unit_table",
 ]

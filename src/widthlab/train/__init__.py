@@ -1,6 +1,8 @@
-"""Training: `fit(model, splits, TrainConfig)` → `FitResult` (history, accuracies, status)."""
+"""Training: `fit(model, splits, TrainConfig)` → `FitResult` (history, accuracies, status); `fit_group` trains
+several runs of one architecture as one stacked model, with the same results."""
 
 from widthlab.train.config import TrainConfig
 from widthlab.train.loop import FitResult, accuracy, fit, make_optimizer, resolve_device
+from widthlab.train.vectorized import NotStackable, fit_group
 
-__all__ = ["FitResult", "TrainConfig", "accuracy", "fit", "make_optimizer", "resolve_device"]
+__all__ = ["FitResult", "NotStackable", "TrainConfig", "accuracy", "fit", "fit_group", "make_optimizer", "resolve_device"]
