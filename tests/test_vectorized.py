@@ -245,3 +245,19 @@ def test_study_numbers_do_not_depend_on_vectorize(tmp_path, monkeypatch):
     # A speed switch is not part of a run's identity: the study resumes with the other setting.
     run_study(load_config("mlp-10d", [*overrides, "train.vectorize=off"]), tmp_path / "auto", progress=False,
               report=False)
+
+
+def test_a_group_too_big_for_memory_trains_in_parts(tmp_path, monkeypatch):
+    from widthlab.study import runner
+
+    calls = []
+    real = runner.fit_group
+    monkeypatch.setattr(runner, "fit_group", lambda models, *a, **k: calls.append(len(models)) or real(models, *a, **k))
+    per_run = sum(p.numel() * 4 for p in create_model("mlp", 0.25, input_dim=10).parameters()) * runner.WEIGHT_COPIES
+    monkeypatch.setattr(runner, "available_memory", lambda device: 2 * 2 * per_run + 1)  # half of it: 2 runs
+    overrides = [*TINY, "grid.select=null", "grid.widths=[0.25]"]
+    run_study(load_config("mlp-10d", overrides), tmp_path / "parts", progress=False, report=False)
+    assert calls == [2, 2, 2]
+    run_study(load_config("mlp-10d", [*overrides, "train.vectorize=off"]), tmp_path / "off", progress=False,
+              report=False)
+    pd.testing.assert_frame_equal(load_results(tmp_path / "parts").metrics, load_results(tmp_path / "off").metrics)

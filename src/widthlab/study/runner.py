@@ -260,6 +260,27 @@ def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epo
     built = [_build(spec, splits) for spec in specs]
     models, cfgs, metas = (list(column) for column in zip(*built))
     checkpoints = list(checkpoints or [None] * len(specs))
+    results = []
+    for part in _stackable_parts(specs, models, cfgs):
+        chunk = slice(part[0], part[-1] + 1)
+        results += _train(specs[chunk], models[chunk], splits, cfgs[chunk], checkpoints[chunk], metas[chunk],
+                          on_epoch=None if on_epoch is None else (lambda i, record, first=part[0]:
+                                                                  on_epoch(first + i, record)),
+                          checkpoint_every=checkpoint_every)
+    return [_finish(spec, model, result, splits, measure) for spec, model, result in zip(specs, models, results)]
+
+
+def _stackable_parts(specs: list[RunSpec], models: list, cfgs: list[TrainConfig]) -> list[range]:
+    """`specs` split into consecutive parts whose stacked training fits in memory: the weights, gradients and
+    optimiser state of a part take at most half of what the device has free (activations grow with it too)."""
+    params = sum(p.numel() * p.element_size() for p in models[0].parameters())
+    free = available_memory(cfgs[0].device)
+    size = len(specs) if free is None else max(1, min(len(specs), int(free / 2 // max(params * WEIGHT_COPIES, 1))))
+    return [range(i, min(i + size, len(specs))) for i in range(0, len(specs), size)]
+
+
+def _train(specs, models, splits, cfgs, checkpoints, metas, *, on_epoch, checkpoint_every: float) -> list:
+    """`FitResult`s of a part of a group: stacked when it is stackable and worth it, else one by one."""
     results = None
     slower = worth_stacking(models[0], resolve_device(cfgs[0].device)) if len(specs) > 1 else None
     if slower is not None:
@@ -274,7 +295,7 @@ def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epo
         results = [fit(model, splits, cfg, on_epoch=None if on_epoch is None else functools.partial(on_epoch, i),
                        checkpoint=path, checkpoint_every=checkpoint_every, meta=meta)
                    for i, (model, cfg, path, meta) in enumerate(zip(models, cfgs, checkpoints, metas))]
-    return [_finish(spec, model, result, splits, measure) for spec, model, result in zip(specs, models, results)]
+    return results
 
 
 def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
