@@ -96,6 +96,7 @@ def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, 
             local = torch.as_tensor(picks[name][lo:hi] - offset[name], device=rows.device)
             kept[name].append(rows[local].detach().to("cpu", torch.float64))
             offset[name] += len(rows)
+        del rows  # this batch's rows go before the next pass runs
     return {name: torch.cat(parts) for name, parts in kept.items()}
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from widthlab.errors import WidthlabError
 from widthlab.measure.inputs import DEFAULT_MASK, Batch, Inputs, batches, first_batch
 from widthlab.measure.layout import record_calls, resolve_axis, unit_axes
+from widthlab.measure.redundancy import all_finite
 
 # Activation modules: the outputs `layers=None` measures when a model declares no `unit_layers`.
 RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
@@ -138,7 +139,7 @@ def unit_rows(output: object, name: str, unit_axis: int, mask: torch.Tensor | No
         rows = rows.clone()
     if not rows.is_floating_point():
         rows = rows.float()
-    if not torch.isfinite(rows).all():
+    if not all_finite(rows):
         raise WidthlabError(f"layer {name!r} produced NaN or inf activations")
     return rows
 
@@ -156,7 +157,9 @@ def stream_activations(model: nn.Module, inputs: Inputs, layers: str | Sequence[
     """Yield, batch by batch, ``({layer: (rows, units) chunk}, the Batch)`` on the model's device.
 
     Statistics can be accumulated from the chunks without materialising all activations. Consume the
-    iterator fully (or close it): the hooks and eval mode last until it finishes.
+    iterator fully (or close it): the hooks and eval mode last until it finishes. The same dict is yielded every
+    time and emptied before the next batch runs, so one batch's rows are freed before the next exist: keep the
+    tensors, not the dict.
 
     Args:
         layers: module name(s) from ``model.named_modules()``.
@@ -173,18 +176,47 @@ def stream_activations(model: nn.Module, inputs: Inputs, layers: str | Sequence[
         return
     axes = layer_axes(model, first, names, unit_axis)  # decided once, before the hooks below go on
     chunks: dict[str, torch.Tensor] = {}
+    kept: dict[str, tuple[torch.Tensor, int]] = {}  # layer -> (its output, the output's version when it ran)
+    copied: set[str] = set()  # layers whose outputs a later in-place op overwrites: their rows are made in the hook
+    yielded: dict[str, torch.Tensor] = {}
     current: list[Batch] = []
 
     def keep(name: str, output: object) -> None:
-        chunks[name] = unit_rows(output, name, axes[name], current[0].mask)
+        # The (rows, units) copy is made after the pass, once the model's other intermediates are freed, so it does
+        # not add to the forward pass's own peak; an output changed in place later in the pass (its version moves)
+        # is copied in the hook instead, from then on.
+        version = _version(output) if name not in copied else None
+        if version is None:
+            chunks[name] = unit_rows(output, name, axes[name], current[0].mask)
+        else:
+            kept[name] = (output.detach(), version)
 
     with evaluating(model), layer_hooks(model, names, keep) as run:
         for batch in itertools.chain([first], source):
-            chunks.clear()
             current[:] = [batch]
-            with torch.no_grad():
-                run(batch)
-            yield dict(chunks), batch
+            overwritten = names
+            while overwritten:
+                chunks.clear()
+                kept.clear()
+                with torch.no_grad():
+                    run(batch)
+                overwritten = [name for name, (out, version) in kept.items() if out._version != version]
+                copied.update(overwritten)  # then the batch runs again, those layers copied in the hook
+            for name in list(kept):
+                chunks[name] = unit_rows(kept.pop(name)[0], name, axes[name], batch.mask)
+            yielded.update((name, chunks.pop(name)) for name in names)
+            yield yielded, batch
+            yielded.clear()  # the caller's reference to this batch's rows goes before the next pass runs
+
+
+def _version(output: object) -> int | None:
+    """The in-place version counter of a tensor output (None for other outputs and inference-mode tensors)."""
+    if not isinstance(output, torch.Tensor):
+        return None
+    try:
+        return output._version
+    except RuntimeError:  # inference tensors keep no version counter
+        return None
 
 
 def capture(model: nn.Module, inputs: Inputs, layers: str | Sequence[str], *, unit_axis: int | None = None,

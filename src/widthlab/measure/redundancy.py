@@ -19,6 +19,16 @@ SILENT_SHARE = 0.01  # silent unit: > 0 on fewer than this share of rows
 # Slack on the energy comparison: a rank-k layer's trailing eigenvalues are round-off (~1e-16 of the total),
 # which must not push k past the rank when energy is 1.
 ENERGY_SLACK = 1e-12
+# Float64 values per block of rows that `Moments.update` converts and merges at once (2 MiB): the extra memory of
+# streaming is a few such blocks whatever the chunk size; at least MIN_BLOCK_ROWS rows keep the O(C²) merge cheap
+# next to the block's O(rows · C²) product for wide layers.
+BLOCK_ELEMENTS = 1 << 18
+MIN_BLOCK_ROWS = 256
+
+
+def block_rows(units: int) -> int:
+    """Rows per block of `Moments.update` for a layer of `units` units."""
+    return max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(units, 1))
 
 
 class Moments:
@@ -42,27 +52,35 @@ class Moments:
 
     @classmethod
     def of(cls, acts: torch.Tensor | np.ndarray) -> Moments:
-        """The moments of one whole (rows, units) matrix."""
-        return cls().update(as_matrix(acts))
+        """The moments of one whole (rows, units) matrix (checked as `as_matrix` does, converted block by block)."""
+        return cls().update(checked_matrix(acts))
 
     def update(self, chunk: torch.Tensor | np.ndarray) -> Moments:
-        """Add the rows of a (rows, units) chunk; returns self."""
-        x = torch.as_tensor(chunk).detach().to(torch.float64)
+        """Add the rows of a (rows, units) chunk; returns self.
+
+        The chunk is converted to float64 and merged block by block (`block_rows` rows at a time), so a large chunk
+        costs about `BLOCK_ELEMENTS` float64 values of extra memory, not a float64 copy of itself; the result is
+        exactly that of updating with each block in turn.
+        """
+        x = torch.as_tensor(chunk).detach()
         if x.dim() != 2:
             raise WidthlabError(f"a chunk must be 2-D (rows, units), got shape {tuple(x.shape)}")
+        if self._shift is not None and x.shape[1] != len(self._shift):
+            raise WidthlabError(f"chunk has {x.shape[1]} units, earlier chunks had {len(self._shift)}")
+        step = block_rows(x.shape[1])
+        for start in range(0, len(x), step):
+            self._merge(x[start:start + step].to(torch.float64))
+        return self
+
+    def _merge(self, x: torch.Tensor) -> None:
+        """Chan's pairwise update with one float64 (rows, C) block."""
         if self._shift is None:
-            if len(x) == 0:
-                return self
             units = x.shape[1]
             self._shift = x[0].clone()
             self._mean = x.new_zeros(units)
             self._m2 = x.new_zeros(units) if self.diagonal else x.new_zeros(units, units)
             self._positive = torch.zeros(units, dtype=torch.int64, device=x.device)
-        elif x.shape[1] != len(self._shift):
-            raise WidthlabError(f"chunk has {x.shape[1]} units, earlier chunks had {len(self._shift)}")
         rows = len(x)
-        if rows == 0:
-            return self
         self._positive += (x > 0).sum(0)
         y = x - self._shift  # (rows, C): exactly 0 for a unit that never changes
         mean_b = y.mean(0)
@@ -75,7 +93,6 @@ class Moments:
             self._m2 += dev.T @ dev + torch.outer(delta, delta) * (self.n * rows / total)
         self._mean += delta * (rows / total)
         self.n = total
-        return self
 
     def _check(self) -> None:
         if self.n == 0:
@@ -113,16 +130,30 @@ class Moments:
         return self._positive
 
 
-def as_matrix(acts: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """`acts` as a float64 (rows, units) tensor, or a WidthlabError for any other shape or non-finite values."""
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether a tensor holds no NaN or inf, without `torch.isfinite`'s temporaries (an abs copy and bool masks,
+    about twice the tensor): its min and max are finite exactly when every value is (both propagate NaN)."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return True
+    low, high = torch.aminmax(x)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
+def checked_matrix(acts: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """`acts` as a (rows, units) tensor in its own dtype, or a WidthlabError for any other shape or non-finite
+    values."""
     x = torch.as_tensor(acts).detach()
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise WidthlabError(f"activations must be a 2-D (rows, units) matrix with rows and units, "
                             f"got shape {tuple(x.shape)}")
-    x = x.to(torch.float64)
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise WidthlabError("activations contain NaN or inf")
     return x
+
+
+def as_matrix(acts: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """`acts` as a float64 (rows, units) tensor, or a WidthlabError for any other shape or non-finite values."""
+    return checked_matrix(acts).to(torch.float64)
 
 
 def check_fraction(name: str, value: float, low_open: bool) -> float:
@@ -268,7 +299,7 @@ def compressibility(acts: torch.Tensor | np.ndarray, energy: float = 0.95) -> fl
 
     Example: ``compressibility(torch.randn(2000, 3) @ torch.randn(3, 20), energy=0.9999) == 1 - 3 / 20``
     """
-    return 1.0 - pcs_needed(acts, energy) / as_matrix(acts).shape[1]
+    return 1.0 - pcs_needed(acts, energy) / checked_matrix(acts).shape[1]
 
 
 def similarity(acts: torch.Tensor | np.ndarray, threshold: float = 0.5) -> float:
