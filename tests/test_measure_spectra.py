@@ -94,3 +94,20 @@ def test_permutation_null_computes_no_spectrum_and_keeps_its_numbers(eigen_calls
     assert result["similarity_null"] == pytest.approx(7.6, rel=1e-15)
     assert result["similar_fraction_null"] == pytest.approx(0.26206896551724135, rel=1e-15)
     assert result["similarity_excess"] == pytest.approx(-1.1333333333333329, rel=1e-12)
+
+
+def test_the_null_rides_the_clean_pass_with_the_rows_of_its_own_pass(inputs):
+    from widthlab.measure.analyze import NULL_METRICS
+    from widthlab.measure.calibration import layer_similarity_null
+
+    model = mlp()
+    passes = []
+    model[0].register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+    frame = analyze(model, inputs, layers=["1"], levels=LEVELS, samplings=2, null_rows=50, batch_size=32)
+    # Probes of 2 examples aside, the layer before the cut runs once per input: in the clean pass (the copies run
+    # from the cut on), which also draws the null's rows; a pass of the null's own would make it 160.
+    assert sum(n for n in passes if n > 2) == 80
+    expected = layer_similarity_null(mlp(), inputs, ["1"], max_rows=50, seed=0, batch_size=32)["1"]
+    for metric in NULL_METRICS:
+        got = frame[(frame.metric == metric)].value.iloc[0]
+        assert got == expected[metric]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError, check_positive_int
-from widthlab.measure.calibration import layer_similarity_null
+from widthlab.measure.calibration import RowSampler, similarity_nulls
 from widthlab.measure.capture import default_layers, evaluating, resolve_modules, stream_activations
 from widthlab.measure.engine import sweep
 from widthlab.measure.frivolous import frivolous_rows
@@ -191,6 +191,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     samplings = check_positive_int("samplings", samplings)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
+    check_positive_int("null_rows", null_rows, optional=True)
     names = default_layers(model, inputs, batch_size=batch_size, mask=mask) if layers is None else list(layers)
     resolve_modules(model, names)
 
@@ -221,10 +222,15 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
                             None if max_rows is None else count_examples(inputs, mask),
                             full=needs_moments or classes is not None, census_only=not needs_moments)
 
+    # The similarity null's rows are drawn from the same clean pass, not from a pass of their own.
+    null_sampler = None if null_rows is None else RowSampler(names, null_rows, seed, count_examples(inputs, mask))
+
     def clean(chunks: dict[str, torch.Tensor], batch: Batch) -> None:
         streams.add(chunks, batch)
         if classes is not None:
             classes.add(chunks, batch)
+        if null_sampler is not None:
+            null_sampler.add(chunks, batch)
 
     if needs_moments or not jobs:
         for chunks, batch in stream_activations(model, inputs, names, unit_axis=unit_axis, batch_size=batch_size,
@@ -246,10 +252,9 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             records += [(name, HISTOGRAM_METRIC, "", float(c), s, float(count))
                         for c, count in zip(centres, numbers["abs_r_counts"])]
 
-    if null_rows is not None:
-        # Calibration of similarity: its permutation null on at most `null_rows` sampled rows (one extra pass).
-        nulls = layer_similarity_null(model, inputs, names, threshold=threshold, max_rows=null_rows, seed=seed,
-                                      unit_axis=unit_axis, batch_size=batch_size, mask=mask)
+    if null_sampler is not None:
+        # Calibration of similarity: its permutation null on at most `null_rows` rows sampled in the clean pass.
+        nulls = similarity_nulls(null_sampler.rows(), threshold=threshold, max_rows=null_rows, seed=seed)
         for name in names:
             records += [(name, metric, "", np.nan, 0, float(nulls[name][metric])) for metric in NULL_METRICS]
 

@@ -68,6 +68,46 @@ def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, 
     }
 
 
+class RowSampler:
+    """Keeps at most `max_rows` rows per layer, drawn uniformly without replacement over all rows, from streamed
+    ``{layer: (rows, units) chunk}`` batches, so the full activation matrix is never held.
+
+    Rows of layer L come from the stream (seed, L, "null-rows"); `counts` are the inputs' ``(examples, tokens)``
+    (`widthlab.measure.inputs.count_examples`). Fed by `sample_rows`' own pass, or by any pass that streams the
+    layers (`analyze`'s clean pass), with the same rows either way.
+
+    Example: ``s = RowSampler(["relu1"], 1000, 0, count_examples(x, None)); s.add(chunks, batch); s.rows()``
+    """
+
+    def __init__(self, layers, max_rows: int, seed: int, counts: tuple[int, int | None]):
+        self.max_rows, self.seed, self.counts = max_rows, seed, counts
+        self.picks: dict[str, np.ndarray] = {}
+        self.kept: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        self.offset: dict[str, int] = dict.fromkeys(layers, 0)
+
+    def add(self, chunks, batch) -> None:
+        """Keep the drawn rows of one batch's chunks."""
+        from widthlab.seeding import derive_seed
+
+        for name, rows in chunks.items():
+            if name not in self.kept:
+                continue
+            if name not in self.picks:  # rows per example (or token rows) are fixed by the first batch
+                total = total_rows(len(rows), batch, *self.counts)
+                draw = numpy_generator(derive_seed(self.seed, name), "null-rows").choice(
+                    total, size=min(self.max_rows, total), replace=False)
+                self.picks[name] = np.sort(draw)
+            offset = self.offset[name]
+            lo, hi = np.searchsorted(self.picks[name], [offset, offset + len(rows)])
+            local = torch.as_tensor(self.picks[name][lo:hi] - offset, device=rows.device)
+            self.kept[name].append(rows[local].detach().to("cpu", torch.float64))
+            self.offset[name] += len(rows)
+
+    def rows(self) -> dict[str, torch.Tensor]:
+        """``{layer: (rows, units) float64 CPU tensor}`` of the kept rows."""
+        return {name: torch.cat(parts) for name, parts in self.kept.items()}
+
+
 def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, unit_axis: int | None = None,
                 batch_size: int = 256, mask: str | int | None = DEFAULT_MASK) -> dict[str, torch.Tensor]:
     """At most `max_rows` activation rows per layer, drawn uniformly without replacement over all rows
@@ -78,26 +118,21 @@ def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, 
     Example: ``sample_rows(model, x, ["relu1"], max_rows=1000)["relu1"].shape == (1000, 128)``
     """
     from widthlab.measure.capture import stream_activations
-    from widthlab.seeding import derive_seed
 
-    examples, tokens = count_examples(inputs, mask)
-    picks: dict[str, np.ndarray] = {}
-    kept: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    offset: dict[str, int] = dict.fromkeys(layers, 0)
+    sampler = RowSampler(list(layers), max_rows, seed, count_examples(inputs, mask))
     for chunks, batch in stream_activations(model, inputs, list(layers), unit_axis=unit_axis, batch_size=batch_size,
                                             mask=mask):
-        for name, rows in chunks.items():
-            if name not in picks:  # rows per example (or token rows) are fixed by the first batch
-                total = total_rows(len(rows), batch, examples, tokens)
-                draw = numpy_generator(derive_seed(seed, name), "null-rows").choice(
-                    total, size=min(max_rows, total), replace=False)
-                picks[name] = np.sort(draw)
-            lo, hi = np.searchsorted(picks[name], [offset[name], offset[name] + len(rows)])
-            local = torch.as_tensor(picks[name][lo:hi] - offset[name], device=rows.device)
-            kept[name].append(rows[local].detach().to("cpu", torch.float64))
-            offset[name] += len(rows)
-        del rows  # this batch's rows go before the next pass runs
-    return {name: torch.cat(parts) for name, parts in kept.items()}
+        sampler.add(chunks, batch)
+    return sampler.rows()
+
+
+def similarity_nulls(samples: dict[str, torch.Tensor], *, threshold: float = 0.5, max_rows: int = 20000,
+                     seed: int = 0) -> dict[str, dict]:
+    """`similarity_null` of each layer's sampled rows (`sample_rows`, `RowSampler`), seeded per layer."""
+    from widthlab.seeding import derive_seed
+
+    return {name: similarity_null(rows, threshold=threshold, max_rows=max_rows, seed=derive_seed(seed, name))
+            for name, rows in samples.items()}
 
 
 def layer_similarity_null(model, inputs, layers, *, threshold: float = 0.5, max_rows: int = 20000, seed: int = 0,
@@ -107,9 +142,6 @@ def layer_similarity_null(model, inputs, layers, *, threshold: float = 0.5, max_
 
     Example: ``layer_similarity_null(model, x, ["relu1"])["relu1"]["similarity_excess"]``
     """
-    from widthlab.seeding import derive_seed
-
     samples = sample_rows(model, inputs, layers, max_rows=max_rows, seed=seed, unit_axis=unit_axis,
                           batch_size=batch_size, mask=mask)
-    return {name: similarity_null(rows, threshold=threshold, max_rows=max_rows, seed=derive_seed(seed, name))
-            for name, rows in samples.items()}
+    return similarity_nulls(samples, threshold=threshold, max_rows=max_rows, seed=seed)
