@@ -318,7 +318,7 @@ def test_write_report_writes_pngs_summary_and_csv(tmp_path):
     runs.loc[0, "status"] = "failed"
     runs.loc[1, "status"] = "diverged"
     result = write_report(runs, metrics, tmp_path / "report", title="Synthetic study", config={"seed": 0},
-                          pdf=False)
+                          formats="png")
     names = {p.name for p in result["figures"]}
     assert names == {"accuracy.png", "robustness.png", "compressibility.png", "similarity.png",
                      "similar_fraction.png", "similarity_calibration.png", "overview.png", "ablation_curves.png",
@@ -345,7 +345,7 @@ def test_write_report_writes_pngs_summary_and_csv(tmp_path):
 def test_write_report_with_no_done_run_does_not_crash(tmp_path):
     runs, metrics = make_tables({"v": rising}, widths=(1.0, 2.0), replicates=1)
     runs["status"] = "pending"
-    result = write_report(runs, metrics, tmp_path, title="Nothing yet", pdf=False)
+    result = write_report(runs, metrics, tmp_path, title="Nothing yet", formats="png")
     assert result["verdict"].empty
     assert {p.name for p in result["figures"]} == {"accuracy.png", "robustness.png", "compressibility.png",
                                                    "similarity.png", "similar_fraction.png",

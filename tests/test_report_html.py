@@ -41,7 +41,7 @@ def report(tmp_path_factory):
     params = pd.DataFrame({"model": "mlp", "width": [0.25, 1, 4], "params": [418, 1666, 6658]})
     out = tmp_path_factory.mktemp("report")
     result = write_report(runs, metrics, out, title="Calibrated <synthetic> study", config=CONFIG,
-                          history=history_of(runs), params=params, html=True, pdf=False)
+                          history=history_of(runs), params=params, html=True, formats="png")
     return result, result["html"].read_text(encoding="utf-8")
 
 

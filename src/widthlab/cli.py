@@ -18,6 +18,8 @@ from pathlib import Path
 from widthlab.errors import WidthlabError
 
 DEFAULT_ROOT = Path("widthlab-runs")
+FORMATS_DEFAULT = "png,pdf"
+FORMATS_HELP = "figure file formats, comma-separated: png, pdf (default png,pdf; --html needs png)"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -26,6 +28,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from widthlab.study.store import load_results
     from widthlab.train.distributed import distributed_shard
 
+    from widthlab.report.figures import figure_formats
+
+    formats = figure_formats(args.formats)  # a bad value fails now, not after the training
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"train.device={args.device}")
@@ -58,7 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     run_study(cfg, out, executor=args.executor, workers=args.workers, address=args.address,
               gpus_per_run=args.gpus_per_run, progress=None if not args.quiet else False,
-              checkpoint_every=args.checkpoint_every)
+              checkpoint_every=args.checkpoint_every, formats=formats)
     if distributed_shard()[0] != 0:  # under torchrun, rank 0 alone reports
         return 0
     _print_report(out)
@@ -450,7 +455,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import yaml
 
     from widthlab.report import combine_frames, write_report
+    from widthlab.report.figures import figure_formats
     from widthlab.study.runner import parameter_counts
+
+    formats = figure_formats(args.formats)
     from widthlab.study.store import left_out_note, load_results, select_runs, study_lock
 
     dirs = [Path(d) for d in args.dirs]
@@ -492,7 +500,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
                               snapshots=tables["snapshots"], history=tables["history"], seed=seed,
                               params=parameter_counts(tables["runs"], import_code=args.allow_code), html=args.html,
-                              notes=notes)
+                              notes=notes, formats=formats)
     _print_report(out, tables["runs"], report)
     return 0
 
@@ -559,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a seconds-long version: widths 1/4 and 1/2, one replicate, 64 examples, 3 steps, "
                           "digits when the study's image data is absent")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--formats", default=FORMATS_DEFAULT, metavar="LIST", help=FORMATS_HELP)
     run.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
                      help="where runs execute (default: local, one after another)")
     run.add_argument("--workers", type=int, default=2, help="worker processes for --executor processes (default 2)")
@@ -626,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", action="store_true",
                         help="also write report.html: one self-contained file with figures, verdict, "
                              "configuration, package versions and run times")
+    report.add_argument("--formats", default=FORMATS_DEFAULT, metavar="LIST", help=FORMATS_HELP)
     report.add_argument("--allow-code", action="store_true",
                         help="import the module:function models the store names (to count their parameters); "
                              "a store is data, so by default nothing it names is imported")

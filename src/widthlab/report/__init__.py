@@ -8,8 +8,10 @@ measure.
 from widthlab.report.caveats import caveats, chance_runs
 from widthlab.report.combine import combine, combine_frames
 from widthlab.report.figures import (
+    FORMATS,
     ablation_curve_table,
     abs_r_table,
+    figure_formats,
     plot_ablation_curves,
     plot_abs_r,
     plot_layerwise,
@@ -17,6 +19,7 @@ from widthlab.report.figures import (
     plot_similarity_calibration,
     plot_vs_epoch,
     plot_vs_width,
+    start_figures,
     width_label,
     write_figures,
 )
@@ -36,6 +39,7 @@ from widthlab.report.verdict import (
 )
 
 __all__ = [
+    "FORMATS",
     "ablation_curve_table",
     "abs_r_table",
     "calibration",
@@ -46,6 +50,7 @@ __all__ = [
     "done_runs",
     "effective_width",
     "epoch_level",
+    "figure_formats",
     "final_rows",
     "format_verdict_table",
     "growth",
@@ -64,8 +69,9 @@ __all__ = [
     "render_html",
     "run_counts",
     "run_level",
-    "selection_table",
     "run_times",
+    "selection_table",
+    "start_figures",
     "verdict",
     "width_label",
     "write_figures",

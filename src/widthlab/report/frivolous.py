@@ -73,13 +73,15 @@ def layer_counts(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["variant", "width", "replicate", "layer"]).reset_index(drop=True)
 
 
-def run_counts(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+def run_counts(runs: pd.DataFrame, metrics: pd.DataFrame, counts: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per done run: each quantity's normalised count averaged over unit layers (`layer_counts`), and
     the raw count averaged over them as ``<quantity>_units``.
 
+    `counts` is `layer_counts(runs, metrics)` when the caller has it already (default None: computed here).
+
     Example: ``run_counts(res.runs, res.metrics).groupby(["variant", "width"])["non_prunable_units"].mean()``
     """
-    layers = layer_counts(runs, metrics)
+    layers = layer_counts(runs, metrics) if counts is None else counts
     present = [q for q in QUANTITIES if q in layers.columns]
     if not present:
         return pd.DataFrame(columns=["run_id", "variant", "width", "replicate", *QUANTITIES])
@@ -122,18 +124,19 @@ def _pace(low: float, high: float) -> str:
 
 
 def growth(runs: pd.DataFrame, metrics: pd.DataFrame, *, quantities: Sequence[str] = QUANTITIES,
-           resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+           resamples: int = 1000, seed: int = 0, counts: pd.DataFrame | None = None) -> pd.DataFrame:
     """Growth per doubling g of each frivolous-unit count per variant, with a bootstrap 95% interval.
 
     See the module docstring for the definition. Each (variant, quantity) draws from its own stream
     `numpy_generator(seed, "growth", variant, quantity)`.
 
     Returns a DataFrame with columns variant, quantity, g, ci_low, ci_high, pace, n_runs, method ("runs",
-    "layers" or "none"); empty when no run has unit counts.
+    "layers" or "none"); empty when no run has unit counts. `counts` is `layer_counts(runs, metrics)` when the
+    caller has it already (default None: computed here).
 
     Example: ``growth(res.runs, res.metrics).query("quantity == 'non_prunable_units'")``
     """
-    layers = layer_counts(runs, metrics)
+    layers = layer_counts(runs, metrics) if counts is None else counts
     rows = []
     for variant in pd.unique(layers["variant"]):
         mine = layers[layers["variant"] == variant]
@@ -203,13 +206,13 @@ def effective_width(growth_df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "slower", "reason"])
 
 
-def count_rows(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+def count_rows(runs: pd.DataFrame, metrics: pd.DataFrame, counts: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per variant × width: mean ± std over runs of each run's unit counts (raw, averaged over unit layers) and
-    their normalised values; the table summary.md shows.
+    their normalised values; the table summary.md shows. `counts`: `layer_counts(runs, metrics)`, if at hand.
 
     Example: ``count_rows(res.runs, res.metrics)``
     """
-    counts = run_counts(runs, metrics)
+    counts = run_counts(runs, metrics, counts)
     present = [q for q in QUANTITIES if q in counts.columns and counts[q].notna().any()]
     out = []
     for (variant, width), group in counts.groupby(["variant", "width"], sort=False):

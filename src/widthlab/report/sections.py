@@ -67,9 +67,11 @@ def selection_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def frivolous_section(runs: pd.DataFrame, metrics: pd.DataFrame, growth_df: pd.DataFrame) -> Section | None:
-    """The frivolous-unit counts per variant × width, g per quantity and the effective-width statement."""
-    counts = count_rows(runs, metrics)
+def frivolous_section(runs: pd.DataFrame, metrics: pd.DataFrame, growth_df: pd.DataFrame,
+                      layers: pd.DataFrame | None = None) -> Section | None:
+    """The frivolous-unit counts per variant × width, g per quantity and the effective-width statement;
+    `layers` is `layer_counts(runs, metrics)` when the caller has it (default None: computed here)."""
+    counts = count_rows(runs, metrics, layers)
     if counts.empty:
         return None
     present = [q for q in QUANTITIES if q in counts.columns]

@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 
 from widthlab import files
-from widthlab.report.figures import write_figures
+from widthlab.errors import WidthlabError
+from widthlab.report.figures import _legacy_pdf, figure_formats, start_figures
 from widthlab.report.format import (
     CALIBRATION_TEXT,
     FIGURE_CAPTIONS,
@@ -89,7 +90,7 @@ def _summary_markdown(
     caveats_df: pd.DataFrame | None = None,
     sections: Sequence[Section] = (),
 ) -> str:
-    """The text of summary.md; `figures` are the PNGs to link (paths inside the report's figures folder)."""
+    """The text of summary.md; `figures` are the figure files to link (paths inside the report's figures folder)."""
     parts = [f"# {title}", "", "## What was run", "", *(f"- {line}" for line in [*census(runs), *notes]), "",
              "Only done runs enter the tables, figures and verdict.", "", "## Results by width", ""]
     if levels.empty:
@@ -124,10 +125,15 @@ def _summary_markdown(
     ] or ["No variant was judged."]
     for section in sections:
         parts += ["", *_section_markdown(section)]
-    names = [name for name in FIGURE_CAPTIONS if name in {Path(f).name for f in figures}]
+    # Captions are keyed by the PNG's name; a report drawn without PNGs links its figures in their first format.
+    files_by_stem = {Path(f).stem: Path(f).name for f in figures}
+    names = [(caption, files_by_stem[Path(key).stem]) for key, caption in FIGURE_CAPTIONS.items()
+             if Path(key).stem in files_by_stem]
     if names:
-        parts += ["", "## Figures", "", f"![{FIGURE_CAPTIONS[names[0]]}]({FIGURE_DIR}/{names[0]})", ""]
-        parts += [f"- [{FIGURE_CAPTIONS[name]}]({FIGURE_DIR}/{name})" for name in names]
+        caption, name = names[0]
+        first = f"![{caption}]({FIGURE_DIR}/{name})" if name.endswith(".png") else f"[{caption}]({FIGURE_DIR}/{name})"
+        parts += ["", "## Figures", "", first, ""]
+        parts += [f"- [{caption}]({FIGURE_DIR}/{name})" for caption, name in names]
     if config is not None:
         parts += ["", "## Configuration", "", "```yaml", config_text(config), "```"]
     return "\n".join(parts) + "\n"
@@ -179,10 +185,14 @@ def write_report(
     history: pd.DataFrame | None = None,
     params: pd.DataFrame | None = None,
     html: bool = False,
-    pdf: bool = True,
+    formats: str | Sequence[str] = ("png", "pdf"),
     notes: Sequence[str] = (),
+    workers: int | None = None,
+    pdf: bool | None = None,
 ) -> dict[str, Any]:
-    """Write the whole report: figures/*.png (+ .pdf), summary.md, verdict.csv, run_level.csv, optionally report.html.
+    """Write the whole report: figures/*.png and .pdf, summary.md, verdict.csv, run_level.csv, optionally report.html.
+
+    The figures are drawn by worker processes while the verdict, tables and summary are computed here.
 
     Args:
         runs: the runs table (all statuses; only done runs enter figures and verdict).
@@ -195,31 +205,44 @@ def write_report(
             C3); default None (the epoch rows of `metrics`, if any).
         history: per-epoch training records (run_id, epoch, val_acc, ...) for the epochs figure; default None.
         params: model/width/params rows for the parameter figure (paper A1); default None (not drawn).
-        html: also write the self-contained report.html (default False).
-        pdf: also write each figure as PDF (default True).
+        html: also write the self-contained report.html (default False); it embeds PNGs, so `formats` must hold png.
+        formats: figure file formats, "png,pdf" or a sequence (default ("png", "pdf"); see `figure_formats`);
+            summary.md links each figure in the first of them.
         notes: lines added under "What was run" in summary.md (e.g. stored runs left out of this grid).
+        workers: figure-drawing processes (default None: one per CPU, at most 4; 1 draws in this process).
+        pdf: deprecated; False is formats=("png",), True is ("png", "pdf").
 
     Also writes, when they apply: caveats.csv (why a verdict may mean nothing), growth.csv (growth per doubling of
     the frivolous-unit counts), unit_counts.csv (per run and layer) and selection.csv (grid.select's choices).
 
-    Returns a dict with keys figures (list of PNG paths), summary, verdict_csv, run_level_csv, html (path or
-    None), verdict, hypothesis, calibration, caveats, growth and effective_width (DataFrames).
+    Returns a dict with keys figures (each figure's path in the first format), summary, verdict_csv,
+    run_level_csv, html (path or None), verdict, hypothesis, calibration, caveats, growth and effective_width
+    (DataFrames).
 
     Example: ``write_report(results.runs, results.metrics, "study/report", title="MLP", html=True)["html"]``.
     """
+    formats = figure_formats(_legacy_pdf(formats, pdf))
+    if html and "png" not in formats:
+        raise WidthlabError(f"report.html embeds PNG figures: add png to the figure formats {','.join(formats)!r}, "
+                            "or leave out --html")
     out = Path(out_dir)
-    figures = write_figures(runs, metrics, out / FIGURE_DIR, snapshots=snapshots, history=history, params=params,
-                            pdf=pdf)
-    growth_df = growth(runs, metrics, resamples=RESAMPLES, seed=seed)
-    levels = run_level(runs, metrics)
-    verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
-    caveats_df = caveats(runs, config)
-    sections = [s for s in (selection_section(runs), frivolous_section(runs, metrics, growth_df)) if s is not None]
+    counts = layer_counts(runs, metrics)
+    growth_df = growth(runs, metrics, resamples=RESAMPLES, seed=seed, counts=counts)
+    drawing = start_figures(runs, metrics, out / FIGURE_DIR, snapshots=snapshots, history=history, params=params,
+                            formats=formats, workers=workers, growth_df=growth_df)
+    try:
+        levels = run_level(runs, metrics)
+        verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
+        caveats_df = caveats(runs, config)
+        sections = [s for s in (selection_section(runs), frivolous_section(runs, metrics, growth_df, counts))
+                    if s is not None]
+    finally:
+        figures = drawing.paths()
     summary = out / "summary.md"
     files.write_text(summary, _summary_markdown(runs, levels, verdict_df, figures, title, config, seed, notes,
                                                 caveats_df, sections))
     tables = {"verdict": verdict_df, "run_level": levels, "caveats": caveats_df, "growth": growth_df,
-              "unit_counts": layer_counts(runs, metrics), "selection": selection_table(runs)}
+              "unit_counts": counts, "selection": selection_table(runs)}
     for name, table in tables.items():
         if name in ("verdict", "run_level") or len(table):
             with files.atomic_path(out / f"{name}.csv") as tmp:
@@ -230,7 +253,8 @@ def write_report(
     html_path = None
     if html:
         html_path = out / HTML_NAME
-        text = render_html(runs, levels, verdict_df, figures, title=title, config=config, seed=seed,
+        pngs = [path.with_suffix(".png") for path in figures]
+        text = render_html(runs, levels, verdict_df, pngs, title=title, config=config, seed=seed,
                            caveats_df=caveats_df, sections=sections)
         files.write_text(html_path, text)
     return {
