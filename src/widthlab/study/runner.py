@@ -391,7 +391,7 @@ def _setup_log(out_dir: Path) -> logging.Handler:
 def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.PathLike, *,
               executor: str = "local", workers: int = 2, address: str | None = None,
               gpus_per_run: float | None = None, progress: bool | None = None, report: bool = True,
-              checkpoint_every: float = 60.0) -> Path:
+              checkpoint_every: float = 60.0, formats: str | list[str] | tuple[str, ...] = ("png", "pdf")) -> Path:
     """Run every unfinished run of a study into `out_dir`, then write its figures and summary.
 
     Safe to kill at any moment: rerunning the same call skips finished runs and resumes partial ones from
@@ -409,6 +409,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         report: write figures and the summary when the runs are finished.
         checkpoint_every: seconds between a run's checkpoints (default 60: a crash redoes at most a minute and
             an epoch of training; 0 writes one after every epoch).
+        formats: figure file formats, "png,pdf" or a sequence of ``png``/``pdf`` (default ("png", "pdf")).
 
     Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d", executor="processes", workers=2)``
     """
@@ -494,7 +495,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
 
                 write_report(results.runs, results.metrics, out_dir, title=cfg.name, config=cfg.model_dump(mode="json"),
                              seed=cfg.seed, snapshots=results.snapshots, history=results.history,
-                             params=parameter_counts(results.runs, import_code=True), notes=notes)
+                             params=parameter_counts(results.runs, import_code=True), notes=notes,
+                             formats=formats)
         finally:
             log.removeHandler(handler)
             handler.close()
