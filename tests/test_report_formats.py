@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import sys
 
 import pandas as pd
 import pytest
@@ -74,7 +77,10 @@ def test_the_deprecated_pdf_flag_still_means_png_only(tmp_path):
     assert {p.suffix for p in tmp_path.iterdir()} == {".png"} and len(paths) == len(list(tmp_path.iterdir()))
 
 
-@pytest.mark.skipif(drawing_workers(2) < 2, reason="figures are drawn by forked workers only on Linux with 2+ CPUs")
+FORKS = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+
+
+@pytest.mark.skipif(not FORKS, reason="figures are drawn by forked workers only on Linux")
 def test_workers_draw_the_same_files_as_one_process(tmp_path, caplog):
     runs, metrics = tables()
     serial = write_figures(runs, metrics, tmp_path / "serial", formats="png", workers=1)
@@ -85,6 +91,20 @@ def test_workers_draw_the_same_files_as_one_process(tmp_path, caplog):
         assert one.read_bytes() == other.read_bytes(), one.name  # Agg renders deterministically
     # A figure without data is reported by the caller's log, not lost in a worker.
     assert "epochs.png not written" in caplog.text
+
+
+@pytest.mark.skipif(not FORKS, reason="figures are drawn by forked workers only on Linux")
+@pytest.mark.parametrize("cpus, load, jobs, expected", [
+    (2, 1.0, 20, 2),    # only this process was busy: both CPUs draw
+    (2, 3.2, 20, 1),    # other jobs keep the CPUs busy: draw here
+    (16, 0.0, 20, 4),   # at most MAX_WORKERS
+    (16, 1.0, 3, 3),    # no more workers than figures
+    (8, 6.5, 20, 2),
+])
+def test_one_worker_per_idle_cpu(monkeypatch, cpus, load, jobs, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert drawing_workers(jobs) == expected
 
 
 def test_counts_given_equal_counts_computed(tmp_path):

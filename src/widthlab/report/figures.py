@@ -768,12 +768,18 @@ def _draw(name: str, build: Callable[[], Figure], out: Path, formats: Sequence[s
 
 
 def drawing_workers(jobs: int) -> int:
-    """How many processes draw `jobs` figures: one per CPU this process may use, at most MAX_WORKERS and `jobs`;
-    1 (draw here) where processes cannot be forked (forking is what makes a worker cheap: it starts with
-    matplotlib and the tables already loaded)."""
+    """How many processes draw `jobs` figures: one per idle CPU this process may use (its CPUs less the 1-minute
+    load average of the others), at most MAX_WORKERS and `jobs`; 1 (draw here) where none is idle or processes
+    cannot be forked (forking is what makes a worker cheap: it starts with matplotlib and the tables loaded).
+
+    Measured on a 2-CPU machine kept busy by other jobs (load 3): two workers took as long as one process and
+    40% more CPU time, so only idle CPUs get a worker. The files are the same whichever number draws them.
+    """
     if sys.platform != "linux" or "fork" not in multiprocessing.get_all_start_methods():
         return 1
-    return max(1, min(jobs, MAX_WORKERS, len(os.sched_getaffinity(0))))
+    cpus = len(os.sched_getaffinity(0))
+    idle = cpus - max(0.0, os.getloadavg()[0] - 1.0)  # this process, busy until now, is part of the load
+    return max(1, min(jobs, MAX_WORKERS, int(idle)))
 
 
 class Drawing:
@@ -848,8 +854,8 @@ def write_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: str | Path
     (snapshot measurements), frivolous (frivolous-unit counts vs width) and params (a params table given). A figure
     without data is skipped with a log message.
 
-    Figures are drawn in parallel by forked worker processes (`drawing_workers`); the files are the same as drawn
-    one by one here.
+    Figures are drawn in parallel by forked worker processes where CPUs are idle (`drawing_workers`); the files are
+    the same as drawn one by one here.
 
     Args:
         runs: the runs table; only status "done" rows count.
@@ -861,7 +867,7 @@ def write_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: str | Path
         params: model/width/params rows for params.png (default None: not drawn).
         formats: file formats, "png,pdf" or a sequence of FORMATS (default ("png", "pdf")); a bad one is a
             WidthlabError naming it.
-        workers: drawing processes (default None: `drawing_workers`; 1 draws in this process).
+        workers: drawing processes (default None: `drawing_workers`, one per idle CPU; 1 draws in this process).
         pdf: deprecated; False is formats=("png",), True is ("png", "pdf").
 
     Example: ``write_figures(res.runs, res.metrics, "study/figures", formats="png")``.

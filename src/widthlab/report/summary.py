@@ -192,7 +192,7 @@ def write_report(
 ) -> dict[str, Any]:
     """Write the whole report: figures/*.png and .pdf, summary.md, verdict.csv, run_level.csv, optionally report.html.
 
-    The figures are drawn by worker processes while the verdict, tables and summary are computed here.
+    The figures are drawn by worker processes (where CPUs are idle) while the verdict and tables are computed here.
 
     Args:
         runs: the runs table (all statuses; only done runs enter figures and verdict).
@@ -209,7 +209,7 @@ def write_report(
         formats: figure file formats, "png,pdf" or a sequence (default ("png", "pdf"); see `figure_formats`);
             summary.md links each figure in the first of them.
         notes: lines added under "What was run" in summary.md (e.g. stored runs left out of this grid).
-        workers: figure-drawing processes (default None: one per CPU, at most 4; 1 draws in this process).
+        workers: figure-drawing processes (default None: one per idle CPU, at most 4; 1 draws in this process).
         pdf: deprecated; False is formats=("png",), True is ("png", "pdf").
 
     Also writes, when they apply: caveats.csv (why a verdict may mean nothing), growth.csv (growth per doubling of
