@@ -1,6 +1,7 @@
 """Smoke mode: any study shrunk to a seconds-long run that exercises every code path of the real one.
 
-Widths 1/4 and 1/2, one replicate, at most 64 training examples and 3 optimiser steps, a short measurement;
+Widths 1/4 and 1/2, one replicate, at most 64 training examples and 3 optimiser steps, a short measurement (3
+levels, 1 sampling, 32 validation and test examples, at most 1,000 rows per layer for redundancy);
 when the study's image data is absent (no CIFAR-10 / ImageNet folder), scikit-learn's bundled digits stand in,
 resized to the model's input size (Inception-v3 needs at least 75×75).
 """
@@ -19,7 +20,11 @@ SMOKE_EXAMPLES = 64
 SMOKE_STEPS = 3
 # Input side of the digits stand-in per model family (default: the model's `input_size` option, else 32).
 SMOKE_IMAGE_SIZE = {"resnet18_imagenet": 64, "inception_v3": 75, "inception_v3_mixed5d": 75}
-SMALL_SPLITS = {"n_train": SMOKE_EXAMPLES, "n_val": SMOKE_EXAMPLES, "n_test": SMOKE_EXAMPLES}
+# Measuring (every test example through every ablated network) and validating cost more than 3 optimiser steps;
+# 32 examples still fill one batch of each and leave a binomial test of accuracy against chance its meaning.
+SMOKE_EVAL_EXAMPLES = 32
+SMOKE_MAX_ROWS = 1_000
+SMALL_SPLITS = {"n_train": SMOKE_EXAMPLES, "n_val": SMOKE_EVAL_EXAMPLES, "n_test": SMOKE_EVAL_EXAMPLES}
 SMOKE_CANDIDATES = 2
 SMOKE_CAVEAT = ("smoke run (2 widths, 1 replicate, 3 optimiser steps on 64 examples): it tests the code, its verdict "
                 "is not meaningful")
@@ -74,7 +79,7 @@ def smoke_config(cfg: StudyConfig) -> StudyConfig:
         train.update(epochs=1, max_steps=SMOKE_STEPS, batch_size=min(train["batch_size"], 16),
                      snapshot_epochs=[1] if train["snapshot_epochs"] else [])
         measure = sections["measure"]
-        measure.update(levels=3, samplings=1, max_rows=min(measure["max_rows"] or 5_000, 5_000))
+        measure.update(levels=3, samplings=1, max_rows=min(measure["max_rows"] or SMOKE_MAX_ROWS, SMOKE_MAX_ROWS))
         variants[variant] = {k: sections[k] for k in RUN_SECTIONS}
     raw = cfg.model_dump(mode="json")
     first = next(iter(variants.values()))
