@@ -1,6 +1,6 @@
 """Smoke mode: any study shrunk to a seconds-long run that exercises every code path of the real one.
 
-Widths 1/4 and 1/2, one replicate, at most 64 training examples and 3 optimiser steps, a short measurement (3
+Widths 1/4 and 1/2, one replicate, at most 64 training examples and 3 optimiser steps of 8, a short measurement (3
 levels, 1 sampling, 32 validation and test examples, at most 1,000 rows per layer for redundancy);
 when the study's image data is absent (no CIFAR-10 / ImageNet folder), scikit-learn's bundled digits stand in,
 resized to the model's input size (Inception-v3 needs at least 75×75).
@@ -18,6 +18,8 @@ from widthlab.study.config import RUN_SECTIONS, StudyConfig, parse_config
 SMOKE_WIDTHS = (0.25, 0.5)
 SMOKE_EXAMPLES = 64
 SMOKE_STEPS = 3
+# 3 steps of 8 examples: a full-size Inception-v3 (the Mixed_5d preset) spends a third of its smoke run training.
+SMOKE_BATCH = 8
 # Input side of the digits stand-in per model family (default: the model's `input_size` option, else 32).
 SMOKE_IMAGE_SIZE = {"resnet18_imagenet": 64, "inception_v3": 75, "inception_v3_mixed5d": 75}
 # Measuring (every test example through every ablated network) and validating cost more than 3 optimiser steps;
@@ -76,7 +78,7 @@ def smoke_config(cfg: StudyConfig) -> StudyConfig:
         sections = {k: v.model_dump(mode="json") for k, v in cfg.variant_sections(variant).items()}
         sections["data"] = _smoke_data(sections["data"], sections["model"], cfg.seed, present, stand_ins)
         train = sections["train"]
-        train.update(epochs=1, max_steps=SMOKE_STEPS, batch_size=min(train["batch_size"], 16),
+        train.update(epochs=1, max_steps=SMOKE_STEPS, batch_size=min(train["batch_size"], SMOKE_BATCH),
                      snapshot_epochs=[1] if train["snapshot_epochs"] else [])
         measure = sections["measure"]
         measure.update(levels=3, samplings=1, max_rows=min(measure["max_rows"] or SMOKE_MAX_ROWS, SMOKE_MAX_ROWS))
