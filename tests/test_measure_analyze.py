@@ -249,3 +249,28 @@ def test_levels_per_perturbation(images):
                                   alone[alone.metric == "unchanged"].reset_index(drop=True))
     with pytest.raises(WidthlabError, match="levels given for \\['mean'\\]"):
         analyze(conv_net(), images, perturbations=("zero",), levels={"mean": [0, 1]})
+
+
+def test_numpy_blas_runs_with_torch_thread_count(images, monkeypatch):
+    # NumPy's OpenBLAS would start a thread per core beside torch's pool; analyze pins it to torch's count.
+    from threadpoolctl import threadpool_info
+
+    import sys
+
+    module = sys.modules["widthlab.measure.redundancy"]  # the package's `redundancy` is the function
+
+    seen = []
+    real = module._pcs
+
+    def spy(cov, energy):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return real(cov, energy)
+
+    monkeypatch.setattr(module, "_pcs", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        analyze(create_model("mlp", 0.25, input_dim=10), torch.randn(64, 10), perturbations=(), samplings=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {1}

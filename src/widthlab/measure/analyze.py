@@ -22,6 +22,7 @@ from widthlab.measure.perturbations import ALL, check_levels, get_perturbation
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
 from widthlab.measure.selectivity import ClassSums, layer_selectivity, token_layers, unit_selectivity
 from widthlab.seeding import numpy_generator
+from widthlab.threads import torch_blas_threads
 
 COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]
 REDUNDANCY_METRICS = ("n_units", "pcs_needed", "compressibility", "similarity", "similarity_live",
@@ -107,6 +108,7 @@ class _LayerMoments:
         return self.moments
 
 
+@torch_blas_threads
 def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = None, *, labels=None,
             perturbations: Sequence[str] = ("zero",),
             levels: Sequence[float] | Mapping[str, Sequence[float]] | None = None, samplings: int = 3,

@@ -21,6 +21,7 @@ from widthlab.measure.inputs import DEFAULT_MASK, Inputs, Output, first_batch, m
 from widthlab.measure.perturbations import LayerSpec, MaskPlan, Perturbation
 from widthlab.measure.redundancy import Moments, abs_r_matrix, census, check_fraction, similar_counts
 from widthlab.measure.selectivity import ClassSums, token_layers, unit_selectivity
+from widthlab.threads import torch_blas_threads
 
 
 def _single_unit(name: str, fill_mean: bool) -> Perturbation:
@@ -91,6 +92,7 @@ def _stream(model, inputs: Inputs, layer: str, classes: ClassSums, unit_axis: in
     return moments
 
 
+@torch_blas_threads
 def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=None, unit_axis: int | None = None,
                output: Output = None, mask: str | int | None = DEFAULT_MASK, batch_size: int = 256, seed: int = 0,
                threshold: float = 0.5, ablations_per_eval: int = 16, path: str = "auto", progress=None,

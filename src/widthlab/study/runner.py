@@ -33,6 +33,7 @@ from widthlab.study.config import (StudyConfig, candidate_labels, load_config, n
                                    resolved_measure)
 from widthlab.study.executors import EXECUTORS, execute
 from widthlab.study.store import STORE_NAME, Store, export_csv, left_out_note, select_runs, study_lock
+from widthlab.threads import blas_threads
 from widthlab.train import TrainConfig, fit
 from widthlab.train.loop import resolve_device
 from widthlab.train.vectorized import MAX_MEMBERS, NotStackable, fit_group, group_key, worth_stacking
@@ -256,6 +257,11 @@ def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epo
         measure: False trains only (the non-zero ranks of a distributed run).
     """
     torch.set_num_threads(specs[0].config["threads"])
+    with blas_threads(specs[0].config["threads"]):
+        return _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, measure)
+
+
+def _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, measure):
     splits = _load_splits(specs[0].config, data_cache)
     built = [_build(spec, splits) for spec in specs]
     models, cfgs, metas = (list(column) for column in zip(*built))
