@@ -88,6 +88,8 @@ def initialize(model: nn.Module, init: str = "glorot_normal", sigma: float | Non
     """
     check_init(init, sigma)
     generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+    if all(p.is_meta for p in model.parameters()):
+        return model  # shapes only (parameter counts, memory checks): nothing to draw; a first draw costs ~2 s
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             init_tensor_(module.weight, init, sigma, generator)
