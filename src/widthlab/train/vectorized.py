@@ -136,6 +136,17 @@ def _resume_states(members: list[_Member]) -> list[dict] | None:
     return states
 
 
+def _stacked_batches(dataset, batch_size: int, seeds: list[int], epoch: int, device):
+    """Each run's training batches of epoch `epoch`, gathered at once: ``(x, y)`` with x the runs' batches
+    concatenated (R·B, …) and y (R, B); run r's rows are those `iterate_batches` gives it (same order stream)."""
+    n = len(dataset.y)
+    orders = torch.stack([torch.randperm(n, generator=torch_generator(seed, "batch-order", epoch)) for seed in seeds])
+    orders = orders.to(dataset.y.device)
+    for start in global_batches(n, batch_size):
+        index = orders[:, start:start + batch_size]
+        yield dataset.x[index.reshape(-1)].to(device, non_blocking=True), dataset.y[index].to(device)
+
+
 @torch.no_grad()
 def _accuracies(stacked: nn.Module, dataset, members: int, cfg: TrainConfig, device, speed) -> torch.Tensor:
     """Top-1 accuracy of every member on `dataset` (evaluation mode), as `accuracy` computes it per run."""
@@ -236,23 +247,21 @@ def fit_group(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig],
             loss_sum = torch.zeros(count, device=device, dtype=torch.float64)
             correct = torch.zeros(count, device=device, dtype=torch.int64)
             seen = 0
-            orders = [iterate_batches(train_set, batch_size, shuffle=True, seed=c.seed, epoch=epoch, device=device)
-                      for c in cfgs]
             augment = [torch_generator(c.seed, "augment", epoch) for c in cfgs]
-            for batches in zip(*orders):
-                xs, ys = [x for x, _ in batches], [y for _, y in batches]
+            for x, ys in _stacked_batches(train_set, batch_size, [c.seed for c in cfgs], epoch, device):
                 if splits.augment is not None:
-                    xs = [_prepare(splits.augment(x, gen), None, False) for x, gen in zip(xs, augment)]
+                    x = torch.cat([_prepare(splits.augment(part, gen), None, False)
+                                   for part, gen in zip(x.chunk(count), augment)])
                 with speed.autocast(device):
-                    scores = stacked(torch.cat(xs))
+                    scores = stacked(x)
                     losses = torch.stack([loss_fn(part.float(), y) for part, y in zip(scores.chunk(count), ys)])
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 optimizer.step()
                 steps += 1
-                loss_sum += losses.detach().double() * len(ys[0])
-                correct += (scores.reshape(count, len(ys[0]), -1).argmax(-1) == torch.stack(ys)).sum(1)
-                seen += len(ys[0])
+                loss_sum += losses.detach().double() * ys.shape[1]
+                correct += (scores.reshape(count, ys.shape[1], -1).argmax(-1) == ys).sum(1)
+                seen += ys.shape[1]
                 if cfg.max_steps is not None and steps >= cfg.max_steps:
                     break
             epoch_loss = (loss_sum / max(seen, 1)).tolist()
