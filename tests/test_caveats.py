@@ -60,6 +60,8 @@ def test_smoke_run_says_its_verdict_is_not_meaningful(tmp_path, capsys):
     # 64 examples and 3 optimiser steps: the runs are at chance, and the report says that too.
     assert "accuracy at chance" in hypothesis
     assert (out / "caveats.csv").is_file() and (out / "selection.csv").is_file()  # mlp-10d selects the lr
+    figures = {path.suffix for path in (out / "figures").iterdir()}
+    assert figures == {".png"}  # a smoke run draws PNG alone unless --formats asks for more
 
 
 def test_random_label_runs_are_not_tested_against_chance():

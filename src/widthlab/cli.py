@@ -19,6 +19,7 @@ from widthlab.errors import WidthlabError
 
 DEFAULT_ROOT = Path("widthlab-runs")
 FORMATS_DEFAULT = "png,pdf"
+SMOKE_FORMATS = "png"
 FORMATS_HELP = "figure file formats, comma-separated: png, pdf (default png,pdf; --html needs png)"
 
 
@@ -30,7 +31,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from widthlab.report.figures import figure_formats
 
-    formats = figure_formats(args.formats)  # a bad value fails now, not after the training
+    # A smoke run tests the code in seconds: PNG alone halves its drawing (matplotlib's PDF backend is not ours).
+    chosen = args.formats if args.formats is not None else SMOKE_FORMATS if args.smoke else FORMATS_DEFAULT
+    formats = figure_formats(chosen)  # a bad value fails now, not after the training
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"train.device={args.device}")
@@ -567,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a seconds-long version: widths 1/4 and 1/2, one replicate, 64 examples, 3 steps, "
                           "digits when the study's image data is absent")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--formats", default=FORMATS_DEFAULT, metavar="LIST", help=FORMATS_HELP)
+    run.add_argument("--formats", metavar="LIST", help=FORMATS_HELP + "; png alone with --smoke")
     run.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
                      help="where runs execute (default: local, one after another)")
     run.add_argument("--workers", type=int, default=2, help="worker processes for --executor processes (default 2)")
