@@ -420,6 +420,10 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d", executor="processes", workers=2)``
     """
     cfg = load_config(config)
+    if report:
+        from widthlab.report.figures import figure_formats
+
+        formats = figure_formats(formats)  # a bad value fails now, not after the training
     if executor not in EXECUTORS:
         raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     check_positive_int("workers", workers)
