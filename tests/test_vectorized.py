@@ -261,3 +261,21 @@ def test_a_group_too_big_for_memory_trains_in_parts(tmp_path, monkeypatch):
     run_study(load_config("mlp-10d", [*overrides, "train.vectorize=off"]), tmp_path / "off", progress=False,
               report=False)
     pd.testing.assert_frame_equal(load_results(tmp_path / "parts").metrics, load_results(tmp_path / "off").metrics)
+
+
+def test_a_run_that_breaks_alone_fails_alone(tmp_path, monkeypatch):
+    from widthlab.study import runner
+
+    real = runner._finish
+
+    def finish(spec, *args):
+        if spec.run_id == "sigma=0.01-w0.25-r1":
+            raise RuntimeError("measurement broke")
+        return real(spec, *args)
+
+    monkeypatch.setattr(runner, "_finish", finish)
+    run_study(load_config("mlp-10d", [*TINY, "grid.select=null", "grid.widths=[0.25]"]), tmp_path, progress=False,
+              report=False)
+    status = load_results(tmp_path).runs.set_index("run_id")["status"]
+    assert status["sigma=0.01-w0.25-r1"] == "failed"
+    assert (status.drop("sigma=0.01-w0.25-r1") == "done").all() and len(status) == 6

@@ -66,7 +66,8 @@ def run_one(spec, checkpoint: str | None, on_epoch=None, cache: dict | None = No
 def run_group(specs, checkpoints: Path, on_epoch=None, cache: dict | None = None,
               checkpoint_every: float = 0.0) -> list[RunResult]:
     """Execute a group of runs (`group_runs`: trained as one stacked model when they can be), one `RunResult`
-    per run; an exception fails every run of the group (a rerun resumes each from its checkpoint)."""
+    per run. A run that breaks alone (its measurement, its own training) fails alone; an exception of the
+    stacked training fails every run of the group (a rerun resumes each from its checkpoint)."""
     from widthlab.study.runner import execute_runs
 
     if len(specs) == 1:
@@ -81,7 +82,17 @@ def run_group(specs, checkpoints: Path, on_epoch=None, cache: dict | None = None
     except Exception as exc:  # a broken group must not sink the study; its traceback goes to the log
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         return [RunResult("failed", error=error) for _ in specs]
-    return [RunResult("ok", outcome, metrics) for outcome, metrics in done]
+    return [_result(item) for item in done]
+
+
+def _result(item) -> RunResult:
+    """A run's `RunResult` from what `execute_runs` handed back: (outcome, metrics) or its exception."""
+    if isinstance(item, WidthlabError):
+        return RunResult("user_error", error=str(item))
+    if isinstance(item, Exception):
+        trace = "".join(traceback.format_exception(item))
+        return RunResult("failed", error=f"{type(item).__name__}: {item}\n{trace}")
+    return RunResult("ok", *item)
 
 
 def gpu_for_worker(worker: int, n_gpus: int, visible: str | None = None) -> str | None:
@@ -138,7 +149,7 @@ def run_local(groups, checkpoints: Path, progress: bool | None, started, every: 
     cache = {} if cache is None else cache
     for group in groups:
         epochs = group[0].config["train"]["epochs"]
-        desc = group[0].run_id if len(group) == 1 else f"{group[0].run_id} + {len(group) - 1} stacked"
+        desc = group[0].run_id if len(group) == 1 else f"{group[0].run_id} (+{len(group) - 1} of its group)"
         bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, position=1, dynamic_ncols=True,
                    disable=None if progress is None else not progress)
 
@@ -192,9 +203,9 @@ def run_processes(groups, checkpoints: Path, workers: int, started, every: float
                     except BrokenProcessPool:
                         if group[0].run_id in retried:
                             yield from ((spec, RunResult("failed", error=WORKER_DIED)) for spec in group)
-                        else:
-                            retried.add(group[0].run_id)
-                            queue.append(group)
+                        else:  # retried run by run: a group too big for memory must not be killed again
+                            retried.update(spec.run_id for spec in group)
+                            queue.extend([spec] for spec in group)
                         continue
                     yield from zip(group, results)
         except BaseException:

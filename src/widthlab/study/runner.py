@@ -36,8 +36,9 @@ from widthlab.study.store import STORE_NAME, Store, export_csv, left_out_note, s
 from widthlab.threads import blas_threads
 from widthlab.train import TrainConfig, fit
 from widthlab.train.loop import resolve_device
+from widthlab.train.stacked import stackable
 from widthlab.train.vectorized import MAX_MEMBERS, NotStackable, fit_group, group_key, worth_stacking
-from widthlab.train.distributed import init_from_env
+from widthlab.train.distributed import distributed_shard, init_from_env
 
 log = logging.getLogger("widthlab")
 FINAL_STATUSES = ("done", "diverged")
@@ -217,6 +218,7 @@ def _build(spec: RunSpec, splits: Splits) -> tuple[torch.nn.Module, TrainConfig,
     # hours of training; checked on the training device (a model may run only there).
     model.to(resolve_device(train_cfg.device))
     check_measurable(model, splits.split(cfg["measure"]["split"]), perturbations=cfg["measure"]["perturbations"])
+    model.to("cpu")  # a group's models wait on the CPU; training moves each to its device
     meta = {"run_id": spec.run_id, "width": spec.width, "replicate": spec.replicate, "model": cfg["model"],
             "num_classes": splits.num_classes, "data": cfg["data"], "study_seed": cfg["study_seed"]}
     return model, train_cfg, meta
@@ -229,9 +231,11 @@ def group_runs(specs: list[RunSpec]) -> list[list[RunSpec]]:
     off`` is a group of its own. Whether a group really trains stacked is decided when it runs (`fit_group`)."""
     groups: dict[str, list[RunSpec]] = {}
     alone = []
+    # Under torchrun every rank trains the runs together, in plan order (`_follow`): one by one.
+    distributed = distributed_shard()[1] > 1
     for spec in specs:
         cfg = spec.config
-        if cfg["train"].get("vectorize", "auto") == "off":
+        if distributed or cfg["train"].get("vectorize", "auto") == "off":
             alone.append([spec])
             continue
         model = {k: v for k, v in cfg["model"].items() if k not in ("init", "sigma")}
@@ -244,10 +248,11 @@ def group_runs(specs: list[RunSpec]) -> list[list[RunSpec]]:
 
 def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epoch=None,
                  checkpoints: list[str | os.PathLike | None] | None = None, checkpoint_every: float = 0.0,
-                 measure: bool = True) -> list[tuple[dict, pd.DataFrame | None]]:
+                 measure: bool = True) -> list[tuple[dict, pd.DataFrame | None] | Exception]:
     """Build, train and measure runs (a group of `group_runs`): trained as one stacked model when they can be
     (`fit_group`), else one by one with `fit`; the numbers are the same either way. One (outcome, metrics) per
-    run; metrics is None when training diverged.
+    run, metrics None when training diverged, or the exception that broke that run alone (the others still
+    count); an exception of the stacked training itself is raised.
 
     Args:
         data_cache: a dict reused across runs of one process so the data set is built once per study.
@@ -258,14 +263,24 @@ def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epo
     """
     torch.set_num_threads(specs[0].config["threads"])
     with blas_threads(specs[0].config["threads"]):
-        return _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, measure)
+        return _execute_runs(specs, data_cache, on_epoch, list(checkpoints or [None] * len(specs)),
+                             checkpoint_every, measure)
 
 
-def _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, measure):
+def _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, measure) -> list:
     splits = _load_splits(specs[0].config, data_cache)
-    built = [_build(spec, splits) for spec in specs]
+    first = _build(specs[0], splits)
+    why = None
+    if len(specs) > 1:
+        why = stackable(first[0]) or worth_stacking(first[0], resolve_device(first[1].device))
+        if why is not None:
+            log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), why)
+    if len(specs) == 1 or why is not None:  # one model at a time: no more memory than a single run
+        return [_guarded(_alone, spec, first if i == 0 else None, splits, checkpoints[i], checkpoint_every, measure,
+                         None if on_epoch is None else functools.partial(on_epoch, i))
+                for i, spec in enumerate(specs)]
+    built = [first, *(_build(spec, splits) for spec in specs[1:])]
     models, cfgs, metas = (list(column) for column in zip(*built))
-    checkpoints = list(checkpoints or [None] * len(specs))
     results = []
     for part in _stackable_parts(specs, models, cfgs):
         chunk = slice(part[0], part[-1] + 1)
@@ -273,25 +288,39 @@ def _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, me
                           on_epoch=None if on_epoch is None else (lambda i, record, first=part[0]:
                                                                   on_epoch(first + i, record)),
                           checkpoint_every=checkpoint_every)
-    return [_finish(spec, model, result, splits, measure) for spec, model, result in zip(specs, models, results)]
+    return [_guarded(_finish, spec, model, result, splits, measure)
+            for spec, model, result in zip(specs, models, results)]
+
+
+def _guarded(step, *args):
+    """`step(*args)`, or the exception it raised: one broken run of a group does not fail the others."""
+    try:
+        return step(*args)
+    except Exception as exc:  # handed back per run; the executor turns it into that run's failure
+        return exc
+
+
+def _alone(spec: RunSpec, built, splits: Splits, checkpoint, checkpoint_every: float, measure: bool, on_epoch):
+    """One run built (unless `built` is its `_build`), trained with `fit` and measured."""
+    model, cfg, meta = built if built is not None else _build(spec, splits)
+    result = fit(model, splits, cfg, on_epoch=on_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                 meta=meta)
+    return _finish(spec, model, result, splits, measure)
 
 
 def _stackable_parts(specs: list[RunSpec], models: list, cfgs: list[TrainConfig]) -> list[range]:
     """`specs` split into consecutive parts whose stacked training fits in memory: the weights, gradients and
     optimiser state of a part take at most half of what the device has free (activations grow with it too)."""
     params = sum(p.numel() * p.element_size() for p in models[0].parameters())
-    free = available_memory(cfgs[0].device)
+    free = available_memory(resolve_device(cfgs[0].device).type)
     size = len(specs) if free is None else max(1, min(len(specs), int(free / 2 // max(params * WEIGHT_COPIES, 1))))
     return [range(i, min(i + size, len(specs))) for i in range(0, len(specs), size)]
 
 
 def _train(specs, models, splits, cfgs, checkpoints, metas, *, on_epoch, checkpoint_every: float) -> list:
-    """`FitResult`s of a part of a group: stacked when it is stackable and worth it, else one by one."""
+    """`FitResult`s of a part of a group: stacked, or one by one when `fit_group` finds it cannot be."""
     results = None
-    slower = worth_stacking(models[0], resolve_device(cfgs[0].device)) if len(specs) > 1 else None
-    if slower is not None:
-        log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), slower)
-    elif len(specs) > 1:
+    if len(specs) > 1:
         try:
             results = fit_group(models, splits, cfgs, on_epoch=on_epoch, checkpoints=checkpoints,
                                 checkpoint_every=checkpoint_every, metas=metas)
@@ -308,9 +337,12 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
                 checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
                 measure: bool = True) -> tuple[dict, pd.DataFrame | None]:
     """Build, train and measure one run (see `execute_runs`). Returns (outcome, metrics)."""
-    return execute_runs([spec], data_cache=data_cache, checkpoints=[checkpoint], checkpoint_every=checkpoint_every,
+    done = execute_runs([spec], data_cache=data_cache, checkpoints=[checkpoint], checkpoint_every=checkpoint_every,
                         on_epoch=None if on_epoch is None else (lambda index, record: on_epoch(record)),
                         measure=measure)[0]
+    if isinstance(done, Exception):
+        raise done
+    return done
 
 
 def _finish(spec: RunSpec, model: torch.nn.Module, result, splits: Splits,

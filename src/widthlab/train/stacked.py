@@ -100,7 +100,12 @@ def stackable(model: nn.Module) -> str | None:
         return "a module is used twice (shared weights)"
     for name, module in modules:
         where = name or "the model itself"
+        hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks)
+        if any(hooks):
+            return f"{where} has hooks"
         if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if {n for n, _ in module.named_parameters(recurse=False)} - {"weight", "bias"}:
+                return f"{where} has parameters besides its weight and bias"
             if type(module) not in (nn.Linear, nn.Conv2d):
                 return f"{where} is a {type(module).__name__} (a subclass may change forward)"
             if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
@@ -112,8 +117,6 @@ def stackable(model: nn.Module) -> str | None:
             return f"{where} draws dropout masks (p={module.p:g})"
         if list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)):
             return f"{where} ({type(module).__name__}) has parameters or buffers that cannot be stacked"
-        if any(hook for hook in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks)):
-            return f"{where} has hooks"
     return None
 
 

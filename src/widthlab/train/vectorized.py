@@ -64,8 +64,8 @@ def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig
     speed = Speed.resolve(cfg, resolve_device(cfg.device), steps=planned_steps(cfg, len(splits.train)))
     if distributed_shard()[1] > 1:
         return "distributed training (torchrun)"
-    if speed.compile or speed.channels_last:
-        return "compiled or channels_last training"
+    if speed.compile:  # channels_last (CUDA's default) is not used stacked: a speed switch, not a number
+        return "compiled training"
     if not (hasattr(splits.train, "x") and hasattr(splits.train, "y")):
         return "the training split is not held in memory"
     why = stackable(models[0])
@@ -189,10 +189,14 @@ def fit_group(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig],
     speed = Speed.resolve(cfg, device, steps=planned_steps(cfg, len(splits.train)))
     for model in models:
         model.to(device)
-    stacked = stack_models(models, grouped=cuda)
     train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
-    probe = next(iterate_batches(train_set, batch_size * count, shuffle=False, device=device))[0]
-    mismatch = check_stacked(stacked, models, probe)
+    # The probe has the inputs' evaluation form (a crop augmentation makes training inputs smaller than stored).
+    probe = next(iterate_batches(splits.split("train"), batch_size * count, shuffle=False, device=device))[0]
+    try:
+        stacked = stack_models(models, grouped=cuda)
+        mismatch = check_stacked(stacked, models, probe)
+    except Exception as exc:  # a model that cannot be copied, or whose stacked forward pass fails
+        raise NotStackable(f"cannot train these runs together: {type(exc).__name__}: {exc}") from exc
     if mismatch is not None:
         raise NotStackable(f"cannot train these runs together: {mismatch}")
     states = _resume_states(members)
