@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from widthlab import load_results, run_study
+from widthlab import WidthlabError, load_results, run_study
 from widthlab.cli import main
 from widthlab.study.config import load_config
 
@@ -70,7 +70,7 @@ def test_same_config_and_seed_give_the_same_numbers(study, tmp_path):
 
 def test_a_changed_grid_in_the_same_directory_is_refused(study):
     before = (study / "config.yaml").read_text()
-    with pytest.raises(Exception, match="different configuration"):
+    with pytest.raises(WidthlabError, match="different configuration"):
         run_study(load_config("mlp-10d", SMALL + ["train.epochs=5"]), study, progress=False)
     assert (study / "config.yaml").read_text() == before  # the refused config did not replace the stored one
 
@@ -185,7 +185,7 @@ def test_a_study_stored_before_a_field_was_added_still_resumes(tmp_path):
     torch.save(state, checkpoint)
     run_study(cfg, tmp_path, progress=False, report=False)
     pd.testing.assert_frame_equal(load_results(tmp_path).metrics, expected)
-    with pytest.raises(Exception, match="different configuration"):  # a real change is still refused
+    with pytest.raises(WidthlabError, match="different configuration"):  # a real change is still refused
         run_study(load_config("mlp-10d", tiny + ["train.lr=0.5"]), tmp_path, progress=False, report=False)
 
 
@@ -207,7 +207,7 @@ def test_a_stored_level_count_for_noise_is_a_different_study(tmp_path):
         old = json.loads(config)
         old["measure"]["levels"] = 3
         db.execute("UPDATE runs SET config = ? WHERE run_id = ?", (json.dumps(old), run_id))
-    with pytest.raises(Exception, match="different configuration"):
+    with pytest.raises(WidthlabError, match="different configuration"):
         run_study(cfg, tmp_path, progress=False, report=False)
     # Spelling out the old meaning (noise levels 0, 0.5, 1) is the same study again.
     spelled_out = load_config("mlp-10d", tiny + ["measure.levels={zero: 3, act_noise: [0, 0.5, 1]}"])

@@ -85,10 +85,27 @@ def test_bad_compile_mode_is_rejected():
         TrainConfig(compile_mode="fastest")
 
 
-def test_data_on_device_gives_the_same_weights(images):
+def test_data_on_device_gives_the_same_weights(images, monkeypatch):
+    from widthlab.train import loop
+
+    moved = []
+    real = loop.on_device
+
+    def spy(dataset, device):
+        out = real(dataset, device)
+        moved.append((dataset, out, device))
+        return out
+
+    monkeypatch.setattr(loop, "on_device", spy)
     plain, _ = train(images)
+    assert moved == []  # `auto` is off on the CPU
     resident, _ = train(images, data_on_device="on")
+    (source, out, device), = moved  # the training split, moved once to the training device
+    assert source is images.train and out is not source and out.x.device == device
+    assert torch.equal(out.x, source.x) and torch.equal(out.y, source.y)
     assert torch.equal(weights(plain), weights(resident))
+    lazy = torch.utils.data.TensorDataset(source.x, source.y)
+    assert real(lazy, device) is lazy  # a data set not held as x/y tensors is left as it is
 
 
 def test_channels_last_is_applied_and_keeps_the_numbers(images):
