@@ -165,6 +165,17 @@ def global_batches(n: int, batch_size: int, world: int = 1) -> range:
     return range(0, end, batch_size)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of `n` training examples in epoch `epoch` of the run seeded `seed` (its own stream)."""
+    return torch.randperm(n, generator=torch_generator(seed, "batch-order", epoch))
+
+
+def planned_steps(cfg: TrainConfig, examples: int, world: int = 1) -> int:
+    """The optimiser steps a run of `examples` training examples takes, with `world` processes."""
+    steps = len(global_batches(examples, cfg.effective_batch_size, world)) * cfg.epochs
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
+
+
 def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                     device: torch.device | None = None, shard: tuple[int, int] = (0, 1),
                     channels_last: bool = False, workers: int = 0,
@@ -176,10 +187,9 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: i
     data set's process decodes only its share. `workers` DataLoader processes decode a lazy data set (ImageNet)
     without changing the batches.
     """
-    gen = torch_generator(seed, "batch-order", epoch)
     in_memory = hasattr(dataset, "x") and hasattr(dataset, "y")
     n = len(dataset.y) if in_memory else len(dataset)
-    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    order = epoch_order(n, seed, epoch) if shuffle else torch.arange(n)
     if in_memory:
         for idx in shares(order.to(dataset.y.device), batch_size, shard):
             yield _prepare(dataset.x[idx], device, channels_last), dataset.y[idx].to(device)
@@ -248,8 +258,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
         raise WidthlabError(f"{shard[1]} processes need at least {shard[1]} examples per batch and in the training "
                             f"split, got batch size {batch_size} and {n_train} examples")
     starts = global_batches(n_train, batch_size, shard[1])
-    planned = len(starts) * cfg.epochs if cfg.max_steps is None else min(len(starts) * cfg.epochs, cfg.max_steps)
-    speed = Speed.resolve(cfg, device, steps=planned)
+    speed = Speed.resolve(cfg, device, steps=planned_steps(cfg, n_train, shard[1]))
     model.to(device)
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from widthlab.data.base import Splits
@@ -29,8 +28,9 @@ from widthlab.seeding import torch_generator
 from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
-from widthlab.train.loop import (FitResult, Speed, _prepare, global_batches, iterate_batches, make_optimizer,
-                                 make_scheduler, on_device, resolve_device, same_config)
+from widthlab.train.loop import (FitResult, Speed, _prepare, epoch_order, global_batches, iterate_batches,
+                                 make_optimizer, make_scheduler, on_device, planned_steps, resolve_device,
+                                 same_config)
 from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
 
 class NotStackable(ValueError):
@@ -44,12 +44,6 @@ MAX_MEMBERS = 32
 def group_key(cfg: TrainConfig) -> str:
     """Runs whose training configs have the same key take the same steps: everything but the seed."""
     return cfg.model_copy(update={"seed": 0}).model_dump_json()
-
-
-def planned_steps(cfg: TrainConfig, examples: int) -> int:
-    """The optimiser steps a run of `examples` training examples takes (one process)."""
-    steps = len(global_batches(examples, cfg.effective_batch_size)) * cfg.epochs
-    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
 
 
 def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig]) -> str | None:
@@ -80,7 +74,7 @@ def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig
 def worth_stacking(model: nn.Module, device: torch.device) -> str | None:
     """None when stacking `model`'s runs pays on `device`, else why they train one by one instead: on the CPU a
     convolution's runs are compute-bound and stacking them is no faster (benchmarks/vectorized_training.py:
-    3 alexnet_cifar 1/4x 0.8-0.9x), while small dense models are bound by per-step overhead (15 MLPs ~9x)."""
+    3 alexnet_cifar 1/4x 0.8x), while small dense models are bound by per-step overhead (15 MLPs 3.7x)."""
     if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return "convolutions train as fast one by one on the CPU"
     return None
@@ -140,7 +134,7 @@ def _stacked_batches(dataset, batch_size: int, seeds: list[int], epoch: int, dev
     """Each run's training batches of epoch `epoch`, gathered at once: ``(x, y)`` with x the runs' batches
     concatenated (R·B, …) and y (R, B); run r's rows are those `iterate_batches` gives it (same order stream)."""
     n = len(dataset.y)
-    orders = torch.stack([torch.randperm(n, generator=torch_generator(seed, "batch-order", epoch)) for seed in seeds])
+    orders = torch.stack([epoch_order(n, seed, epoch) for seed in seeds])
     orders = orders.to(dataset.y.device)
     for start in global_batches(n, batch_size):
         index = orders[:, start:start + batch_size]
