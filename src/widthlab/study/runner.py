@@ -270,26 +270,33 @@ def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epo
 def _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, measure) -> list:
     splits = _load_splits(specs[0].config, data_cache)
     first = _build(specs[0], splits)
+
+    def alone(i: int, built=None):  # run i trained with `fit` and measured; its failure is its own
+        return _guarded(_alone, specs[i], built, splits, checkpoints[i], checkpoint_every, measure,
+                        None if on_epoch is None else functools.partial(on_epoch, i))
+
     why = None
     if len(specs) > 1:
         why = stackable(first[0]) or worth_stacking(first[0], resolve_device(first[1].device))
         if why is not None:
             log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), why)
     if len(specs) == 1 or why is not None:  # one model at a time: no more memory than a single run
-        return [_guarded(_alone, spec, first if i == 0 else None, splits, checkpoints[i], checkpoint_every, measure,
-                         None if on_epoch is None else functools.partial(on_epoch, i))
-                for i, spec in enumerate(specs)]
+        return [alone(i, first if i == 0 else None) for i in range(len(specs))]
     built = [first, *(_build(spec, splits) for spec in specs[1:])]
     models, cfgs, metas = (list(column) for column in zip(*built))
-    results = []
+    done = []
     for part in _stackable_parts(specs, models, cfgs):
         chunk = slice(part[0], part[-1] + 1)
-        results += _train(specs[chunk], models[chunk], splits, cfgs[chunk], checkpoints[chunk], metas[chunk],
-                          on_epoch=None if on_epoch is None else (lambda i, record, first=part[0]:
-                                                                  on_epoch(first + i, record)),
-                          checkpoint_every=checkpoint_every)
-    return [_guarded(_finish, spec, model, result, splits, measure)
-            for spec, model, result in zip(specs, models, results)]
+        results = _fit_stacked(specs[chunk], models[chunk], splits, cfgs[chunk], checkpoints[chunk], metas[chunk],
+                               on_epoch=None if on_epoch is None else (lambda i, record, first=part[0]:
+                                                                       on_epoch(first + i, record)),
+                               checkpoint_every=checkpoint_every)
+        if results is None:
+            done += [alone(i, built[i]) for i in part]
+        else:
+            done += [_guarded(_finish, specs[i], models[i], result, splits, measure)
+                     for i, result in zip(part, results)]
+    return done
 
 
 def _guarded(step, *args):
@@ -317,20 +324,17 @@ def _stackable_parts(specs: list[RunSpec], models: list, cfgs: list[TrainConfig]
     return [range(i, min(i + size, len(specs))) for i in range(0, len(specs), size)]
 
 
-def _train(specs, models, splits, cfgs, checkpoints, metas, *, on_epoch, checkpoint_every: float) -> list:
-    """`FitResult`s of a part of a group: stacked, or one by one when `fit_group` finds it cannot be."""
-    results = None
-    if len(specs) > 1:
-        try:
-            results = fit_group(models, splits, cfgs, on_epoch=on_epoch, checkpoints=checkpoints,
-                                checkpoint_every=checkpoint_every, metas=metas)
-        except NotStackable as exc:  # e.g. dropout, or the runs' checkpoints are at different epochs
-            log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), exc)
-    if results is None:
-        results = [fit(model, splits, cfg, on_epoch=None if on_epoch is None else functools.partial(on_epoch, i),
-                       checkpoint=path, checkpoint_every=checkpoint_every, meta=meta)
-                   for i, (model, cfg, path, meta) in enumerate(zip(models, cfgs, checkpoints, metas))]
-    return results
+def _fit_stacked(specs, models, splits, cfgs, checkpoints, metas, *, on_epoch, checkpoint_every: float):
+    """`FitResult`s of a part of a group trained as one stacked model, or None when it is a single run or
+    `fit_group` finds it cannot be stacked (the caller then trains its runs one by one)."""
+    if len(specs) < 2:
+        return None
+    try:
+        return fit_group(models, splits, cfgs, on_epoch=on_epoch, checkpoints=checkpoints,
+                         checkpoint_every=checkpoint_every, metas=metas)
+    except NotStackable as exc:  # e.g. a forward that mixes examples, or checkpoints at different epochs
+        log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), exc)
+        return None
 
 
 def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,

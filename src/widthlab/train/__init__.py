@@ -5,4 +5,5 @@ from widthlab.train.config import TrainConfig
 from widthlab.train.loop import FitResult, accuracy, fit, make_optimizer, resolve_device
 from widthlab.train.vectorized import NotStackable, fit_group
 
-__all__ = ["FitResult", "NotStackable", "TrainConfig", "accuracy", "fit", "fit_group", "make_optimizer", "resolve_device"]
+__all__ = ["FitResult", "NotStackable", "TrainConfig", "accuracy", "fit", "fit_group", "make_optimizer",
+           "resolve_device"]

@@ -9,8 +9,8 @@ from pydantic import Field, field_validator
 from widthlab.validation import ConfigModel
 
 Optimizer = Literal["momentum", "sgd", "adam", "rmsprop"]
-Switch = Literal["auto", "on", "off"]
-SPEED_ONLY = ("vectorize",)  # fields that change how fast a run trains, not what it computes  # auto: on when training on CUDA, off on the CPU
+Switch = Literal["auto", "on", "off"]  # auto: on when training on CUDA, off on the CPU
+SPEED_ONLY = ("vectorize",)  # fields that change how fast a run trains, not what it computes
 
 
 class TrainConfig(ConfigModel):

@@ -74,7 +74,8 @@ class StackedConv2d(nn.Module):
         super().__init__()
         first = layers[0]
         self.members, self.grouped = len(layers), grouped
-        self.stride, self.padding, self.dilation, self.groups = first.stride, first.padding, first.dilation, first.groups
+        self.stride, self.padding = first.stride, first.padding
+        self.dilation, self.groups = first.dilation, first.groups
         self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
         biases = [layer.bias for layer in layers]
         self.bias = None if biases[0] is None else nn.Parameter(torch.stack([b.detach() for b in biases]))
