@@ -47,46 +47,26 @@ class RunResult:
 _WORKER_CACHE: dict = {}  # one data set per worker process, reused across its runs
 
 
-def run_one(spec, checkpoint: str | None, on_epoch=None, cache: dict | None = None,
-            checkpoint_every: float = 0.0) -> RunResult:
-    """Execute one run, turning every exception into a `RunResult` (exceptions need not cross processes)."""
-    from widthlab.study.runner import execute_run
-
-    try:
-        outcome, metrics = execute_run(spec, data_cache=_WORKER_CACHE if cache is None else cache,
-                                       on_epoch=on_epoch, checkpoint=checkpoint,
-                                       checkpoint_every=checkpoint_every)
-    except WidthlabError as exc:
-        return RunResult("user_error", error=str(exc))
-    except Exception as exc:  # a broken run must not sink the study; its traceback goes to the log
-        return RunResult("failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-    return RunResult("ok", outcome, metrics)
-
-
 def run_group(specs, checkpoints: Path, on_epoch=None, cache: dict | None = None,
               checkpoint_every: float = 0.0) -> list[RunResult]:
     """Execute a group of runs (`group_runs`: trained as one stacked model when they can be), one `RunResult`
-    per run. A run that breaks alone (its measurement, its own training) fails alone; an exception of the
-    stacked training fails every run of the group (a rerun resumes each from its checkpoint)."""
+    per run, every exception turned into one (exceptions need not cross processes). A run that breaks alone
+    (its measurement, its own training) fails alone; an exception of the stacked training, or before any run
+    starts, fails every run of the group (a rerun resumes each from its checkpoint)."""
     from widthlab.study.runner import execute_runs
 
-    if len(specs) == 1:
-        one = None if on_epoch is None else (lambda record: on_epoch(0, record))
-        return [run_one(specs[0], _checkpoint(checkpoints, specs[0]), one, cache, checkpoint_every)]
     try:
         done = execute_runs(specs, data_cache=_WORKER_CACHE if cache is None else cache, on_epoch=on_epoch,
                             checkpoints=[_checkpoint(checkpoints, spec) for spec in specs],
                             checkpoint_every=checkpoint_every)
-    except WidthlabError as exc:
-        return [RunResult("user_error", error=str(exc)) for _ in specs]
     except Exception as exc:  # a broken group must not sink the study; its traceback goes to the log
-        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-        return [RunResult("failed", error=error) for _ in specs]
+        return [_result(exc) for _ in specs]
     return [_result(item) for item in done]
 
 
 def _result(item) -> RunResult:
-    """A run's `RunResult` from what `execute_runs` handed back: (outcome, metrics) or its exception."""
+    """A run's `RunResult` from what `execute_runs` handed back, (outcome, metrics), or from an exception:
+    ``user_error`` for a WidthlabError (a mistake in the config or data), else ``failed`` with its traceback."""
     if isinstance(item, WidthlabError):
         return RunResult("user_error", error=str(item))
     if isinstance(item, Exception):
