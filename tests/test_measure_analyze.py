@@ -13,8 +13,14 @@ from torch.utils.data import TensorDataset
 import widthlab.measure
 from widthlab.errors import WidthlabError
 from widthlab.measure import analyze, capture, default_layers, perturbation_curve, redundancy
-from widthlab.measure.analyze import COLUMNS, NULL_METRICS, REDUNDANCY_METRICS, _draw_rows
-from widthlab.measure.frivolous import PRUNABILITY_METRICS, REDUNDANT_METRICS
+from widthlab.measure.analyze import _draw_rows
+from widthlab.vocab import (
+    ANALYZE_COLUMNS,
+    NULL_METRICS,
+    PRUNABILITY_METRICS,
+    REDUNDANCY_METRICS,
+    REDUNDANT_METRICS,
+)
 from widthlab.measure.perturbations import NOISE_LEVELS, PERTURBATIONS, SHARE_LEVELS
 from widthlab.models import create_model
 
@@ -46,7 +52,7 @@ def test_columns_and_row_counts(images):
     labels = torch.randint(0, 5, (12,), generator=gen(2))
     frame = analyze(conv_net(), images, labels=labels, perturbations=("zero", "mean"), levels=LEVELS, samplings=2,
                     batch_size=5)
-    assert list(frame.columns) == COLUMNS
+    assert list(frame.columns) == list(ANALYZE_COLUMNS)
     assert sorted(frame.layer.unique()) == ["1", "3", "all"]  # ReLU-like modules by default, plus the joint scope
     redundancy_rows = frame[frame.perturbation == ""]
     # two layers, sampling 0 only: the §1 numbers, 50 histogram bins, the 3 similarity-calibration numbers, the

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from widthlab import analyze, create_model, unit_table
 from widthlab.errors import WidthlabError
-from widthlab.measure.analyze import SELECTIVITY_METRICS
+from widthlab.vocab import SELECTIVITY_METRICS
 
 QUICK = {"perturbations": (), "null_rows": None, "samplings": 1}
 

@@ -97,7 +97,7 @@ def test_permutation_null_computes_no_spectrum_and_keeps_its_numbers(eigen_calls
 
 
 def test_the_null_rides_the_clean_pass_with_the_rows_of_its_own_pass(inputs):
-    from widthlab.measure.analyze import NULL_METRICS
+    from widthlab.vocab import NULL_METRICS
     from widthlab.measure.calibration import layer_similarity_null
 
     model = mlp()

@@ -18,21 +18,20 @@ from widthlab.measure.graph import probe
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
                                      select_scores, total_rows)
 from widthlab.measure.layout import unit_axes
-from widthlab.measure.perturbations import ALL, check_levels, get_perturbation
+from widthlab.measure.perturbations import check_levels, get_perturbation
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
 from widthlab.measure.selectivity import ClassSums, layer_selectivity, token_layers, unit_selectivity
 from widthlab.seeding import numpy_generator
 from widthlab.threads import torch_blas_threads
+from widthlab.vocab import (
+    ANALYZE_COLUMNS,
+    HISTOGRAM_METRIC,
+    JOINT_SCOPE,
+    NULL_METRICS,
+    REDUNDANCY_METRICS,
+    SELECTIVITY_METRICS,
+)
 
-COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value"]
-REDUNDANCY_METRICS = ("n_units", "pcs_needed", "compressibility", "similarity", "similarity_live",
-                      "similar_fraction", "silent_fraction", "constant_fraction")
-HISTOGRAM_METRIC = "abs_r_count"
-# Similarity calibration (sampling 0): the permutation null and observed − null on the same sampled rows.
-NULL_METRICS = ("similarity_null", "similar_fraction_null", "similarity_excess")
-# Class selectivity (sampling 0, with labels); the last two only with a training split.
-SELECTIVITY_METRICS = ("selectivity", "selectivity_std", "unselective_fraction", "selectivity_train",
-                       "selectivity_gen")
 
 
 def _draw_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) -> np.ndarray:
@@ -198,9 +197,9 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     resolve_modules(model, names)
 
     records = []
-    scopes = [*names, ALL] if len(names) > 1 else names
+    scopes = [*names, JOINT_SCOPE] if len(names) > 1 else names
     measured = [(perturbation, scope) for perturbation in perturbations for scope in scopes]
-    jobs = [(perturbation, names if scope == ALL else [scope], level_sets[perturbation])
+    jobs = [(perturbation, names if scope == JOINT_SCOPE else [scope], level_sets[perturbation])
             for perturbation, scope in measured]
     options = dict(samplings=samplings, seed=seed, labels=labels, unit_axis=unit_axis, batch_size=batch_size,
                    path=path, ablations_per_eval=ablations_per_eval, skip_zero_inputs=skip_zero_inputs,
@@ -276,7 +275,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             for metric, values in series:
                 records += [(scope, metric, perturbation, float(level), s, float(v))
                             for level, v in zip(curve.levels, values[s])]
-    frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+    frame = pd.DataFrame.from_records(records, columns=list(ANALYZE_COLUMNS))
     frame = frame.astype({"layer": str, "metric": str, "perturbation": str, "level": float, "sampling": int,
                           "value": float})
     return pd.concat([frame, frivolous_rows(frame)], ignore_index=True)  # unit counts, from the rows above

@@ -21,11 +21,9 @@ import numpy as np
 import pandas as pd
 
 from widthlab.errors import WidthlabError
+from widthlab.vocab import PRUNABILITY_METRICS
 
 THETA = 0.8
-PRUNABILITY_METRICS = ("prunability", "prunable_units", "non_prunable_units")
-REDUNDANT_METRICS = ("redundant_units", "non_redundant_units")
-FRIVOLOUS_METRICS = (*PRUNABILITY_METRICS, *REDUNDANT_METRICS)
 # The curve x* is read from: the zero ablation (the reference's "random" ablation of units).
 PRUNING_PERTURBATION = "zero"
 

@@ -47,7 +47,6 @@ from widthlab.errors import WidthlabError
 from widthlab.measure.redundancy import Moments, flat_units
 from widthlab.seeding import torch_generator
 
-ALL = "all"  # the scope that perturbs every analysed layer at once
 SHARE_LEVELS = np.arange(11) / 10  # 0, 0.1, ..., 1.0, each the float nearest its decimal
 NOISE_LEVELS = np.arange(11) / 5  # 0, 0.2, ..., 2.0 standard deviations
 

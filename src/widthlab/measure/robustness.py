@@ -16,7 +16,8 @@ from widthlab.measure.capture import Inputs, default_layers, resolve_modules
 from widthlab.measure.curve import Curve, robustness_auc
 from widthlab.measure.engine import sweep
 from widthlab.measure.inputs import DEFAULT_MASK, Output
-from widthlab.measure.perturbations import ALL, check_levels
+from widthlab.measure.perturbations import check_levels
+from widthlab.vocab import JOINT_SCOPE
 from widthlab.measure.redundancy import Moments
 
 __all__ = ["Curve", "robustness_auc", "perturbation_curve", "ablation_curve", "resolve_scope"]
@@ -26,11 +27,11 @@ def resolve_scope(model: nn.Module, inputs: Inputs, layer: str, layers: Sequence
                   batch_size: int) -> list[str]:
     """The layers perturbed together: ``[layer]``, or the analysed set for ``layer="all"``."""
     if not isinstance(layer, str):
-        raise WidthlabError(f"layer must be a module name or {ALL!r}, got {layer!r}")
-    if layer == ALL:
+        raise WidthlabError(f"layer must be a module name or {JOINT_SCOPE!r}, got {layer!r}")
+    if layer == JOINT_SCOPE:
         names = default_layers(model, inputs, batch_size=batch_size, mask=None) if layers is None else list(layers)
     elif layers is not None:
-        raise WidthlabError(f"layers= names the set of the {ALL!r} scope; got layer={layer!r} with layers={layers!r}")
+        raise WidthlabError(f"layers= names the set of the {JOINT_SCOPE!r} scope; got layer={layer!r} with layers={layers!r}")
     else:
         names = [layer]
     resolve_modules(model, names)

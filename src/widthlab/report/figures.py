@@ -41,7 +41,6 @@ from widthlab import files
 from widthlab.errors import WidthlabError
 from widthlab.measure.perturbations import PERTURBATIONS
 from widthlab.report.verdict import (
-    JOINT_SCOPE,
     RUN_LEVEL_METRICS,
     done_runs,
     epoch_level,
@@ -49,6 +48,7 @@ from widthlab.report.verdict import (
     layer_level,
     run_level,
 )
+from widthlab.vocab import HISTOGRAM_METRIC, JOINT_SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ WIDTH_LABEL = "Model size factor (width)"
 OVERVIEW_METRICS = ("accuracy", "robustness", "compressibility", "similarity")
 LAYERWISE_METRICS = ("robustness", "compressibility", "similarity")
 EPOCH_METRICS = ("robustness", "compressibility", "similarity")
-ABS_R_METRIC = "abs_r_count"
 ABS_R_WIDTHS = (0.25, 1.0, 4.0)
 DPI = 150
 FORMATS = ("png", "pdf")
@@ -512,7 +511,7 @@ def abs_r_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """
     done = done_runs(runs)
     metrics = final_rows(metrics)
-    rows = metrics[metrics["run_id"].isin(done["run_id"]) & (metrics["metric"] == ABS_R_METRIC)
+    rows = metrics[metrics["run_id"].isin(done["run_id"]) & (metrics["metric"] == HISTOGRAM_METRIC)
                    & (metrics["layer"] != JOINT_SCOPE)]
     counts = rows.groupby(["run_id", "layer", "level"], as_index=False, sort=False)["value"].sum()
     totals = counts.groupby(["run_id", "layer"])["value"].transform("sum")

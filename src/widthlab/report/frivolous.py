@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from widthlab.report.verdict import JOINT_SCOPE, done_runs, final_rows
+from widthlab.report.verdict import done_runs, final_rows
+from widthlab.vocab import JOINT_SCOPE
 from widthlab.seeding import numpy_generator
 
 QUANTITIES = ("prunable_units", "non_prunable_units", "redundant_units", "non_redundant_units")

@@ -34,9 +34,11 @@ import pandas as pd
 
 from widthlab.errors import WidthlabError
 from widthlab.seeding import numpy_generator
+from widthlab.vocab import JOINT_SCOPE
 
 RUN_COLUMNS = ("run_id", "variant", "width", "replicate", "status")
-METRIC_COLUMNS = ("run_id", "layer", "metric", "perturbation", "sampling", "value")
+# The columns of the metrics table the verdict reads.
+JUDGED_COLUMNS = ("run_id", "layer", "metric", "perturbation", "sampling", "value")
 # What each run-level quantity is made of: (metric name in `metrics`, its perturbation).
 LAYER_QUANTITIES = {
     "robustness": ("auc", "zero"),
@@ -56,7 +58,6 @@ HYPOTHESIS_METRICS = ("robustness", "compressibility", "similarity")
 CORE_METRICS = ("accuracy", *HYPOTHESIS_METRICS)
 CALIBRATION_METRICS = ("similar_fraction", "similarity_excess")
 CALIBRATION_COLUMNS = ("variant", "survives", "reason")
-JOINT_SCOPE = "all"
 
 
 def _require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
@@ -116,7 +117,7 @@ def layer_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     Example: ``layer_level(runs, metrics).query("metric == 'robustness'")``.
     """
     done = done_runs(runs)
-    _require_columns(metrics, METRIC_COLUMNS, "metrics")
+    _require_columns(metrics, JUDGED_COLUMNS, "metrics")
     long = _per_layer(final_rows(metrics), done, [])
     keys = done[["run_id", "variant", "width", "replicate"]]
     columns = ["run_id", "variant", "width", "replicate", "layer", "metric", "value"]
@@ -181,7 +182,7 @@ def epoch_level(runs: pd.DataFrame, metrics: pd.DataFrame, history: pd.DataFrame
     keys = ["run_id", "variant", "width", "replicate", "epoch"]
     if "epoch" not in metrics.columns or metrics["epoch"].isna().all():
         return pd.DataFrame(columns=[*keys, *LAYER_QUANTITIES])
-    _require_columns(metrics, METRIC_COLUMNS, "metrics")
+    _require_columns(metrics, JUDGED_COLUMNS, "metrics")
     long = _per_layer(metrics[metrics["epoch"].notna()], done, ["epoch"])
     wide = (long.groupby(["run_id", "epoch", "metric"])["value"].mean()
             .unstack("metric").reindex(columns=list(LAYER_QUANTITIES)).reset_index())

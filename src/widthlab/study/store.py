@@ -23,11 +23,10 @@ import pandas as pd
 
 from widthlab import files
 from widthlab.errors import WidthlabError
+from widthlab.vocab import CURVE_METRICS, FRIVOLOUS_METRICS, STORED_METRIC_COLUMNS
 
 STORE_NAME = "widthlab.sqlite"
 LOCK_NAME = ".widthlab.lock"
-METRIC_COLUMNS = ["layer", "metric", "perturbation", "level", "sampling", "value", "epoch"]
-CURVE_METRICS = ("unchanged", "accuracy")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -225,7 +224,7 @@ class Store:
                            [(run_id, rec["epoch"], json.dumps(rec)) for rec in outcome.get("history", [])])
             if metrics is not None and len(metrics):
                 rows = metrics if "epoch" in metrics else metrics.assign(epoch=math.nan)
-                rows = rows[METRIC_COLUMNS]
+                rows = rows[list(STORED_METRIC_COLUMNS)]
                 is_curve = rows["metric"].isin(CURVE_METRICS)
                 for table, part in (("curves", rows[is_curve]), ("metrics", rows[~is_curve])):
                     db.executemany(
@@ -264,7 +263,7 @@ class Store:
 def _with_frivolous(metrics: pd.DataFrame) -> pd.DataFrame:
     """`metrics` plus the frivolous-unit rows of runs stored before widthlab measured them (derived from their
     stored curves and redundancy rows, as `analyze` derives them), so an old study reports them too."""
-    from widthlab.measure.frivolous import FRIVOLOUS_METRICS, frivolous_rows
+    from widthlab.measure.frivolous import frivolous_rows
 
     have = set(metrics.loc[metrics["metric"].isin(FRIVOLOUS_METRICS), "run_id"])
     old = metrics[~metrics["run_id"].isin(have)]
