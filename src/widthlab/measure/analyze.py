@@ -33,7 +33,6 @@ from widthlab.vocab import (
 )
 
 
-
 def _draw_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) -> np.ndarray:
     """Sorted indices of min(max_rows, total) rows drawn uniformly without replacement from (seed, layer, s)."""
     rng = numpy_generator(seed, layer, sampling, "rows")
