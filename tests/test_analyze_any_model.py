@@ -16,7 +16,7 @@ import torch
 
 from widthlab.cli import choose_measurement, estimate_seconds, main
 from widthlab.models import create_model
-from widthlab.study.external import load_model
+from widthlab.external import load_model
 from widthlab.train.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers")

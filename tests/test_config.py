@@ -24,15 +24,15 @@ def test_presets_load_with_the_paper_defaults():
 def test_grid_is_variants_times_widths_times_replicates_with_seed_per_replicate():
     specs = plan_runs(load_config("mlp-10d", ["grid.select=null"]))
     assert len(specs) == 45 and len({s.run_id for s in specs}) == 45
-    sigmas = {s.variant: s.config["model"]["sigma"] for s in specs}
+    sigmas = {s.variant: s.config.model.sigma for s in specs}
     assert sigmas == {"sigma=0.001": 0.001, "sigma=0.01": 0.01, "sigma=0.1": 0.1}
-    assert all(s.config["train"]["seed"] == s.replicate for s in specs)
+    assert all(s.config.train.seed == s.replicate for s in specs)
 
 
 def test_mlp_presets_select_the_learning_rate_per_cell():
     specs = plan_runs(load_config("mlp-10d"))
     assert len(specs) == 45 * 4 and len({s.cell for s in specs}) == 45
-    assert {s.config["train"]["lr"] for s in specs} == {1, 0.1, 0.01, 0.001}
+    assert {s.config.train.lr for s in specs} == {1, 0.1, 0.01, 0.001}
     assert not any(s.measure for s in specs)  # only the chosen candidate is measured
 
 

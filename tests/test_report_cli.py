@@ -10,7 +10,7 @@ import yaml
 from test_report import falling, make_tables, rising
 
 from widthlab.cli import main
-from widthlab.study.runner import parameter_counts
+from widthlab.study.build import parameter_counts
 from widthlab.study.store import Store, load_results
 
 MODEL = {"name": "mlp", "init": "normal", "sigma": 0.01, "input_dim": 10}

@@ -82,7 +82,7 @@ def test_report_imports_user_code_named_by_a_store_only_when_allowed(tmp_path, m
 
     import pandas as pd
 
-    from widthlab.study.runner import parameter_counts
+    from widthlab.study.build import parameter_counts
 
     marker = tmp_path / "imported"
     (tmp_path / "storecode.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"

@@ -11,7 +11,8 @@ from torch import nn
 from widthlab import create_model, load_data
 from widthlab.data.base import ArrayDataset
 from widthlab.study import load_config, load_results, run_study
-from widthlab.study.runner import group_runs, plan_runs
+from widthlab.study.runner import plan_runs
+from widthlab.study.runs import group_runs
 from widthlab.train import TrainConfig, fit
 from widthlab.train.stacked import check_stacked, stack_models, stackable
 from widthlab.train.vectorized import NotStackable, fit_group
@@ -215,23 +216,23 @@ def test_group_runs_packs_replicates_and_init_variants():
     # One group per width and candidate learning rate: 3 σ variants × 2 replicates each.
     assert len(groups) == 2 * 4 and all(len(g) == 6 for g in groups)
     for group in groups:
-        assert len({s.width for s in group}) == 1 and len({s.config["train"]["lr"] for s in group}) == 1
+        assert len({s.width for s in group}) == 1 and len({s.config.train.lr for s in group}) == 1
         assert len({s.variant for s in group}) == 3
     off = group_runs(plan_runs(load_config("mlp-10d", [*TINY, "train.vectorize=off"])))
     assert all(len(g) == 1 for g in off)
 
 
 def test_study_numbers_do_not_depend_on_vectorize(tmp_path, monkeypatch):
-    from widthlab.study import runner
+    from widthlab.study import runs
 
     calls = []
-    real = runner.fit_group
+    real = runs.fit_group
 
     def spy(models, *args, **kwargs):
         calls.append(len(models))
         return real(models, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "fit_group", spy)
+    monkeypatch.setattr(runs, "fit_group", spy)
     overrides = [*TINY, "grid.select=null"]
     run_study(load_config("mlp-10d", overrides), tmp_path / "auto", progress=False, report=False)
     assert calls == [6, 6]  # each width's 3 σ variants × 2 replicates trained as one model
@@ -248,13 +249,13 @@ def test_study_numbers_do_not_depend_on_vectorize(tmp_path, monkeypatch):
 
 
 def test_a_group_too_big_for_memory_trains_in_parts(tmp_path, monkeypatch):
-    from widthlab.study import runner
+    from widthlab.study import runs
 
     calls = []
-    real = runner.fit_group
-    monkeypatch.setattr(runner, "fit_group", lambda models, *a, **k: calls.append(len(models)) or real(models, *a, **k))
-    per_run = sum(p.numel() * 4 for p in create_model("mlp", 0.25, input_dim=10).parameters()) * runner.WEIGHT_COPIES
-    monkeypatch.setattr(runner, "available_memory", lambda device: 2 * 2 * per_run + 1)  # half of it: 2 runs
+    real = runs.fit_group
+    monkeypatch.setattr(runs, "fit_group", lambda models, *a, **k: calls.append(len(models)) or real(models, *a, **k))
+    per_run = sum(p.numel() * 4 for p in create_model("mlp", 0.25, input_dim=10).parameters()) * runs.WEIGHT_COPIES
+    monkeypatch.setattr(runs, "available_memory", lambda device: 2 * 2 * per_run + 1)  # half of it: 2 runs
     overrides = [*TINY, "grid.select=null", "grid.widths=[0.25]"]
     run_study(load_config("mlp-10d", overrides), tmp_path / "parts", progress=False, report=False)
     assert calls == [2, 2, 2]
@@ -264,16 +265,16 @@ def test_a_group_too_big_for_memory_trains_in_parts(tmp_path, monkeypatch):
 
 
 def test_a_run_that_breaks_alone_fails_alone(tmp_path, monkeypatch):
-    from widthlab.study import runner
+    from widthlab.study import runs
 
-    real = runner._finish
+    real = runs._finish
 
     def finish(spec, *args):
         if spec.run_id == "sigma=0.01-w0.25-r1":
             raise RuntimeError("measurement broke")
         return real(spec, *args)
 
-    monkeypatch.setattr(runner, "_finish", finish)
+    monkeypatch.setattr(runs, "_finish", finish)
     run_study(load_config("mlp-10d", [*TINY, "grid.select=null", "grid.widths=[0.25]"]), tmp_path, progress=False,
               report=False)
     status = load_results(tmp_path).runs.set_index("run_id")["status"]

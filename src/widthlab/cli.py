@@ -251,7 +251,7 @@ def _layer_list(units: dict[str, int]) -> str:
 
 def _analyze_inputs(args: argparse.Namespace, max_length: int):
     """``(label, inputs)``: the inputs `--data` names, or the data set of the study whose checkpoint is analysed."""
-    from widthlab.study.external import load_inputs, study_data
+    from widthlab.external import load_inputs, study_data
 
     options = _parse_options(args.data_opt, "--data-opt")
     if args.data is not None:
@@ -296,7 +296,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.measure.inputs import count_examples, first_batch, known_examples
     from widthlab.measure.perturbations import evenly_spaced_levels, get_perturbation
     from widthlab.report.analysis import layer_table, write_layer_figures
-    from widthlab.study.external import first_examples, load_model, trial_run
+    from widthlab.external import first_examples, load_model, trial_run
 
     flags = _analyze_flags(args)
     perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
@@ -459,7 +459,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     from widthlab.report import combine_frames, write_report
     from widthlab.report.figures import figure_formats
-    from widthlab.study.runner import parameter_counts
+    from widthlab.study.build import parameter_counts
 
     formats = figure_formats(args.formats)
     from widthlab.study.store import left_out_note, load_results, select_runs, study_lock

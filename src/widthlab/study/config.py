@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +28,7 @@ from widthlab.measure.perturbations import (
     check_levels,
     evenly_spaced_levels,
 )
+from widthlab.study.yaml_io import apply_overrides, read_yaml
 from widthlab.train.config import TrainConfig
 from widthlab.validation import ConfigModel
 
@@ -376,31 +376,73 @@ class StudyConfig(_Strict):
         return self
 
 
-def resolved_measure(spec: MeasureSpec) -> dict:
-    """The measure section as a run stores it: levels spelled out per perturbation, so that what a run measured
-    never depends on how a later version reads a count."""
-    return {**spec.model_dump(mode="json"), "levels": spec.level_sets()}
+class Selection(_Strict):
+    """A selection candidate's place in its grid cell: the cell, the candidate's name, its dotted overrides."""
+
+    cell: str
+    candidate: str
+    overrides: dict[str, Any]
 
 
-def normalized_run_config(config: dict) -> dict | None:
-    """A run's config (as `plan_runs` makes and the store keeps it) with this version's defaults filled into
-    its train and measure sections; None when it no longer validates or no longer means the same. Rerunning a
-    study after an upgrade that added a field therefore does not count as a changed study.
+class RunConfig(_Strict):
+    """Everything one run builds, trains and measures, resolved from a `StudyConfig` by `plan_runs`: a run is a
+    pure function of it. The store keeps it as `stored()` (JSON) and reads it back with `from_stored`.
 
-    Earlier versions stored `levels` as given, and a count n then meant shares 0 … 1 for every perturbation; it
-    is read that way here, so a stored study with a noise perturbation (now 0 … 2σ for a count) matches an
-    explicit list of its old levels and not a count.
+    `measure.levels` is spelled out per perturbation (`resolve_levels`), so what a run measured never depends on
+    how a later version reads a count; `train.seed` is the replicate.
     """
-    try:
-        measure = dict(config["measure"])
-        count = measure.get("levels")
-        if isinstance(count, int) and not isinstance(count, bool):
-            old = evenly_spaced_levels(count, "zero").tolist()  # shares 0 … 1
-            measure["levels"] = dict.fromkeys(measure["perturbations"], old)
-        return {**config, "train": TrainConfig(**config["train"]).identity(),
-                "measure": resolved_measure(MeasureSpec(**measure))}
-    except (ValidationError, WidthlabError, KeyError, TypeError, AttributeError):
-        return None
+
+    study_seed: int
+    threads: int = Field(ge=1)
+    width: float
+    replicate: int = Field(ge=0)
+    data: DataSpec
+    model: ModelSpec
+    train: TrainConfig
+    measure: MeasureSpec
+    select: Selection | None = None  # with grid.select: the candidate this run is
+
+    def stored(self) -> dict:
+        """The JSON-ready mapping the store keeps (``select`` only for a selection candidate)."""
+        out = self.model_dump(mode="json")
+        if self.select is None:
+            del out["select"]
+        return out
+
+    def identity(self) -> dict:
+        """What makes two runs the same: `stored()` without the speed switches (`TrainConfig.identity`)."""
+        return {**self.stored(), "train": self.train.identity()}
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> RunConfig | None:
+        """A stored run config read with this version's defaults filled in; None when it no longer validates or
+        no longer means the same. Rerunning a study after an upgrade that added a field therefore does not count
+        as a changed study.
+
+        Earlier versions stored `levels` as given, and a count n then meant shares 0 … 1 for every perturbation;
+        it is read that way here, so a stored study with a noise perturbation (now 0 … 2σ for a count) matches an
+        explicit list of its old levels and not a count.
+        """
+        try:
+            measure = dict(stored["measure"])
+            count = measure.get("levels")
+            if isinstance(count, int) and not isinstance(count, bool):
+                old = evenly_spaced_levels(count, "zero").tolist()  # shares 0 … 1
+                measure["levels"] = dict.fromkeys(measure["perturbations"], old)
+            return cls(**{**stored, "measure": resolve_levels(MeasureSpec(**measure))})
+        except (ValidationError, WidthlabError, KeyError, TypeError, AttributeError):
+            return None
+
+
+def resolve_levels(spec: MeasureSpec) -> MeasureSpec:
+    """`spec` with its levels spelled out per perturbation (`MeasureSpec.level_sets`)."""
+    return MeasureSpec(**{**spec.model_dump(), "levels": spec.level_sets()})
+
+
+def run_identity(stored: dict) -> dict | None:
+    """`RunConfig.identity` of a stored run config, None when it no longer reads (the store's comparison)."""
+    config = RunConfig.from_stored(stored)
+    return None if config is None else config.identity()
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -424,28 +466,6 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {msg}{shown}" if loc else msg
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a raw config mapping."""
-    out = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise WidthlabError(f"--set expects key=value, got {item!r}")
-        try:
-            value = safe_load(text)
-        except yaml.YAMLError as exc:
-            raise WidthlabError(f"--set {item!r}: value is not valid YAML ({yaml_problem(exc)})") from None
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise WidthlabError(f"--set {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
 def parse_config(raw: Any, source: str = "config") -> StudyConfig:
     """Validate a raw mapping into a `StudyConfig`, turning the first validation error into one line."""
     if not isinstance(raw, dict):
@@ -456,44 +476,6 @@ def parse_config(raw: Any, source: str = "config") -> StudyConfig:
         raise WidthlabError(f"{source}: {_first_error(exc)}") from None
     except TypeError as exc:
         raise WidthlabError(f"{source}: {exc}") from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``safe_load`` that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def safe_load(text: str) -> Any:
-    """`yaml.safe_load` (no tags, no code) that refuses duplicate keys."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error as one line: what is wrong and where."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{getattr(exc, 'problem', None) or exc}{where}"
-
-
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with `safe_load` (no tags, no code, no duplicate keys)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WidthlabError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise WidthlabError(f"config file {str(path)!r} is not valid YAML: {yaml_problem(exc)}") from None
-    return raw if raw is not None else {}
 
 
 def load_config(spec: str | Path | dict | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:

@@ -29,8 +29,16 @@ import pandas as pd
 
 from widthlab.errors import WidthlabError
 from widthlab.files import file_name
+from widthlab.study.runs import execute_runs, group_runs
 
 EXECUTORS = ("local", "processes", "ray")
+
+
+def check_executor(name: str) -> str:
+    """`name` if it is an executor (`EXECUTORS`), else one error naming it and the valid ones."""
+    if name not in EXECUTORS:
+        raise WidthlabError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}")
+    return name
 
 
 @dataclass
@@ -53,8 +61,6 @@ def run_group(specs, checkpoints: Path, on_epoch=None, cache: dict | None = None
     per run, every exception turned into one (exceptions need not cross processes). A run that breaks alone
     (its measurement, its own training) fails alone; an exception of the stacked training, or before any run
     starts, fails every run of the group (a rerun resumes each from its checkpoint)."""
-    from widthlab.study.runner import execute_runs
-
     try:
         done = execute_runs(specs, data_cache=_WORKER_CACHE if cache is None else cache, on_epoch=on_epoch,
                             checkpoints=[_checkpoint(checkpoints, spec) for spec in specs],
@@ -128,7 +134,7 @@ def run_local(groups, checkpoints: Path, progress: bool | None, started, every: 
 
     cache = {} if cache is None else cache
     for group in groups:
-        epochs = group[0].config["train"]["epochs"]
+        epochs = group[0].config.train.epochs
         desc = group[0].run_id if len(group) == 1 else f"{group[0].run_id} (+{len(group) - 1} of its group)"
         bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, position=1, dynamic_ncols=True,
                    disable=None if progress is None else not progress)
@@ -245,7 +251,7 @@ def run_ray(groups, checkpoints: Path, address: str | None, gpus_per_run: float,
     refs: dict = {}
     try:
         for group in groups:
-            options = remote.options(num_cpus=group[0].config["threads"], num_gpus=gpus_per_run)
+            options = remote.options(num_cpus=group[0].config.threads, num_gpus=gpus_per_run)
             refs[options.remote(group, checkpoints, checkpoint_every=every)] = group
             for spec in group:
                 started(spec)
@@ -267,14 +273,11 @@ def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, addres
     a run starts (local) or is handed to the pool or cluster (processes, ray); runs write a checkpoint at most
     every `checkpoint_every` seconds (and after their last epoch). `data_cache` holds data sets the driver has
     loaded already; the local executor reuses them. Runs that can train as one stacked model are packed into
-    groups first (`widthlab.study.runner.group_runs`); each group is one unit of work."""
-    from widthlab.study.runner import group_runs
-
+    groups first (`widthlab.study.runs.group_runs`); each group is one unit of work."""
+    check_executor(executor)
     groups = group_runs(list(specs))
     if executor == "local":
         return run_local(groups, checkpoints, progress, started, checkpoint_every, data_cache)
     if executor == "processes":
         return run_processes(groups, checkpoints, workers, started, checkpoint_every)
-    if executor == "ray":
-        return run_ray(groups, checkpoints, address, gpus_per_run, started, checkpoint_every)
-    raise WidthlabError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    return run_ray(groups, checkpoints, address, gpus_per_run, started, checkpoint_every)

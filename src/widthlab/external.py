@@ -36,8 +36,8 @@ from widthlab.data import load_data
 from widthlab.data.base import ArrayDataset
 from widthlab.errors import WidthlabError, first_line
 from widthlab.measure.inputs import DEFAULT_MASK, first_batch
-from widthlab.models import create_model
 from widthlab.models.registry import call_user, resolve_callable
+from widthlab.study.build import build_model
 from widthlab.train.checkpoint import load_checkpoint, trained_weights
 
 HUBS = ("torchvision", "timm")
@@ -84,9 +84,7 @@ def _from_checkpoint(path: Path) -> nn.Module:
     meta = state.get("meta") or {}
     if "model" not in meta or "width" not in meta:
         raise WidthlabError(f"checkpoint {str(path)!r} does not say how to rebuild its model (no meta.model)")
-    spec = dict(meta["model"])
-    name, init, sigma = spec.pop("name"), spec.pop("init", "glorot_normal"), spec.pop("sigma", None)
-    model = create_model(name, meta["width"], init=init, sigma=sigma, num_classes=meta.get("num_classes"), **spec)
+    model = build_model(meta["model"], meta["width"], num_classes=meta.get("num_classes"))
     model.load_state_dict(trained_weights(state))
     return model.eval()
 

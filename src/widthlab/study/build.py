@@ -1,0 +1,90 @@
+"""A model from its stored spec: the one place a study's run, its preflight, its parameter counts and
+`widthlab analyze` of a checkpoint turn a model section back into an `nn.Module`.
+
+A stored spec is data, not code: a ``module:function`` model it names is imported only with ``import_code``
+(the user's own config, or ``--allow-code``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from widthlab.errors import WidthlabError
+from widthlab.models import create_model
+from widthlab.study.config import ModelSpec
+
+log = logging.getLogger("widthlab")
+
+
+def model_spec(spec: ModelSpec | Mapping[str, Any]) -> ModelSpec:
+    """`spec` as a validated `ModelSpec` (a stored mapping such as a checkpoint's ``meta["model"]``)."""
+    return spec if isinstance(spec, ModelSpec) else ModelSpec(**spec)
+
+
+def build_model(spec: ModelSpec | Mapping[str, Any], width: float, *, num_classes: int | None = None,
+                seed: int | None = None, device: str | torch.device | None = None,
+                import_code: bool = True) -> nn.Module:
+    """The model `spec` names at `width`, initialised as it says (with `seed`, its own draws).
+
+    Args:
+        spec: a model section (`ModelSpec`, or the mapping a store or checkpoint keeps).
+        num_classes: the readout's size (None: the family's default).
+        device: build under this device context; ``"meta"`` gives shapes without storage (a 4x Inception-v3
+            costs no memory), and skips the initialisation.
+        import_code: False refuses a ``module:function`` model (a store or a checkpoint names it).
+
+    Example: ``build_model({"name": "mlp", "input_dim": 10}, 2.0, device="meta")``
+    """
+    spec = model_spec(spec)
+    if ":" in spec.name and not import_code:
+        raise WidthlabError(f"the model {spec.name!r} is a module:function named by stored data, which widthlab "
+                            "does not import; allow it with --allow-code")
+    options = dict(init=spec.init, sigma=spec.sigma, num_classes=num_classes, seed=seed, **spec.options)
+    if device is None:
+        return create_model(spec.name, width, **options)
+    with torch.device(device):
+        return create_model(spec.name, width, **options)
+
+
+def parameter_count(model: nn.Module, *, trainable: bool = False) -> int:
+    """The number of parameters of `model` (with `trainable`, only those that require a gradient)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
+
+def parameter_counts(runs: pd.DataFrame, *, import_code: bool = False) -> pd.DataFrame | None:
+    """Trainable parameters per model and width (paper Figure A1), built on the meta device from each variant's
+    stored model config; None (the figure is skipped) when a model cannot be built there.
+
+    The readout has the model's default number of classes: the data set is not loaded just to count it. A store
+    is data, not code: a ``module:function`` model named in it is imported only with `import_code` (the user's
+    own config, or ``widthlab report --allow-code``); otherwise the figure is skipped.
+    """
+    rows = []
+    for (variant, width), group in runs.groupby(["variant", "width"], sort=False):
+        spec = model_spec(json.loads(group["config"].iloc[0])["model"])
+        name = spec.name
+        if ":" in name and not import_code:
+            log.warning("parameter counts skipped: the store names user code %r, which is imported only with "
+                        "--allow-code", name)
+            return None
+        try:
+            model = build_model(spec, float(width), device="meta")
+        except Exception as exc:  # a user's model may not build without data or on meta; the figure is optional
+            log.info("parameter counts skipped: %s cannot be built on meta: %s", name, exc)
+            return None
+        rows.append(dict(variant=variant, name=name, width=float(width),
+                         params=parameter_count(model, trainable=True)))
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    # One line per model, unless variants change its architecture: then one per variant.
+    per_variant = frame.groupby(["name", "width"])["params"].nunique().gt(1).any()
+    frame["model"] = frame["name"] + (" (" + frame["variant"].astype(str) + ")" if per_variant else "")
+    return frame[["model", "width", "params"]].drop_duplicates()

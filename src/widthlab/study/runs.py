@@ -1,0 +1,272 @@
+"""One run, or a group of runs, built, trained and measured: the work every executor does.
+
+A run is a pure function of its `RunConfig` (`execute_runs`); only the driver (`widthlab.study.runner`) writes
+the store, so any executor can compute runs anywhere and hand the results back.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from widthlab.data import load_data
+from widthlab.data.base import ArrayDataset, Splits
+from widthlab.measure import analyze, check_measurable
+from widthlab.study.build import build_model
+from widthlab.study.config import RunConfig
+from widthlab.threads import blas_threads
+from widthlab.train import TrainConfig, fit
+from widthlab.train.distributed import distributed_shard
+from widthlab.train.loop import resolve_device
+from widthlab.train.stacked import stackable
+from widthlab.train.vectorized import MAX_MEMBERS, NotStackable, fit_group, group_key, worth_stacking
+
+log = logging.getLogger("widthlab")
+FINAL_STATUSES = ("done", "diverged")
+TRAINED = "trained"  # a selection candidate trained but not measured (it was not, or not yet, chosen)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One grid cell: a variant at a width and replicate, with its fully resolved config."""
+
+    run_id: str
+    variant: str
+    width: float
+    replicate: int
+    config: RunConfig
+    cell: str | None = None  # with grid.select: the grid cell this candidate competes in
+    candidate: str | None = None  # with grid.select: the candidate's name (``lr=0.1``)
+    measure: bool = True  # False: train only, the run ends "trained" (a candidate not yet chosen)
+
+
+def load_splits(config: RunConfig, cache: dict | None) -> Splits:
+    """The run's data set, from `cache` when the previous run of this process loaded the same one."""
+    key = json.dumps([config.study_seed, config.data.model_dump(mode="json")], sort_keys=True)
+    if cache is not None and key in cache:
+        return cache[key]
+    splits = load_data(config.data.name, root=config.data.root, seed=config.study_seed, **config.data.options)
+    if cache is not None:
+        cache.clear()  # one data set at a time: a 10,000-d synthetic set is 120 MB
+        cache[key] = splits
+    return splits
+
+
+# Training holds about this many copies of the weights: the weights, gradients, optimiser state, best-epoch copy.
+WEIGHT_COPIES = 4
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for a run on `device` (CUDA: the GPU's free memory; else the machine's available RAM)."""
+    if device == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# Selectivity's class of largest mean (k*) is taken on at most this many training examples (one extra pass).
+SELECTIVITY_EXAMPLES = 10_000
+
+
+def selectivity_examples(train, seed: int):
+    """The training examples selectivity takes k* from: all of them, or `SELECTIVITY_EXAMPLES` drawn without
+    replacement (seeded by the study seed, so every run of a study uses the same ones). `train` is the training
+    split as it is evaluated (`Splits.split("train")`: centre crops, not the augmented training inputs)."""
+    n = len(train)
+    if n <= SELECTIVITY_EXAMPLES:
+        return train
+    generator = torch.Generator().manual_seed(int(seed))
+    index = torch.randperm(n, generator=generator)[:SELECTIVITY_EXAMPLES].sort().values
+    if isinstance(train, ArrayDataset):
+        return ArrayDataset(train.x[index], train.y[index])
+    return torch.utils.data.Subset(train, index.tolist())
+
+
+def _build(spec: RunSpec, splits: Splits) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """The run's model (checked measurable on its training device), training config and checkpoint metadata."""
+    cfg = spec.config
+    model = build_model(cfg.model, spec.width, num_classes=splits.num_classes, seed=spec.replicate)
+    train_cfg = cfg.train
+    # A layer the measurement would refuse (e.g. weight noise on a residual sum) stops the study now, not after
+    # hours of training; checked on the training device (a model may run only there).
+    model.to(resolve_device(train_cfg.device))
+    check_measurable(model, splits.split(cfg.measure.split), perturbations=cfg.measure.perturbations)
+    model.to("cpu")  # a group's models wait on the CPU; training moves each to its device
+    stored = cfg.stored()
+    meta = {"run_id": spec.run_id, "width": spec.width, "replicate": spec.replicate, "model": stored["model"],
+            "num_classes": splits.num_classes, "data": stored["data"], "study_seed": cfg.study_seed}
+    return model, train_cfg, meta
+
+
+def group_runs(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """`specs` packed into groups that may train as one stacked model (`widthlab.train.vectorized`): runs of one
+    data set, architecture and width whose configs differ only in the seed and initial weights (replicates,
+    initialisation variants), at most `MAX_MEMBERS` per group, in plan order. A run with ``train.vectorize:
+    off`` is a group of its own. Whether a group really trains stacked is decided when it runs (`fit_group`)."""
+    groups: dict[str, list[RunSpec]] = {}
+    alone = []
+    # Under torchrun every rank trains the runs together, in plan order (`_follow`): one by one.
+    distributed = distributed_shard()[1] > 1
+    for spec in specs:
+        cfg = spec.config
+        if distributed or cfg.train.vectorize == "off":
+            alone.append([spec])
+            continue
+        stored = cfg.stored()
+        model = {k: v for k, v in stored["model"].items() if k not in ("init", "sigma")}
+        key = json.dumps([cfg.study_seed, cfg.threads, stored["data"], model, spec.width, group_key(cfg.train)],
+                         sort_keys=True)
+        groups.setdefault(key, []).append(spec)
+    packed = [members[i:i + MAX_MEMBERS] for members in groups.values() for i in range(0, len(members), MAX_MEMBERS)]
+    return sorted(packed + alone, key=lambda group: specs.index(group[0]))
+
+
+def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epoch=None,
+                 checkpoints: list[str | os.PathLike | None] | None = None, checkpoint_every: float = 0.0,
+                 measure: bool = True) -> list[tuple[dict, pd.DataFrame | None] | Exception]:
+    """Build, train and measure runs (a group of `group_runs`): trained as one stacked model when they can be
+    (`fit_group`), else one by one with `fit`; the numbers are the same either way. One (outcome, metrics) per
+    run, metrics None when training diverged, or the exception that broke that run alone (the others still
+    count); an exception of the stacked training itself is raised.
+
+    Args:
+        data_cache: a dict reused across runs of one process so the data set is built once per study.
+        on_epoch: ``on_epoch(index, record)`` after each epoch of run ``specs[index]`` (progress reporting).
+        checkpoints: each run's checkpoint file; training resumes from it when it exists.
+        checkpoint_every: seconds between checkpoints (see `fit`; default 0: every epoch).
+        measure: False trains only (the non-zero ranks of a distributed run).
+    """
+    torch.set_num_threads(specs[0].config.threads)
+    with blas_threads(specs[0].config.threads):
+        return _execute_runs(specs, data_cache, on_epoch, list(checkpoints or [None] * len(specs)),
+                             checkpoint_every, measure)
+
+
+def _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, measure) -> list:
+    splits = load_splits(specs[0].config, data_cache)
+    first = _build(specs[0], splits)
+
+    def alone(i: int, built=None):  # run i trained with `fit` and measured; its failure is its own
+        return _guarded(_alone, specs[i], built, splits, checkpoints[i], checkpoint_every, measure,
+                        None if on_epoch is None else functools.partial(on_epoch, i))
+
+    why = None
+    if len(specs) > 1:
+        why = stackable(first[0]) or worth_stacking(first[0], resolve_device(first[1].device))
+        if why is not None:
+            log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), why)
+    if len(specs) == 1 or why is not None:  # one model at a time: no more memory than a single run
+        return [alone(i, first if i == 0 else None) for i in range(len(specs))]
+    built = [first, *(_build(spec, splits) for spec in specs[1:])]
+    models, cfgs, metas = (list(column) for column in zip(*built))
+    done = []
+    for part in _stackable_parts(specs, models, cfgs):
+        chunk = slice(part[0], part[-1] + 1)
+        results = _fit_stacked(specs[chunk], models[chunk], splits, cfgs[chunk], checkpoints[chunk], metas[chunk],
+                               on_epoch=None if on_epoch is None else (lambda i, record, first=part[0]:
+                                                                       on_epoch(first + i, record)),
+                               checkpoint_every=checkpoint_every)
+        if results is None:
+            done += [alone(i, built[i]) for i in part]
+        else:
+            done += [_guarded(_finish, specs[i], models[i], result, splits, measure)
+                     for i, result in zip(part, results)]
+    return done
+
+
+def _guarded(step, *args):
+    """`step(*args)`, or the exception it raised: one broken run of a group does not fail the others."""
+    try:
+        return step(*args)
+    except Exception as exc:  # handed back per run; the executor turns it into that run's failure
+        return exc
+
+
+def _alone(spec: RunSpec, built, splits: Splits, checkpoint, checkpoint_every: float, measure: bool, on_epoch):
+    """One run built (unless `built` is its `_build`), trained with `fit` and measured."""
+    model, cfg, meta = built if built is not None else _build(spec, splits)
+    result = fit(model, splits, cfg, on_epoch=on_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                 meta=meta)
+    return _finish(spec, model, result, splits, measure)
+
+
+def _stackable_parts(specs: list[RunSpec], models: list, cfgs: list[TrainConfig]) -> list[range]:
+    """`specs` split into consecutive parts whose stacked training fits in memory: the weights, gradients and
+    optimiser state of a part take at most half of what the device has free (activations grow with it too)."""
+    params = sum(p.numel() * p.element_size() for p in models[0].parameters())
+    free = available_memory(resolve_device(cfgs[0].device).type)
+    size = len(specs) if free is None else max(1, min(len(specs), int(free / 2 // max(params * WEIGHT_COPIES, 1))))
+    return [range(i, min(i + size, len(specs))) for i in range(0, len(specs), size)]
+
+
+def _fit_stacked(specs, models, splits, cfgs, checkpoints, metas, *, on_epoch, checkpoint_every: float):
+    """`FitResult`s of a part of a group trained as one stacked model, or None when it is a single run or
+    `fit_group` finds it cannot be stacked (the caller then trains its runs one by one)."""
+    if len(specs) < 2:
+        return None
+    try:
+        return fit_group(models, splits, cfgs, on_epoch=on_epoch, checkpoints=checkpoints,
+                         checkpoint_every=checkpoint_every, metas=metas)
+    except NotStackable as exc:  # e.g. a forward that mixes examples, or checkpoints at different epochs
+        log.info("runs %s train one by one: %s", ", ".join(s.run_id for s in specs), exc)
+        return None
+
+
+def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
+                checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
+                measure: bool = True) -> tuple[dict, pd.DataFrame | None]:
+    """Build, train and measure one run (see `execute_runs`). Returns (outcome, metrics)."""
+    done = execute_runs([spec], data_cache=data_cache, checkpoints=[checkpoint], checkpoint_every=checkpoint_every,
+                        on_epoch=None if on_epoch is None else (lambda index, record: on_epoch(record)),
+                        measure=measure)[0]
+    if isinstance(done, Exception):
+        raise done
+    return done
+
+
+def _finish(spec: RunSpec, model: torch.nn.Module, result, splits: Splits,
+            measure: bool) -> tuple[dict, pd.DataFrame | None]:
+    """A trained run's outcome, and its measurement (snapshots first, then the trained weights)."""
+    cfg = spec.config
+    outcome = {"status": result.status, "seconds": result.seconds, "train_acc": result.train_acc,
+               "val_acc": result.val_acc, "test_acc": result.test_acc, "epochs": len(result.history),
+               "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history,
+               "resumed_from": result.resumed_from}
+    outcome["test_examples"], outcome["num_classes"] = len(splits.test), splits.num_classes
+    if result.status != "done" or not measure:
+        return outcome, None
+    if not spec.measure:  # a selection candidate: measured only if it is chosen
+        outcome["status"] = TRAINED
+        return outcome, None
+    plan = cfg.measure  # its levels spelled out per perturbation by plan_runs
+    evaluation = splits.split(plan.split)
+    labels = evaluation.y if hasattr(evaluation, "y") else None
+    train_inputs = selectivity_examples(splits.split("train"), cfg.study_seed) if plan.split != "train" else None
+    start = time.perf_counter()
+
+    def measure_now(epoch: float) -> pd.DataFrame:
+        frame = analyze(model, evaluation, labels=labels, perturbations=plan.perturbations,
+                        levels={name: list(values) for name, values in plan.levels.items()},
+                        samplings=plan.samplings, seed=spec.replicate, max_rows=plan.max_rows,
+                        train_inputs=train_inputs)
+        return frame.assign(epoch=epoch)
+
+    # Snapshots first (along-training figures), then the trained weights, whose rows have epoch NaN.
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    frames = []
+    for epoch, state in sorted(result.snapshots.items()):
+        model.load_state_dict(state)
+        frames.append(measure_now(float(epoch)))
+    model.load_state_dict(trained)
+    frames.append(measure_now(float("nan")))
+    outcome["seconds"] += time.perf_counter() - start
+    return outcome, pd.concat(frames, ignore_index=True)
