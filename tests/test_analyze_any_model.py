@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from widthlab.cli import choose_measurement, estimate_seconds, main
+from widthlab.cli import main
+from widthlab.cli.analyze import choose_measurement, estimate_seconds
 from widthlab.models import create_model
 from widthlab.external import load_model
 from widthlab.train.checkpoint import save_checkpoint

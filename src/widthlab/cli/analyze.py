@@ -1,109 +1,21 @@
-"""The `widthlab` command: run studies, redraw reports, list presets and models.
-
-Errors a user can cause print one line and exit with status 2 (argparse's own usage errors do the same).
-"""
+"""`widthlab analyze`: measure a model the user already has, with a plan fitted into a time budget."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from widthlab.errors import WidthlabError
 
-DEFAULT_ROOT = Path("widthlab-runs")
-FORMATS_DEFAULT = "png,pdf"
-SMOKE_FORMATS = "png"
-FORMATS_HELP = "figure file formats, comma-separated: png, pdf (default png,pdf; --html needs png)"
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from widthlab.study.config import load_config
-    from widthlab.study.runner import plan_runs, run_study
-    from widthlab.study.store import load_results
-    from widthlab.train.distributed import distributed_shard
-
-    from widthlab.report.figures import figure_formats
-
-    # A smoke run tests the code in seconds: PNG alone halves its drawing (matplotlib's PDF backend is not ours).
-    chosen = args.formats if args.formats is not None else SMOKE_FORMATS if args.smoke else FORMATS_DEFAULT
-    formats = figure_formats(chosen)  # a bad value fails now, not after the training
-    overrides = list(args.set or [])
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    cfg = load_config(args.config, overrides)
-    if args.smoke:
-        from widthlab.study.smoke import smoke_config
-
-        cfg = smoke_config(cfg)
-    if args.select:
-        if cfg.grid.select is None:
-            raise WidthlabError(f"--select: {cfg.name!r} declares no grid.select; give one (e.g. --set "
-                                "'grid.select={train.lr: [0.1, 0.01, 0.001]}')")
-        cfg = load_config(cfg, ["grid.select.enabled=true"])
-    out = Path(args.out) if args.out else DEFAULT_ROOT / cfg.name
-    for caveat in cfg.caveats:  # before any work: a stand-in data set must not surprise anyone at the verdict
-        print(f"widthlab: note: {caveat}", file=sys.stderr)
-    specs = plan_runs(cfg)
-    if args.dry_run:
-        from widthlab.models.registry import resolve_callable
-
-        for name, what in ((cfg.model.name, "model"), (cfg.data.name, "data set")):
-            if ":" in name:  # named by the user's own config: importing it is what running it would do
-                resolve_callable(name, what)
-        print(f"study {cfg.name}: {len(specs)} runs "
-              f"({len(cfg.grid.variants)} variants × {len(cfg.grid.widths)} widths × {cfg.grid.replicates} replicates"
-              + (f" × {len(cfg.grid.select.candidates)} candidates" if cfg.grid.selecting else "") + ")"
-              f" → {out}")
-        for spec in specs:
-            print(f"  {spec.run_id:<28} variant={spec.variant:<16} width={spec.width:g} replicate={spec.replicate}")
-        return 0
-    run_study(cfg, out, executor=args.executor, workers=args.workers, address=args.address,
-              gpus_per_run=args.gpus_per_run, progress=None if not args.quiet else False,
-              checkpoint_every=args.checkpoint_every, formats=formats)
-    if distributed_shard()[0] != 0:  # under torchrun, rank 0 alone reports
-        return 0
-    _print_report(out)
-    failed = (load_results(out).runs["status"] == "failed").sum()
-    if failed:
-        print(f"widthlab: {failed} run(s) failed; see `widthlab status {out}` and {out / 'widthlab.log'}",
-              file=sys.stderr)
-        return 1
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from widthlab.study.store import load_results
-
-    runs = load_results(args.dir).runs
-    current = _current_run_ids(Path(args.dir))
-    if current is not None and runs["run_id"].isin(current).any():
-        runs = runs.assign(status=runs["status"].where(runs["run_id"].isin(current), "not in this config"))
-    counts = runs["status"].value_counts().to_dict()
-    print(f"{len(runs)} runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
-    columns = ["run_id", "status", "epochs", "test_acc", "seconds", "error"]
-    table = runs[columns].copy()
-    table["error"] = table["error"].fillna("")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
-    return 0
-
 
 def _parse_options(items: list[str] | None, flag: str) -> dict:
-    import yaml
+    """``{key: value}`` of repeated ``key=value`` flags (values read as YAML)."""
+    from widthlab.study.yaml_io import parse_assignment
 
-    options = {}
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise WidthlabError(f"{flag} expects key=value, got {item!r}")
-        options[key] = yaml.safe_load(text)
-    return options
+    return dict(parse_assignment(item, flag) for item in items or [])
 
 
 def _int_arg(text: str | None, flag: str, minimum: int | None = None) -> int | None:
@@ -292,11 +204,11 @@ def _analyze_flags(args: argparse.Namespace) -> dict:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from widthlab.external import first_examples, load_model, trial_run
     from widthlab.measure import analyze, capture, check_measurable
     from widthlab.measure.inputs import count_examples, first_batch, known_examples
     from widthlab.measure.perturbations import evenly_spaced_levels, get_perturbation
     from widthlab.report.analysis import layer_table, write_layer_figures
-    from widthlab.external import first_examples, load_model, trial_run
 
     flags = _analyze_flags(args)
     perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
@@ -406,184 +318,8 @@ def _unit_tables(model, inputs, names: list[str], args: argparse.Namespace, **op
     return table[["layer", *[c for c in table.columns if c != "layer"]]]
 
 
-def _read_csv(path: Path):
-    """A report table the report wrote, or None when it did not (nothing of that kind to report)."""
-    import pandas as pd
-
-    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else None
-
-
-def _print_report(out: Path, runs=None, report: dict | None = None) -> None:
-    """Print the run census, the verdict table, the hypothesis and the calibration line of each variant.
-
-    Without `report` (the dict `write_report` returns) they come from the study directory `out`: its store and
-    the verdict.csv its report wrote (computed with the study's seed).
-    """
-    import pandas as pd
-
-    from widthlab.report import calibration, format_verdict_table, hypothesis
-    from widthlab.report.caveats import voided
-    from widthlab.report.frivolous import effective_width
-    from widthlab.study.store import STORE_NAME, load_results
-
-    if report is None:
-        runs, table = load_results(out).runs, pd.read_csv(out / "verdict.csv")
-    else:
-        table = report["verdict"]
-    counts = runs["status"].value_counts().to_dict()
-    print(f"runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}")
-    print(format_verdict_table(table))
-    caveats_df = report["caveats"] if report is not None else _read_csv(out / "caveats.csv")
-    for row in hypothesis(table).itertuples(index=False):
-        meaningless = " (not meaningful, see the caveats)" if caveats_df is not None and voided(caveats_df, row.variant) \
-            else ""
-        print(f"hypothesis {'holds' if row.holds else 'does not hold'} for {row.variant}{meaningless}: {row.reason}")
-    for row in calibration(table).itertuples(index=False):
-        print(f"similarity trend survives calibration for {row.variant}: {row.survives} ({row.reason})")
-    growth_df = report["growth"] if report is not None else _read_csv(out / "growth.csv")
-    if growth_df is not None and len(growth_df):
-        for row in effective_width(growth_df).itertuples(index=False):
-            print(f"effective width grows slower than width for {row.variant}: {row.slower} ({row.reason})")
-    for caveat in ([] if caveats_df is None else caveats_df.itertuples(index=False)):
-        where = "" if caveat.variant == "*" else f" ({caveat.variant})"
-        print(f"caveat{where}: {caveat.caveat}")
-    print(f"summary: {out / 'summary.md'}\nfigures: {out / 'figures'}")
-    if report is not None and report["html"] is not None:
-        print(f"html:    {report['html']}")
-    if (out / STORE_NAME).is_file():
-        print(f"store:   {out / STORE_NAME}")
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    import yaml
-
-    from widthlab.report import combine_frames, write_report
-    from widthlab.report.figures import figure_formats
-    from widthlab.study.build import parameter_counts
-
-    formats = figure_formats(args.formats)
-    from widthlab.study.store import left_out_note, load_results, select_runs, study_lock
-
-    dirs = [Path(d) for d in args.dirs]
-    if len(dirs) > 1 and not args.out:
-        raise WidthlabError(f"{len(dirs)} study directories make one combined report: name its folder with --out")
-    studies, notes = [], []
-    for directory in dirs:
-        results = load_results(directory)
-        config_path = directory / "config.yaml"
-        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
-        current = _current_run_ids(directory)
-        if current is not None:  # the runs of the study's current grid; others stay in the store
-            results, others = select_runs(results, current)
-            if others:
-                notes.append(left_out_note(others))
-                print(f"widthlab: {directory}: {notes[-1]}", file=sys.stderr)
-        studies.append((directory, results, config))
-    names = ("runs", "metrics", "snapshots", "history")
-    if len(studies) == 1:
-        directory, results, config = studies[0]
-        title = (config or {}).get("name", directory.name)
-        tables = {name: getattr(results, name, None) for name in names}
-    else:
-        labels = [(config or {}).get("name", directory.name) for directory, _, config in studies]
-        if len(set(labels)) < len(labels):
-            labels = [str(directory) for directory in dirs]  # two studies of one preset: tell them apart by path
-        tables = {}
-        for name in names:
-            frames = [getattr(results, name, None) for _, results, _ in studies]
-            tables[name] = None if any(f is None for f in frames) else combine_frames(frames, labels)
-        config = {label: config for label, (_, _, config) in zip(labels, studies)}
-        title = "Combined: " + ", ".join(labels)
-    out = Path(args.out) if args.out else dirs[0]
-    seed = int((config or {}).get("seed", 0) or 0) if len(studies) == 1 else 0  # the bootstrap's seed, as run_study's
-    # Into a study's own folder only while no run writes it: the run's own report follows its last run, and a
-    # report drawn now would be older than the store it claims to summarise.
-    into_study = any(out.resolve() == directory.resolve() for directory in dirs)
-    with study_lock(out, report=True) if into_study else contextlib.nullcontext():
-        report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
-                              snapshots=tables["snapshots"], history=tables["history"], seed=seed,
-                              params=parameter_counts(tables["runs"], import_code=args.allow_code), html=args.html,
-                              notes=notes, formats=formats)
-    _print_report(out, tables["runs"], report)
-    return 0
-
-
-def _current_run_ids(directory: Path) -> set[str] | None:
-    """The run ids of the grid in a study folder's config.yaml (None without a readable one)."""
-    from widthlab.study.config import load_config, read_yaml
-    from widthlab.study.runner import plan_runs
-
-    path = directory / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        return {spec.run_id for spec in plan_runs(load_config(read_yaml(path)))}
-    except WidthlabError:  # a config of an older version: report every stored run
-        return None
-
-
-def _cmd_presets(args: argparse.Namespace) -> int:
-    from widthlab.presets import describe_presets
-
-    for row in describe_presets():
-        print(f"{row['name']:<22} Figure {row['figure']:<5} {row['data']:<18} runs {row['runs']:<28} "
-              f"{row['description']}")
-    return 0
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    import torch
-
-    from widthlab.models import create_model, list_models
-
-    widths = (0.25, 0.5, 1.0, 2.0, 4.0)  # the paper's Figure A1
-    print(f"{'model':<22}" + "".join(f"{'params @ ' + format(w, 'g') + 'x':>16}" for w in widths))
-    for name in list_models():
-        counts = []
-        for w in widths:
-            # On the meta device parameters have shapes but no storage: a 4x Inception-v3 costs no memory.
-            with torch.device("meta"):
-                model = create_model(name, w)
-            counts.append(sum(p.numel() for p in model.parameters()))
-        print(f"{name:<22}" + "".join(f"{c:>16,}" for c in counts))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from widthlab import __version__
-
-    parser = argparse.ArgumentParser(prog="widthlab", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"widthlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run a study (a preset name or a YAML file), then write its report")
-    run.add_argument("config", help="preset name (see `widthlab presets`) or path to a study YAML")
-    run.add_argument("--out", help=f"study directory (default: {DEFAULT_ROOT}/NAME); rerunning resumes it")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set grid.replicates=1 --set train.epochs=10")
-    run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="training device (default: the config's)")
-    run.add_argument("--dry-run", action="store_true", help="print the grid of runs and stop")
-    run.add_argument("--select", action="store_true",
-                     help="turn on the config's declared grid.select (the CNN presets declare the paper's learning-"
-                          "rate selection, off by default: it multiplies training by the number of candidates)")
-    run.add_argument("--smoke", action="store_true",
-                     help="a seconds-long version: widths 1/4 and 1/2, one replicate, 64 examples, 3 steps, "
-                          "digits when the study's image data is absent")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--formats", metavar="LIST", help=FORMATS_HELP + "; png alone with --smoke")
-    run.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
-                     help="where runs execute (default: local, one after another)")
-    run.add_argument("--workers", type=int, default=2, help="worker processes for --executor processes (default 2)")
-    run.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local cluster)")
-    run.add_argument("--gpus-per-run", type=float, help="GPUs each Ray task declares (default: 1 on CUDA, else 0)")
-    run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
-                     help="seconds between a run's checkpoints (default 60; 0: after every epoch)")
-    run.set_defaults(func=_cmd_run)
-
-    status = sub.add_parser("status", help="print the state of every run of a study directory")
-    status.add_argument("dir", help="a study directory written by `widthlab run`")
-    status.set_defaults(func=_cmd_status)
-
+def add_analyze_parser(sub) -> None:
+    """The ``analyze`` command."""
     analyze = sub.add_parser("analyze", help="measure robustness and redundancy of a model you already have")
     analyze.add_argument("model", help="a widthlab checkpoint (.pt), hf:PATH (a saved HF transformers model), "
                                        "module:function returning an nn.Module, or torchvision:NAME / timm:NAME "
@@ -629,71 +365,3 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default="widthlab-analysis", help="output folder (default: widthlab-analysis)")
     analyze.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")
     analyze.set_defaults(func=_cmd_analyze)
-
-    report = sub.add_parser("report", help="redraw the figures, verdict and summary of one study, or combine "
-                                           "several studies into one report")
-    report.add_argument("dirs", nargs="+", metavar="DIR", help="study directories written by `widthlab run`; "
-                        "with several, their variants are drawn together, prefixed by each study's name")
-    report.add_argument("--out", help="report folder (default: the study directory; required with several DIRs)")
-    report.add_argument("--html", action="store_true",
-                        help="also write report.html: one self-contained file with figures, verdict, "
-                             "configuration, package versions and run times")
-    report.add_argument("--formats", default=FORMATS_DEFAULT, metavar="LIST", help=FORMATS_HELP)
-    report.add_argument("--allow-code", action="store_true",
-                        help="import the module:function models the store names (to count their parameters); "
-                             "a store is data, so by default nothing it names is imported")
-    report.set_defaults(func=_cmd_report)
-
-    sub.add_parser("presets", help="list the bundled presets").set_defaults(func=_cmd_presets)
-    sub.add_parser("models", help="list the model families with parameter counts per width").set_defaults(
-        func=_cmd_models)
-    return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, Kubernetes, systemd stopping the job), handled as Ctrl-C is."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # As `python -m` does: a config's `module:function` may name a module in the current folder.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return args.func(args)
-    except WidthlabError as exc:
-        print(f"widthlab: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"widthlab: {what}; finished runs are stored: rerun the same command to resume", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
-    except BrokenPipeError:  # `widthlab status DIR | head`: the reader is gone, which is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as exc:  # a full disk or a read-only folder where a file is written
-        from widthlab.files import write_error
-
-        error = write_error(Path(exc.filename or "."), exc)
-        if error is None:
-            raise
-        print(f"widthlab: error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if "torch.distributed" in sys.modules:  # under torchrun: leave the process group before exiting
-            from widthlab.train.distributed import shutdown
-
-            shutdown()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
