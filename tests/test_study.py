@@ -1,6 +1,7 @@
 """End to end: a small MLP width study through the Python API and the CLI."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -51,10 +52,17 @@ def test_study_writes_report_and_csv(study):
 
 def test_rerun_skips_finished_runs(study):
     before = load_results(study)
-    run_study(load_config("mlp-10d", SMALL), study, progress=False)
+    outcome = run_study(load_config("mlp-10d", SMALL), study, progress=False)
     after = load_results(study)
     pd.testing.assert_frame_equal(before.runs, after.runs)
     pd.testing.assert_frame_equal(before.metrics, after.metrics)
+    # The outcome is what the store and the report hold: the CLI prints from it without reading them back.
+    pd.testing.assert_frame_equal(outcome.runs, after.runs)
+    written = pd.read_csv(study / "verdict.csv", keep_default_na=False, na_values=[""])
+    assert outcome.verdict[["variant", "metric", "trend"]].equals(written[["variant", "metric", "trend"]])
+    assert outcome.verdict["slope"].to_numpy() == pytest.approx(written["slope"].to_numpy())
+    assert outcome.failed == [] and outcome.notes == ()
+    assert outcome.path == study and (outcome / "summary.md").is_file() and os.fspath(outcome) == str(study)
 
 
 def test_same_config_and_seed_give_the_same_numbers(study, tmp_path):
