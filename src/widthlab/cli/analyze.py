@@ -209,6 +209,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.measure.inputs import count_examples, first_batch, known_examples
     from widthlab.measure.perturbations import evenly_spaced_levels, get_perturbation
     from widthlab.report.analysis import layer_table, write_layer_figures
+    from widthlab.study.build import parameter_count
 
     flags = _analyze_flags(args)
     perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
@@ -242,7 +243,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             inputs, examples = first_examples(inputs, choice.examples), choice.examples
     if not args.quiet:
         tokens = count_examples(inputs, mask)[1] if isinstance(inputs, dict) else None
-        parameters = sum(p.numel() for p in model.parameters())
+        parameters = parameter_count(model)
         print(f"widthlab: {args.model} ({type(model).__name__}, {parameters / 1e6:.3g} M parameters) on {data_label}:"
               f" {'unknown' if examples is None else format(examples, ',')} examples"
               f"{'' if tokens is None else f' ({tokens:,} real tokens)'}; {_plural(len(names), 'layer')}: "

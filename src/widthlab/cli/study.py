@@ -201,19 +201,13 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    import torch
-
-    from widthlab.models import create_model, list_models
+    from widthlab.models import list_models
+    from widthlab.study.build import build_model, parameter_count
 
     widths = (0.25, 0.5, 1.0, 2.0, 4.0)  # the paper's Figure A1
     print(f"{'model':<22}" + "".join(f"{'params @ ' + format(w, 'g') + 'x':>16}" for w in widths))
     for name in list_models():
-        counts = []
-        for w in widths:
-            # On the meta device parameters have shapes but no storage: a 4x Inception-v3 costs no memory.
-            with torch.device("meta"):
-                model = create_model(name, w)
-            counts.append(sum(p.numel() for p in model.parameters()))
+        counts = [parameter_count(build_model({"name": name}, w, device="meta")) for w in widths]
         print(f"{name:<22}" + "".join(f"{c:>16,}" for c in counts))
     return 0
 
