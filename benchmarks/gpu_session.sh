@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# The one prepared device check for a session lent a GPU machine (about 10 minutes on an H200).
+# widthlab's GPU check: its CUDA paths benchmarked and tested on one NVIDIA GPU, offline (about 10 minutes on
+# an H200). Run it from a checkout on the GPU machine:
 #
-# The device machine's python3 (3.12) has torch, numpy, pandas, matplotlib, PyYAML, tqdm, scikit-learn and
-# Pillow but no pydantic; fetch its wheels here first (the folder is git-ignored and travels with `carry`):
+#   bash benchmarks/gpu_session.sh                      # the benchmarks, ~9 minutes
+#   PARTS=tests bash benchmarks/gpu_session.sh          # the CUDA tests, ~3 minutes
 #
-#   bash benchmarks/gpu_session.sh --fetch-wheels          # here, once: writes .whl/
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)                # ~9 minutes
-#   run(command="PARTS=tests bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=300)    # ~3 minutes
-# Make the second call at once: the machine stays warm for 30 s, and a fresh start costs minutes.
+# The machine's python3 needs torch, numpy, pandas, matplotlib, PyYAML, tqdm, scikit-learn, Pillow and pydantic.
+# Where it cannot reach PyPI, download pydantic's wheels on a machine that can and copy the folder along:
+#
+#   bash benchmarks/gpu_session.sh --fetch-wheels       # writes .whl/ (git-ignored), installed from there offline
 #
 # Parts, in order of importance (each has its own time limit; PARTS="stacked throughput study" by default):
 #   0. stacked:    benchmarks/vectorized_training.py on CUDA: 15 replicate MLPs and 3 alexnet_cifar 1/4x trained
 #                  as one stacked model (grouped convolutions) vs one by one, speed-up and accuracy gap
 #   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 4, 1, 1/4 (4x first: its row is the
 #                  one a time limit would cut), variants eager, compiled, graphs (CUDA graphs)
-#   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (target: < 5 minutes)
+#   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (meant to take under
+#                  5 minutes)
 #   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume;
 #                  compiled and CUDA-graph training), then tests/test_vectorized.py (stacked training on CUDA
-#                  with grouped convolutions, and the CPU bit-identity on the device machine's BLAS), about 4 minutes
-# Logs go to $OUT (the device tool's folder that comes back) or ./gpu-session-logs.
+#                  with grouped convolutions, and the CPU bit-identity on that machine's BLAS), about 4 minutes
+# Logs go to $OUT, or ./gpu-session-logs without it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
