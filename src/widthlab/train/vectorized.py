@@ -25,13 +25,13 @@ from torch import nn
 from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError
 from widthlab.seeding import torch_generator
+from widthlab.train.batching import iterate_batches, on_device, planned_steps, prepare, stacked_batches
 from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
-from widthlab.train.loop import (FitResult, Speed, _prepare, epoch_order, global_batches, iterate_batches,
-                                 make_optimizer, make_scheduler, on_device, planned_steps, resolve_device,
-                                 same_config)
+from widthlab.train.loop import FitResult, Speed, make_optimizer, make_scheduler, resolve_device, same_config
 from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
+
 
 class NotStackable(ValueError):
     """These runs cannot train as one stacked model (the message says why); train them one by one."""
@@ -128,17 +128,6 @@ def _resume_states(members: list[_Member]) -> list[dict] | None:
             raise WidthlabError(f"checkpoint {str(member.checkpoint)!r} was written with another training config; "
                                 "remove it to start the run afresh")
     return states
-
-
-def _stacked_batches(dataset, batch_size: int, seeds: list[int], epoch: int, device):
-    """Each run's training batches of epoch `epoch`, gathered at once: ``(x, y)`` with x the runs' batches
-    concatenated (R·B, …) and y (R, B); run r's rows are those `iterate_batches` gives it (same order stream)."""
-    n = len(dataset.y)
-    orders = torch.stack([epoch_order(n, seed, epoch) for seed in seeds])
-    orders = orders.to(dataset.y.device)
-    for start in global_batches(n, batch_size):
-        index = orders[:, start:start + batch_size]
-        yield dataset.x[index.reshape(-1)].to(device, non_blocking=True), dataset.y[index].to(device)
 
 
 @torch.no_grad()
@@ -246,9 +235,9 @@ def fit_group(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig],
             correct = torch.zeros(count, device=device, dtype=torch.int64)
             seen = 0
             augment = [torch_generator(c.seed, "augment", epoch) for c in cfgs]
-            for x, ys in _stacked_batches(train_set, batch_size, [c.seed for c in cfgs], epoch, device):
+            for x, ys in stacked_batches(train_set, batch_size, [c.seed for c in cfgs], epoch, device):
                 if splits.augment is not None:
-                    x = torch.cat([_prepare(splits.augment(part, gen), None, False)
+                    x = torch.cat([prepare(splits.augment(part, gen), None, False)
                                    for part, gen in zip(x.chunk(count), augment)])
                 with speed.autocast(device):
                     scores = stacked(x)
