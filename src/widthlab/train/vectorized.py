@@ -29,7 +29,8 @@ from widthlab.train.batching import iterate_batches, on_device, planned_steps, p
 from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
-from widthlab.train.loop import FitResult, Speed, make_optimizer, make_scheduler, resolve_device, same_config
+from widthlab.train.loop import Speed, make_optimizer, make_scheduler, resolve_device
+from widthlab.train.progress import FitResult, same_config
 from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
 
 
