@@ -8,6 +8,7 @@ trainer's semantics. The tests marked ``cuda`` run the automatic GPU path itself
 import pytest
 import torch
 
+import widthlab.train.batching as batching
 import widthlab.train.loop as loop
 from widthlab import TrainConfig, analyze, create_model, fit, load_data
 from widthlab.data import ArrayDataset, Splits
@@ -60,22 +61,22 @@ def test_auto_switches_are_on_for_cuda_and_off_for_the_cpu():
 def test_batch_plan_shards_partition_every_global_batch():
     order = torch.randperm(23, generator=torch.Generator().manual_seed(0))
     seeds = torch.arange(100, 123)
-    plans = [list(loop.BatchPlan(order, 8, (rank, 3), seeds)) for rank in range(3)]
+    plans = [list(batching.BatchPlan(order, 8, (rank, 3), seeds)) for rank in range(3)]
     assert all(len(plan) == 3 for plan in plans)  # ceil(23 / 8) global batches on every process
     for b in range(3):
         shares = [plan[b] for plan in plans]
         assert [i for share in shares for i, _ in share] == order[8 * b:8 * b + 8].tolist()
         assert all(s == 100 + i for share in shares for i, s in share)  # each item keeps its own seed
-    assert list(loop.BatchPlan(order, 8, (0, 1), None))[0] == order[:8].tolist()
+    assert list(batching.BatchPlan(order, 8, (0, 1), None))[0] == order[:8].tolist()
 
 
 def test_a_last_batch_too_small_to_share_is_skipped_under_several_processes():
     order = torch.arange(17)  # batches of 8, 8 and 1: the 1 cannot be shared by 3 processes
-    assert [len(list(loop.BatchPlan(order, 8, (rank, 3), None))) for rank in range(3)] == [2, 2, 2]
-    assert len(list(loop.BatchPlan(order, 8, (0, 1), None))) == 3  # one process keeps every example
-    assert list(loop.global_batches(19, 8, 3)) == [0, 8, 16]  # 3 left over: one each
+    assert [len(list(batching.BatchPlan(order, 8, (rank, 3), None))) for rank in range(3)] == [2, 2, 2]
+    assert len(list(batching.BatchPlan(order, 8, (0, 1), None))) == 3  # one process keeps every example
+    assert list(batching.global_batches(19, 8, 3)) == [0, 8, 16]  # 3 left over: one each
     data = ArrayDataset(torch.randn(17, 2), torch.arange(17))
-    shares = [list(loop.iterate_batches(data, 8, shuffle=False, shard=(rank, 3))) for rank in range(3)]
+    shares = [list(batching.iterate_batches(data, 8, shuffle=False, shard=(rank, 3))) for rank in range(3)]
     assert all(len(batches) == 2 for batches in shares)
     assert sorted(int(y) for batches in shares for _, ys in batches for y in ys) == list(range(16))
 

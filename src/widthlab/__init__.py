@@ -23,8 +23,7 @@ from widthlab.measure import (
 from widthlab.models import create_model, list_models
 from widthlab.study import Results, load_results, run_study
 from widthlab.train import TrainConfig, fit, fit_group
-
-__version__ = "0.1.0"
+from widthlab.version import __version__ as __version__
 
 __all__ = [
     "Curve", "Results", "Splits", "TrainConfig", "WidthlabError", "ablation_curve", "analyze", "capture",

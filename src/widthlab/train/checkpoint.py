@@ -20,6 +20,7 @@ from torch.torch_version import TorchVersion
 
 from widthlab.errors import WidthlabError
 from widthlab.files import write_error
+from widthlab.version import __version__
 
 FORMAT = "widthlab-checkpoint-1"
 
@@ -27,8 +28,6 @@ FORMAT = "widthlab-checkpoint-1"
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages a result depends on."""
     import numpy
-
-    from widthlab import __version__
 
     return {"widthlab": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
             "python": platform.python_version()}

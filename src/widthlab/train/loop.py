@@ -7,36 +7,21 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError, check_seconds
 from widthlab.seeding import derive_seed, torch_generator
-from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
+from widthlab.train.batching import global_batches, iterate_batches, on_device, planned_steps, prepare
+from widthlab.train.checkpoint import load_checkpoint, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard, wrap_distributed
-
-
-@dataclass
-class FitResult:
-    """What training produced. `status` is ``done`` or ``diverged`` (non-finite loss at `diverged_epoch`)."""
-
-    status: str
-    history: list[dict] = field(default_factory=list)  # one dict per epoch: epoch, loss, train_acc, val_acc
-    best_epoch: int | None = None
-    diverged_epoch: int | None = None
-    resumed_from: int | None = None  # the checkpoint epoch training resumed after, if it did
-    snapshots: dict[int, dict] = field(default_factory=dict)  # epoch → CPU weights (cfg.snapshot_epochs)
-    train_acc: float = math.nan
-    val_acc: float = math.nan
-    test_acc: float = math.nan
-    seconds: float = 0.0
+from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
 
 
 def resolve_device(device: str) -> torch.device:
@@ -123,91 +108,6 @@ def cudnn_autotune(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
-def on_device(dataset: Dataset, device: torch.device) -> Dataset:
-    """An in-memory data set moved to `device` once (other data sets unchanged), so batches need no copies."""
-    if hasattr(dataset, "x") and hasattr(dataset, "y") and isinstance(dataset.x, torch.Tensor):
-        from widthlab.data.base import ArrayDataset
-
-        return ArrayDataset(dataset.x.to(device), dataset.y.to(device))
-    return dataset
-
-
-class BatchPlan:
-    """The DataLoader `batch_sampler` of a lazy data set: this process's share of each global batch, in the
-    epoch's order; items are ``(index, seed)`` pairs for data sets with `seeded_items` (per-item augmentation
-    seeds drawn from the epoch's stream, so decoding workers cannot change the crops)."""
-
-    def __init__(self, order: torch.Tensor, batch_size: int, shard: tuple[int, int], seeds: torch.Tensor | None):
-        self.order, self.batch_size, self.shard, self.seeds = order, batch_size, shard, seeds
-
-    def __len__(self) -> int:
-        return len(global_batches(len(self.order), self.batch_size, self.shard[1]))
-
-    def __iter__(self) -> Iterator[list]:
-        for idx in shares(self.order, self.batch_size, self.shard):
-            yield idx.tolist() if self.seeds is None else list(zip(idx.tolist(), self.seeds[idx].tolist()))
-
-
-def shares(order: torch.Tensor, batch_size: int, shard: tuple[int, int]) -> Iterator[torch.Tensor]:
-    """This process's indices of each global batch of `order` (`shard` = (rank, world size))."""
-    rank, world = shard
-    for start in global_batches(len(order), batch_size, world):
-        yield order[start:start + batch_size].tensor_split(world)[rank]
-
-
-def global_batches(n: int, batch_size: int, world: int = 1) -> range:
-    """Start offsets of the global batches of an epoch of `n` examples.
-
-    With several processes a last batch of fewer than `world` examples is skipped by all of them alike: some
-    process would get no example, and its empty loss (NaN) would be averaged into everyone's gradients.
-    """
-    end = n if world == 1 or n % batch_size == 0 or n % batch_size >= world else n - n % batch_size
-    return range(0, end, batch_size)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order of `n` training examples in epoch `epoch` of the run seeded `seed` (its own stream)."""
-    return torch.randperm(n, generator=torch_generator(seed, "batch-order", epoch))
-
-
-def planned_steps(cfg: TrainConfig, examples: int, world: int = 1) -> int:
-    """The optimiser steps a run of `examples` training examples takes, with `world` processes."""
-    steps = len(global_batches(examples, cfg.effective_batch_size, world)) * cfg.epochs
-    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
-
-
-def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                    device: torch.device | None = None, shard: tuple[int, int] = (0, 1),
-                    channels_last: bool = False, workers: int = 0,
-                    pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) batches; in-memory data sets are sliced directly (no DataLoader overhead).
-
-    The order of epoch `epoch` comes from its own stream, so a resumed run sees the same batches.
-    `shard=(rank, world)` keeps this process's share of every global batch (distributed data parallel): a lazy
-    data set's process decodes only its share. `workers` DataLoader processes decode a lazy data set (ImageNet)
-    without changing the batches.
-    """
-    in_memory = hasattr(dataset, "x") and hasattr(dataset, "y")
-    n = len(dataset.y) if in_memory else len(dataset)
-    order = epoch_order(n, seed, epoch) if shuffle else torch.arange(n)
-    if in_memory:
-        for idx in shares(order.to(dataset.y.device), batch_size, shard):
-            yield _prepare(dataset.x[idx], device, channels_last), dataset.y[idx].to(device)
-        return
-    seeds = None
-    if getattr(dataset, "seeded_items", False):
-        seeds = torch.randint(0, 2 ** 62, (n,), generator=torch_generator(seed, "item-augment", epoch))
-    loader = DataLoader(dataset, batch_sampler=BatchPlan(order, batch_size, shard, seeds), num_workers=workers,
-                        pin_memory=pin_memory and device is not None and device.type == "cuda")
-    for x, y in loader:
-        yield _prepare(x, device, channels_last), y.to(device, non_blocking=True)
-
-
-def _prepare(x: torch.Tensor, device: torch.device | None, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, device: torch.device | None = None,
              speed: Speed | None = None) -> float:
@@ -251,149 +151,187 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
     """
     check_seconds("checkpoint_every", checkpoint_every)
     device = resolve_device(cfg.device)
-    cuda = device.type == "cuda"
     shard = distributed_shard()
     n_train, batch_size = len(splits.train), cfg.effective_batch_size
     if shard[1] > 1 and min(n_train, batch_size) < shard[1]:
         raise WidthlabError(f"{shard[1]} processes need at least {shard[1]} examples per batch and in the training "
                             f"split, got batch size {batch_size} and {n_train} examples")
-    starts = global_batches(n_train, batch_size, shard[1])
     speed = Speed.resolve(cfg, device, steps=planned_steps(cfg, n_train, shard[1]))
-    model.to(device)
-    if speed.channels_last:
-        model.to(memory_format=torch.channels_last)
-    train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
-    # The epoch's last global batch, when smaller than the rest (the same on every process).
-    short_batch = len(starts) - 1 if len(starts) and n_train - starts[-1] < batch_size else None
-    optimizer = make_optimizer(model.parameters(), cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    step_model = wrap_distributed(model, device) if shard[1] > 1 else model
-    # Compiled for full batches only; the last, smaller batch of an epoch runs eagerly (same parameters), so the
-    # compiled graph sees one shape and never recompiles (a dynamic-shape recompile costs as much as the first).
-    full_model = torch.compile(step_model, mode=cfg.compile_mode) if speed.compile else step_model
-    graphs = cfg.compile_mode in CUDA_GRAPH_MODES
-    loss_fn = nn.CrossEntropyLoss()
-    result = FitResult(status="done")
-    best_val, best_state, steps = -1.0, None, 0
-    first_epoch, elapsed = 1, 0.0
-    resumed = None
-    if checkpoint is not None and Path(checkpoint).is_file():
-        resumed = load_checkpoint(checkpoint)
-        if not same_config(resumed["train_config"], cfg):
-            raise WidthlabError(f"checkpoint {str(checkpoint)!r} was written with another training config; "
-                                "remove it to start the run afresh")
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        result.history, result.best_epoch = list(resumed["history"]), resumed["best_epoch"]
-        result.snapshots = dict(resumed["snapshots"])
-        best_val, best_state, steps = resumed["best_val"], resumed["best_state"], resumed["steps"]
-        first_epoch, elapsed = resumed["epoch"] + 1, resumed["seconds"]
-        result.resumed_from = resumed["epoch"]
-    start = time.perf_counter()
-    writes = checkpoint is not None and shard[0] == 0
-    provenance = {"versions": package_versions(), "git_revision": git_revision()} if writes else {}
-
-    last_save = time.perf_counter()
-
-    def save(epoch: int) -> None:
-        nonlocal last_save
-        last_save = time.perf_counter()
-        save_checkpoint(checkpoint, {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "steps": steps, "history": result.history,
-            "best_epoch": result.best_epoch, "best_val": best_val, "best_state": best_state,
-            "snapshots": result.snapshots, "rng": torch.get_rng_state(), "train_config": cfg.model_dump(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
-            "seconds": elapsed + time.perf_counter() - start, "meta": meta or {}, **provenance})
-
-    def done_training() -> bool:
-        last = result.history[-1] if result.history else None
-        return (cfg.max_steps is not None and steps >= cfg.max_steps) or (
-            cfg.target_train_acc is not None and last is not None and last["train_acc"] >= cfg.target_train_acc)
-
+    trainer = _Trainer.build(model, splits, cfg, device, speed, shard)
+    run = RunProgress(cfg, checkpoint, meta)
+    resumed = _resume(trainer, run)
+    trainer.start = time.perf_counter()
+    trainer.writes = checkpoint is not None and shard[0] == 0
+    trainer.provenance = provenance(trainer.writes)
+    trainer.last_save = time.perf_counter()
+    cuda = device.type == "cuda"
     # Dropout and other global-RNG draws get their own seeded stream (on the training device: CUDA's generator
     # draws the dropout masks of CUDA tensors); the caller's RNG state is restored.
     with torch.random.fork_rng(devices=[device] if cuda else []), cudnn_autotune(cuda):
-        torch.manual_seed(derive_seed(cfg.seed, "train-global"))
-        if resumed is not None:
-            torch.set_rng_state(resumed["rng"])
-            if cuda and resumed.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(resumed["cuda_rng"], device)
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            if done_training():
+        _seed_global_rng(cfg, device, resumed)
+        for epoch in range(1 if resumed is None else resumed["epoch"] + 1, cfg.epochs + 1):
+            if _done_training(trainer, run):
                 break
-            model.train()
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = 0
-            augment_gen = torch_generator(cfg.seed, "augment", epoch)
-            # Augmentation gathers into a fresh NCHW tensor, so channels_last is applied after it.
-            batches = iterate_batches(train_set, batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, device=device,
-                                      shard=shard, channels_last=speed.channels_last and splits.augment is None,
-                                      workers=speed.workers, pin_memory=speed.pin_memory)
-            for index, (x, y) in enumerate(batches):
-                if splits.augment is not None:
-                    x = _prepare(splits.augment(x, augment_gen), None, speed.channels_last)
-                compiled = speed.compile and index != short_batch
-                if compiled and graphs:  # CUDA graphs may reuse the last step's buffers: nothing of it is kept
-                    torch.compiler.cudagraph_mark_step_begin()
-                with speed.autocast(device):
-                    scores = (full_model if compiled else step_model)(x)
-                    loss = loss_fn(scores.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                steps += 1
-                # Sums stay on the device: no host sync per step (the loss is checked once per epoch).
-                loss_sum += loss.detach().double() * len(y)
-                correct += (scores.argmax(1) == y).sum()
-                seen += len(y)
-                if cfg.max_steps is not None and steps >= cfg.max_steps:
-                    break
-            if shard[1] > 1:  # the epoch's record covers every process's share of the data
-                totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=device,
-                                                                               dtype=torch.float64)])
-                torch.distributed.all_reduce(totals)
-                loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2].item())
-            epoch_loss = loss_sum.item() / max(seen, 1)
-            if not math.isfinite(epoch_loss):
-                result.status, result.diverged_epoch = "diverged", epoch
+            loss, train_acc = _train_epoch(trainer, splits, cfg, epoch)
+            if not math.isfinite(loss):
+                run.diverge(epoch)
                 break
-            scheduler.step()
-            record = {"epoch": epoch, "loss": epoch_loss, "train_acc": correct.item() / max(seen, 1),
-                      "val_acc": accuracy(model, splits.val, batch_size=cfg.eval_batch_size, device=device,
-                                          speed=speed),
-                      "lr": optimizer.param_groups[0]["lr"]}
-            result.history.append(record)
-            if record["val_acc"] > best_val:
-                best_val, result.best_epoch = record["val_acc"], epoch
-                if cfg.early_stopping:
-                    best_state = _cpu_state(model)
-            if epoch in cfg.snapshot_epochs:
-                result.snapshots[epoch] = _cpu_state(model)
-            if writes and (time.perf_counter() - last_save >= checkpoint_every or epoch == cfg.epochs
-                           or done_training()):
-                save(epoch)
+            record = _end_epoch(trainer, run, splits, epoch, loss, train_acc, checkpoint_every)
             if on_epoch is not None:
                 on_epoch(record)
-    if result.status == "done":
-        if cfg.early_stopping and best_state is not None:
-            model.load_state_dict(best_state)
+    if run.result.status == "done":
+        best = run.early_stopped_weights()
+        if best is not None:
+            model.load_state_dict(best)
         for split in ("train", "val", "test"):
             value = accuracy(model, splits.split(split), batch_size=cfg.eval_batch_size, device=device, speed=speed)
-            setattr(result, f"{split}_acc", value)
-    result.seconds = elapsed + time.perf_counter() - start
-    return result
+            setattr(run.result, f"{split}_acc", value)
+    run.result.seconds = run.elapsed + time.perf_counter() - trainer.start
+    return run.result
 
 
-def same_config(stored: dict, cfg: TrainConfig) -> bool:
-    """Whether a checkpoint's training config is `cfg`, with this version's defaults filled into the stored one
-    (a field added by an upgrade does not orphan a half-trained run)."""
-    try:
-        return TrainConfig(**stored).identity() == cfg.identity()
-    except (ValidationError, TypeError):
-        return False
+@dataclass
+class _Trainer:
+    """What `fit` carries from step to step and epoch to epoch: the model in its training forms, the optimiser,
+    the step count and the checkpoint clock."""
+
+    model: nn.Module
+    step_model: nn.Module  # the model, or its DistributedDataParallel wrapper under torchrun
+    full_model: nn.Module  # step_model compiled for full batches, or step_model itself
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    speed: Speed
+    shard: tuple[int, int]  # (rank, world size)
+    train_set: Dataset
+    short_batch: int | None  # index of the epoch's last global batch when smaller than the rest
+    graphs: bool  # the compiled model replays CUDA graphs
+    steps: int = 0
+    writes: bool = False  # this process writes the run's checkpoints
+    provenance: dict | None = None  # the code versions its checkpoints store
+    start: float = 0.0  # perf_counter when this (possibly resumed) session of training started
+    last_save: float = 0.0  # perf_counter of the last checkpoint (or of the start)
+
+    @classmethod
+    def build(cls, model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device, speed: Speed,
+              shard: tuple[int, int]) -> _Trainer:
+        """Move `model` to `device` in the speed's memory format and make its optimiser, schedule and step forms."""
+        n_train, batch_size = len(splits.train), cfg.effective_batch_size
+        starts = global_batches(n_train, batch_size, shard[1])
+        model.to(device)
+        if speed.channels_last:
+            model.to(memory_format=torch.channels_last)
+        train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
+        # The epoch's last global batch, when smaller than the rest (the same on every process).
+        short_batch = len(starts) - 1 if len(starts) and n_train - starts[-1] < batch_size else None
+        optimizer = make_optimizer(model.parameters(), cfg)
+        scheduler = make_scheduler(optimizer, cfg)
+        step_model = wrap_distributed(model, device) if shard[1] > 1 else model
+        # Compiled for full batches only; the last, smaller batch of an epoch runs eagerly (same parameters), so
+        # the compiled graph sees one shape and never recompiles (a dynamic-shape recompile costs as much as the
+        # first).
+        full_model = torch.compile(step_model, mode=cfg.compile_mode) if speed.compile else step_model
+        return cls(model, step_model, full_model, optimizer, scheduler, device, speed, shard, train_set, short_batch,
+                   graphs=cfg.compile_mode in CUDA_GRAPH_MODES)
+
+
+def _resume(trainer: _Trainer, run: RunProgress) -> dict | None:
+    """Load the run's checkpoint, when it has one, into the trainer and the run's bookkeeping; return it."""
+    if run.checkpoint is None or not Path(run.checkpoint).is_file():
+        return None
+    state = load_checkpoint(run.checkpoint)
+    check_same_config(state, run.cfg, run.checkpoint)
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    run.restore(state)
+    trainer.steps = state["steps"]
+    return state
+
+
+def _seed_global_rng(cfg: TrainConfig, device: torch.device, resumed: dict | None) -> None:
+    """Seed the global RNG (dropout) from the run's seed, or set it where the resumed checkpoint left it."""
+    torch.manual_seed(derive_seed(cfg.seed, "train-global"))
+    if resumed is not None:
+        torch.set_rng_state(resumed["rng"])
+        if device.type == "cuda" and resumed.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resumed["cuda_rng"], device)
+
+
+def _done_training(trainer: _Trainer, run: RunProgress) -> bool:
+    return out_of_steps(run.cfg, trainer.steps) or run.reached_target()
+
+
+def _train_epoch(trainer: _Trainer, splits: Splits, cfg: TrainConfig, epoch: int) -> tuple[float, float]:
+    """One epoch of optimiser steps (fewer when `cfg.max_steps` is reached); its mean loss and training accuracy
+    over every process's share of the data."""
+    t, device = trainer, trainer.device
+    t.model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    augment_gen = torch_generator(cfg.seed, "augment", epoch)
+    # Augmentation gathers into a fresh NCHW tensor, so channels_last is applied after it.
+    batches = iterate_batches(t.train_set, cfg.effective_batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                              device=device, shard=t.shard,
+                              channels_last=t.speed.channels_last and splits.augment is None,
+                              workers=t.speed.workers, pin_memory=t.speed.pin_memory)
+    for index, (x, y) in enumerate(batches):
+        if splits.augment is not None:
+            x = prepare(splits.augment(x, augment_gen), None, t.speed.channels_last)
+        loss, scores = _step(t, x, y, compiled=t.speed.compile and index != t.short_batch)
+        # Sums stay on the device: no host sync per step (the loss is checked once per epoch).
+        loss_sum += loss.detach().double() * len(y)
+        correct += (scores.argmax(1) == y).sum()
+        seen += len(y)
+        if out_of_steps(cfg, t.steps):
+            break
+    if t.shard[1] > 1:  # the epoch's record covers every process's share of the data
+        totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=device,
+                                                                       dtype=torch.float64)])
+        torch.distributed.all_reduce(totals)
+        loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2].item())
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+
+def _step(trainer: _Trainer, x: torch.Tensor, y: torch.Tensor, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on the batch (x, y), by the compiled model or eagerly; its loss and (N, classes) scores."""
+    t = trainer
+    if compiled and t.graphs:  # CUDA graphs may reuse the last step's buffers: nothing of it is kept
+        torch.compiler.cudagraph_mark_step_begin()
+    with t.speed.autocast(t.device):
+        scores = (t.full_model if compiled else t.step_model)(x)
+        loss = nn.functional.cross_entropy(scores.float(), y)
+    t.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    t.optimizer.step()
+    t.steps += 1
+    return loss, scores
+
+
+def _end_epoch(trainer: _Trainer, run: RunProgress, splits: Splits, epoch: int, loss: float, train_acc: float,
+               checkpoint_every: float) -> dict:
+    """Step the schedule, record epoch `epoch` (validation accuracy, best epoch, snapshot) and write the
+    checkpoint when it is due; the epoch's history record."""
+    t, cfg = trainer, run.cfg
+    t.scheduler.step()
+    val_acc = accuracy(t.model, splits.val, batch_size=cfg.eval_batch_size, device=t.device, speed=t.speed)
+    record = run.record(epoch, loss, train_acc, val_acc, t.optimizer.param_groups[0]["lr"],
+                        lambda: _cpu_state(t.model))
+    if t.writes and (time.perf_counter() - t.last_save >= checkpoint_every or epoch == cfg.epochs
+                         or _done_training(t, run)):
+        _save(t, run, epoch)
+    return record
+
+
+def _save(trainer: _Trainer, run: RunProgress, epoch: int) -> None:
+    t = trainer
+    t.last_save = time.perf_counter()
+    save_checkpoint(run.checkpoint, run.checkpoint_state(
+        epoch, model=t.model.state_dict(), optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
+        steps=t.steps, rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state(t.device) if t.device.type == "cuda" else None,
+        seconds=run.elapsed + time.perf_counter() - t.start, provenance=t.provenance))
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

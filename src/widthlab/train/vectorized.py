@@ -13,25 +13,28 @@ On the CPU in float64 the results equal `fit`'s bit for bit; in float32 to round
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from widthlab.data.base import Splits
-from widthlab.errors import WidthlabError
 from widthlab.seeding import torch_generator
-from widthlab.train.checkpoint import git_revision, load_checkpoint, package_versions, save_checkpoint
+from widthlab.train.batching import iterate_batches, on_device, planned_steps, prepare, stacked_batches
+from widthlab.train.checkpoint import load_checkpoint, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
-from widthlab.train.loop import (FitResult, Speed, _prepare, epoch_order, global_batches, iterate_batches,
-                                 make_optimizer, make_scheduler, on_device, planned_steps, resolve_device,
-                                 same_config)
+from widthlab.train.loop import Speed, make_optimizer, make_scheduler, resolve_device
+from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
 from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
+
 
 class NotStackable(ValueError):
     """These runs cannot train as one stacked model (the message says why); train them one by one."""
@@ -96,19 +99,17 @@ def _stack_optimizer_states(states: list[dict]) -> dict:
             "param_groups": first["param_groups"]}
 
 
-class _Member:
-    """One run's own bookkeeping inside a group."""
+class _Member(RunProgress):
+    """One run's own bookkeeping inside a group; `final_state`: its weights when it stopped before the others."""
 
-    def __init__(self, cfg: TrainConfig, checkpoint, meta):
-        self.cfg, self.checkpoint, self.meta = cfg, checkpoint, meta
-        self.result = FitResult(status="done")
-        self.best_val, self.best_state, self.final_state = -1.0, None, None
-        self.elapsed, self.finished = 0.0, False
+    def __init__(self, cfg: TrainConfig, checkpoint: str | os.PathLike | None, meta: dict | None):
+        super().__init__(cfg, checkpoint, meta)
+        self.final_state, self.finished = None, False
 
-    def reached_target(self) -> bool:
-        last = self.result.history[-1] if self.result.history else None
-        return self.cfg.target_train_acc is not None and last is not None and \
-            last["train_acc"] >= self.cfg.target_train_acc
+    def finish(self, stacked: nn.Module, r: int) -> None:
+        """Stop training member `r` of `stacked` (diverged, at its target or out of steps), keeping its weights."""
+        self.finished = True
+        self.final_state = member_state(stacked, r)
 
 
 def _resume_states(members: list[_Member]) -> list[dict] | None:
@@ -124,21 +125,8 @@ def _resume_states(members: list[_Member]) -> list[dict] | None:
     if len({(s["epoch"], s["steps"]) for s in states}) > 1:
         raise NotStackable("the group's checkpoints are at different epochs")
     for member, state in zip(members, states):
-        if not same_config(state["train_config"], member.cfg):
-            raise WidthlabError(f"checkpoint {str(member.checkpoint)!r} was written with another training config; "
-                                "remove it to start the run afresh")
+        check_same_config(state, member.cfg, member.checkpoint)
     return states
-
-
-def _stacked_batches(dataset, batch_size: int, seeds: list[int], epoch: int, device):
-    """Each run's training batches of epoch `epoch`, gathered at once: ``(x, y)`` with x the runs' batches
-    concatenated (R·B, …) and y (R, B); run r's rows are those `iterate_batches` gives it (same order stream)."""
-    n = len(dataset.y)
-    orders = torch.stack([epoch_order(n, seed, epoch) for seed in seeds])
-    orders = orders.to(dataset.y.device)
-    for start in global_batches(n, batch_size):
-        index = orders[:, start:start + batch_size]
-        yield dataset.x[index.reshape(-1)].to(device, non_blocking=True), dataset.y[index].to(device)
 
 
 @torch.no_grad()
@@ -178,135 +166,171 @@ def fit_group(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig],
                zip(cfgs, checkpoints or [None] * count, metas or [None] * count)]
     cfg = cfgs[0]
     device = resolve_device(cfg.device)
-    cuda = device.type == "cuda"
-    batch_size = cfg.effective_batch_size
     speed = Speed.resolve(cfg, device, steps=planned_steps(cfg, len(splits.train)))
     for model in models:
         model.to(device)
     train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
+    stacked = _stack(models, splits, cfg.effective_batch_size * count, device)
+    states = _resume_states(members)
+    optimizer = make_optimizer(stacked.parameters(), cfg)
+    group = _Group(stacked, optimizer, make_scheduler(optimizer, cfg), members, device, speed, train_set,
+                   # No stacked layer draws from the global RNG, so each run's stream stays where `fit` seeds it.
+                   rng_states=[torch_generator(c.seed, "train-global").get_state() for c in cfgs],
+                   provenance=provenance(any(m.checkpoint is not None for m in members)))
+    first_epoch = _resume_group(group, states)
+    group.start = group.last_save = time.perf_counter()
+    # A run that reached its target accuracy before its checkpoint (a resumed run) trains no further.
+    for r, member in enumerate(members):
+        if member.reached_target() or out_of_steps(cfg, group.steps):
+            member.finish(stacked, r)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            if all(m.finished for m in members):
+                break
+            losses, train_acc = _train_group_epoch(group, splits, cfg, epoch)
+            if _end_group_epoch(group, splits, cfg, epoch, losses, train_acc, checkpoint_every, on_epoch):
+                break
+    return _measure_group(group, models, splits, cfg)
+
+
+@dataclass
+class _Group:
+    """What `fit_group` carries from step to step and epoch to epoch: the stacked model, its optimiser, the
+    members' bookkeeping, the step count and the checkpoint clock."""
+
+    stacked: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    members: list[_Member]
+    device: torch.device
+    speed: Speed
+    train_set: Dataset
+    rng_states: list[torch.Tensor]  # each run's global RNG state, stored in its checkpoint as `fit` would
+    provenance: dict  # the code versions the checkpoints store
+    steps: int = 0
+    start: float = 0.0  # perf_counter when this (possibly resumed) session of training started
+    last_save: float = 0.0  # perf_counter of the last checkpoint (or of the start)
+
+
+def _stack(models: list[nn.Module], splits: Splits, rows: int, device: torch.device) -> nn.Module:
+    """The models as one stacked model, checked on `rows` training inputs to compute each member's own outputs;
+    `NotStackable` when it cannot be built or does not."""
     # The probe has the inputs' evaluation form (a crop augmentation makes training inputs smaller than stored).
-    probe = next(iterate_batches(splits.split("train"), batch_size * count, shuffle=False, device=device))[0]
+    probe = next(iterate_batches(splits.split("train"), rows, shuffle=False, device=device))[0]
     try:
-        stacked = stack_models(models, grouped=cuda)
+        stacked = stack_models(models, grouped=device.type == "cuda")
         mismatch = check_stacked(stacked, models, probe)
     except Exception as exc:  # a model that cannot be copied, or whose stacked forward pass fails
         raise NotStackable(f"cannot train these runs together: {type(exc).__name__}: {exc}") from exc
     if mismatch is not None:
         raise NotStackable(f"cannot train these runs together: {mismatch}")
-    states = _resume_states(members)
-    optimizer = make_optimizer(stacked.parameters(), cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    steps, first_epoch = 0, 1
-    if states is not None:
-        load_members(stacked, [s["model"] for s in states])
-        optimizer.load_state_dict(_stack_optimizer_states([s["optimizer"] for s in states]))
-        scheduler.load_state_dict(states[0]["scheduler"])
-        steps, first_epoch = states[0]["steps"], states[0]["epoch"] + 1
-        for member, state in zip(members, states):
-            member.result.history, member.result.best_epoch = list(state["history"]), state["best_epoch"]
-            member.result.snapshots = dict(state["snapshots"])
-            member.best_val, member.best_state = state["best_val"], state["best_state"]
-            member.elapsed, member.result.resumed_from = state["seconds"], state["epoch"]
-    # No stacked layer draws from the global RNG, so each run's stream stays where `fit` seeds it.
-    rng_states = [torch_generator(c.seed, "train-global").get_state() for c in cfgs]
-    provenance = {"versions": package_versions(), "git_revision": git_revision()} \
-        if any(m.checkpoint is not None for m in members) else {}
-    start = last_save = time.perf_counter()
+    return stacked
 
-    def save(epoch: int) -> None:
-        nonlocal last_save
-        last_save = time.perf_counter()
-        share = (time.perf_counter() - start) / count
-        for r, member in enumerate(members):
-            if member.checkpoint is None or member.finished:
-                continue
-            result = member.result
-            save_checkpoint(member.checkpoint, {
-                "epoch": epoch, "model": member_state(stacked, r), "optimizer": _optimizer_state(optimizer, r),
-                "scheduler": scheduler.state_dict(), "steps": steps, "history": result.history,
-                "best_epoch": result.best_epoch, "best_val": member.best_val, "best_state": member.best_state,
-                "snapshots": result.snapshots, "rng": rng_states[r], "train_config": member.cfg.model_dump(),
-                "cuda_rng": None, "seconds": member.elapsed + share, "meta": member.meta or {}, **provenance})
 
-    def finish(member: _Member, r: int) -> None:
-        member.finished = True
-        member.final_state = member_state(stacked, r)
+def _resume_group(group: _Group, states: list[dict] | None) -> int:
+    """Load the members' checkpoints `states` (None: a fresh start) into the group; the first epoch to train."""
+    if states is None:
+        return 1
+    load_members(group.stacked, [s["model"] for s in states])
+    group.optimizer.load_state_dict(_stack_optimizer_states([s["optimizer"] for s in states]))
+    group.scheduler.load_state_dict(states[0]["scheduler"])
+    group.steps = states[0]["steps"]
+    for member, state in zip(group.members, states):
+        member.restore(state)
+    return states[0]["epoch"] + 1
 
-    # A run that reached its target accuracy before its checkpoint (a resumed run) trains no further.
-    for r, member in enumerate(members):
-        if member.reached_target() or (cfg.max_steps is not None and steps >= cfg.max_steps):
-            finish(member, r)
-    loss_fn = nn.CrossEntropyLoss()
-    with torch.random.fork_rng(devices=[device] if cuda else []):
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            if all(m.finished for m in members):
-                break
-            stacked.train()
-            loss_sum = torch.zeros(count, device=device, dtype=torch.float64)
-            correct = torch.zeros(count, device=device, dtype=torch.int64)
-            seen = 0
-            augment = [torch_generator(c.seed, "augment", epoch) for c in cfgs]
-            for x, ys in _stacked_batches(train_set, batch_size, [c.seed for c in cfgs], epoch, device):
-                if splits.augment is not None:
-                    x = torch.cat([_prepare(splits.augment(part, gen), None, False)
-                                   for part, gen in zip(x.chunk(count), augment)])
-                with speed.autocast(device):
-                    scores = stacked(x)
-                    losses = torch.stack([loss_fn(part.float(), y) for part, y in zip(scores.chunk(count), ys)])
-                optimizer.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                optimizer.step()
-                steps += 1
-                loss_sum += losses.detach().double() * ys.shape[1]
-                correct += (scores.reshape(count, ys.shape[1], -1).argmax(-1) == ys).sum(1)
-                seen += ys.shape[1]
-                if cfg.max_steps is not None and steps >= cfg.max_steps:
-                    break
-            epoch_loss = (loss_sum / max(seen, 1)).tolist()
-            for r, member in enumerate(members):
-                if not member.finished and not math.isfinite(epoch_loss[r]):
-                    member.result.status, member.result.diverged_epoch = "diverged", epoch
-                    finish(member, r)
-            if all(m.finished for m in members):
-                break
-            scheduler.step()
-            val = _accuracies(stacked, splits.val, count, cfg, device, speed).tolist()
-            train_acc = (correct.double().cpu() / max(seen, 1)).tolist()
-            done = cfg.max_steps is not None and steps >= cfg.max_steps
-            due = time.perf_counter() - last_save >= checkpoint_every or epoch == cfg.epochs
-            for r, member in enumerate(members):
-                if member.finished:
-                    continue
-                record = {"epoch": epoch, "loss": epoch_loss[r], "train_acc": train_acc[r], "val_acc": val[r],
-                          "lr": optimizer.param_groups[0]["lr"]}
-                member.result.history.append(record)
-                if record["val_acc"] > member.best_val:
-                    member.best_val, member.result.best_epoch = record["val_acc"], epoch
-                    if cfg.early_stopping:
-                        member.best_state = member_state(stacked, r)
-                if epoch in cfg.snapshot_epochs:
-                    member.result.snapshots[epoch] = member_state(stacked, r)
-                if member.reached_target() or done:
-                    due = True
-            if due:
-                save(epoch)
-            for r, member in enumerate(members):
-                if not member.finished and (member.reached_target() or done):
-                    finish(member, r)
-                if on_epoch is not None and member.result.history and member.result.history[-1]["epoch"] == epoch:
-                    on_epoch(r, member.result.history[-1])
-    share = (time.perf_counter() - start) / count
+
+def _train_group_epoch(group: _Group, splits: Splits, cfg: TrainConfig, epoch: int) -> tuple[list, list]:
+    """One epoch of stacked optimiser steps (fewer when `cfg.max_steps` is reached); each member's mean loss and
+    training accuracy."""
+    g, device, count = group, group.device, len(group.members)
+    g.stacked.train()
+    loss_sum = torch.zeros(count, device=device, dtype=torch.float64)
+    correct = torch.zeros(count, device=device, dtype=torch.int64)
+    seen = 0
+    seeds = [m.cfg.seed for m in g.members]
+    augment = [torch_generator(seed, "augment", epoch) for seed in seeds]
+    for x, ys in stacked_batches(g.train_set, cfg.effective_batch_size, seeds, epoch, device):
+        if splits.augment is not None:
+            x = torch.cat([prepare(splits.augment(part, gen), None, False)
+                           for part, gen in zip(x.chunk(count), augment)])
+        with g.speed.autocast(device):
+            scores = g.stacked(x)
+            losses = torch.stack([nn.functional.cross_entropy(part.float(), y)
+                                  for part, y in zip(scores.chunk(count), ys)])
+        g.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        g.optimizer.step()
+        g.steps += 1
+        loss_sum += losses.detach().double() * ys.shape[1]
+        correct += (scores.reshape(count, ys.shape[1], -1).argmax(-1) == ys).sum(1)
+        seen += ys.shape[1]
+        if out_of_steps(cfg, g.steps):
+            break
+    return (loss_sum / max(seen, 1)).tolist(), (correct.double().cpu() / max(seen, 1)).tolist()
+
+
+def _end_group_epoch(group: _Group, splits: Splits, cfg: TrainConfig, epoch: int, losses: list, train_acc: list,
+                     checkpoint_every: float, on_epoch: Callable[[int, dict], None] | None) -> bool:
+    """Finish diverged members, step the schedule, record epoch `epoch` for every member still training, write
+    the checkpoints when due and finish the members that are done; whether every member has finished."""
+    g = group
+    for r, member in enumerate(g.members):
+        if not member.finished and not math.isfinite(losses[r]):
+            member.diverge(epoch)
+            member.finish(g.stacked, r)
+    if all(m.finished for m in g.members):
+        return True
+    g.scheduler.step()
+    val = _accuracies(g.stacked, splits.val, len(g.members), cfg, g.device, g.speed).tolist()
+    done = out_of_steps(cfg, g.steps)
+    due = time.perf_counter() - g.last_save >= checkpoint_every or epoch == cfg.epochs
+    for r, member in enumerate(g.members):
+        if member.finished:
+            continue
+        member.record(epoch, losses[r], train_acc[r], val[r], g.optimizer.param_groups[0]["lr"],
+                      functools.partial(member_state, g.stacked, r))
+        if member.reached_target() or done:
+            due = True
+    if due:
+        _save_group(g, epoch)
+    for r, member in enumerate(g.members):
+        if not member.finished and (member.reached_target() or done):
+            member.finish(g.stacked, r)
+        if on_epoch is not None and member.result.history and member.result.history[-1]["epoch"] == epoch:
+            on_epoch(r, member.result.history[-1])
+    return False
+
+
+def _save_group(group: _Group, epoch: int) -> None:
+    """Each member still training writes its own checkpoint, in `fit`'s format, with an equal share of the time."""
+    g = group
+    g.last_save = time.perf_counter()
+    share = (time.perf_counter() - g.start) / len(g.members)
+    for r, member in enumerate(g.members):
+        if member.checkpoint is None or member.finished:
+            continue
+        save_checkpoint(member.checkpoint, member.checkpoint_state(
+            epoch, model=member_state(g.stacked, r), optimizer=_optimizer_state(g.optimizer, r),
+            scheduler=g.scheduler.state_dict(), steps=g.steps, rng=g.rng_states[r], cuda_rng=None,
+            seconds=member.elapsed + share, provenance=g.provenance))
+
+
+def _measure_group(group: _Group, models: list[nn.Module], splits: Splits, cfg: TrainConfig) -> list[FitResult]:
+    """Give each model its final weights (its best epoch's under early stopping) and each run's result its
+    accuracies on the three splits and its share of the time."""
+    g, count = group, len(group.members)
+    share = (time.perf_counter() - g.start) / count
     finals = []
-    for r, member in enumerate(members):
-        state = member.final_state if member.final_state is not None else member_state(stacked, r)
-        if member.result.status == "done" and cfg.early_stopping and member.best_state is not None:
-            state = member.best_state
-        finals.append(state)
-    load_members(stacked, finals)
-    accuracies = {split: _accuracies(stacked, splits.split(split), count, cfg, device, speed).tolist()
+    for r, member in enumerate(g.members):
+        state = member.final_state if member.final_state is not None else member_state(g.stacked, r)
+        best = member.early_stopped_weights()
+        finals.append(state if best is None else best)
+    load_members(g.stacked, finals)
+    accuracies = {split: _accuracies(g.stacked, splits.split(split), count, cfg, g.device, g.speed).tolist()
                   for split in ("train", "val", "test")}
     results = []
-    for r, (member, model) in enumerate(zip(members, models)):
+    for r, (member, model) in enumerate(zip(g.members, models)):
         model.load_state_dict(finals[r])
         if member.result.status == "done":
             for split, values in accuracies.items():
