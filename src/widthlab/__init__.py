@@ -2,7 +2,7 @@
 
 Public API (DESIGN.md §3): models (`create_model`, `list_models`), data (`load_data`), measurement
 (`capture`, `pcs_needed`, `compressibility`, `similarity`, `redundancy`, `perturbation_curve`,
-`ablation_curve`, `robustness_auc`, `analyze`, `unit_table`) and studies (`run_study`, `load_results`).
+`ablation_curve`, `robustness_auc`, `analyze`, `unit_table`) and studies (`run_study` → `StudyOutcome`, `load_results`).
 """
 
 from widthlab.data import Splits, load_data
@@ -21,12 +21,12 @@ from widthlab.measure import (
     unit_table,
 )
 from widthlab.models import create_model, list_models
-from widthlab.study import Results, load_results, run_study
+from widthlab.study import Results, StudyOutcome, load_results, run_study
 from widthlab.train import TrainConfig, fit, fit_group
 from widthlab.version import __version__ as __version__
 
 __all__ = [
     "Curve", "Results", "Splits", "TrainConfig", "WidthlabError", "ablation_curve", "analyze", "capture",
     "compressibility", "create_model", "fit", "fit_group", "list_models", "load_data", "load_results", "pcs_needed",
-    "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity", "unit_table",
+    "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity", "StudyOutcome", "unit_table",
 ]

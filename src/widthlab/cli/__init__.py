@@ -18,7 +18,7 @@ from widthlab.errors import WidthlabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from widthlab import __version__
+    from widthlab.version import __version__
 
     parser = argparse.ArgumentParser(prog="widthlab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"widthlab {__version__}")
