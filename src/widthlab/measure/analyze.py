@@ -11,10 +11,11 @@ from torch import nn
 
 from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.calibration import RowSampler, similarity_nulls
-from widthlab.measure.capture import default_layers, evaluating, resolve_modules, stream_activations
+from widthlab.measure.capture import default_layers, evaluating, stream_activations
 from widthlab.measure.engine import sweep
 from widthlab.measure.frivolous import frivolous_rows
 from widthlab.measure.graph import probe
+from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
                                      select_scores, total_rows)
 from widthlab.measure.layout import unit_axes

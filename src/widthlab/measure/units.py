@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.capture import resolve_modules, stream_activations
+from widthlab.measure.capture import stream_activations
 from widthlab.measure.engine import Evaluation, sweep
+from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import DEFAULT_MASK, Inputs, Output, first_batch, model_device
 from widthlab.measure.perturbations import LayerSpec, MaskPlan, Perturbation
 from widthlab.measure.redundancy import Moments, abs_r_matrix, census, check_fraction, similar_counts
