@@ -10,19 +10,19 @@ import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError, check_positive_int
-from widthlab.measure.calibration import RowSampler, similarity_nulls
+from widthlab.measure.calibration import NullRows, similarity_nulls
 from widthlab.measure.capture import default_layers, evaluating, stream_activations
 from widthlab.measure.engine import sweep
 from widthlab.measure.frivolous import frivolous_rows
 from widthlab.measure.graph import probe
 from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
-                                     select_scores, total_rows)
+                                     select_scores)
 from widthlab.measure.layout import unit_axes
 from widthlab.measure.perturbations import check_levels, get_perturbation
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
+from widthlab.measure.rows import RowSampler, Stream, draw_rows
 from widthlab.measure.selectivity import ClassSums, layer_selectivity, token_layers, unit_selectivity
-from widthlab.seeding import numpy_generator
 from widthlab.threads import torch_blas_threads
 from widthlab.vocab import (
     ANALYZE_COLUMNS,
@@ -34,25 +34,32 @@ from widthlab.vocab import (
 )
 
 
+def _row_stream(seed: int) -> Stream:
+    """The stream of redundancy's row draws: sampling s of layer L draws from (seed, L, s, "rows")."""
+    return lambda layer, sampling: (seed, layer, sampling, "rows")
+
+
 def _draw_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) -> np.ndarray:
-    """Sorted indices of min(max_rows, total) rows drawn uniformly without replacement from (seed, layer, s)."""
-    rng = numpy_generator(seed, layer, sampling, "rows")
-    return np.sort(rng.choice(total, size=min(max_rows, total), replace=False))
+    """Sorted indices of the min(max_rows, total) rows sampling s of `layer` keeps for redundancy."""
+    return draw_rows(total, max_rows, *_row_stream(seed)(layer, sampling))
 
 
 class _LayerMoments:
     """Streams each layer's (rows, units) chunks into float64 moments: all rows, or `max_rows` per sampling.
 
     With `max_rows`, sampling s keeps rows drawn uniformly without replacement from the stream (seed, layer, s,
-    "rows"), and `full` asks for the moments of all rows as well (for perturbations that need clean statistics;
-    with `census_only`, for selectivity's flat/silent flags alone, only their per-unit variances).
+    "rows") by the one row sampler (`widthlab.measure.rows.RowSampler`), and `full` asks for the moments of all
+    rows as well (for perturbations that need clean statistics; with `census_only`, for selectivity's flat/silent
+    flags alone, only their per-unit variances).
 
     Example: ``acc = _LayerMoments(["relu1"], 3, 0, None, None); acc.add({"relu1": rows}, len(x)); acc.draws()``
     """
 
     def __init__(self, names: list[str], samplings: int, seed: int, max_rows: int | None,
                  counts: tuple[int, int | None] | None, full: bool, census_only: bool = False):
-        self.samplings, self.seed, self.max_rows, self.counts = samplings, seed, max_rows, counts
+        self.samplings = samplings
+        self.sampler = None if max_rows is None else RowSampler(names, max_rows, counts, _row_stream(seed),
+                                                                draws=samplings)
         draws = 1 if max_rows is None else samplings
         self.moments = {name: [Moments() for _ in range(draws)] for name in names}
         # {layer: moments of all rows}, for the perturbations; without max_rows that is the one draw itself.
@@ -61,47 +68,35 @@ class _LayerMoments:
         else:
             # `census_only`: all rows are needed only for per-unit flags (selectivity), not for the perturbations
             self.every = {name: Moments(diagonal=census_only) for name in names} if full else None
-        # sorted row indices per sampling, drawn at a first chunk; None when every sampling keeps all rows
-        self.picks: dict[str, list[np.ndarray] | None] = {}
-        self.seen = dict.fromkeys(names, 0)  # rows streamed so far per layer
-        self.totals: dict[str, int] = {}
 
     def add(self, chunks: dict[str, torch.Tensor], batch: Batch) -> None:
         """Add one batch: ``{layer: (rows, units) chunk}`` of the examples of `batch`."""
         for name, rows in chunks.items():
-            if self.max_rows is not None and name not in self.picks:
-                self._draw(name, len(rows), batch)
+            if self.sampler is not None and self.sampler.first(name, len(rows), batch) \
+                    and self.sampler.picks[name] is None:
+                self._share(name)
             if self.every is not None:
                 self.every[name].update(rows)
-            if self.max_rows is None:
+            if self.sampler is None:
                 continue
-            start, stop = self.seen[name], self.seen[name] + len(rows)
-            self.seen[name] = stop
-            if self.picks[name] is None:  # every sampling keeps every row, in order: one shared accumulation
+            parts = self.sampler.pick(name, rows, batch)
+            if parts is None:  # every sampling keeps every row, in order: one shared accumulation
                 if self.every is None or self.moments[name][0] is not self.every[name]:
                     self.moments[name][0].update(rows)
                 continue
-            for s, idx in enumerate(self.picks[name]):
-                lo, hi = np.searchsorted(idx, [start, stop])
-                if hi > lo:
-                    self.moments[name][s].update(rows[torch.as_tensor(idx[lo:hi] - start, device=rows.device)])
+            for s, part in enumerate(parts):
+                if len(part):
+                    self.moments[name][s].update(part)
 
-    def _draw(self, name: str, rows: int, batch: Batch) -> None:
-        """Draw each sampling's rows of `name` at its first chunk of `rows` rows."""
-        self.totals[name] = total = total_rows(rows, batch, *self.counts)
-        if self.max_rows >= total:
-            # Drawing every row gives every sampling the same matrix, so they share one `Moments` (the one of all
-            # rows, when kept in full) and `analyze` computes its spectrum once.
-            every = None if self.every is None or self.every[name].diagonal else self.every[name]
-            shared = every or Moments()
-            self.moments[name] = [shared] * self.samplings
-            self.picks[name] = None
-        else:
-            self.picks[name] = [_draw_rows(self.seed, name, s, total, self.max_rows) for s in range(self.samplings)]
+    def _share(self, name: str) -> None:
+        """Drawing every row of `name` gives every sampling the same matrix, so they share one `Moments` (the one
+        of all rows, when kept in full) and `analyze` computes its spectrum once."""
+        every = None if self.every is None or self.every[name].diagonal else self.every[name]
+        self.moments[name] = [every or Moments()] * self.samplings
 
     def draws(self) -> dict[str, list[Moments]]:
         """``{layer: [moments per draw]}`` once every batch is added."""
-        if any(self.seen[name] != total for name, total in self.totals.items()):
+        if self.sampler is not None and not self.sampler.complete():
             raise WidthlabError("max_rows needs the same number of rows per example in every batch and inputs whose "
                                 "length matches what they yield")
         return self.moments
@@ -224,7 +219,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
                             full=needs_moments or classes is not None, census_only=not needs_moments)
 
     # The similarity null's rows are drawn from the same clean pass, not from a pass of their own.
-    null_sampler = None if null_rows is None else RowSampler(names, null_rows, seed, count_examples(inputs, mask))
+    null_sampler = None if null_rows is None else NullRows(names, null_rows, seed, count_examples(inputs, mask))
 
     def clean(chunks: dict[str, torch.Tensor], batch: Batch) -> None:
         streams.add(chunks, batch)
