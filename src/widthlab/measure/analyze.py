@@ -19,7 +19,7 @@ from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
                                      select_scores)
 from widthlab.measure.layout import unit_axes
-from widthlab.measure.perturbations import check_levels, get_perturbation
+from widthlab.measure.perturbations import get_perturbation, level_sets
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
 from widthlab.measure.rows import RowSampler, Stream, draw_rows
 from widthlab.measure.selectivity import ClassSums, layer_selectivity, token_layers, unit_selectivity
@@ -105,7 +105,7 @@ class _LayerMoments:
 @torch_blas_threads
 def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = None, *, labels=None,
             perturbations: Sequence[str] = ("zero",),
-            levels: Sequence[float] | Mapping[str, Sequence[float]] | None = None, samplings: int = 3,
+            levels: int | Sequence[float] | Mapping[str, int | Sequence[float]] | None = None, samplings: int = 3,
             seed: int = 0, max_rows: int | None = None, energy: float = 0.95, threshold: float = 0.5,
             unit_axis: int | None = None, batch_size: int = 256, ablations_per_eval: int = 1, path: str = "auto",
             skip_zero_inputs: bool = False, null_rows: int | None = 20_000, output: Output = None,
@@ -153,7 +153,8 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
         train_labels: (N_train,) labels of `train_inputs` (default None: their own); a training split without
             labels is an error.
         perturbations: names from ``PERTURBATIONS`` (default ``("zero",)``).
-        levels: the levels of every perturbation, or a mapping perturbation → its levels (default: each
+        levels: the levels of every perturbation (a list, or a count n: n evenly spaced over each perturbation's
+            range), or a mapping perturbation → its levels (`level_sets`; default: each
             perturbation's own: shares 0, 0.1, ..., 1.0, or σ multiples 0, 0.2, ..., 2.0 for ``act_noise`` and
             ``weight_noise``; a mapping's missing perturbations get theirs too).
         samplings: S random unit orders / row draws (default 3); seed: their seed (default 0).
@@ -176,14 +177,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     Example: ``analyze(create_model("mlp", 1.0, input_dim=10), torch.randn(500, 10), samplings=2)``
     """
     perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
-    if isinstance(levels, Mapping):
-        unknown = sorted(set(levels) - set(perturbations))
-        if unknown:
-            raise WidthlabError(f"levels given for {unknown}, which are not among the perturbations {perturbations}")
-        level_sets = {perturbation: check_levels(levels.get(perturbation), perturbation)
-                      for perturbation in perturbations}
-    else:
-        level_sets = {perturbation: check_levels(levels, perturbation) for perturbation in perturbations}
+    levels = level_sets(levels, perturbations)
     samplings = check_positive_int("samplings", samplings)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
@@ -194,7 +188,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     records = []
     scopes = [*names, JOINT_SCOPE] if len(names) > 1 else names
     measured = [(perturbation, scope) for perturbation in perturbations for scope in scopes]
-    jobs = [(perturbation, names if scope == JOINT_SCOPE else [scope], level_sets[perturbation])
+    jobs = [(perturbation, names if scope == JOINT_SCOPE else [scope], levels[perturbation])
             for perturbation, scope in measured]
     options = dict(samplings=samplings, seed=seed, labels=labels, unit_axis=unit_axis, batch_size=batch_size,
                    path=path, ablations_per_eval=ablations_per_eval, skip_zero_inputs=skip_zero_inputs,
