@@ -207,7 +207,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.external import first_examples, load_model, trial_run
     from widthlab.measure import analyze, capture, check_measurable
     from widthlab.measure.inputs import count_examples, first_batch, known_examples
-    from widthlab.measure.perturbations import evenly_spaced_levels, get_perturbation
+    from widthlab.measure.perturbations import get_perturbation, level_sets
     from widthlab.report.analysis import layer_table, write_layer_figures
     from widthlab.study.build import parameter_count
 
@@ -256,10 +256,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
               f"{_plural(choice.samplings, 'sampling')}: about {evaluations:,} forward evaluations, {timing}",
               file=sys.stderr)
 
-    level_sets = {name: evenly_spaced_levels(choice.levels, name) for name in perturbations}
+    levels = level_sets(choice.levels, perturbations)
     bar = None if args.quiet else tqdm(desc="measuring", unit="eval", file=sys.stderr, dynamic_ncols=True)
     try:
-        frame = analyze(model, inputs, names, perturbations=perturbations, levels=level_sets,
+        frame = analyze(model, inputs, names, perturbations=perturbations, levels=levels,
                         samplings=choice.samplings, seed=args.seed, max_rows=flags["max_rows"], unit_axis=unit_axis,
                         output=output, mask=mask, progress=bar)
     finally:

@@ -1,4 +1,26 @@
-"""`analyze`: every redundancy and robustness number of a model's layers as one long-format DataFrame."""
+"""`analyze`: every redundancy and robustness number of a model's layers as one long-format DataFrame.
+
+The rows of `analyze` (columns ``layer, metric, perturbation, level, sampling, value``):
+
+- redundancy, per layer, perturbation ``""``: metrics ``n_units``, ``pcs_needed``, ``compressibility``,
+  ``similarity``, ``similarity_live``, ``similar_fraction``, ``silent_fraction``, ``constant_fraction``
+  (level NaN) and 50 ``abs_r_count`` rows (level = the |r| bin centre). Without `max_rows` they are computed
+  once from all rows and reported as sampling 0 only (there is no sampling variation to summarise); with
+  `max_rows` each sampling s draws its own rows, so mean/std over samplings show the subsampling spread.
+- robustness, per perturbation and per layer, plus layer ``"all"`` (every layer at once) when more than one
+  layer is analysed (with one layer it would repeat that layer): ``auc`` (level NaN) and the curve points
+  ``unchanged`` and, with labels, ``accuracy`` at each level, for every sampling.
+- frivolous units (`widthlab.measure.frivolous`), per unit layer: ``prunability`` x* (where the ``zero`` curve
+  first falls below 0.8), ``prunable_units`` x*·C and ``non_prunable_units`` (1 − x*)·C per sampling
+  (perturbation ``zero``, when it is measured), and ``redundant_units`` (compressibility·C) and
+  ``non_redundant_units`` (pcs_needed) per redundancy draw (perturbation ``""``).
+- class selectivity (`widthlab.measure.selectivity`), per layer, when the measured inputs have labels
+  (perturbation ``""``, level NaN, sampling 0): ``selectivity`` (mean over units), ``selectivity_std`` (ddof 0)
+  and ``unselective_fraction`` (share of units below 0.05), each on the measured inputs with k* from
+  `train_inputs` (else from the measured inputs), and with `train_inputs` ``selectivity_train`` and
+  ``selectivity_gen`` (mean of (train − test)²). Its per-class sums ride on the clean pass; `train_inputs`
+  add one streaming pass.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +32,19 @@ import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError, check_positive_int
-from widthlab.measure.calibration import RowSampler, similarity_nulls
-from widthlab.measure.capture import default_layers, evaluating, resolve_modules, stream_activations
+from widthlab.measure.calibration import NullRows, similarity_nulls
+from widthlab.measure.capture import default_layers, evaluating, stream_activations
 from widthlab.measure.engine import sweep
 from widthlab.measure.frivolous import frivolous_rows
 from widthlab.measure.graph import probe
+from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
-                                     select_scores, total_rows)
+                                     select_scores)
 from widthlab.measure.layout import unit_axes
-from widthlab.measure.perturbations import check_levels, get_perturbation
+from widthlab.measure.perturbations import get_perturbation, level_sets
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
+from widthlab.measure.rows import RowSampler, Stream, draw_rows
 from widthlab.measure.selectivity import ClassSums, layer_selectivity, token_layers, unit_selectivity
-from widthlab.seeding import numpy_generator
 from widthlab.threads import torch_blas_threads
 from widthlab.vocab import (
     ANALYZE_COLUMNS,
@@ -33,25 +56,32 @@ from widthlab.vocab import (
 )
 
 
+def _row_stream(seed: int) -> Stream:
+    """The stream of redundancy's row draws: sampling s of layer L draws from (seed, L, s, "rows")."""
+    return lambda layer, sampling: (seed, layer, sampling, "rows")
+
+
 def _draw_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) -> np.ndarray:
-    """Sorted indices of min(max_rows, total) rows drawn uniformly without replacement from (seed, layer, s)."""
-    rng = numpy_generator(seed, layer, sampling, "rows")
-    return np.sort(rng.choice(total, size=min(max_rows, total), replace=False))
+    """Sorted indices of the min(max_rows, total) rows sampling s of `layer` keeps for redundancy."""
+    return draw_rows(total, max_rows, *_row_stream(seed)(layer, sampling))
 
 
 class _LayerMoments:
     """Streams each layer's (rows, units) chunks into float64 moments: all rows, or `max_rows` per sampling.
 
     With `max_rows`, sampling s keeps rows drawn uniformly without replacement from the stream (seed, layer, s,
-    "rows"), and `full` asks for the moments of all rows as well (for perturbations that need clean statistics;
-    with `census_only`, for selectivity's flat/silent flags alone, only their per-unit variances).
+    "rows") by the one row sampler (`widthlab.measure.rows.RowSampler`), and `full` asks for the moments of all
+    rows as well (for perturbations that need clean statistics; with `census_only`, for selectivity's flat/silent
+    flags alone, only their per-unit variances).
 
     Example: ``acc = _LayerMoments(["relu1"], 3, 0, None, None); acc.add({"relu1": rows}, len(x)); acc.draws()``
     """
 
     def __init__(self, names: list[str], samplings: int, seed: int, max_rows: int | None,
                  counts: tuple[int, int | None] | None, full: bool, census_only: bool = False):
-        self.samplings, self.seed, self.max_rows, self.counts = samplings, seed, max_rows, counts
+        self.samplings = samplings
+        self.sampler = None if max_rows is None else RowSampler(names, max_rows, counts, _row_stream(seed),
+                                                                draws=samplings)
         draws = 1 if max_rows is None else samplings
         self.moments = {name: [Moments() for _ in range(draws)] for name in names}
         # {layer: moments of all rows}, for the perturbations; without max_rows that is the one draw itself.
@@ -60,47 +90,35 @@ class _LayerMoments:
         else:
             # `census_only`: all rows are needed only for per-unit flags (selectivity), not for the perturbations
             self.every = {name: Moments(diagonal=census_only) for name in names} if full else None
-        # sorted row indices per sampling, drawn at a first chunk; None when every sampling keeps all rows
-        self.picks: dict[str, list[np.ndarray] | None] = {}
-        self.seen = dict.fromkeys(names, 0)  # rows streamed so far per layer
-        self.totals: dict[str, int] = {}
 
     def add(self, chunks: dict[str, torch.Tensor], batch: Batch) -> None:
         """Add one batch: ``{layer: (rows, units) chunk}`` of the examples of `batch`."""
         for name, rows in chunks.items():
-            if self.max_rows is not None and name not in self.picks:
-                self._draw(name, len(rows), batch)
+            if self.sampler is not None and self.sampler.first(name, len(rows), batch) \
+                    and self.sampler.picks[name] is None:
+                self._share(name)
             if self.every is not None:
                 self.every[name].update(rows)
-            if self.max_rows is None:
+            if self.sampler is None:
                 continue
-            start, stop = self.seen[name], self.seen[name] + len(rows)
-            self.seen[name] = stop
-            if self.picks[name] is None:  # every sampling keeps every row, in order: one shared accumulation
+            parts = self.sampler.pick(name, rows, batch)
+            if parts is None:  # every sampling keeps every row, in order: one shared accumulation
                 if self.every is None or self.moments[name][0] is not self.every[name]:
                     self.moments[name][0].update(rows)
                 continue
-            for s, idx in enumerate(self.picks[name]):
-                lo, hi = np.searchsorted(idx, [start, stop])
-                if hi > lo:
-                    self.moments[name][s].update(rows[torch.as_tensor(idx[lo:hi] - start, device=rows.device)])
+            for s, part in enumerate(parts):
+                if len(part):
+                    self.moments[name][s].update(part)
 
-    def _draw(self, name: str, rows: int, batch: Batch) -> None:
-        """Draw each sampling's rows of `name` at its first chunk of `rows` rows."""
-        self.totals[name] = total = total_rows(rows, batch, *self.counts)
-        if self.max_rows >= total:
-            # Drawing every row gives every sampling the same matrix, so they share one `Moments` (the one of all
-            # rows, when kept in full) and `analyze` computes its spectrum once.
-            every = None if self.every is None or self.every[name].diagonal else self.every[name]
-            shared = every or Moments()
-            self.moments[name] = [shared] * self.samplings
-            self.picks[name] = None
-        else:
-            self.picks[name] = [_draw_rows(self.seed, name, s, total, self.max_rows) for s in range(self.samplings)]
+    def _share(self, name: str) -> None:
+        """Drawing every row of `name` gives every sampling the same matrix, so they share one `Moments` (the one
+        of all rows, when kept in full) and `analyze` computes its spectrum once."""
+        every = None if self.every is None or self.every[name].diagonal else self.every[name]
+        self.moments[name] = [every or Moments()] * self.samplings
 
     def draws(self) -> dict[str, list[Moments]]:
         """``{layer: [moments per draw]}`` once every batch is added."""
-        if any(self.seen[name] != total for name, total in self.totals.items()):
+        if self.sampler is not None and not self.sampler.complete():
             raise WidthlabError("max_rows needs the same number of rows per example in every batch and inputs whose "
                                 "length matches what they yield")
         return self.moments
@@ -109,7 +127,7 @@ class _LayerMoments:
 @torch_blas_threads
 def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = None, *, labels=None,
             perturbations: Sequence[str] = ("zero",),
-            levels: Sequence[float] | Mapping[str, Sequence[float]] | None = None, samplings: int = 3,
+            levels: int | Sequence[float] | Mapping[str, int | Sequence[float]] | None = None, samplings: int = 3,
             seed: int = 0, max_rows: int | None = None, energy: float = 0.95, threshold: float = 0.5,
             unit_axis: int | None = None, batch_size: int = 256, ablations_per_eval: int = 1, path: str = "auto",
             skip_zero_inputs: bool = False, null_rows: int | None = 20_000, output: Output = None,
@@ -117,26 +135,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             train_labels=None) -> pd.DataFrame:
     """Measure redundancy and robustness of each layer; one row per number.
 
-    Rows (columns ``layer, metric, perturbation, level, sampling, value``):
-
-    - redundancy, per layer, perturbation ``""``: metrics ``n_units``, ``pcs_needed``, ``compressibility``,
-      ``similarity``, ``similarity_live``, ``similar_fraction``, ``silent_fraction``, ``constant_fraction``
-      (level NaN) and 50 ``abs_r_count`` rows (level = the |r| bin centre). Without `max_rows` they are computed
-      once from all rows and reported as sampling 0 only (there is no sampling variation to summarise); with
-      `max_rows` each sampling s draws its own rows, so mean/std over samplings show the subsampling spread.
-    - robustness, per perturbation and per layer, plus layer ``"all"`` (every layer at once) when more than one
-      layer is analysed (with one layer it would repeat that layer): ``auc`` (level NaN) and the curve points
-      ``unchanged`` and, with labels, ``accuracy`` at each level, for every sampling.
-    - frivolous units (`widthlab.measure.frivolous`), per unit layer: ``prunability`` x* (where the ``zero`` curve
-      first falls below 0.8), ``prunable_units`` x*·C and ``non_prunable_units`` (1 − x*)·C per sampling
-      (perturbation ``zero``, when it is measured), and ``redundant_units`` (compressibility·C) and
-      ``non_redundant_units`` (pcs_needed) per redundancy draw (perturbation ``""``).
-    - class selectivity (`widthlab.measure.selectivity`), per layer, when the measured inputs have labels
-      (perturbation ``""``, level NaN, sampling 0): ``selectivity`` (mean over units), ``selectivity_std`` (ddof 0)
-      and ``unselective_fraction`` (share of units below 0.05), each on the measured inputs with k* from
-      `train_inputs` (else from the measured inputs), and with `train_inputs` ``selectivity_train`` and
-      ``selectivity_gen`` (mean of (train − test)²). Its per-class sums ride on the clean pass; `train_inputs`
-      add one streaming pass.
+    Rows: see the module doc (columns ``layer, metric, perturbation, level, sampling, value``).
 
     Every curve is measured in one sweep over the data (`sweep`), sharing each batch's clean forward pass among all
     perturbations and scopes; that pass also streams the redundancy moments. A perturbation that needs clean
@@ -157,7 +156,8 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
         train_labels: (N_train,) labels of `train_inputs` (default None: their own); a training split without
             labels is an error.
         perturbations: names from ``PERTURBATIONS`` (default ``("zero",)``).
-        levels: the levels of every perturbation, or a mapping perturbation → its levels (default: each
+        levels: the levels of every perturbation (a list, or a count n: n evenly spaced over each perturbation's
+            range), or a mapping perturbation → its levels (`level_sets`; default: each
             perturbation's own: shares 0, 0.1, ..., 1.0, or σ multiples 0, 0.2, ..., 2.0 for ``act_noise`` and
             ``weight_noise``; a mapping's missing perturbations get theirs too).
         samplings: S random unit orders / row draws (default 3); seed: their seed (default 0).
@@ -180,14 +180,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     Example: ``analyze(create_model("mlp", 1.0, input_dim=10), torch.randn(500, 10), samplings=2)``
     """
     perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
-    if isinstance(levels, Mapping):
-        unknown = sorted(set(levels) - set(perturbations))
-        if unknown:
-            raise WidthlabError(f"levels given for {unknown}, which are not among the perturbations {perturbations}")
-        level_sets = {perturbation: check_levels(levels.get(perturbation), perturbation)
-                      for perturbation in perturbations}
-    else:
-        level_sets = {perturbation: check_levels(levels, perturbation) for perturbation in perturbations}
+    levels = level_sets(levels, perturbations)
     samplings = check_positive_int("samplings", samplings)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
@@ -195,54 +188,99 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     names = default_layers(model, inputs, batch_size=batch_size, mask=mask) if layers is None else list(layers)
     resolve_modules(model, names)
 
-    records = []
-    scopes = [*names, JOINT_SCOPE] if len(names) > 1 else names
-    measured = [(perturbation, scope) for perturbation in perturbations for scope in scopes]
-    jobs = [(perturbation, names if scope == JOINT_SCOPE else [scope], level_sets[perturbation])
-            for perturbation, scope in measured]
-    options = dict(samplings=samplings, seed=seed, labels=labels, unit_axis=unit_axis, batch_size=batch_size,
-                   path=path, ablations_per_eval=ablations_per_eval, skip_zero_inputs=skip_zero_inputs,
-                   output=output, mask=mask, progress=progress)
+    measured, jobs = _jobs(names, perturbations, levels)
+    options = {"samplings": samplings, "seed": seed, "labels": labels, "unit_axis": unit_axis,
+               "batch_size": batch_size, "path": path, "ablations_per_eval": ablations_per_eval,
+               "skip_zero_inputs": skip_zero_inputs, "output": output, "mask": mask, "progress": progress}
     needs_moments = any(get_perturbation(perturbation).needs_moments for perturbation in perturbations)
-    head = first_batch(model, inputs, 2, mask)
-    classes = train = None
-    if train_inputs is not None and labels is None and head.labels is None:
-        raise WidthlabError("train_inputs were given for selectivity, but the measured inputs have no labels: give "
-                            "labels= (or inputs that carry them), or leave train_inputs out")
-    if labels is not None or head.labels is not None:
-        token = token_layers(model, head, names)
-        classes = ClassSums(token, labels)
-        if train_inputs is not None:  # before the sweep, so a training split without labels fails fast
-            train = ClassSums(token, train_labels, what="train_labels", required=True)
-            for chunks, batch in stream_activations(model, train_inputs, names, unit_axis=unit_axis,
-                                                    batch_size=batch_size, mask=mask):
-                train.add(chunks, batch)
+    classes, train = _class_sums(model, inputs, names, labels, train_inputs, train_labels, unit_axis, batch_size,
+                                 mask)
     # Selectivity's census needs the moments of all rows, which max_rows alone does not keep.
     streams = _LayerMoments(names, samplings, seed, max_rows,
                             None if max_rows is None else count_examples(inputs, mask),
                             full=needs_moments or classes is not None, census_only=not needs_moments)
-
     # The similarity null's rows are drawn from the same clean pass, not from a pass of their own.
-    null_sampler = None if null_rows is None else RowSampler(names, null_rows, seed, count_examples(inputs, mask))
+    null_sampler = None if null_rows is None else NullRows(names, null_rows, seed, count_examples(inputs, mask))
+    curves = _measure(model, inputs, names, jobs, _CleanPass(streams, classes, null_sampler),
+                      first_pass=needs_moments or not jobs, **options)
 
-    def clean(chunks: dict[str, torch.Tensor], batch: Batch) -> None:
-        streams.add(chunks, batch)
-        if classes is not None:
-            classes.add(chunks, batch)
-        if null_sampler is not None:
-            null_sampler.add(chunks, batch)
+    records = _redundancy_records(streams.draws(), energy, threshold)
+    if null_sampler is not None:
+        # Calibration of similarity: its permutation null on at most `null_rows` rows sampled in the clean pass.
+        nulls = similarity_nulls(null_sampler.rows(), threshold=threshold, max_rows=null_rows, seed=seed)
+        records += [(name, metric, "", np.nan, 0, float(nulls[name][metric]))
+                    for name in names for metric in NULL_METRICS]
+    if classes is not None and classes.labelled:
+        records += _selectivity_records(names, streams.every, classes, train)
+    records += _curve_records(measured, curves, samplings)
+    return _frame(records)
 
-    if needs_moments or not jobs:
-        for chunks, batch in stream_activations(model, inputs, names, unit_axis=unit_axis, batch_size=batch_size,
-                                                mask=mask):
-            clean(chunks, batch)
-        curves = sweep(model, inputs, jobs, moments=streams.every, **options) if jobs else []
-    else:  # no curve needs clean statistics first, so the curves' clean passes stream them
-        curves = sweep(model, inputs, jobs, on_clean=clean, **options)
-    moments = streams.draws()
-    for name in names:
+
+def _jobs(names: list[str], perturbations: list[str],
+          levels: dict[str, np.ndarray]) -> tuple[list[tuple[str, str]], list[tuple]]:
+    """``(perturbation, scope)`` of each curve and its `sweep` job: every layer alone, then ``"all"`` (every layer
+    at once) when there are several."""
+    scopes = [*names, JOINT_SCOPE] if len(names) > 1 else names
+    measured = [(perturbation, scope) for perturbation in perturbations for scope in scopes]
+    jobs = [(perturbation, names if scope == JOINT_SCOPE else [scope], levels[perturbation])
+            for perturbation, scope in measured]
+    return measured, jobs
+
+
+def _class_sums(model: nn.Module, inputs: Inputs, names: list[str], labels, train_inputs: Inputs | None,
+                train_labels, unit_axis: int | None, batch_size: int,
+                mask: str | int | None) -> tuple[ClassSums | None, ClassSums | None]:
+    """Selectivity's per-class sums: ``(of the measured inputs, to be filled by the clean pass; of `train_inputs`,
+    filled here)``, each None when not measured (no labels; no training split)."""
+    head = first_batch(model, inputs, 2, mask)
+    if train_inputs is not None and labels is None and head.labels is None:
+        raise WidthlabError("train_inputs were given for selectivity, but the measured inputs have no labels: give "
+                            "labels= (or inputs that carry them), or leave train_inputs out")
+    if labels is None and head.labels is None:
+        return None, None
+    token = token_layers(model, head, names)
+    classes, train = ClassSums(token, labels), None
+    if train_inputs is not None:  # before the sweep, so a training split without labels fails fast
+        train = ClassSums(token, train_labels, what="train_labels", required=True)
+        for chunks, batch in stream_activations(model, train_inputs, names, unit_axis=unit_axis,
+                                                batch_size=batch_size, mask=mask):
+            train.add(chunks, batch)
+    return classes, train
+
+
+def _measure(model: nn.Module, inputs: Inputs, names: list[str], jobs: list, clean: _CleanPass, *, first_pass: bool,
+             **options) -> list:
+    """The curves of `jobs` (`sweep`), `clean` fed every batch's clean layer rows on the way: in a pass of its own
+    first when `first_pass` (a perturbation needs the clean moments before the sweep, or there are no curves),
+    else in the sweep's own clean passes."""
+    if not first_pass:
+        return sweep(model, inputs, jobs, on_clean=clean, **options)
+    for chunks, batch in stream_activations(model, inputs, names, unit_axis=options["unit_axis"],
+                                            batch_size=options["batch_size"], mask=options["mask"]):
+        clean(chunks, batch)
+    return sweep(model, inputs, jobs, moments=clean.streams.every, **options) if jobs else []
+
+
+class _CleanPass:
+    """What `analyze` streams from each batch's clean pass: redundancy moments, class sums, the null's rows."""
+
+    def __init__(self, streams: _LayerMoments, classes: ClassSums | None, null_sampler: NullRows | None):
+        self.streams, self.classes, self.null_sampler = streams, classes, null_sampler
+
+    def __call__(self, chunks: dict[str, torch.Tensor], batch: Batch) -> None:
+        self.streams.add(chunks, batch)
+        if self.classes is not None:
+            self.classes.add(chunks, batch)
+        if self.null_sampler is not None:
+            self.null_sampler.add(chunks, batch)
+
+
+def _redundancy_records(moments: dict[str, list[Moments]], energy: float, threshold: float) -> list[tuple]:
+    """The redundancy rows of each layer and draw, with the 50 |r| histogram counts at their bin centres."""
+    records = []
+    for name, draws in moments.items():
         spectra: dict[int, dict] = {}  # id(moments) -> its numbers: samplings sharing their rows share one spectrum
-        for s, m in enumerate(moments[name]):
+        for s, m in enumerate(draws):
             if id(m) not in spectra:
                 spectra[id(m)] = redundancy_from_moments(m, energy=energy, threshold=threshold)
             numbers = spectra[id(m)]
@@ -251,20 +289,23 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             centres = (edges[:-1] + edges[1:]) / 2
             records += [(name, HISTOGRAM_METRIC, "", float(c), s, float(count))
                         for c, count in zip(centres, numbers["abs_r_counts"])]
+    return records
 
-    if null_sampler is not None:
-        # Calibration of similarity: its permutation null on at most `null_rows` rows sampled in the clean pass.
-        nulls = similarity_nulls(null_sampler.rows(), threshold=threshold, max_rows=null_rows, seed=seed)
-        for name in names:
-            records += [(name, metric, "", np.nan, 0, float(nulls[name][metric])) for metric in NULL_METRICS]
 
-    if classes is not None and classes.labelled:
-        for name in names:
-            facts = census(streams.every[name])  # flat and silent units of the measured inputs
-            per_unit = unit_selectivity(classes[name], facts.flat | facts.silent,
-                                        None if train is None else train[name])
-            records += [(name, metric, "", np.nan, 0, value) for metric, value in layer_selectivity(per_unit).items()]
+def _selectivity_records(names: list[str], every: dict[str, Moments], classes: ClassSums,
+                         train: ClassSums | None) -> list[tuple]:
+    """Each layer's selectivity rows, its flat and silent units told by the moments of all its rows."""
+    records = []
+    for name in names:
+        facts = census(every[name])  # flat and silent units of the measured inputs
+        per_unit = unit_selectivity(classes[name], facts.flat | facts.silent, None if train is None else train[name])
+        records += [(name, metric, "", np.nan, 0, value) for metric, value in layer_selectivity(per_unit).items()]
+    return records
 
+
+def _curve_records(measured: list[tuple[str, str]], curves: list, samplings: int) -> list[tuple]:
+    """The ``auc`` row and the curve points (``unchanged``, and ``accuracy`` with labels) of each curve."""
+    records = []
     for (perturbation, scope), curve in zip(measured, curves):
         for s in range(samplings):
             records.append((scope, "auc", perturbation, np.nan, s, float(curve.auc[s])))
@@ -274,6 +315,11 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
             for metric, values in series:
                 records += [(scope, metric, perturbation, float(level), s, float(v))
                             for level, v in zip(curve.levels, values[s])]
+    return records
+
+
+def _frame(records: list[tuple]) -> pd.DataFrame:
+    """The long-format DataFrame of `records`, typed, with the frivolous-unit rows derived from them appended."""
     frame = pd.DataFrame.from_records(records, columns=list(ANALYZE_COLUMNS))
     frame = frame.astype({"layer": str, "metric": str, "perturbation": str, "level": float, "sampling": int,
                           "value": float})

@@ -13,9 +13,12 @@ import numpy as np
 import torch
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.inputs import DEFAULT_MASK, count_examples, total_rows
+from widthlab.measure.inputs import DEFAULT_MASK, count_examples
 from widthlab.measure.redundancy import Moments, as_matrix, census, check_fraction, similarity_from_census
-from widthlab.seeding import numpy_generator
+from widthlab.measure.rows import RowSampler, draw_rows
+from widthlab.seeding import derive_seed, numpy_generator
+
+NULL_ROWS = "null-rows"  # the stream of the null's row draws: its name pins the numbers
 
 
 def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, max_rows: int = 20000,
@@ -49,8 +52,7 @@ def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, 
         raise WidthlabError(f"activations must be a 2-D (rows, units) matrix, got shape {tuple(x.shape)}")
     total = x.shape[0]
     if total > max_rows:
-        # Sorted so the sample keeps the rows' order; moments do not depend on it, but debugging does.
-        picked = np.sort(numpy_generator(seed, "null-rows").choice(total, size=int(max_rows), replace=False))
+        picked = draw_rows(total, int(max_rows), seed, NULL_ROWS)
         x = x[torch.as_tensor(picked, device=x.device)]
     observed = as_matrix(x).cpu().numpy()  # (rows, C) float64
     shuffled = numpy_generator(seed, "null-perm").permuted(observed, axis=0)  # each column permuted on its own
@@ -68,40 +70,31 @@ def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, 
     }
 
 
-class RowSampler:
+class NullRows:
     """Keeps at most `max_rows` rows per layer, drawn uniformly without replacement over all rows, from streamed
     ``{layer: (rows, units) chunk}`` batches, so the full activation matrix is never held.
 
-    Rows of layer L come from the stream (seed, L, "null-rows"); `counts` are the inputs' ``(examples, tokens)``
+    Rows of layer L come from the stream (seed, L, "null-rows") through the one row sampler
+    (`widthlab.measure.rows.RowSampler`); `counts` are the inputs' ``(examples, tokens)``
     (`widthlab.measure.inputs.count_examples`). Fed by `sample_rows`' own pass, or by any pass that streams the
     layers (`analyze`'s clean pass), with the same rows either way.
 
-    Example: ``s = RowSampler(["relu1"], 1000, 0, count_examples(x, None)); s.add(chunks, batch); s.rows()``
+    Example: ``s = NullRows(["relu1"], 1000, 0, count_examples(x, None)); s.add(chunks, batch); s.rows()``
     """
 
     def __init__(self, layers, max_rows: int, seed: int, counts: tuple[int, int | None]):
-        self.max_rows, self.seed, self.counts = max_rows, seed, counts
-        self.picks: dict[str, np.ndarray] = {}
+        self.sampler = RowSampler(list(layers), max_rows, counts, lambda name, _: (derive_seed(seed, name), NULL_ROWS))
         self.kept: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-        self.offset: dict[str, int] = dict.fromkeys(layers, 0)
 
     def add(self, chunks, batch) -> None:
         """Keep the drawn rows of one batch's chunks."""
-        from widthlab.seeding import derive_seed
-
         for name, rows in chunks.items():
             if name not in self.kept:
                 continue
-            if name not in self.picks:  # rows per example (or token rows) are fixed by the first batch
-                total = total_rows(len(rows), batch, *self.counts)
-                draw = numpy_generator(derive_seed(self.seed, name), "null-rows").choice(
-                    total, size=min(self.max_rows, total), replace=False)
-                self.picks[name] = np.sort(draw)
-            offset = self.offset[name]
-            lo, hi = np.searchsorted(self.picks[name], [offset, offset + len(rows)])
-            local = torch.as_tensor(self.picks[name][lo:hi] - offset, device=rows.device)
-            self.kept[name].append(rows[local].detach().to("cpu", torch.float64))
-            self.offset[name] += len(rows)
+            parts = self.sampler.pick(name, rows, batch)
+            # every row kept: a copy, so a later change to the streamed chunk cannot reach the kept rows
+            kept = rows if parts is None else parts[0]
+            self.kept[name].append(kept.detach().to("cpu", torch.float64, copy=parts is None))
 
     def rows(self) -> dict[str, torch.Tensor]:
         """``{layer: (rows, units) float64 CPU tensor}`` of the kept rows."""
@@ -119,7 +112,7 @@ def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, 
     """
     from widthlab.measure.capture import stream_activations
 
-    sampler = RowSampler(list(layers), max_rows, seed, count_examples(inputs, mask))
+    sampler = NullRows(list(layers), max_rows, seed, count_examples(inputs, mask))
     for chunks, batch in stream_activations(model, inputs, list(layers), unit_axis=unit_axis, batch_size=batch_size,
                                             mask=mask):
         sampler.add(chunks, batch)
@@ -128,9 +121,7 @@ def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, 
 
 def similarity_nulls(samples: dict[str, torch.Tensor], *, threshold: float = 0.5, max_rows: int = 20000,
                      seed: int = 0) -> dict[str, dict]:
-    """`similarity_null` of each layer's sampled rows (`sample_rows`, `RowSampler`), seeded per layer."""
-    from widthlab.seeding import derive_seed
-
+    """`similarity_null` of each layer's sampled rows (`sample_rows`, `NullRows`), seeded per layer."""
     return {name: similarity_null(rows, threshold=threshold, max_rows=max_rows, seed=derive_seed(seed, name))
             for name, rows in samples.items()}
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError
+from widthlab.measure.hooks import did_not_run, hooked, ran_twice, resolve_modules
 from widthlab.measure.inputs import DEFAULT_MASK, Batch, Inputs, batches, first_batch
 from widthlab.measure.layout import record_calls, resolve_axis, unit_axes
 from widthlab.measure.redundancy import all_finite
@@ -35,22 +36,6 @@ def is_activation(module: nn.Module) -> bool:
         return True
     kind = type(module)
     return kind.__module__.startswith(ACTIVATION_PACKAGES) and kind.__name__ not in NOT_ACTIVATIONS
-
-
-def resolve_modules(model: nn.Module, layers: str | Sequence[str]) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` for each layer name, or a WidthlabError listing the valid module names."""
-    names = [layers] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise WidthlabError("no layers given; name at least one module of the model")
-    modules = dict(model.named_modules())
-    modules.pop("", None)
-    unknown = [name for name in names if name not in modules]
-    if unknown:
-        raise WidthlabError(f"unknown layer(s) {', '.join(map(repr, unknown))}; valid module names: "
-                            f"{', '.join(modules)}")
-    if len(set(names)) != len(names):
-        raise WidthlabError(f"layers {names} name a module more than once")
-    return [(name, modules[name]) for name in names]
 
 
 @contextmanager
@@ -74,8 +59,8 @@ def layer_hooks(model: nn.Module, layers: str | Sequence[str],
     ran twice in one forward pass (its output is not one layer) or not at all. The hooks are removed in
     ``finally``, whatever happens during the block.
     """
-    modules = resolve_modules(model, layers)
     calls: dict[str, int] = {}
+    names = [name for name, _ in resolve_modules(model, layers)]
 
     def make_hook(name: str):
         def hook(module, args, output):
@@ -88,25 +73,13 @@ def layer_hooks(model: nn.Module, layers: str | Sequence[str],
     def run(batch: Batch):
         calls.clear()
         out = batch.run(model)
-        silent = [name for name, _ in modules if name not in calls]
+        silent = [name for name in names if name not in calls]
         if silent:
-            raise WidthlabError(f"layer(s) {', '.join(map(repr, silent))} did not run in the forward pass")
+            raise WidthlabError(did_not_run(silent))
         return out
 
-    handles = []
-    try:
-        for name, module in modules:
-            handles.append(module.register_forward_hook(make_hook(name)))
+    with hooked(model, names, forward=make_hook):
         yield run
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def ran_twice(name: str) -> str:
-    """The error for a layer whose module runs more than once per forward pass."""
-    return (f"layer {name!r} ran more than once in one forward pass, so its output is not one layer; measure a "
-            "module that runs once (e.g. not a shared ReLU: its block's output instead)")
 
 
 def check_unit_axis(output: object, name: str, unit_axis: int) -> int:

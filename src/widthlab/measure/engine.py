@@ -37,7 +37,7 @@ from torch import nn
 from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.capture import evaluating, stream_activations
 from widthlab.measure.curve import Curve, robustness_auc
-from widthlab.measure.graph import is_plain_producer, probe, trace
+from widthlab.measure.graph import Probe, is_plain_producer, probe, trace
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, batches, known_examples, predictions,
                                      select_scores, valid_positions)
 from widthlab.measure.jobs import Cuts, Entry, Job, link_donor, plan_job, unlink_donor
@@ -212,17 +212,7 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str | Perturbat
         for job in work:
             plan_job(job, units, found.chains, modules, moments, samplings, seed, axes)
         if path != "full":
-            cuts = Cuts(model, trace(model, {*layers, *(name for chain in found.chains.values() for name in chain)}),
-                        set(layers))
-            for job in work:
-                head = next(name for name in found.order if name in job.scope)
-                job.entry = cuts.entry(head, job.plans[head], found.chains[head] if job.perturbation.weights else None)
-                if job.entry is None and path == "batched":
-                    raise WidthlabError(f"path='batched' needs the first layer of the scope to be a cut of the graph "
-                                        f"(proven by torch.fx, or in model.cut_layers with model.forward_from); "
-                                        f"{head!r} is not")
-            for job in work:
-                link_donor(job, work, found.order, cuts)
+            _link_cuts(model, work, layers, found, path)
         overridden = {name for job in work for name in job.weight_plans}
         if skip_zero_inputs:
             overridden |= {name for name, module in modules.items()
@@ -238,15 +228,33 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str | Perturbat
             examples, compared = run.all(itertools.chain([first], source), on_clean)
     if labels is not None and examples != len(labels):
         raise WidthlabError(f"labels has {len(labels)} entries but the inputs yielded {examples} examples")
-    curves = []
+    return [_curve(job, compared, samplings) for job in work]
+
+
+def _link_cuts(model: nn.Module, work: list[Job], layers: list[str], found: Probe, path: str) -> None:
+    """Give each job its entry at the first layer of its scope when the graph proves that layer a cut, then link
+    donors; with ``path="batched"`` a scope whose first layer is no cut is an error."""
+    cuts = Cuts(model, trace(model, {*layers, *(name for chain in found.chains.values() for name in chain)}),
+                set(layers))
     for job in work:
-        unchanged = job.agree.cpu().numpy() / compared
-        accuracy = None if job.correct is None else job.correct.cpu().numpy() / compared
-        auc = (np.array([robustness_auc(job.levels, row) for row in unchanged]) if len(job.levels) >= 2
-               else np.full(samplings, np.nan))
-        curves.append(Curve(levels=job.levels, unchanged=unchanged, accuracy=accuracy, auc=auc,
-                            path="full" if job.entry is None else "batched"))
-    return curves
+        head = next(name for name in found.order if name in job.scope)
+        job.entry = cuts.entry(head, job.plans[head], found.chains[head] if job.perturbation.weights else None)
+        if job.entry is None and path == "batched":
+            raise WidthlabError(f"path='batched' needs the first layer of the scope to be a cut of the graph "
+                                f"(proven by torch.fx, or in model.cut_layers with model.forward_from); "
+                                f"{head!r} is not")
+    for job in work:
+        link_donor(job, work, found.order, cuts)
+
+
+def _curve(job: Job, compared: int, samplings: int) -> Curve:
+    """The `Curve` of a job once every batch is evaluated: shares of `compared` predictions."""
+    unchanged = job.agree.cpu().numpy() / compared
+    accuracy = None if job.correct is None else job.correct.cpu().numpy() / compared
+    auc = (np.array([robustness_auc(job.levels, row) for row in unchanged]) if len(job.levels) >= 2
+           else np.full(samplings, np.nan))
+    return Curve(levels=job.levels, unchanged=unchanged, accuracy=accuracy, auc=auc,
+                 path="full" if job.entry is None else "batched")
 
 
 def _batch_count(inputs: Inputs, batch_size: int) -> int:

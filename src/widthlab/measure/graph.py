@@ -38,7 +38,8 @@ import torch
 from torch import fx, nn
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.capture import RELU_LIKE, is_activation, ran_twice
+from widthlab.measure.capture import RELU_LIKE, is_activation
+from widthlab.measure.hooks import did_not_run, hooked, ran_twice
 from widthlab.measure.inputs import Batch
 from widthlab.measure.layout import is_hf_conv1d
 
@@ -238,7 +239,7 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor, layers: Sequence[str],
     names = set(layers)
     # Producer chains need every leaf module's values; order and outputs only the layers'.
     record = bool(producers_of)
-    watched = [(name, module) for name, module in modules.items()
+    watched = [name for name, module in modules.items()
                if name in names or (record and name and not any(True for _ in module.children()))]
     calls: list[_Call] = []
     pending: dict[str, list] = {}
@@ -257,19 +258,12 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor, layers: Sequence[str],
             calls.append(_Call(name, module, leaf, args, kwargs, value, output, copy))
         return hook
 
-    handles = []
-    try:
-        for name, module in watched:
-            handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
-            handles.append(module.register_forward_hook(after(name), with_kwargs=True))
+    with hooked(model, watched, pre=before, forward=after, with_kwargs=True):
         batch.run(model)
-    finally:
-        for handle in handles:
-            handle.remove()
     for name in layers:
         count = sum(call.name == name for call in calls)
         if count == 0:
-            raise WidthlabError(f"layer {name!r} did not run in the forward pass")
+            raise WidthlabError(did_not_run([name]))
         if count > 1:
             raise WidthlabError(ran_twice(name))
     order = [call.name for call in calls if call.name in names]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError
+from widthlab.measure.hooks import did_not_run, hooked
 
 LAST_AXIS = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.RMSNorm, nn.Embedding, nn.MultiheadAttention)
 CHANNEL_AXIS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -83,16 +84,9 @@ def record_calls(model: nn.Module, run) -> list[_Call]:
                                None if out is None else tuple(out.shape)))
         return hook
 
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
-                handles.append(module.register_forward_hook(after(name), with_kwargs=True))
+    names = [name for name, _ in model.named_modules() if name]
+    with hooked(model, names, pre=lambda name: before, forward=after, with_kwargs=True):
         run()
-    finally:
-        for handle in handles:
-            handle.remove()
     return calls
 
 
@@ -141,7 +135,7 @@ def unit_axes(model: nn.Module, run, layers: Sequence[str], unit_axis: int | Non
     for name in layers:
         found = [i for i, call in enumerate(calls) if call.name == name]
         if not found:
-            raise WidthlabError(f"layer {name!r} did not run in the forward pass")
+            raise WidthlabError(did_not_run([name]))
         index = found[-1]
         shape = calls[index].output_shape
         if shape is None:

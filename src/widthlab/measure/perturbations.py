@@ -35,7 +35,7 @@ for each copy's weights of the module producing the layer (`weight`, ``weights =
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -400,12 +400,17 @@ def evenly_spaced_levels(n: int, perturbation: str = "zero") -> np.ndarray:
     return np.array([top * i / (n - 1) for i in range(n)])
 
 
-def check_levels(levels, perturbation: str = "zero") -> np.ndarray:
-    """(L,) float64 levels of `perturbation`: its defaults for None, else at least two increasing levels, shares
-    in [0, 1] or, for a noise perturbation, σ multiples >= 0 ending above 0."""
+def check_levels(levels, perturbation: str = "zero", *, from_zero: bool = False) -> np.ndarray:
+    """(L,) float64 levels of `perturbation`: its defaults for None, n evenly spaced ones for a count n >= 2
+    (`evenly_spaced_levels`), else at least two increasing levels, shares in [0, 1] or, for a noise
+    perturbation, σ multiples >= 0 ending above 0; with `from_zero` (default False) the first must be 0."""
     spec = get_perturbation(perturbation)
     if levels is None:
         return spec.default_levels
+    if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool):
+        if levels < 2:
+            raise WidthlabError(f"levels of {perturbation!r} must be at least 2, got {levels}")
+        return evenly_spaced_levels(levels, perturbation)
     x = np.asarray(levels, dtype=np.float64)
     ok = x.ndim == 1 and len(x) >= 2 and np.all(np.isfinite(x)) and np.all(np.diff(x) > 0) and x[0] >= 0
     if spec.noise and not (ok and x[-1] > 0):
@@ -414,5 +419,33 @@ def check_levels(levels, perturbation: str = "zero") -> np.ndarray:
     if not spec.noise and not (ok and x[-1] <= 1):
         raise WidthlabError(f"levels of {perturbation!r} must be at least two increasing shares in [0, 1], "
                             f"got {levels!r}")
+    if from_zero and x[0] != 0:
+        raise WidthlabError(f"levels of {perturbation!r} must start at 0 (the unperturbed network), got "
+                            f"{list(levels)}")
     return x
 
+
+def level_sets(levels, perturbations: Sequence[str], *, default=None,
+               from_zero: bool = False) -> dict[str, np.ndarray]:
+    """The checked levels of each perturbation (`check_levels`): the one validator of levels, for `analyze`, the
+    study config and the CLI.
+
+    Args:
+        levels: None, a count, a list (for every perturbation), or a mapping perturbation → None, a count or a
+            list; a mapping naming a perturbation not in `perturbations` is an error.
+        perturbations: the perturbations measured.
+        default: what a perturbation without levels gets (default None: its own `default_levels`; or a count).
+        from_zero: every set must start at 0 (default False).
+
+    Example: ``level_sets(3, ["zero", "act_noise"])["act_noise"].tolist() == [0.0, 1.0, 2.0]``
+    """
+    perturbations = list(perturbations)
+    if isinstance(levels, Mapping):
+        unknown = sorted(set(levels) - set(perturbations))
+        if unknown:
+            raise WidthlabError(f"levels given for {unknown}, which are not among the perturbations {perturbations}")
+        per = dict(levels)
+    else:
+        per = dict.fromkeys(perturbations, levels)
+    return {name: check_levels(default if per.get(name) is None else per[name], name, from_zero=from_zero)
+            for name in perturbations}

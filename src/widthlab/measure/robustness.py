@@ -12,7 +12,8 @@ import numpy as np
 from torch import nn
 
 from widthlab.errors import WidthlabError, check_positive_int
-from widthlab.measure.capture import Inputs, default_layers, resolve_modules
+from widthlab.measure.capture import Inputs, default_layers
+from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.curve import Curve, robustness_auc
 from widthlab.measure.engine import sweep
 from widthlab.measure.inputs import DEFAULT_MASK, Output

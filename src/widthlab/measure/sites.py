@@ -1,15 +1,18 @@
-"""The engine's handles on a model during a sweep: forward hooks and forward overrides, removed in ``finally``."""
+"""The engine's handles on a model during a sweep: forward hooks (`widthlab.measure.hooks`) and forward overrides,
+removed in ``finally``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.capture import check_unit_axis, ran_twice, unit_rows
+from widthlab.measure.capture import check_unit_axis, unit_rows
 from widthlab.measure.graph import weighted_forward
+from widthlab.measure.hooks import hooked, ran_twice
 from widthlab.measure.layout import is_hf_conv1d
 from widthlab.measure.jobs import Entry, Job
 
@@ -40,29 +43,32 @@ class Sites:
         self.captured: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}  # hooked layer -> runs in this evaluation
         self.forwards: dict[str, int] = {}  # overridden module -> runs in this evaluation
-        self._handles: list = []
-        self._shadowed: list = []  # (module, its own instance-level forward or None) per override installed
+        self._model = model
+        self._stack = ExitStack()
 
     def __enter__(self) -> Sites:
-        try:
-            for name in self.layers:
-                self._handles.append(self.modules[name].register_forward_hook(self._hook(name)))
-            for name in self.captures:  # after the layer hooks, so a captured layer output is the clean one
-                self._handles.append(self.modules[name].register_forward_hook(self._capture(name)))
+        with ExitStack() as stack:
+            stack.enter_context(hooked(self._model, self.layers, forward=self._hook))
+            # after the layer hooks, so a captured layer output is the clean one
+            stack.enter_context(hooked(self._model, self.captures, forward=self._capture))
             for name in self.overridden:
-                # An instance attribute shadows the class's forward for nn.Module.__call__, hooks included.
-                module = self.modules[name]
-                self._shadowed.append((module, module.__dict__.get("forward")))
-                module.forward = self._forward(name)
-        except BaseException:
-            self.__exit__()
-            raise
+                stack.enter_context(self._override(name))
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        for module, previous in self._shadowed:
+        self._stack.close()
+
+    @contextmanager
+    def _override(self, name: str) -> Iterator[None]:
+        """`_forward` in place of module `name`'s forward for the block; its own instance-level forward back after."""
+        # An instance attribute shadows the class's forward for nn.Module.__call__, hooks included.
+        module = self.modules[name]
+        previous = module.__dict__.get("forward")
+        module.forward = self._forward(name)
+        try:
+            yield
+        finally:
             del module.forward
             if previous is not None:
                 module.forward = previous

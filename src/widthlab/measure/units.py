@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 
 from widthlab.errors import WidthlabError
-from widthlab.measure.capture import resolve_modules, stream_activations
+from widthlab.measure.capture import stream_activations
 from widthlab.measure.engine import Evaluation, sweep
+from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import DEFAULT_MASK, Inputs, Output, first_batch, model_device
 from widthlab.measure.perturbations import LayerSpec, MaskPlan, Perturbation
 from widthlab.measure.redundancy import Moments, abs_r_matrix, census, check_fraction, similar_counts
@@ -140,19 +141,43 @@ def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=Non
         for chunks, batch in stream_activations(model, train_inputs, [layer], unit_axis=unit_axis,
                                                 batch_size=batch_size, mask=mask):
             train.add(chunks, batch)
-    units = moments.n_units
-    effects = {kind: _Effects(units, model_device(model)) for kind in SINGLE_UNIT}
-    kinds = list(SINGLE_UNIT)
-    levels = np.arange(units, dtype=float)  # level u: unit u alone
-    sweep(model, inputs, [(SINGLE_UNIT[kind], [layer], levels) for kind in kinds], samplings=1, seed=seed,
-          labels=labels, unit_axis=unit_axis, batch_size=batch_size, path=path,
-          ablations_per_eval=ablations_per_eval, moments={layer: moments}, output=output, mask=mask,
-          on_scores=lambda job, copies, scores, ev: effects[kinds[job]].add(copies, scores, ev), progress=progress)
-
+    effects = _single_unit_effects(model, inputs, layer, moments, labels=labels, unit_axis=unit_axis, seed=seed,
+                                   batch_size=batch_size, path=path, ablations_per_eval=ablations_per_eval,
+                                   output=output, mask=mask, progress=progress)
     facts = census(moments)  # the flags exactly as `redundancy_from_moments` counts them
-    cov, live, flat, constant, silent = facts.cov, facts.live, facts.flat, facts.constant, facts.silent
     var = facts.std ** 2  # ddof 1
-    abs_r = abs_r_matrix(cov, live)  # (live, live)
+    table = {"unit": np.arange(moments.n_units), "mean": moments.mean.cpu().numpy(),
+             "std": np.sqrt(var * max(moments.n - 1, 1) / moments.n), "silent": facts.silent,
+             "constant": facts.constant, "flat": facts.flat}
+    kinds = list(SINGLE_UNIT)
+    shares = {kind: effects[kind].shares() for kind in kinds}
+    table.update({f"changed_{kind}": shares[kind][0] for kind in kinds})
+    if all(effects[kind].labelled for kind in kinds):
+        table.update({f"score_drop_{kind}": shares[kind][1] for kind in kinds})
+        table.update({f"loss_change_{kind}": shares[kind][2] for kind in kinds})
+    table.update(_partners(facts, moments.n_units, threshold))
+    if test is not None:
+        table.update(unit_selectivity(test, facts.flat | facts.silent, None if train is None else train[layer]))
+    return pd.DataFrame(table)
+
+
+def _single_unit_effects(model: torch.nn.Module, inputs: Inputs, layer: str, moments: Moments, *, labels,
+                         seed: int, **options) -> dict[str, _Effects]:
+    """Each `SINGLE_UNIT` kind's effects of ablating every unit of `layer` alone, from one `sweep` (level u:
+    unit u alone)."""
+    effects = {kind: _Effects(moments.n_units, model_device(model)) for kind in SINGLE_UNIT}
+    kinds = list(SINGLE_UNIT)
+    levels = np.arange(moments.n_units, dtype=float)  # level u: unit u alone
+    sweep(model, inputs, [(SINGLE_UNIT[kind], [layer], levels) for kind in kinds], samplings=1, seed=seed,
+          labels=labels, moments={layer: moments},
+          on_scores=lambda job, copies, scores, ev: effects[kinds[job]].add(copies, scores, ev), **options)
+    return effects
+
+
+def _partners(facts, units: int, threshold: float) -> dict[str, np.ndarray]:
+    """``partner`` (the live unit of largest |r|, -1 if none), ``partner_abs_r`` and ``similar`` of each unit."""
+    live = facts.live
+    abs_r = abs_r_matrix(facts.cov, live)  # (live, live)
     similar = np.zeros(units, dtype=np.int64)
     similar[live] = similar_counts(abs_r, threshold)
     partner, partner_r = np.full(units, -1, dtype=np.int64), np.zeros(units)
@@ -161,16 +186,4 @@ def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=Non
         np.fill_diagonal(others, -1.0)
         best = others.argmax(1)
         partner[live], partner_r[live] = live[best], others[np.arange(len(live)), best]
-
-    table = {"unit": np.arange(units), "mean": moments.mean.cpu().numpy(),
-             "std": np.sqrt(var * max(moments.n - 1, 1) / moments.n), "silent": silent, "constant": constant,
-             "flat": flat}
-    shares = {kind: effects[kind].shares() for kind in kinds}
-    table.update({f"changed_{kind}": shares[kind][0] for kind in kinds})
-    if all(effects[kind].labelled for kind in kinds):
-        table.update({f"score_drop_{kind}": shares[kind][1] for kind in kinds})
-        table.update({f"loss_change_{kind}": shares[kind][2] for kind in kinds})
-    table.update(partner=partner, partner_abs_r=partner_r, similar=similar)
-    if test is not None:
-        table.update(unit_selectivity(test, flat | silent, None if train is None else train[layer]))
-    return pd.DataFrame(table)
+    return {"partner": partner, "partner_abs_r": partner_r, "similar": similar}

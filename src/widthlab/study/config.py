@@ -25,8 +25,8 @@ from pydantic import (
 from widthlab.errors import WidthlabError
 from widthlab.measure.perturbations import (
     PERTURBATIONS,
-    check_levels,
     evenly_spaced_levels,
+    level_sets,
 )
 from widthlab.study.yaml_io import apply_overrides, read_yaml
 from widthlab.train.config import TrainConfig
@@ -131,11 +131,6 @@ class MeasureSpec(_Strict):
 
     @model_validator(mode="after")
     def _levels(self) -> MeasureSpec:
-        if isinstance(self.levels, dict):
-            unknown = sorted(set(self.levels) - set(self.perturbations))
-            if unknown:
-                raise ValueError(f"levels given for {unknown}, which are not among the perturbations "
-                                 f"{list(self.perturbations)}")
         try:
             self.level_sets()
         except WidthlabError as exc:
@@ -143,18 +138,9 @@ class MeasureSpec(_Strict):
         return self
 
     def level_sets(self) -> dict[str, list[float]]:
-        """The levels of each perturbation."""
-        per = self.levels if isinstance(self.levels, dict) else dict.fromkeys(self.perturbations, self.levels)
-        sets = {}
-        for name in self.perturbations:
-            spec = per.get(name, 11)
-            if isinstance(spec, int) and spec < 2:
-                raise WidthlabError(f"levels of {name!r} must be at least 2, got {spec}")
-            values = evenly_spaced_levels(spec, name) if isinstance(spec, int) else check_levels(spec, name)
-            if values[0] != 0:
-                raise WidthlabError(f"levels of {name!r} must start at 0 (the unperturbed network), got {list(spec)}")
-            sets[name] = values.tolist()
-        return sets
+        """The levels of each perturbation (checked by `widthlab.measure.perturbations.level_sets`)."""
+        sets = level_sets(self.levels, self.perturbations, default=11, from_zero=True)
+        return {name: values.tolist() for name, values in sets.items()}
 
 
 class SelectSpec(_Strict):
