@@ -46,6 +46,7 @@ def test_study_caveats_and_unchecked_runs():
     assert voided(table, "v")
 
 
+@pytest.mark.slow
 def test_smoke_run_says_its_verdict_is_not_meaningful(tmp_path, capsys):
     out = tmp_path / "smoke"
     assert main(["run", "mlp-10d", "--smoke", "--quiet", "--out", str(out), "--set", "grid.variants={only: {}}"]) == 0

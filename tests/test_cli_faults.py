@@ -19,6 +19,7 @@ TINY = ["grid.select=null", "grid.widths=[0.25, 0.5]", "grid.replicates=1", "dat
         "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_is_one_line_exit_143_and_the_resumed_study_equals_a_clean_one(tmp_path):
     overrides = TINY + ["train.epochs=60"]
     command = [sys.executable, "-m", "widthlab.cli", "run", "mlp-10d", "--quiet", "--checkpoint-every", "0",
@@ -45,6 +46,7 @@ def study(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_report_redraws_the_verdict_with_the_study_seed(study, tmp_path):
     copy = tmp_path / "study"
     shutil.copytree(study, copy)
@@ -54,6 +56,7 @@ def test_report_redraws_the_verdict_with_the_study_seed(study, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(copy / "verdict.csv"), written)
 
 
+@pytest.mark.slow
 def test_report_into_a_study_a_run_is_writing_is_refused(study, tmp_path, capsys):
     copy = tmp_path / "study"
     shutil.copytree(study, copy)
@@ -65,6 +68,7 @@ def test_report_into_a_study_a_run_is_writing_is_refused(study, tmp_path, capsys
     assert (copy / "summary.md").read_bytes() == before and (tmp_path / "now" / "summary.md").is_file()
 
 
+@pytest.mark.slow
 def test_status_into_a_closed_pipe_and_version(study):
     status = subprocess.run(f"{sys.executable} -m widthlab.cli status {study} | head -1", shell=True,
                             capture_output=True, text=True)
@@ -73,6 +77,7 @@ def test_status_into_a_closed_pipe_and_version(study):
     assert version.returncode == 0 and version.stdout.startswith("widthlab ")
 
 
+@pytest.mark.slow
 def test_status_lists_runs_of_an_earlier_grid_as_not_in_this_config(study, tmp_path, capsys):
     copy = tmp_path / "study"
     shutil.copytree(study, copy)

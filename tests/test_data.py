@@ -36,6 +36,7 @@ def test_same_seed_same_data_other_seed_other_teacher():
     assert not torch.equal(a.train.x, c.train.x)
 
 
+@pytest.mark.slow
 def test_split_sizes_and_dimension_are_configurable():
     splits = load_data("synthetic", seed=0, input_dim=10_000, n_train=50, n_val=20, n_test=30)
     assert splits.train.x.shape == (50, 10_000) and len(splits.val) == 20 and len(splits.test) == 30

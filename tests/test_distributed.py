@@ -24,6 +24,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(DDP))

@@ -16,6 +16,7 @@ TINY = ["grid.select=null", "grid.widths=[0.25, 0.5]", "grid.replicates=1", "tra
         "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path, monkeypatch):
     marker = tmp_path / "killed-once"
     (tmp_path / "killer.py").write_text(f"""
@@ -58,6 +59,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's bookkeeping is left
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
 def test_workers_exit_when_the_driver_is_killed(tmp_path):
     command = [sys.executable, "-m", "widthlab.cli", "run", "mlp-10d", "--quiet", "--executor", "processes",

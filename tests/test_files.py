@@ -65,6 +65,7 @@ def test_stale_temps_of_dead_processes_are_removed(tmp_path):
     assert mine.exists() and other.exists() and not dead.exists()
 
 
+@pytest.mark.slow
 def test_a_rerun_removes_stale_temps_and_a_killed_report_keeps_the_previous_figures(tmp_path, monkeypatch):
     import pandas as pd
 

@@ -17,7 +17,7 @@ from torch import nn
 import widthlab
 from widthlab.cli import main
 
-pytestmark = pytest.mark.hub
+pytestmark = [pytest.mark.hub, pytest.mark.usefixtures("one_thread")]  # one_thread: conftest.py
 
 # hub:name -> side of the square test images (the CNNs run at 64 to stay fast; timm's ViT needs its 224).
 SIDES = {
@@ -28,15 +28,6 @@ SIDES = {
 }
 SPECS = list(SIDES)
 N = 4  # images per test input
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second OpenMP thread waits on a busy core, many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def hub_package(hub: str):

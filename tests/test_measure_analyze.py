@@ -1,8 +1,5 @@
 """`analyze`: the long-format DataFrame, streaming redundancy, row subsampling and default layers."""
 
-import ast
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +7,6 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import widthlab.measure
 from widthlab.errors import WidthlabError
 from widthlab.measure import analyze, capture, default_layers, perturbation_curve, redundancy
 from widthlab.measure.analyze import _draw_rows
@@ -196,15 +192,6 @@ def test_bad_arguments_fail_before_measuring(images):
         analyze(conv_net(), images, layers=["9"])
     with pytest.raises(WidthlabError, match="max_rows"):
         analyze(conv_net(), images, max_rows=0)
-
-
-def test_measure_imports_no_train_study_or_report():
-    for path in Path(widthlab.measure.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            for name in names:
-                assert not name.startswith(("widthlab.train", "widthlab.study", "widthlab.report")), (path, name)
 
 
 def test_similarity_calibration_rows_are_the_null_of_the_sampled_rows(images):

@@ -28,11 +28,6 @@ def levels_of(perturbation):
     return NOISE if PERTURBATIONS[perturbation].noise else SHARE
 
 
-def no_handles_left(model):
-    return all(not m._forward_hooks and not m._forward_pre_hooks and "forward" not in m.__dict__
-               for m in model.modules())
-
-
 class Chain(nn.Module):
     """fc1-relu1-fc2-relu2-readout; `dynamic` adds a data-dependent branch that fx cannot trace (same function)."""
 
@@ -239,11 +234,11 @@ class InplaceGap(FunctionalGap):
     (FunctionalGap(), "relu", "not the output of a module"),
     (InplaceGap(), "relu", "changed by an operation outside modules"),
 ])
-def test_weight_perturbations_need_a_producing_conv_or_linear(model, layer, message):
+def test_weight_perturbations_need_a_producing_conv_or_linear(model, layer, message, no_hooks_left):
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64) if isinstance(model, nn.Sequential | ResNet) else torch.randn(4, 4)
     with pytest.raises(WidthlabError, match=message):
         perturbation_curve(model, x, layer, perturbation="weight_noise", samplings=1)
-    assert no_handles_left(model)
+    assert no_hooks_left(model)
 
 
 # Paths ----------------------------------------------------------------------------------------------------------------
@@ -279,7 +274,8 @@ def test_sequential_net_batched_full_and_fallback_are_bit_identical(perturbation
 
 
 @pytest.mark.parametrize("perturbation", list(PERTURBATIONS))
-def test_residual_net_cuts_are_batched_and_the_inner_relu_falls_back_bit_identically(perturbation, resnet_data):
+def test_residual_net_cuts_are_batched_and_the_inner_relu_falls_back_bit_identically(perturbation, resnet_data,
+                                                                                    no_hooks_left):
     model, x = resnet_data
     labels = torch.randint(0, 4, (24,), generator=gen(6))
     weights = PERTURBATIONS[perturbation].weights
@@ -294,7 +290,7 @@ def test_residual_net_cuts_are_batched_and_the_inner_relu_falls_back_bit_identic
         assert_identical(found, path)
         changed.append(found["full"].unchanged.min() < 1)
     assert any(changed)
-    assert no_handles_left(model)
+    assert no_hooks_left(model)
 
 
 @pytest.mark.parametrize("perturbation", ["zero", "mean", "targeted", "act_noise"])
@@ -318,7 +314,7 @@ def test_all_scope_continuing_its_first_layer_alone_is_bit_identical_and_cheaper
     assert together < 0.6 * (len(runs) - together)  # the "all" scope ran only the network after stage1
 
 
-def test_skip_zero_inputs_matches_exact_evaluation(resnet_data):
+def test_skip_zero_inputs_matches_exact_evaluation(resnet_data, no_hooks_left):
     model, x = resnet_data
     for perturbation, layer, layers in (("zero", "all", ["stem_relu", "stage1.relu", "stage2"]),
                                         ("targeted", "stage1.relu", None), ("weight_knockout", "stem_relu", None)):
@@ -326,7 +322,7 @@ def test_skip_zero_inputs_matches_exact_evaluation(resnet_data):
         skipping = perturbation_curve(model, x, layer, perturbation=perturbation, layers=layers, samplings=2,
                                       skip_zero_inputs=True, ablations_per_eval=3)
         np.testing.assert_array_equal(skipping.unchanged, exact.unchanged)  # float64: no near-ties flip
-    assert no_handles_left(model)
+    assert no_hooks_left(model)
 
 
 def testforward_skipping_zeros_drops_only_zero_channels():
@@ -350,9 +346,9 @@ class FailsWhenPerturbed(Chain):
 
 
 @pytest.mark.parametrize("perturbation", ["zero", "weight_noise"])
-def test_hooks_and_overrides_are_removed_after_an_error(perturbation):
+def test_hooks_and_overrides_are_removed_after_an_error(perturbation, no_hooks_left):
     model = FailsWhenPerturbed().train()
     with pytest.raises(RuntimeError, match="boom"):
         perturbation_curve(model, torch.randn(5, 10, dtype=torch.float64), "relu1", perturbation=perturbation,
                            path="full", skip_zero_inputs=True)
-    assert no_handles_left(model) and model.training
+    assert no_hooks_left(model) and model.training

@@ -49,10 +49,6 @@ def conv_net(dtype=torch.float64):
                          nn.Flatten(), nn.Linear(6 * 8 * 8, 5)).to(dtype)
 
 
-def no_hooks_left(model):
-    return all(not m._forward_hooks for m in model.modules())
-
-
 # Capture ---------------------------------------------------------------------------------------------------------
 
 def test_capture_conv_units_are_channels_and_rows_are_positions():
@@ -106,7 +102,7 @@ class Explodes(nn.Module):
         raise RuntimeError("boom")
 
 
-def test_hooks_are_removed_after_an_exception_mid_forward():
+def test_hooks_are_removed_after_an_exception_mid_forward(no_hooks_left):
     model = Explodes().train()
     with pytest.raises(RuntimeError, match="boom"):
         capture(model, torch.randn(5, 4), "relu")
@@ -115,7 +111,7 @@ def test_hooks_are_removed_after_an_exception_mid_forward():
     assert no_hooks_left(model) and model.training
 
 
-def test_hooks_are_removed_after_nan_activations():
+def test_hooks_are_removed_after_nan_activations(no_hooks_left):
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with torch.no_grad():
         model[0].bias[1] = float("nan")
@@ -133,7 +129,7 @@ class SharedRelu(nn.Module):
         return self.fc2(self.act(self.fc1(self.act(x))))
 
 
-def test_module_called_twice_is_an_error_naming_it():
+def test_module_called_twice_is_an_error_naming_it(no_hooks_left):
     model = SharedRelu()
     with pytest.raises(WidthlabError, match="'act'.*more than once"):
         capture(model, torch.randn(5, 4), "act")
@@ -349,7 +345,7 @@ def test_noise_levels_are_sigma_multiples():
         perturbation_curve(model, inputs, "relu", perturbation="targeted", levels=[0, 2])
 
 
-def test_nan_activations_fail_without_a_partial_result():
+def test_nan_activations_fail_without_a_partial_result(no_hooks_left):
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     inputs = torch.randn(30, 3, generator=gen(17))
     inputs[25, 0] = float("nan")  # in the second batch

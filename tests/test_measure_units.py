@@ -15,11 +15,6 @@ from widthlab.measure import capture, redundancy
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def no_hooks_left(model):
-    return all(not m._forward_hooks and not m._forward_pre_hooks and "forward" not in m.__dict__
-               for m in model.modules())
-
-
 class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
@@ -63,7 +58,7 @@ def by_hand(model, module, x, y, fill):
 
 # Known answers -----------------------------------------------------------------------------------------------------
 
-def test_score_drop_equals_captum_layer_feature_ablation():
+def test_score_drop_equals_captum_layer_feature_ablation(no_hooks_left):
     captum_attr = pytest.importorskip("captum.attr")
     model, (x, y) = SmallCNN(), cnn_data()
     table = unit_table(model, x, "relu1", labels=y)
@@ -228,7 +223,7 @@ def test_token_labels_average_over_real_tokens():
 
 # Bad input and edge cases -------------------------------------------------------------------------------------------
 
-def test_unknown_layer_names_the_valid_ones():
+def test_unknown_layer_names_the_valid_ones(no_hooks_left):
     model, (x, _) = census_model(), census_data()
     with pytest.raises(WidthlabError, match=r"unknown layer.*'nope'.*valid module names: 0, 1, 2"):
         unit_table(model, x, "nope")

@@ -28,13 +28,8 @@ RUNS = [(name, w) for name in SPECS for w in ((0.25, 1.0, 4.0) if name in CHEAP_
 WIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second OpenMP thread waits on a busy core, 100× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def example(name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -35,6 +35,7 @@ def test_paper_hyperparameters():
     assert random["data"].options["random_labels"] and not random["train"].early_stopping
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_preset_runs_in_smoke_mode(preset, tmp_path):
     cfg = smoke_config(load_config(preset))

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_results import LEVELS, PNG_MAGIC, WIDTHS, falling, flat_value, make_tables, rising
 
 from widthlab.errors import WidthlabError
 from widthlab.report import (
@@ -21,69 +22,6 @@ from widthlab.report import (
     width_label,
     write_report,
 )
-
-WIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
-LEVELS = np.round(np.linspace(0, 1, 11), 10)
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def flat_value(width, layer_index):
-    return 0.5
-
-
-def rising(width, layer_index):
-    return 0.5 + 0.1 * math.log2(width)
-
-
-def falling(width, layer_index):
-    return 0.5 - 0.1 * math.log2(width)
-
-
-def make_tables(
-    trends,
-    *,
-    widths=WIDTHS,
-    replicates=3,
-    layers=("h1", "h2"),
-    samplings=2,
-    noise=0.005,
-    seed=0,
-):
-    """Synthetic runs/metrics where every metric of variant v is trends[v](width, layer_index) + noise.
-
-    The joint scope "all" gets absurd values (100) so a test sees at once whether it leaks into averages.
-    """
-    rng = np.random.default_rng(seed)
-    runs, rows = [], []
-    for variant, trend in trends.items():
-        for width in widths:
-            for replicate in range(replicates):
-                run_id = f"{variant}-w{width}-r{replicate}"
-                runs.append(dict(run_id=run_id, variant=variant, width=width, replicate=replicate, status="done",
-                                 seconds=1.0, train_acc=1.0,
-                                 val_acc=trend(width, 0) + rng.normal(0, noise),
-                                 test_acc=trend(width, 0) + rng.normal(0, noise), epochs=5))
-                key = dict(run_id=run_id, variant=variant, width=width, replicate=replicate)
-                for index, layer in enumerate([*layers, "all"]):
-                    for sampling in range(samplings):
-                        def value():
-                            if layer == "all":
-                                return 100.0
-                            return trend(width, index) + rng.normal(0, noise)
-
-                        for metric in ("compressibility", "similarity", "similar_fraction", "pcs_needed"):
-                            rows.append(dict(key, layer=layer, metric=metric, perturbation="", level=np.nan,
-                                             sampling=sampling, value=value()))
-                        for perturbation in ("zero", "mean"):
-                            rows.append(dict(key, layer=layer, metric="auc", perturbation=perturbation,
-                                             level=np.nan, sampling=sampling, value=value()))
-                        auc = value()
-                        for level in LEVELS:
-                            # A straight curve from 1 down to 2·auc − 1 has area auc.
-                            rows.append(dict(key, layer=layer, metric="unchanged", perturbation="zero",
-                                             level=level, sampling=sampling,
-                                             value=1 - level * (2 - 2 * auc)))
-    return pd.DataFrame(runs), pd.DataFrame(rows)
 
 
 def row(table, variant, metric):

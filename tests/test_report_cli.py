@@ -6,29 +6,11 @@ import logging
 
 import pandas as pd
 import pytest
-import yaml
-from test_report import falling, make_tables, rising
+from synthetic_results import fake_study, falling, rising
 
 from widthlab.cli import main
 from widthlab.study.build import parameter_counts
-from widthlab.study.store import Store, load_results
-
-MODEL = {"name": "mlp", "init": "normal", "sigma": 0.01, "input_dim": 10}
-
-
-def fake_study(directory, name, trend):
-    """A study directory whose store holds make_tables' runs and metrics, as `widthlab run` would leave it."""
-    runs, metrics = make_tables({"v": trend}, widths=(0.5, 2), replicates=2, layers=("relu1",))
-    directory.mkdir()
-    (directory / "config.yaml").write_text(yaml.safe_dump({"name": name, "model": MODEL}))
-    with Store(directory) as store:
-        store.add_runs([dict(run_id=r.run_id, variant=r.variant, width=r.width, replicate=r.replicate,
-                             config={"model": MODEL, "width": r.width}) for r in runs.itertuples(index=False)])
-        for r in runs.itertuples(index=False):
-            outcome = dict(status="done", seconds=r.seconds, train_acc=r.train_acc, val_acc=r.val_acc,
-                           test_acc=r.test_acc, epochs=r.epochs, history=[])
-            store.finish(r.run_id, outcome, metrics[metrics["run_id"] == r.run_id])
-    return directory
+from widthlab.study.store import load_results
 
 
 def test_report_of_one_study_prints_the_verdict_and_writes_html_pdf_and_params(tmp_path, capsys, caplog):

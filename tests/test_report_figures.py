@@ -10,7 +10,17 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from test_report import falling, flat_value, make_tables, rising
+from synthetic_results import (
+    BIN_CENTRES,
+    falling,
+    flat_value,
+    history_of,
+    make_tables,
+    rising,
+    with_calibration,
+    with_histograms,
+    with_snapshots,
+)
 from torch import nn
 
 from widthlab.errors import WidthlabError
@@ -41,47 +51,7 @@ from widthlab.report.analysis import (
 )
 from widthlab.report.figures import plot_overview, share_limits, spread_note
 
-BIN_CENTRES = (np.arange(50) + 0.5) / 50
 CALIBRATION = ("similarity_null", "similar_fraction_null", "similarity_excess")
-
-
-def with_calibration(metrics, runs, *, null, excess, fraction):
-    """Add the permutation-null metrics and set similar_fraction: each a function of (variant, width)."""
-    width = metrics["run_id"].map(runs.set_index("run_id")["width"])
-    variant = metrics["run_id"].map(runs.set_index("run_id")["variant"])
-    sims = metrics[metrics["metric"] == "similarity"]
-    extra = []
-    for name, fn in (("similarity_null", null), ("similar_fraction_null", lambda v, w: null(v, w) / 50),
-                     ("similarity_excess", excess)):
-        values = [fn(v, w) if layer != "all" else 100.0
-                  for v, w, layer in zip(variant[sims.index], width[sims.index], sims["layer"])]
-        extra.append(sims.assign(metric=name, value=values))
-    is_fraction = metrics["metric"] == "similar_fraction"
-    metrics = metrics.copy()
-    metrics.loc[is_fraction, "value"] = [fraction(v, w) for v, w in zip(variant[is_fraction], width[is_fraction])]
-    return pd.concat([metrics, *extra], ignore_index=True)
-
-
-def with_histograms(metrics, runs):
-    """abs_r_count rows whose tail grows with width: counts ∝ exp(−|r| / scale), scale rising with log2(width)."""
-    rows = []
-    for run in runs.itertuples(index=False):
-        scale = 0.08 * (1 + 0.4 * (math.log2(run.width) + 2))
-        counts = np.round(5000 * np.exp(-BIN_CENTRES / scale))
-        for layer in ("h1", "h2"):
-            for sampling in range(2):
-                rows += [dict(run_id=run.run_id, variant=run.variant, width=run.width, replicate=run.replicate,
-                              layer=layer, metric="abs_r_count", perturbation="", level=c, sampling=sampling,
-                              value=float(n)) for c, n in zip(BIN_CENTRES, counts)]
-    return pd.concat([metrics, pd.DataFrame(rows)], ignore_index=True)
-
-
-def with_snapshots(metrics, epochs=(1, 2, 3)):
-    """Snapshot copies of the final rows at each epoch, the value offset by −0.01 per epoch before the last."""
-    final = metrics.assign(epoch=np.nan)
-    core = final[final["metric"].isin(["auc", "compressibility", "similarity"])]
-    snaps = [core.assign(epoch=float(e), value=core["value"] - 0.01 * (epochs[-1] - e)) for e in epochs]
-    return pd.concat([final, *snaps], ignore_index=True)
 
 
 def legends(fig):
@@ -116,11 +86,6 @@ def assert_legends_clear(fig):
                     assert not covered.any(), (legend.get_title().get_text(), ax.get_title())
             for patch in ax.patches:
                 assert not box.overlaps(patch.get_window_extent()), ax.get_title()
-
-
-def history_of(runs, epochs=(1, 2, 3)):
-    return pd.DataFrame([dict(run_id=r, epoch=e, loss=1.0 / e, train_acc=0.9, val_acc=0.5 + 0.1 * e)
-                         for r in runs["run_id"] for e in epochs])
 
 
 @pytest.fixture(scope="module")

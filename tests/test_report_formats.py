@@ -9,8 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from test_report import PNG_MAGIC, falling, make_tables, rising
-from test_report_cli import fake_study
+from synthetic_results import PNG_MAGIC, fake_study, falling, make_tables, rising
 
 from widthlab.cli import main
 from widthlab.errors import WidthlabError

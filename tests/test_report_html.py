@@ -13,8 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_report import PNG_MAGIC, make_tables, rising
-from test_report_figures import history_of, with_calibration, with_histograms, with_snapshots
+from synthetic_results import (
+    PNG_MAGIC,
+    history_of,
+    make_tables,
+    rising,
+    with_calibration,
+    with_histograms,
+    with_snapshots,
+)
 
 from widthlab.report import package_versions, run_times, write_report
 

@@ -38,6 +38,7 @@ def local_study(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_processes_executor_matches_local(local_study, tmp_path):
     run_study(load_config(TINY), tmp_path, executor="processes", workers=2, progress=False, report=False)
     pd.testing.assert_frame_equal(_metrics(local_study), _metrics(tmp_path))
@@ -45,6 +46,7 @@ def test_processes_executor_matches_local(local_study, tmp_path):
     assert set(runs["status"]) == {"done"} and len(runs) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is an optional extra (widthlab[ray])")
 def test_ray_executor_matches_local(local_study, tmp_path):
     run_study(load_config(TINY), tmp_path, executor="ray", progress=False, report=False)
@@ -95,6 +97,7 @@ def _wait(predicate, proc, timeout=120.0):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_then_rerun_gives_exactly_the_uninterrupted_results(tmp_path):
     config_path = tmp_path / "crash.yaml"
     config_path.write_text(yaml.safe_dump(CRASH))

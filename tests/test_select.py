@@ -97,6 +97,7 @@ def _check_choice(runs: pd.DataFrame) -> None:
         assert (group["chosen"] == 0).sum() == len(group) - 1
 
 
+@pytest.mark.slow
 def test_study_measures_only_the_chosen_candidates(tmp_path):
     run_study(load_config("mlp-10d", TINY + SELECT), tmp_path, progress=False)
     res = load_results(tmp_path)
@@ -164,6 +165,7 @@ def test_selection_resumes_after_a_crash_between_its_phases(tmp_path, monkeypatc
     pd.testing.assert_series_equal(resumed.runs["chosen"], clean.runs["chosen"])
 
 
+@pytest.mark.slow
 def test_processes_executor_chooses_the_same(tmp_path):
     cfg = load_config("mlp-10d", TINY + SELECT + ["grid.replicates=1"])
     run_study(cfg, tmp_path / "local", progress=False, report=False)
@@ -183,6 +185,7 @@ def test_cli_select_flag(capsys):
     assert "declares no grid.select" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is an optional extra (widthlab[ray])")
 def test_ray_executor_chooses_the_same(tmp_path):
     cfg = load_config("mlp-10d", TINY + SELECT + ["grid.replicates=1", "grid.widths=[0.25]"])

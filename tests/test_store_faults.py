@@ -36,6 +36,7 @@ def _files(directory):
             if p.is_file() and not p.name.startswith(".") and not p.name.endswith(("-shm", "-wal"))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(b""), "is empty"),
     (lambda p: p.write_bytes(b"this is not a database at all" * 100), "is not an SQLite database"),
@@ -56,6 +57,7 @@ def test_a_damaged_store_is_one_line_and_nothing_is_written(study, damage, messa
     assert _files(study) == before  # neither the store nor summary.md, verdict.csv, figures were touched
 
 
+@pytest.mark.slow
 def test_a_store_moved_away_is_rebuilt_from_the_checkpoints(study):
     expected = load_results(study).metrics
     (study / STORE_NAME).rename(study / "widthlab.sqlite.bad")
@@ -67,6 +69,7 @@ def test_a_store_moved_away_is_rebuilt_from_the_checkpoints(study):
     assert rebuilt.runs["epochs"].tolist() == [2]
 
 
+@pytest.mark.slow
 def test_an_archived_read_only_study_can_be_read(study, tmp_path, monkeypatch, capsys):
     expected = load_results(study).metrics
     # As root the permission bits do not stop a writer, so the check that decides `immutable` is made to see a
@@ -87,6 +90,7 @@ def test_an_archived_read_only_study_can_be_read(study, tmp_path, monkeypatch, c
         study.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_commit_is_one_line_and_leaves_the_store_intact(study, monkeypatch):
     store = Store(study)
     statuses = store.statuses()

@@ -24,6 +24,7 @@ def study(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_study_stores_every_run_and_metric(study):
     res = load_results(study)
     assert len(res.runs) == 8 and set(res.runs["status"]) == {"done"}
@@ -41,6 +42,7 @@ def test_study_stores_every_run_and_metric(study):
     assert hidden.to_dict() == {0.25: 32, 1.0: 128}
 
 
+@pytest.mark.slow
 def test_study_writes_report_and_csv(study):
     for name in ("accuracy", "robustness", "compressibility", "similarity", "ablation_curves"):
         assert (study / "figures" / f"{name}.png").stat().st_size > 1000
@@ -50,6 +52,7 @@ def test_study_writes_report_and_csv(study):
     assert (study / "config.yaml").is_file() and (study / "widthlab.log").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(study):
     before = load_results(study)
     outcome = run_study(load_config("mlp-10d", SMALL), study, progress=False)
@@ -65,6 +68,7 @@ def test_rerun_skips_finished_runs(study):
     assert outcome.path == study and (outcome / "summary.md").is_file() and os.fspath(outcome) == str(study)
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_numbers(study, tmp_path):
     cfg = load_config("mlp-10d", SMALL + ["grid.variants={'sigma=0.1': {model: {sigma: 0.1}}}"])
     run_study(cfg, tmp_path, progress=False, report=False)
@@ -76,6 +80,7 @@ def test_same_config_and_seed_give_the_same_numbers(study, tmp_path):
     assert ((merged["value_a"] == merged["value_b"]) | (merged["value_a"].isna() & merged["value_b"].isna())).all()
 
 
+@pytest.mark.slow
 def test_a_changed_grid_in_the_same_directory_is_refused(study):
     before = (study / "config.yaml").read_text()
     with pytest.raises(WidthlabError, match="different configuration"):
@@ -89,6 +94,7 @@ def test_cli_run_dry_run_lists_the_grid(capsys):
     assert "180 runs" in out and "× 4 candidates" in out and "sigma=0.001-w0.25-r0-lr=0.1" in out
 
 
+@pytest.mark.slow
 def test_cli_run_and_report(tmp_path, capsys):
     args = ["run", "mlp-10d", "--out", str(tmp_path), "--quiet"] + [a for s in SMALL[:-1] for a in ("--set", s)]
     args += ["--set", "grid.variants={only: {}}"]
