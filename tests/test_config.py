@@ -3,7 +3,8 @@
 import pytest
 
 from widthlab import WidthlabError
-from widthlab.presets import describe_presets, list_presets
+from widthlab.presets import list_presets
+from widthlab.study.catalog import describe_presets
 from widthlab.study.config import load_config
 from widthlab.study.runner import plan_runs
 

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from widthlab import load_results, run_study
-from widthlab.presets import describe_presets, list_presets
+from widthlab.presets import list_presets
+from widthlab.study.catalog import describe_presets
 from widthlab.study.config import load_config
 from widthlab.study.smoke import SMOKE_STEPS, smoke_config
 

@@ -192,7 +192,7 @@ def _current_run_ids(directory: Path) -> set[str] | None:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from widthlab.presets import describe_presets
+    from widthlab.study.catalog import describe_presets
 
     for row in describe_presets():
         print(f"{row['name']:<22} Figure {row['figure']:<5} {row['data']:<18} runs {row['runs']:<28} "

@@ -5,8 +5,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from widthlab.errors import WidthlabError
 
 
@@ -25,29 +23,3 @@ def preset_path(name: str) -> Path:
     if not path.is_file():
         raise WidthlabError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}")
     return path
-
-
-def describe_presets() -> list[dict[str, str]]:
-    """Name, paper figure, data set, trainings (the cost) and description of each preset (``widthlab presets``).
-
-    ``runs`` counts the trained networks: variants × widths × replicates, times the candidates of a selection
-    (``grid.select``); a declared but disabled selection is shown as what ``--select`` would cost.
-    """
-    from widthlab.study.config import load_config
-
-    rows = []
-    for name in list_presets():
-        raw = yaml.safe_load(preset_path(name).read_text())
-        data = raw.get("data", {})
-        data_text = data.get("name", "synthetic") + (f" ({data['input_dim']}-d)" if "input_dim" in data else "")
-        grid = load_config(name).grid
-        cells = len(grid.variants) * len(grid.widths) * grid.replicates
-        if grid.select is None:
-            runs = f"{cells}"
-        elif grid.select.enabled:
-            runs = f"{cells * len(grid.select.candidates)} ({cells} × {len(grid.select.candidates)} candidates)"
-        else:
-            runs = f"{cells}; --select: {cells * len(grid.select.candidates)}"
-        rows.append({"name": name, "figure": str(raw.get("figure", "")), "data": data_text, "runs": runs,
-                     "description": " ".join(str(raw.get("description", "")).split())})
-    return rows
