@@ -37,7 +37,7 @@ from widthlab.data.base import ArrayDataset
 from widthlab.errors import WidthlabError, first_line
 from widthlab.measure.inputs import DEFAULT_MASK, first_batch
 from widthlab.models import create_model
-from widthlab.models.registry import call_user, resolve_callable
+from widthlab.registry import call_user, resolve_callable
 from widthlab.train.checkpoint import load_checkpoint, trained_weights
 
 HUBS = ("torchvision", "timm")
