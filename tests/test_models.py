@@ -10,6 +10,7 @@ import torch
 from widthlab import WidthlabError, create_model, list_models
 from widthlab.models import INIT_SCHEMES
 from widthlab.models.init import init_tensor_
+from widthlab.registry import Registry, call_user, check_kwargs, resolve_callable
 
 
 @pytest.mark.parametrize("width,hidden", [(0.25, 32), (0.5, 64), (1, 128), (2, 256), (4, 512)])
@@ -113,3 +114,30 @@ def test_user_model_by_module_function(tmp_path, monkeypatch):
     with pytest.raises(WidthlabError, match="cannot import module"):
         create_model("no_such_module_xyz:fn")
     sys.modules.pop("my_models", None)
+
+
+def test_registry_registers_looks_up_and_lists_names():
+    reg = Registry("widget")
+
+    @reg.register
+    def gadget(size=1):
+        return size
+
+    assert reg.lookup("gadget") is gadget and "gadget" in reg and reg.names() == ["gadget"]
+    assert reg.lookup("math:sqrt") is math.sqrt  # a user's module:function resolves without registering
+    with pytest.raises(WidthlabError, match=r"unknown widget 'gizmo'; registered: gadget \(or 'module:function'\)"):
+        reg.lookup("gizmo")
+    with pytest.raises(WidthlabError, match=r"widget 'gadget': unknown option\(s\) 'colour'; valid: size"):
+        check_kwargs(gadget, {"colour": "red"}, "widget 'gadget'")
+    with pytest.raises(WidthlabError, match="neither registered nor of the form 'module:function'"):
+        resolve_callable(":sqrt", "widget")
+
+
+def test_call_user_names_the_user_function_that_raised():
+    def broken():
+        raise KeyError("no such key")
+
+    with pytest.raises(WidthlabError, match=r"widget 'mine:broken' raised KeyError: 'no such key'"):
+        call_user(broken, "mine:broken", "widget")
+    with pytest.raises(KeyError):  # a registered function's own error is a bug of ours: left as it is
+        call_user(broken, "broken", "widget")

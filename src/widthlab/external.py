@@ -36,7 +36,7 @@ from widthlab.data import load_data
 from widthlab.data.base import ArrayDataset
 from widthlab.errors import WidthlabError, first_line
 from widthlab.measure.inputs import DEFAULT_MASK, first_batch
-from widthlab.models.registry import call_user, resolve_callable
+from widthlab.registry import call_user, resolve_callable
 from widthlab.study.build import build_model
 from widthlab.train.checkpoint import load_checkpoint, trained_weights
 

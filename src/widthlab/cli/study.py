@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"widthlab: note: {caveat}", file=sys.stderr)
     specs = plan_runs(cfg)
     if args.dry_run:
-        from widthlab.models.registry import resolve_callable
+        from widthlab.registry import resolve_callable
 
         for name, what in ((cfg.model.name, "model"), (cfg.data.name, "data set")):
             if ":" in name:  # named by the user's own config: importing it is what running it would do

@@ -106,33 +106,11 @@ def cifar10(*, seed: int = 0, root: str | os.PathLike | None = None, n_val: int 
 
     Example: ``load_data("cifar10", root="~/data", crop_size=28).input_shape == (3, 28, 28)``
     """
-    check_count("cifar10", "n_val", n_val)
-    for key, value in (("n_train", n_train), ("n_test", n_test)):
-        check_count("cifar10", key, value, optional=True)
-    check_count("cifar10", "crop_size", crop_size)
-    if crop_size > IMAGE_SIZE:
-        raise WidthlabError(f"cifar10: crop_size must be at most {IMAGE_SIZE}, got {crop_size}")
-    if padding is None:
-        padding = 4 if crop_size == IMAGE_SIZE else 0
-    elif isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise WidthlabError(f"cifar10: padding must be a non-negative integer or None, got {padding!r}")
-
+    padding = _check_options(n_val, n_train, n_test, crop_size, padding)
     folder = find_folder(root)
-    parts = [read_batch(folder / name) for name in TRAIN_FILES]
-    pool_x = torch.cat([x for x, _ in parts])  # (50000, 3, 32, 32) uint8 for the real set
-    pool_y = torch.cat([y for _, y in parts])
+    pool_x, pool_y = read_pool(folder)
     test_x, test_y = read_batch(folder / TEST_FILE)
-
-    if n_val >= len(pool_y):
-        raise WidthlabError(f"cifar10: n_val={n_val} leaves no training images out of {len(pool_y)}")
-    order = torch.randperm(len(pool_y), generator=torch_generator(seed, "cifar10", "val-split"))
-    val_idx = order[:n_val].sort().values
-    train_idx = order[n_val:].sort().values
-    if n_train is not None:
-        if n_train > len(train_idx):
-            raise WidthlabError(f"cifar10: n_train={n_train} exceeds the {len(train_idx)} training images left "
-                                f"after holding out n_val={n_val}")
-        train_idx = train_idx[:n_train]
+    train_idx, val_idx = split_indices(seed, len(pool_y), n_val, n_train)
     if n_test is not None:
         if n_test > len(test_y):
             raise WidthlabError(f"cifar10: n_test={n_test} exceeds the {len(test_y)} test images")
@@ -160,3 +138,40 @@ def cifar10(*, seed: int = 0, root: str | os.PathLike | None = None, n_val: int 
                   num_classes=NUM_CLASSES, input_shape=(3, crop_size, crop_size), augment=transform,
                   train_eval=train_eval)
 
+
+def _check_options(n_val: int, n_train: int | None, n_test: int | None, crop_size: int,
+                   padding: int | None) -> int:
+    """Raise a WidthlabError naming the first bad option; returns the padding (None → 4 at 32, else 0)."""
+    check_count("cifar10", "n_val", n_val)
+    for key, value in (("n_train", n_train), ("n_test", n_test)):
+        check_count("cifar10", key, value, optional=True)
+    check_count("cifar10", "crop_size", crop_size)
+    if crop_size > IMAGE_SIZE:
+        raise WidthlabError(f"cifar10: crop_size must be at most {IMAGE_SIZE}, got {crop_size}")
+    if padding is None:
+        return 4 if crop_size == IMAGE_SIZE else 0
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise WidthlabError(f"cifar10: padding must be a non-negative integer or None, got {padding!r}")
+    return padding
+
+
+def read_pool(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The five training batches in file order: images (50000, 3, 32, 32) uint8 and labels (50000,) int64."""
+    parts = [read_batch(folder / name) for name in TRAIN_FILES]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def split_indices(seed: int, n_pool: int, n_val: int, n_train: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted training and validation indices into the pool: a seeded random `n_val` is validation, the first
+    `n_train` of the rest (all by default) training."""
+    if n_val >= n_pool:
+        raise WidthlabError(f"cifar10: n_val={n_val} leaves no training images out of {n_pool}")
+    order = torch.randperm(n_pool, generator=torch_generator(seed, "cifar10", "val-split"))
+    val_idx = order[:n_val].sort().values
+    train_idx = order[n_val:].sort().values
+    if n_train is not None:
+        if n_train > len(train_idx):
+            raise WidthlabError(f"cifar10: n_train={n_train} exceeds the {len(train_idx)} training images left "
+                                f"after holding out n_val={n_val}")
+        train_idx = train_idx[:n_train]
+    return train_idx, val_idx

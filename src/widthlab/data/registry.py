@@ -7,19 +7,19 @@ from collections.abc import Callable
 
 from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError
+from widthlab.registry import Registry, call_user, check_kwargs
 
-_REGISTRY: dict[str, Callable[..., Splits]] = {}
+DATA_SETS = Registry("data set")
 
 
 def register_data(fn: Callable[..., Splits]) -> Callable[..., Splits]:
     """Register a loader `fn(*, seed, root, **options) -> Splits` under its name."""
-    _REGISTRY[fn.__name__] = fn
-    return fn
+    return DATA_SETS.register(fn)
 
 
 def list_data() -> list[str]:
     """Names accepted by `load_data` (a config may also name ``module:function``)."""
-    return sorted(_REGISTRY)
+    return DATA_SETS.names()
 
 
 def load_data(name: str, *, root: str | os.PathLike | None = None, seed: int = 0, **kw) -> Splits:
@@ -33,11 +33,9 @@ def load_data(name: str, *, root: str | os.PathLike | None = None, seed: int = 0
 
     Example: ``load_data("synthetic", input_dim=10, seed=0).train.x.shape == (1000, 10)``
     """
-    from widthlab.models.registry import call_user, check_kwargs, lookup
-
     if root is None:
         root = os.environ.get("WIDTHLAB_DATA")
-    loader = lookup(_REGISTRY, name, "data set")
+    loader = DATA_SETS.lookup(name)
     check_kwargs(loader, {"seed": seed, "root": root, **kw}, f"data set {name!r}")
     splits = call_user(loader, name, "data set", seed=seed, root=root, **kw)
     if not isinstance(splits, Splits):

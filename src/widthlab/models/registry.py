@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from widthlab.errors import WidthlabError, check_positive_int, first_line
+from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.models.init import initialize
+from widthlab.registry import Registry, call_user, check_kwargs
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+MODELS = Registry("model")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a builder `fn(width, *, num_classes=None, **arch_kwargs) -> nn.Module` under its name."""
-    _REGISTRY[fn.__name__] = fn
-    return fn
+    return MODELS.register(fn)
 
 
 def list_models() -> list[str]:
     """Names accepted by `create_model` (a config may also name ``module:function``)."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def scale_width(units: int, width: float) -> int:
@@ -51,54 +49,6 @@ def check_probabilities(family: str, **options: object) -> None:
             raise WidthlabError(f"{family}: {key} must be a probability in [0, 1), got {value!r}")
 
 
-def resolve_callable(spec: str, what: str) -> Callable:
-    """Import ``module:function`` named by a config (the only way a config runs a user's code)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise WidthlabError(f"{what} {spec!r} is neither registered nor of the form 'module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or the module's own SyntaxError or exception at import
-        raise WidthlabError(f"{what} {spec!r}: cannot import module {module_name!r} ({first_line(exc)})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise WidthlabError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
-    return fn
-
-
-def lookup(registry: dict[str, Callable], name: str, what: str) -> Callable:
-    """The builder registered as `name`, or a user's ``module:function``; otherwise an error listing the names."""
-    if name in registry:
-        return registry[name]
-    if ":" in name:
-        return resolve_callable(name, what)
-    raise WidthlabError(f"unknown {what} {name!r}; registered: {', '.join(sorted(registry))} (or 'module:function')")
-
-
-def check_kwargs(fn: Callable, kwargs: dict, what: str) -> None:
-    """Reject keyword arguments that `fn` does not take, naming them and the valid ones."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise WidthlabError(f"{what}: unknown option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
-
-
-def call_user(fn, name: str, what: str, **kwargs):
-    """``fn(**kwargs)``; for a user's ``module:function``, any exception becomes one WidthlabError naming the
-    function and the first line of its message (a study then stops once with it, instead of failing every run)."""
-    if ":" not in name:
-        return fn(**kwargs)
-    try:
-        return fn(**kwargs)
-    except WidthlabError:
-        raise
-    except Exception as exc:
-        raise WidthlabError(f"{what} {name!r} raised {first_line(exc)}") from None
-
-
 def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", sigma: float | None = None,
                  num_classes: int | None = None, seed: int | None = None, **kw) -> nn.Module:
     """Build model family `name` at width factor `width` and initialise it.
@@ -114,7 +64,7 @@ def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", 
     Example: ``create_model("mlp", 2.0, init="normal", sigma=0.01, input_dim=10).unit_layers == ["relu1"]``
     """
     width = check_width(width)
-    builder = lookup(_REGISTRY, name, "model")
+    builder = MODELS.lookup(name)
     if num_classes is not None:
         kw["num_classes"] = num_classes
     check_kwargs(builder, {"width": width, **kw}, f"model {name!r}")

@@ -28,6 +28,7 @@ from widthlab.measure.perturbations import (
     evenly_spaced_levels,
     level_sets,
 )
+from widthlab.registry import Registry
 from widthlab.study.yaml_io import apply_overrides, read_yaml
 from widthlab.train.config import TrainConfig
 from widthlab.validation import ConfigModel
@@ -54,14 +55,14 @@ class ModelSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         from widthlab.models.init import check_init
-        from widthlab.models.registry import _REGISTRY
+        from widthlab.models.registry import MODELS
 
         check_init(self.init, self.sigma)
         reserved = sorted({"width", "num_classes", "seed"} & set(self.options))
         if reserved:
             raise WidthlabError(f"model option(s) {reserved} are set by the study (grid widths, the data set, "
                                 "the replicate), not in the model section")
-        _check_registered(_REGISTRY, self.name, self.options, "model")
+        _check_registered(MODELS, self.name, self.options, "model")
         return self
 
 
@@ -79,19 +80,19 @@ class DataSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
-        from widthlab.data.registry import _REGISTRY
+        from widthlab.data.registry import DATA_SETS
 
-        _check_registered(_REGISTRY, self.name, self.options, "data set")
+        _check_registered(DATA_SETS, self.name, self.options, "data set")
         return self
 
 
-def _check_registered(registry: dict, name: str, options: dict, what: str) -> None:
+def _check_registered(registry: Registry, name: str, options: dict, what: str) -> None:
     """A registered name's options must fit its signature; a ``module:function`` is only checked when run
     (validating a config imports no user code)."""
-    from widthlab.models.registry import check_kwargs, lookup
+    from widthlab.registry import check_kwargs
 
     if ":" not in name:
-        check_kwargs(lookup(registry, name, what), options, f"{what} {name!r}")
+        check_kwargs(registry.lookup(name), options, f"{what} {name!r}")
 
 
 Levels = int | tuple[float, ...]  # n evenly spaced levels over the perturbation's range, or the levels themselves
