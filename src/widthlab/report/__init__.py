@@ -14,6 +14,7 @@ from widthlab.report.figures import (
     figure_formats,
     plot_ablation_curves,
     plot_abs_r,
+    plot_frivolous,
     plot_layerwise,
     plot_params,
     plot_similarity_calibration,
@@ -23,7 +24,7 @@ from widthlab.report.figures import (
     width_label,
     write_figures,
 )
-from widthlab.report.frivolous import effective_width, growth, layer_counts, plot_frivolous, run_counts
+from widthlab.report.frivolous import effective_width, growth, layer_counts, run_counts
 from widthlab.report.html import package_versions, render_html, run_times
 from widthlab.report.sections import selection_table
 from widthlab.report.summary import format_verdict_table, write_report, write_summary

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from widthlab.report.figures import OVERVIEW_METRICS, width_label
+from widthlab.report.figures.style import width_label
+from widthlab.report.figures.width import OVERVIEW_METRICS
 from widthlab.report.verdict import done_runs
 
 RESAMPLES = 1000

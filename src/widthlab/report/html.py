@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from widthlab.report.caveats import caveat_lines
-from widthlab.report.figures import width_label
+from widthlab.report.figures.style import width_label
 from widthlab.report.format import (
     CALIBRATION_TEXT,
     FIGURE_CAPTIONS,

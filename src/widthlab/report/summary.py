@@ -11,7 +11,7 @@ import pandas as pd
 
 from widthlab import files
 from widthlab.errors import WidthlabError
-from widthlab.report.figures import _legacy_pdf, figure_formats, start_figures
+from widthlab.report.figures.write import figure_formats, legacy_pdf, start_figures
 from widthlab.report.format import (
     CALIBRATION_TEXT,
     FIGURE_CAPTIONS,
@@ -221,7 +221,7 @@ def write_report(
 
     Example: ``write_report(results.runs, results.metrics, "study/report", title="MLP", html=True)["html"]``.
     """
-    formats = figure_formats(_legacy_pdf(formats, pdf))
+    formats = figure_formats(legacy_pdf(formats, pdf))
     if html and "png" not in formats:
         raise WidthlabError(f"report.html embeds PNG figures: add png to the figure formats {','.join(formats)!r}, "
                             "or leave out --html")
