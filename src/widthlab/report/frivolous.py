@@ -223,4 +223,3 @@ def count_rows(runs: pd.DataFrame, metrics: pd.DataFrame, counts: pd.DataFrame |
             row[f"{q}_norm"] = float(group[q].mean())
         out.append(row)
     return pd.DataFrame(out)
-
