@@ -81,7 +81,7 @@ def hypothesis_lines(verdict_df: pd.DataFrame, caveats_df: pd.DataFrame | None =
 
 def _summary_markdown(
     runs: pd.DataFrame,
-    levels: pd.DataFrame,
+    run_level_df: pd.DataFrame,
     verdict_df: pd.DataFrame,
     figures: Sequence[Path],
     title: str,
@@ -94,14 +94,14 @@ def _summary_markdown(
     """The text of summary.md; `figures` are the figure files to link (paths inside the report's figures folder)."""
     parts = [f"# {title}", "", "## What was run", "", *(f"- {line}" for line in [*census(runs), *notes]), "",
              "Only done runs enter the tables, figures and verdict.", "", "## Results by width", ""]
-    if levels.empty:
+    if run_level_df.empty:
         parts += ["No run is done yet.", ""]
     else:
         parts += [
             "Mean ± std (ddof 0) over the done runs of each cell. Accuracy is test top-1; the other quantities "
             "(robustness = area under the zero-ablation curve) are averaged over the unit layers.",
             "",
-            _markdown_table(["variant", "width", "runs", *results_columns(levels)], results_rows(levels)),
+            _markdown_table(["variant", "width", "runs", *results_columns(run_level_df)], results_rows(run_level_df)),
             "",
         ]
     study_caveats = caveat_lines(caveats_df) if caveats_df is not None else []
