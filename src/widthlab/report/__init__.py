@@ -1,8 +1,11 @@
 """The report: figures, the statistical verdict, the similarity calibration, summary.md and report.html, from
 the study's runs and metrics tables.
 
-Works on plain pandas DataFrames (the study store's `runs` and `metrics`); imports nothing of study, train or
-measure.
+Works on plain pandas DataFrames (the study store's `runs` and `metrics`); imports nothing of study or train.
+Of measure it reads one thing, the perturbation registry (`widthlab.measure.perturbations.PERTURBATIONS`), and
+only in `figures.style` (`is_noise`, `perturbs_weights`): whether a perturbation's levels are σ multiples or
+shares, and whether it perturbs weights, decide a curve's x axis, and a second list here would miss a newly
+registered perturbation. measure imports nothing of report.
 """
 
 from widthlab.report.caveats import caveats, chance_runs

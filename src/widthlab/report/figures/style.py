@@ -70,6 +70,7 @@ def width_label(width: float) -> str:
     return str(fraction.numerator) if fraction.denominator == 1 else f"{fraction.numerator}/{fraction.denominator}"
 
 
+# The one place report reads measure (see widthlab.report's docstring): its registry says how to label a curve.
 def is_noise(perturbation: str) -> bool:
     """Whether the perturbation's levels are σ multiples (registered as noise), not shares in [0, 1]."""
     spec = PERTURBATIONS.get(perturbation)
