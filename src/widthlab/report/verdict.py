@@ -34,14 +34,14 @@ import pandas as pd
 
 from widthlab.errors import WidthlabError
 from widthlab.seeding import numpy_generator
-from widthlab.vocab import JOINT_SCOPE
+from widthlab.vocab import AUC_METRIC, JOINT_SCOPE
 
 RUN_COLUMNS = ("run_id", "variant", "width", "replicate", "status")
 # The columns of the metrics table the verdict reads.
 JUDGED_COLUMNS = ("run_id", "layer", "metric", "perturbation", "sampling", "value")
 # What each run-level quantity is made of: (metric name in `metrics`, its perturbation).
 LAYER_QUANTITIES = {
-    "robustness": ("auc", "zero"),
+    "robustness": (AUC_METRIC, "zero"),
     "compressibility": ("compressibility", ""),
     "similarity": ("similarity", ""),
     "similar_fraction": ("similar_fraction", ""),
