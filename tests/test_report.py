@@ -56,7 +56,7 @@ def test_constant_is_flat_and_decreasing_is_down():
 
 def test_verdict_columns_and_order():
     runs, metrics = make_tables({"b": rising, "a": flat_value})
-    table = verdict(runs, metrics, metrics_=("robustness", "similarity"))
+    table = verdict(runs, metrics, quantities=("robustness", "similarity"))
     assert list(table.columns) == ["variant", "metric", "slope", "ci_low", "ci_high", "trend", "n_runs", "method"]
     # Variants keep the runs table's order; metrics keep the requested order.
     assert list(zip(table["variant"], table["metric"])) == [
@@ -71,7 +71,7 @@ def test_verdict_is_reproducible_and_seeded():
     other = verdict(runs, metrics, seed=4)
     assert not np.allclose(first["ci_low"], other["ci_low"])
     # Each (variant, metric) has its own stream: asking for fewer rows does not change a row's interval.
-    alone = verdict(runs, metrics, metrics_=("similarity",), seed=3)
+    alone = verdict(runs, metrics, quantities=("similarity",), seed=3)
     expected = first[first["metric"] == "similarity"].reset_index(drop=True)
     pd.testing.assert_frame_equal(alone, expected)
 
@@ -91,8 +91,8 @@ def test_exactly_constant_values_are_flat_not_a_rounding_sign(replicates):
 
 def test_slope_is_least_squares_of_run_values_on_log2_width():
     runs, metrics = make_tables({"up": rising}, noise=0.02, seed=5)
-    levels = run_level(runs, metrics)
-    expected = np.polyfit(np.log2(levels["width"]), levels["robustness"], 1)[0]
+    run_level_df = run_level(runs, metrics)
+    expected = np.polyfit(np.log2(run_level_df["width"]), run_level_df["robustness"], 1)[0]
     assert row(verdict(runs, metrics), "up", "robustness").slope == pytest.approx(expected, rel=1e-12)
 
 
@@ -142,9 +142,9 @@ def test_non_done_runs_are_excluded():
                                    seconds=0.0, train_acc=0.0, val_acc=0.0, test_acc=0.0, epochs=0)
         extra = metrics[metrics["run_id"] == metrics["run_id"].iloc[0]].assign(run_id=run_id, value=-50.0)
         metrics = pd.concat([metrics, extra], ignore_index=True)
-    levels = run_level(runs, metrics)
-    assert len(levels) == 15
-    assert not levels["run_id"].str.startswith("bad").any()
+    run_level_df = run_level(runs, metrics)
+    assert len(run_level_df) == 15
+    assert not run_level_df["run_id"].str.startswith("bad").any()
     table = verdict(runs, metrics)
     assert (table["n_runs"] == 15).all()
     assert row(table, "up", "accuracy").slope == pytest.approx(0.1, abs=0.005)
@@ -158,15 +158,15 @@ def test_run_level_averages_unit_layers_and_samplings_but_not_all():
     # A third sampling on layer h1 only: per-layer averaging first keeps both layers at equal weight.
     extra = metrics[(metrics["layer"] == "h1") & (metrics["sampling"] == 0)].assign(sampling=2)
     metrics = pd.concat([metrics, extra], ignore_index=True)
-    levels = run_level(runs, metrics)
-    assert list(levels.columns) == ["run_id", "variant", "width", "replicate", "accuracy", "robustness",
+    run_level_df = run_level(runs, metrics)
+    assert list(run_level_df.columns) == ["run_id", "variant", "width", "replicate", "accuracy", "robustness",
                                     "compressibility", "similarity", "similar_fraction", "similarity_null",
                                     "similar_fraction_null", "similarity_excess", "selectivity"]
     # No permutation null in these tables: its columns are there, and NaN.
-    assert levels["similarity_null"].isna().all()
+    assert run_level_df["similarity_null"].isna().all()
     for metric in ("robustness", "compressibility", "similarity", "similar_fraction"):
-        np.testing.assert_allclose(levels[metric], 0.4)
-    np.testing.assert_allclose(levels["accuracy"], runs["test_acc"])
+        np.testing.assert_allclose(run_level_df[metric], 0.4)
+    np.testing.assert_allclose(run_level_df["accuracy"], runs["test_acc"])
     per_layer = layer_level(runs, metrics)
     assert set(per_layer["layer"]) == {"h1", "h2"}
 
@@ -188,7 +188,7 @@ def test_missing_metric_is_nan_and_does_not_crash():
 def test_unknown_verdict_metric_is_a_clear_error():
     runs, metrics = make_tables({"v": rising}, widths=(1.0, 2.0), replicates=1)
     with pytest.raises(WidthlabError, match="pcs"):
-        verdict(runs, metrics, metrics_=("pcs",))
+        verdict(runs, metrics, quantities=("pcs",))
 
 
 def verdict_table(trends):

@@ -141,20 +141,20 @@ def test_calibration_is_not_judged_without_the_null():
 
 def test_run_level_holds_the_null_and_excess(calibrated):
     runs, metrics = calibrated
-    levels = run_level(runs, metrics).set_index("run_id")
-    real = levels[levels["variant"] == "real"]
+    run_level_df = run_level(runs, metrics).set_index("run_id")
+    real = run_level_df[run_level_df["variant"] == "real"]
     np.testing.assert_allclose(real["similarity_null"], 0.1)
     np.testing.assert_allclose(real["similarity_excess"], real["similarity"] - 0.1, atol=0.02)
 
 
 def test_similarity_panels_draw_the_null_dashed_per_variant(calibrated):
     runs, metrics = calibrated
-    levels = run_level(runs, metrics)
-    ax = plot_vs_width(levels, "similarity")
+    run_level_df = run_level(runs, metrics)
+    ax = plot_vs_width(run_level_df, "similarity")
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) == 3
     assert "permutation null" in [t.get_text() for t in ax.get_legend().get_texts()]
-    fig = plot_similarity_calibration(levels)
+    fig = plot_similarity_calibration(run_level_df)
     assert [a.get_title() for a in fig.axes] == ["(a) Similarity", "(b) Similar fraction", "(c) Similarity excess"]
     # Without a measured null there is nothing dashed and no excess panel.
     plain_runs, plain = make_tables({"v": rising}, widths=(0.5, 2), replicates=1)
@@ -259,7 +259,7 @@ def test_combine_prefixes_variants_and_run_ids():
     assert runs["run_id"].is_unique and runs["run_id"].str.startswith(("glorot/", "he/")).all()
     assert set(metrics["variant"]) == {"glorot: default", "he: default"}
     assert len(metrics) == len(one.metrics) + len(two.metrics)
-    trends = verdict(runs, metrics, metrics_=("robustness",)).set_index("variant")["slope"]
+    trends = verdict(runs, metrics, quantities=("robustness",)).set_index("variant")["slope"]
     assert trends["glorot: default"] > 0 > trends["he: default"]
 
 
@@ -282,8 +282,8 @@ def test_spread_note_gives_n_or_its_range():
 
 def test_overview_legend_names_the_null_and_the_replicates(calibrated):
     runs, metrics = calibrated
-    levels = run_level(runs, metrics)
-    fig = plot_overview(levels)
+    run_level_df = run_level(runs, metrics)
+    fig = plot_overview(run_level_df)
     assert [a.get_title() for a in fig.axes] == ["(a) Accuracy", "(b) Robustness", "(c) Compressibility",
                                                  "(d) Similarity"]
     # The null is dashed on the similarity panel only, and the one figure legend names it.
@@ -292,7 +292,7 @@ def test_overview_legend_names_the_null_and_the_replicates(calibrated):
     assert "permutation null" in texts
     n = runs.groupby(["variant", "width"]).size().unique()
     assert list(n) == [3] and "error bars: ± std over replicates (n = 3)" in texts
-    calibration_fig = plot_similarity_calibration(levels)
+    calibration_fig = plot_similarity_calibration(run_level_df)
     assert "permutation null" in legend_texts(calibration_fig)
 
 
@@ -311,10 +311,11 @@ def test_n_is_counted_per_point():
 
 def test_no_legend_covers_data(calibrated):
     runs, metrics = calibrated
-    levels = run_level(runs, metrics)
+    run_level_df = run_level(runs, metrics)
     metrics = with_histograms(metrics, runs)
-    figures = [plot_vs_width(levels, "similarity").figure, plot_overview(levels), plot_similarity_calibration(levels),
-               plot_layerwise(layer_level(runs, metrics), "similarity"), plot_ablation_curves(metrics, runs),
+    figures = [plot_vs_width(run_level_df, "similarity").figure, plot_overview(run_level_df),
+               plot_similarity_calibration(run_level_df), plot_layerwise(layer_level(runs, metrics), "similarity"),
+               plot_ablation_curves(metrics, runs),
                plot_abs_r(runs, metrics),
                plot_vs_epoch(epoch_level(runs, with_snapshots(metrics), history_of(runs))),
                plot_params(pd.DataFrame({"model": "mlp", "width": [0.25, 1, 4], "params": [418, 1666, 6658]})).figure,
@@ -325,12 +326,12 @@ def test_no_legend_covers_data(calibrated):
 
 def test_accuracy_axes_span_zero_to_one():
     runs, metrics = make_tables({"v": lambda w, i: 0.925 + 0.01 * math.log2(w)}, widths=(0.25, 1, 4), noise=0.001)
-    levels = run_level(runs, metrics)
-    assert levels["accuracy"].between(0.9, 0.95).all()
-    low, high = plot_vs_width(levels, "accuracy").get_ylim()
+    run_level_df = run_level(runs, metrics)
+    assert run_level_df["accuracy"].between(0.9, 0.95).all()
+    low, high = plot_vs_width(run_level_df, "accuracy").get_ylim()
     assert low <= 0.5 and high >= 1.0
     # Robustness is not a share: its axis follows the data.
-    assert plot_vs_width(levels, "robustness").get_ylim()[0] > 0.5
+    assert plot_vs_width(run_level_df, "robustness").get_ylim()[0] > 0.5
     fig = plot_vs_epoch(epoch_level(runs, with_snapshots(metrics), history_of(runs)))
     assert fig.axes[0].get_ylim() == (0.0, 1.02)
     assert share_limits([0.9, 0.95]) == (0.0, 1.02)

@@ -1,8 +1,11 @@
 """The report: figures, the statistical verdict, the similarity calibration, summary.md and report.html, from
 the study's runs and metrics tables.
 
-Works on plain pandas DataFrames (the study store's `runs` and `metrics`); imports nothing of study, train or
-measure.
+Works on plain pandas DataFrames (the study store's `runs` and `metrics`); imports nothing of study or train.
+Of measure it reads one thing, the perturbation registry (`widthlab.measure.perturbations.PERTURBATIONS`), and
+only in `figures.style` (`is_noise`, `perturbs_weights`): whether a perturbation's levels are σ multiples or
+shares, and whether it perturbs weights, decide a curve's x axis, and a second list here would miss a newly
+registered perturbation. measure imports nothing of report.
 """
 
 from widthlab.report.caveats import caveats, chance_runs
@@ -14,6 +17,7 @@ from widthlab.report.figures import (
     figure_formats,
     plot_ablation_curves,
     plot_abs_r,
+    plot_frivolous,
     plot_layerwise,
     plot_params,
     plot_similarity_calibration,
@@ -23,7 +27,7 @@ from widthlab.report.figures import (
     width_label,
     write_figures,
 )
-from widthlab.report.frivolous import effective_width, growth, layer_counts, plot_frivolous, run_counts
+from widthlab.report.frivolous import effective_width, growth, layer_counts, run_counts
 from widthlab.report.html import package_versions, render_html, run_times
 from widthlab.report.sections import selection_table
 from widthlab.report.summary import format_verdict_table, write_report, write_summary

@@ -13,8 +13,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from widthlab import files
-from widthlab.measure.perturbations import PERTURBATIONS
-from widthlab.report.figures import figure_legend, note_entry, share_axis, spread_note
+from widthlab.report.figures.style import (
+    DPI,
+    figure_legend,
+    is_noise,
+    note_entry,
+    perturbs_weights,
+    share_axis,
+    spread_note,
+)
+from widthlab.vocab import AUC_METRIC, HISTOGRAM_METRIC
 
 # Per-layer numbers of the table (mean over samplings), in this order; those the frame lacks get no column.
 LAYER_COLUMNS = ("n_units", "pcs_needed", "compressibility", "similarity", "similar_fraction",
@@ -23,7 +31,6 @@ LAYER_COLUMNS = ("n_units", "pcs_needed", "compressibility", "similarity", "simi
 NOISE_LABEL = "noise σ (multiple of the unit's / weight's std)"
 UNIT_SHARE_LABEL = "share of units ablated"
 WEIGHT_SHARE_LABEL = "share of weights knocked out"
-DPI = 150
 
 
 def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +45,7 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     # Every layer gets a row, the joint scope "all" too (it has robustness but no redundancy numbers).
     table = table.reindex(index=list(dict.fromkeys(frame["layer"])),
                           columns=[c for c in LAYER_COLUMNS if c in table.columns])
-    auc = scalar[scalar["metric"] == "auc"]
+    auc = scalar[scalar["metric"] == AUC_METRIC]
     for perturbation, part in auc.groupby("perturbation", sort=False):
         stats = part.groupby("layer", sort=False)["value"].agg(["mean", lambda v: float(np.std(v))])
         table[f"auc_{perturbation}"] = stats["mean"]
@@ -46,15 +53,9 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _is_noise(perturbation: str) -> bool:
-    """Whether the perturbation's levels are σ multiples (registered as noise), not shares in [0, 1]."""
-    spec = PERTURBATIONS.get(perturbation)
-    return spec is not None and spec.noise
-
-
 def _share_label(perturbations) -> str:
     """The x label of the share panel: units ablated, weights knocked out, or both."""
-    weights = {PERTURBATIONS[p].weights if p in PERTURBATIONS else False for p in perturbations}
+    weights = {perturbs_weights(p) for p in perturbations}
     return " / ".join(label for flag, label in ((False, UNIT_SHARE_LABEL), (True, WEIGHT_SHARE_LABEL))
                       if flag in weights)
 
@@ -97,7 +98,7 @@ def layer_figure(frame: pd.DataFrame, layer: str) -> Figure:
     """
     part = frame[frame["layer"] == layer]
     curves = part[part["metric"] == "unchanged"]
-    noise = curves["perturbation"].map(_is_noise).astype(bool)
+    noise = curves["perturbation"].map(is_noise).astype(bool)
     groups = [group for group in (curves[~noise], curves[noise]) if len(group)] or [curves]
     fig = Figure(figsize=(4.4 * (len(groups) + 1) + 2.2, 3.8), layout="constrained")
     *curve_axes, hist_ax = fig.subplots(1, len(groups) + 1)
@@ -106,15 +107,15 @@ def layer_figure(frame: pd.DataFrame, layer: str) -> Figure:
     counts = []
     for ax, group in zip(curve_axes, groups):
         counts += _draw_curves(ax, group, colours)
-        is_noise = bool(len(group)) and _is_noise(group["perturbation"].iloc[0])
-        xlabel = NOISE_LABEL if is_noise else _share_label(pd.unique(group["perturbation"])) or UNIT_SHARE_LABEL
-        title = f"{layer}: robustness to noise" if is_noise else f"{layer}: robustness"
+        noisy = bool(len(group)) and is_noise(group["perturbation"].iloc[0])
+        xlabel = NOISE_LABEL if noisy else _share_label(pd.unique(group["perturbation"])) or UNIT_SHARE_LABEL
+        title = f"{layer}: robustness to noise" if noisy else f"{layer}: robustness"
         ax.set(xlabel=xlabel, ylabel="Fraction of labels unchanged", title=title)
         ax.grid(alpha=0.3)
         share_axis(ax)
     figure_legend(fig, curve_axes, "perturbation",
                   notes=[note_entry(spread_note(counts, over="samplings"))])
-    hist = part[part["metric"] == "abs_r_count"]
+    hist = part[part["metric"] == HISTOGRAM_METRIC]
     if len(hist):
         counts = hist.groupby("level")["value"].mean()
         width = float(np.diff(counts.index).min()) if len(counts) > 1 else 0.02

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from widthlab.report.figures import OVERVIEW_METRICS, width_label
+from widthlab.report.figures.style import width_label
+from widthlab.report.figures.width import OVERVIEW_METRICS
 from widthlab.report.verdict import done_runs
 
 RESAMPLES = 1000
@@ -112,19 +113,19 @@ def census(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def results_columns(levels: pd.DataFrame) -> list[str]:
+def results_columns(run_level_df: pd.DataFrame) -> list[str]:
     """The run-level quantities of the results table: the overview four, similar_fraction, and the permutation
     null and excess when measured."""
-    extra = [c for c in OPTIONAL_RESULTS if c in levels.columns and levels[c].notna().any()]
+    extra = [c for c in OPTIONAL_RESULTS if c in run_level_df.columns and run_level_df[c].notna().any()]
     return [*OVERVIEW_METRICS, "similar_fraction", *extra]
 
 
-def results_rows(levels: pd.DataFrame) -> list[list[str]]:
+def results_rows(run_level_df: pd.DataFrame) -> list[list[str]]:
     """Mean ± std (ddof 0) over the done runs of each variant × width, in `results_columns` order."""
     rows = []
-    columns = results_columns(levels)
-    for variant in pd.unique(levels["variant"]):
-        for width, group in levels[levels["variant"] == variant].groupby("width"):
+    columns = results_columns(run_level_df)
+    for variant in pd.unique(run_level_df["variant"]):
+        for width, group in run_level_df[run_level_df["variant"] == variant].groupby("width"):
             cells = []
             for metric in columns:
                 values = group[metric].dropna().to_numpy(float)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from widthlab.report.caveats import caveat_lines
-from widthlab.report.figures import width_label
+from widthlab.report.figures.style import width_label
 from widthlab.report.format import (
     CALIBRATION_TEXT,
     FIGURE_CAPTIONS,
@@ -132,7 +132,7 @@ def _figure(path: Path) -> str:
 
 def render_html(
     runs: pd.DataFrame,
-    levels: pd.DataFrame,
+    run_level_df: pd.DataFrame,
     verdict_df: pd.DataFrame,
     figures: Sequence[str | Path],
     *,
@@ -148,7 +148,7 @@ def render_html(
 
     Args:
         runs: the runs table (all statuses).
-        levels: the output of `run_level`.
+        run_level_df: the output of `run_level`.
         verdict_df: the output of `verdict`.
         figures: PNG files to embed, captioned and ordered by name (FIGURE_CAPTIONS; others last).
         title: the report's heading.
@@ -162,67 +162,106 @@ def render_html(
     Example: ``Path("report.html").write_text(render_html(runs, run_level(runs, metrics), v, pngs, title="MLP"))``.
     """
     parts = [("run", "What was run"), ("results", "Results by width"), ("verdict", "Verdict"),
-                ("hypothesis", "Hypothesis"), ("calibration", "Similarity calibration"),
-                *((section.key, section.title) for section in sections), ("figures", "Figures"),
-                ("run-times", "Run times"), ("versions", "Package versions")]
+             ("hypothesis", "Hypothesis"), ("calibration", "Similarity calibration"),
+             *((section.key, section.title) for section in sections), ("figures", "Figures"),
+             ("run-times", "Run times"), ("versions", "Package versions")]
     if config is not None:
         parts.append(("configuration", "Configuration"))
+    study_caveats = caveat_lines(caveats_df) if caveats_df is not None else []
+    body = {
+        "run": _census_html(runs),
+        "results": _results_html(run_level_df),
+        "verdict": _verdict_html(verdict_df, study_caveats, seed),
+        "hypothesis": _hypothesis_html(verdict_df, study_caveats, caveats_df),
+        **{section.key: _section_html(section) for section in sections},
+        "calibration": _calibration_html(verdict_df),
+        "figures": _figures_html(figures),
+        "run-times": _run_times_html(runs),
+        "versions": _table(["package", "version"], list(package_versions().items()), table_id="versions-table"),
+    }
+    if config is not None:
+        body["configuration"] = f"<pre>{html.escape(config_text(config))}</pre>"
     nav = "".join(f'<a href="#{key}">{name}</a>' for key, name in parts)
-    body = {}
-    body["run"] = "<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in census(runs)) + "</ul>" + (
+    content = "".join(f'<section id="{key}"><h2>{name}</h2>{body[key]}</section>' for key, name in parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{content}</body></html>\n")
+
+
+def _census_html(runs: pd.DataFrame) -> str:
+    """"What was run": the census lines."""
+    return "<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in census(runs)) + "</ul>" + (
         "<p>Only done runs enter the tables, figures and verdict.</p>")
-    if levels.empty:
-        body["results"] = "<p>No run is done yet.</p>"
-    else:
-        header = ["variant", "width", "runs", *results_columns(levels)]
-        rows = results_rows(levels)
-        numeric = [["", "num", "num", *(["num"] * (len(header) - 3))] for _ in rows]
-        body["results"] = ("<p>Mean ± std (ddof 0) over the done runs of each cell; the layer quantities are "
-                           "averaged over the unit layers.</p>" + _table(header, rows, classes=numeric))
+
+
+def _results_html(run_level_df: pd.DataFrame) -> str:
+    """"Results by width": mean ± std per variant × width."""
+    if run_level_df.empty:
+        return "<p>No run is done yet.</p>"
+    header = ["variant", "width", "runs", *results_columns(run_level_df)]
+    rows = results_rows(run_level_df)
+    numeric = [["", "num", "num", *(["num"] * (len(header) - 3))] for _ in rows]
+    return ("<p>Mean ± std (ddof 0) over the done runs of each cell; the layer quantities are "
+            "averaged over the unit layers.</p>" + _table(header, rows, classes=numeric))
+
+
+def _verdict_html(verdict_df: pd.DataFrame, study_caveats: Sequence[str], seed: int) -> str:
+    """"Verdict": the study's caveats, how the trends are judged, and the verdict table (trends coloured)."""
     if len(verdict_df):
         rows = verdict_rows(verdict_df)
         classes = [["", "", "num", "num", row[4], "num", ""] for row in rows]
         table = _table(VERDICT_HEADER, rows, table_id="verdict-table", classes=classes)
     else:
         table = "<p>No verdict yet.</p>"
-    study_caveats = caveat_lines(caveats_df) if caveats_df is not None else []
     warning = "".join(f'<p class="caveat"><strong>Caveat: {_inline(c)}.</strong></p>' for c in study_caveats)
-    body["verdict"] = f"{warning}<p>{_inline(VERDICT_TEXT.format(resamples=RESAMPLES, seed=seed))}</p>{table}"
-    body["hypothesis"] = f"<p>{_inline(HYPOTHESIS_TEXT)}</p><ul>" + "".join(
+    return f"{warning}<p>{_inline(VERDICT_TEXT.format(resamples=RESAMPLES, seed=seed))}</p>{table}"
+
+
+def _hypothesis_html(verdict_df: pd.DataFrame, study_caveats: Sequence[str],
+                     caveats_df: pd.DataFrame | None) -> str:
+    """"Hypothesis": per variant whether it holds, why, and the study's and the variant's caveats."""
+    return f"<p>{_inline(HYPOTHESIS_TEXT)}</p><ul>" + "".join(
         f"<li><code>{html.escape(str(r.variant))}</code>: <strong>{'holds' if r.holds else 'does not hold'}"
         f"</strong> — {html.escape(r.reason)}"
         + "".join(f' <strong class="caveat">Caveat: {_inline(c)}.</strong>'
                   for c in [*study_caveats, *(caveat_lines(caveats_df, r.variant) if caveats_df is not None else [])])
         + "</li>" for r in hypothesis(verdict_df).itertuples(index=False)
     ) + "</ul>"
-    for section in sections:
-        body[section.key] = (f"<p>{_inline(section.text)}</p>"
-                             + "".join(_table(header, rows) for header, rows in section.tables)
-                             + ("<ul>" + "".join(f"<li>{_markdown_inline(line)}</li>" for line in section.bullets)
-                                + "</ul>" if section.bullets else ""))
-    body["calibration"] = f"<p>{_inline(CALIBRATION_TEXT)}</p><ul>" + "".join(
+
+
+def _section_html(section: Any) -> str:
+    """An extra `widthlab.report.sections.Section`: its text, tables and bullets."""
+    return (f"<p>{_inline(section.text)}</p>"
+            + "".join(_table(header, rows) for header, rows in section.tables)
+            + ("<ul>" + "".join(f"<li>{_markdown_inline(line)}</li>" for line in section.bullets)
+               + "</ul>" if section.bullets else ""))
+
+
+def _calibration_html(verdict_df: pd.DataFrame) -> str:
+    """"Similarity calibration": per variant whether the similarity trend survives it."""
+    return f"<p>{_inline(CALIBRATION_TEXT)}</p><ul>" + "".join(
         f"<li><code>{html.escape(str(r.variant))}</code>: similarity trend survives calibration: "
         f"<strong>{html.escape(r.survives)}</strong> — {html.escape(r.reason)}</li>"
         for r in calibration(verdict_df).itertuples(index=False)
     ) + "</ul>"
-    # The captions' order (overview first, then the paper's figure order), whatever order they were drawn in.
+
+
+def _figures_html(figures: Sequence[str | Path]) -> str:
+    """"Figures": every PNG embedded, in the captions' order (overview first, then the paper's figure order),
+    whatever order they were drawn in."""
     rank = {name: i for i, name in enumerate(FIGURE_CAPTIONS)}
     ordered = sorted((Path(path) for path in figures), key=lambda path: rank.get(path.name, len(rank)))
-    body["figures"] = "".join(_figure(path) for path in ordered) or "<p>No figure.</p>"
+    return "".join(_figure(path) for path in ordered) or "<p>No figure.</p>"
+
+
+def _run_times_html(runs: pd.DataFrame) -> str:
+    """"Run times": `run_times` as a table."""
     times = run_times(runs)
     if times.empty:
-        body["run-times"] = "<p>No done run has a recorded time.</p>"
-    else:
-        rows = [[r.variant, r.width, r.runs, *(number(v) for v in r[3:])] for r in times.itertuples(index=False)]
-        numeric = [["", "", "num", "num", "num", "num", "num", "num"] for _ in rows]
-        body["run-times"] = ("<p>Seconds per done run (training and measurement).</p>"
-                             + _table(["variant", "width", "runs", "total s", "mean s", "median s", "min s",
-                                       "max s"], rows, table_id="run-times-table", classes=numeric))
-    body["versions"] = _table(["package", "version"], list(package_versions().items()), table_id="versions-table")
-    if config is not None:
-        body["configuration"] = f"<pre>{html.escape(config_text(config))}</pre>"
-    content = "".join(f'<section id="{key}"><h2>{name}</h2>{body[key]}</section>' for key, name in parts)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
-            f"<body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{content}</body></html>\n")
+        return "<p>No done run has a recorded time.</p>"
+    rows = [[r.variant, r.width, r.runs, *(number(v) for v in r[3:])] for r in times.itertuples(index=False)]
+    numeric = [["", "", "num", "num", "num", "num", "num", "num"] for _ in rows]
+    return ("<p>Seconds per done run (training and measurement).</p>"
+            + _table(["variant", "width", "runs", "total s", "mean s", "median s", "min s", "max s"], rows,
+                     table_id="run-times-table", classes=numeric))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from widthlab.report.figures import width_label
+from widthlab.report.figures.style import width_label
 from widthlab.report.format import number
 from widthlab.report.frivolous import LABELS, QUANTITIES, count_rows, effective_width
 

@@ -4,6 +4,7 @@ verdict.csv, run_level.csv and, on request, the self-contained report.html."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pandas as pd
 
 from widthlab import files
 from widthlab.errors import WidthlabError
-from widthlab.report.figures import _legacy_pdf, figure_formats, start_figures
+from widthlab.report.figures.write import figure_formats, legacy_pdf, start_figures
 from widthlab.report.format import (
     CALIBRATION_TEXT,
     FIGURE_CAPTIONS,
@@ -80,7 +81,7 @@ def hypothesis_lines(verdict_df: pd.DataFrame, caveats_df: pd.DataFrame | None =
 
 def _summary_markdown(
     runs: pd.DataFrame,
-    levels: pd.DataFrame,
+    run_level_df: pd.DataFrame,
     verdict_df: pd.DataFrame,
     figures: Sequence[Path],
     title: str,
@@ -93,14 +94,14 @@ def _summary_markdown(
     """The text of summary.md; `figures` are the figure files to link (paths inside the report's figures folder)."""
     parts = [f"# {title}", "", "## What was run", "", *(f"- {line}" for line in [*census(runs), *notes]), "",
              "Only done runs enter the tables, figures and verdict.", "", "## Results by width", ""]
-    if levels.empty:
+    if run_level_df.empty:
         parts += ["No run is done yet.", ""]
     else:
         parts += [
             "Mean ± std (ddof 0) over the done runs of each cell. Accuracy is test top-1; the other quantities "
             "(robustness = area under the zero-ablation curve) are averaged over the unit layers.",
             "",
-            _markdown_table(["variant", "width", "runs", *results_columns(levels)], results_rows(levels)),
+            _markdown_table(["variant", "width", "runs", *results_columns(run_level_df)], results_rows(run_level_df)),
             "",
         ]
     study_caveats = caveat_lines(caveats_df) if caveats_df is not None else []
@@ -221,7 +222,7 @@ def write_report(
 
     Example: ``write_report(results.runs, results.metrics, "study/report", title="MLP", html=True)["html"]``.
     """
-    formats = figure_formats(_legacy_pdf(formats, pdf))
+    formats = figure_formats(legacy_pdf(formats, pdf))
     if html and "png" not in formats:
         raise WidthlabError(f"report.html embeds PNG figures: add png to the figure formats {','.join(formats)!r}, "
                             "or leave out --html")
@@ -231,42 +232,58 @@ def write_report(
     drawing = start_figures(runs, metrics, out / FIGURE_DIR, snapshots=snapshots, history=history, params=params,
                             formats=formats, workers=workers, growth_df=growth_df)
     try:
-        levels = run_level(runs, metrics)
-        verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
-        caveats_df = caveats(runs, config)
-        sections = [s for s in (selection_section(runs), frivolous_section(runs, metrics, growth_df, counts))
-                    if s is not None]
+        judged = _judge(runs, metrics, config, seed, growth_df, counts)
     finally:
         figures = drawing.paths()
     summary = out / "summary.md"
-    files.write_text(summary, _summary_markdown(runs, levels, verdict_df, figures, title, config, seed, notes,
-                                                caveats_df, sections))
-    tables = {"verdict": verdict_df, "run_level": levels, "caveats": caveats_df, "growth": growth_df,
-              "unit_counts": counts, "selection": selection_table(runs)}
+    files.write_text(summary, _summary_markdown(runs, judged.run_level_df, judged.verdict_df, figures, title, config,
+                                                seed, notes, judged.caveats_df, judged.sections))
+    _write_tables(out, {"verdict": judged.verdict_df, "run_level": judged.run_level_df,
+                        "caveats": judged.caveats_df, "growth": growth_df, "unit_counts": counts,
+                        "selection": selection_table(runs)})
+    html_path = _write_html(out, runs, judged, figures, title, config, seed) if html else None
+    return dict(figures=figures, summary=summary, verdict_csv=out / "verdict.csv",
+                run_level_csv=out / "run_level.csv", html=html_path, verdict=judged.verdict_df,
+                hypothesis=hypothesis(judged.verdict_df), calibration=calibration(judged.verdict_df),
+                caveats=judged.caveats_df, growth=growth_df, effective_width=effective_width(growth_df))
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """What `write_report` computes while the figures are drawn."""
+
+    run_level_df: pd.DataFrame
+    verdict_df: pd.DataFrame
+    caveats_df: pd.DataFrame
+    sections: list[Section]
+
+
+def _judge(runs: pd.DataFrame, metrics: pd.DataFrame, config: Any, seed: int, growth_df: pd.DataFrame,
+           counts: pd.DataFrame) -> _Judged:
+    """The run-level table, the verdict, the caveats and the extra sections of a report."""
+    run_level_df = run_level(runs, metrics)
+    verdict_df = verdict(runs, metrics, resamples=RESAMPLES, seed=seed)
+    caveats_df = caveats(runs, config)
+    sections = [s for s in (selection_section(runs), frivolous_section(runs, metrics, growth_df, counts))
+                if s is not None]
+    return _Judged(run_level_df, verdict_df, caveats_df, sections)
+
+
+def _write_tables(out: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """Write each table as NAME.csv; verdict and run_level always, the others only when they have rows."""
     for name, table in tables.items():
         if name in ("verdict", "run_level") or len(table):
             with files.atomic_path(out / f"{name}.csv") as tmp:
                 table.to_csv(tmp, index=False)
         else:
             (out / f"{name}.csv").unlink(missing_ok=True)  # a table of an earlier report that no longer applies
-    verdict_csv, run_level_csv = out / "verdict.csv", out / "run_level.csv"
-    html_path = None
-    if html:
-        html_path = out / HTML_NAME
-        pngs = [path.with_suffix(".png") for path in figures]
-        text = render_html(runs, levels, verdict_df, pngs, title=title, config=config, seed=seed,
-                           caveats_df=caveats_df, sections=sections)
-        files.write_text(html_path, text)
-    return {
-        "figures": figures,
-        "summary": summary,
-        "verdict_csv": verdict_csv,
-        "run_level_csv": run_level_csv,
-        "html": html_path,
-        "verdict": verdict_df,
-        "hypothesis": hypothesis(verdict_df),
-        "calibration": calibration(verdict_df),
-        "caveats": caveats_df,
-        "growth": growth_df,
-        "effective_width": effective_width(growth_df),
-    }
+
+
+def _write_html(out: Path, runs: pd.DataFrame, judged: _Judged, figures: Sequence[Path], title: str, config: Any,
+                seed: int) -> Path:
+    """Write report.html, embedding the PNG of each figure; returns its path."""
+    path = out / HTML_NAME
+    pngs = [figure.with_suffix(".png") for figure in figures]
+    files.write_text(path, render_html(runs, judged.run_level_df, judged.verdict_df, pngs, title=title, config=config,
+                                       seed=seed, caveats_df=judged.caveats_df, sections=judged.sections))
+    return path

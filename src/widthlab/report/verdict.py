@@ -34,14 +34,14 @@ import pandas as pd
 
 from widthlab.errors import WidthlabError
 from widthlab.seeding import numpy_generator
-from widthlab.vocab import JOINT_SCOPE
+from widthlab.vocab import AUC_METRIC, JOINT_SCOPE
 
 RUN_COLUMNS = ("run_id", "variant", "width", "replicate", "status")
 # The columns of the metrics table the verdict reads.
 JUDGED_COLUMNS = ("run_id", "layer", "metric", "perturbation", "sampling", "value")
 # What each run-level quantity is made of: (metric name in `metrics`, its perturbation).
 LAYER_QUANTITIES = {
-    "robustness": ("auc", "zero"),
+    "robustness": (AUC_METRIC, "zero"),
     "compressibility": ("compressibility", ""),
     "similarity": ("similarity", ""),
     "similar_fraction": ("similar_fraction", ""),
@@ -255,29 +255,29 @@ def _trend(ci_low: float, ci_high: float) -> str:
 def _one_verdict(
     variant: str,
     metric: str,
-    levels: pd.DataFrame,
+    run_level_df: pd.DataFrame,
     layers: pd.DataFrame,
     resamples: int,
     seed: int,
 ) -> dict:
     """The verdict row of one variant and metric (see the module docstring for the choices)."""
-    levels = levels[np.isfinite(levels[metric])]
-    x = np.log2(levels["width"].to_numpy(float))
-    y = levels[metric].to_numpy(float)
+    run_level_df = run_level_df[np.isfinite(run_level_df[metric])]
+    x = np.log2(run_level_df["width"].to_numpy(float))
+    y = run_level_df[metric].to_numpy(float)
     slope = float(_ols_slopes(x, y[:, None])[0]) if len(x) else np.nan
     row = dict(variant=variant, metric=metric, slope=slope, ci_low=np.nan, ci_high=np.nan,
-               trend="flat", n_runs=len(levels), method="none")
+               trend="flat", n_runs=len(run_level_df), method="none")
     if np.isnan(slope):
         return row
     rng = numpy_generator(seed, "verdict", variant, metric)
-    if levels.groupby("width").size().max() >= 2:
+    if run_level_df.groupby("width").size().max() >= 2:
         slopes = _resample_runs(x, y, resamples, rng)
         row["method"] = "runs"
     else:
         table = (
             layers[layers["metric"] == metric]
             .pivot_table(index="run_id", columns="layer", values="value", aggfunc="mean")
-            .reindex(levels["run_id"])
+            .reindex(run_level_df["run_id"])
             .to_numpy(float)
         )
         if table.shape[1] < 2:
@@ -293,7 +293,7 @@ def verdict(
     runs: pd.DataFrame,
     metrics: pd.DataFrame,
     *,
-    metrics_: Sequence[str] | None = None,
+    quantities: Sequence[str] | None = None,
     resamples: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -308,7 +308,7 @@ def verdict(
     Args:
         runs: the runs table; only status "done" rows count.
         metrics: the metrics table.
-        metrics_: which run-level quantities (RUN_LEVEL_METRICS) to judge; default None: accuracy, robustness,
+        quantities: which run-level quantities (RUN_LEVEL_METRICS) to judge; default None: accuracy, robustness,
             compressibility, similarity, then similar_fraction and similarity_excess when the metrics table
             holds them (the calibration rows that `calibration` reads).
         resamples: bootstrap resamples (default 1000).
@@ -318,21 +318,21 @@ def verdict(
 
     Example: ``verdict(results.runs, results.metrics).query("trend == 'up'")``.
     """
-    if metrics_ is None:
+    if quantities is None:
         measured = set(final_rows(metrics)["metric"]) if "metric" in metrics.columns else set()
-        metrics_ = (*CORE_METRICS, *(m for m in CALIBRATION_METRICS if m in measured))
-    unknown = [m for m in metrics_ if m not in RUN_LEVEL_METRICS]
+        quantities = (*CORE_METRICS, *(m for m in CALIBRATION_METRICS if m in measured))
+    unknown = [m for m in quantities if m not in RUN_LEVEL_METRICS]
     if unknown:
         raise WidthlabError(f"unknown verdict metric(s) {unknown}; valid: {list(RUN_LEVEL_METRICS)}")
     if resamples < 1:
         raise WidthlabError(f"resamples must be >= 1; got {resamples}")
-    levels = run_level(runs, metrics)
+    run_level_df = run_level(runs, metrics)
     layers = layer_level(runs, metrics)
     rows = [
-        _one_verdict(variant, metric, levels[levels["variant"] == variant],
+        _one_verdict(variant, metric, run_level_df[run_level_df["variant"] == variant],
                      layers[layers["variant"] == variant], resamples, seed)
-        for variant in pd.unique(levels["variant"])
-        for metric in metrics_
+        for variant in pd.unique(run_level_df["variant"])
+        for metric in quantities
     ]
     table = pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
     return table.astype({"slope": float, "ci_low": float, "ci_high": float, "n_runs": int})
