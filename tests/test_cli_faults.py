@@ -1,7 +1,6 @@
 """The CLI under signals and concurrency: SIGTERM is one line and exit 143 and resumes exactly; a report never
 races a run into its folder; a closed pipe is not a traceback; `widthlab report` redraws with the study's seed."""
 
-import os
 import shutil
 import signal
 import subprocess

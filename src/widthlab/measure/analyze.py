@@ -52,7 +52,6 @@ from widthlab.vocab import (
     JOINT_SCOPE,
     NULL_METRICS,
     REDUNDANCY_METRICS,
-    SELECTIVITY_METRICS,
 )
 
 
