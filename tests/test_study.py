@@ -151,6 +151,15 @@ def test_user_model_and_data_by_module_function(tmp_path, monkeypatch):
     assert set(res.runs["status"]) == {"done"}
     assert set(res.metrics.query("metric == 'n_units'")["value"]) == {6, 12}
     assert not math.isnan(res.metrics.query("metric == 'auc'")["value"].iloc[0])
+    # Its checkpoint names the user's module:function: data, so rebuilding it needs the user's consent.
+    from widthlab.external import load_model
+
+    checkpoint = next((tmp_path / "out" / "checkpoints").glob("*.pt"))
+    with pytest.raises(WidthlabError, match="user_study_mod:build.*--allow-code"):
+        load_model(str(checkpoint))
+    assert main(["analyze", str(checkpoint), "--data", "user_study_mod:data", "--quiet"]) == 2
+    model = load_model(str(checkpoint), allow_code=True)
+    assert model[0].out_features in (6, 12) and not model.training
 
 
 def test_a_study_that_cannot_be_measured_stops_before_training(tmp_path):

@@ -51,20 +51,22 @@ def is_checkpoint(spec: str) -> bool:
     return not spec.startswith(HF) and (spec.endswith((".pt", ".pth")) or Path(spec).is_file())
 
 
-def load_model(spec: str, *, seed: int = 0) -> nn.Module:
+def load_model(spec: str, *, seed: int = 0, allow_code: bool = False) -> nn.Module:
     """The model named by `spec` (see the module docstring), in eval mode on the CPU.
 
     Args:
         spec: a checkpoint path, ``hf:PATH``, ``module:function``, ``torchvision:NAME`` or ``timm:NAME``.
         seed: ``torch.manual_seed(seed)`` right before a model is built, so its random weights are fixed
             (default 0; a checkpoint's weights do not depend on it).
+        allow_code: rebuild a checkpoint whose model is a ``module:function`` by importing it (a checkpoint is
+            data: without this, the code it names is not imported).
 
     Example: ``load_model("hf:./tiny-gpt2")`` is that folder's ``GPT2LMHeadModel``.
     """
     if spec.startswith(HF):
         return _from_hf(spec[len(HF):], seed)
     if is_checkpoint(spec):
-        return _from_checkpoint(Path(spec))
+        return _from_checkpoint(Path(spec), allow_code)
     hub, _, name = spec.partition(":")
     if hub in HUBS and name:
         return _from_hub(hub, name, seed)
@@ -79,12 +81,16 @@ def load_model(spec: str, *, seed: int = 0) -> nn.Module:
                         f"'torchvision:NAME' / 'timm:NAME'")
 
 
-def _from_checkpoint(path: Path) -> nn.Module:
+def _from_checkpoint(path: Path, allow_code: bool) -> nn.Module:
     state = load_checkpoint(path)
     meta = state.get("meta") or {}
     if "model" not in meta or "width" not in meta:
         raise WidthlabError(f"checkpoint {str(path)!r} does not say how to rebuild its model (no meta.model)")
-    model = build_model(meta["model"], meta["width"], num_classes=meta.get("num_classes"))
+    try:
+        model = build_model(meta["model"], meta["width"], num_classes=meta.get("num_classes"),
+                            import_code=allow_code)
+    except WidthlabError as exc:
+        raise WidthlabError(f"checkpoint {str(path)!r}: {exc}") from None
     model.load_state_dict(trained_weights(state))
     return model.eval()
 

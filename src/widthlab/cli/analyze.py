@@ -213,7 +213,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     flags = _analyze_flags(args)
     perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
-    model = load_model(args.model, seed=args.seed)
+    model = load_model(args.model, seed=args.seed, allow_code=args.allow_code)
     data_label, inputs = _analyze_inputs(args, flags["max_length"])
     if flags["max_examples"] is not None:
         inputs = first_examples(inputs, flags["max_examples"])
@@ -362,6 +362,9 @@ def add_analyze_parser(sub) -> None:
     analyze.add_argument("--seed", type=int, default=0,
                          help="seed of every random choice: the data set, the measurement, and the random weights "
                               "of a hub or hf: model (default 0)")
+    analyze.add_argument("--allow-code", action="store_true",
+                         help="import the module:function model a checkpoint names, to rebuild it (a checkpoint is "
+                              "data, so by default nothing it names is imported)")
     analyze.add_argument("--quiet", action="store_true", help="no plan and no progress bar")
     analyze.add_argument("--out", default="widthlab-analysis", help="output folder (default: widthlab-analysis)")
     analyze.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")

@@ -14,18 +14,27 @@ from typing import Any
 
 import pandas as pd
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from widthlab.errors import WidthlabError
 from widthlab.models import create_model
-from widthlab.study.config import ModelSpec
+from widthlab.study.config import ModelSpec, first_error
 
 log = logging.getLogger("widthlab")
 
 
 def model_spec(spec: ModelSpec | Mapping[str, Any]) -> ModelSpec:
-    """`spec` as a validated `ModelSpec` (a stored mapping such as a checkpoint's ``meta["model"]``)."""
-    return spec if isinstance(spec, ModelSpec) else ModelSpec(**spec)
+    """`spec` as a validated `ModelSpec` (a stored mapping such as a checkpoint's ``meta["model"]``); one that
+    no longer validates is one WidthlabError."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise WidthlabError(f"a model section must be a mapping, got {type(spec).__name__}")
+    try:
+        return ModelSpec(**spec)
+    except ValidationError as exc:
+        raise WidthlabError(f"model section {dict(spec)!r} does not validate: {first_error(exc)}") from None
 
 
 def build_model(spec: ModelSpec | Mapping[str, Any], width: float, *, num_classes: int | None = None,

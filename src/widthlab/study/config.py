@@ -339,7 +339,7 @@ class StudyConfig(_Strict):
             try:
                 sections[section] = cls(**merged[section])
             except ValidationError as exc:
-                raise WidthlabError(f"{where}: {section}.{_first_error(exc)}") from None
+                raise WidthlabError(f"{where}: {section}.{first_error(exc)}") from None
         return sections
 
     @model_validator(mode="after")
@@ -443,7 +443,8 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """A pydantic validation error as one line: the key and what is wrong with its value."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
@@ -460,7 +461,7 @@ def parse_config(raw: Any, source: str = "config") -> StudyConfig:
     try:
         return StudyConfig(**raw)
     except ValidationError as exc:
-        raise WidthlabError(f"{source}: {_first_error(exc)}") from None
+        raise WidthlabError(f"{source}: {first_error(exc)}") from None
     except TypeError as exc:
         raise WidthlabError(f"{source}: {exc}") from None
 

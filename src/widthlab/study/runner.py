@@ -24,7 +24,15 @@ from tqdm.auto import tqdm
 from widthlab import files
 from widthlab.errors import WidthlabError, check_positive_int, check_seconds
 from widthlab.study.build import build_model, parameter_count, parameter_counts
-from widthlab.study.config import RunConfig, Selection, StudyConfig, candidate_labels, load_config, resolve_levels, run_identity
+from widthlab.study.config import (
+    RunConfig,
+    Selection,
+    StudyConfig,
+    candidate_labels,
+    load_config,
+    resolve_levels,
+    run_identity,
+)
 from widthlab.study.executors import check_executor, execute
 from widthlab.study.runs import (
     FINAL_STATUSES,
@@ -35,7 +43,15 @@ from widthlab.study.runs import (
     execute_run,
     load_splits,
 )
-from widthlab.study.store import STORE_NAME, Results, Store, export_csv, left_out_note, select_runs, study_lock
+from widthlab.study.store import (
+    STORE_NAME,
+    Results,
+    Store,
+    export_csv,
+    left_out_note,
+    select_runs,
+    study_lock,
+)
 from widthlab.train.distributed import init_from_env
 
 log = logging.getLogger("widthlab")

@@ -26,7 +26,13 @@ from widthlab.train import TrainConfig, fit
 from widthlab.train.distributed import distributed_shard
 from widthlab.train.loop import resolve_device
 from widthlab.train.stacked import stackable
-from widthlab.train.vectorized import MAX_MEMBERS, NotStackable, fit_group, group_key, worth_stacking
+from widthlab.train.vectorized import (
+    MAX_MEMBERS,
+    NotStackable,
+    fit_group,
+    group_key,
+    worth_stacking,
+)
 
 log = logging.getLogger("widthlab")
 FINAL_STATUSES = ("done", "diverged")
