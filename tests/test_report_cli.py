@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
@@ -35,6 +36,14 @@ def test_parameter_counts_come_from_the_run_configs(tmp_path):
     counts = parameter_counts(load_results(study).runs)
     # The 10-d MLP with h = 128·width hidden units and 2 outputs has 10h + h + 2h + 2 parameters.
     assert counts.to_dict("list") == {"model": ["mlp", "mlp"], "width": [0.5, 2.0], "params": [834, 3330]}
+
+
+@pytest.mark.parametrize("model", [{"name": "family_of_another_session"}, {"name": "mlp", "option_removed": 1},
+                                   {"name": "mlp", "init": "no_such_init"}, "not a mapping"])
+def test_parameter_counts_skip_a_stored_model_section_that_no_longer_builds(model):
+    # The figure is optional: a report of an old or foreign store is still written, without it.
+    runs = pd.DataFrame({"variant": ["v"], "width": [1.0], "config": [json.dumps({"model": model})]})
+    assert parameter_counts(runs) is None
 
 
 def test_report_of_several_studies_combines_them_into_out(tmp_path, capsys):

@@ -26,7 +26,7 @@ from widthlab.train import TrainConfig, fit, fit_group
 from widthlab.version import __version__ as __version__
 
 __all__ = [
-    "Curve", "Results", "Splits", "TrainConfig", "WidthlabError", "ablation_curve", "analyze", "capture",
-    "compressibility", "create_model", "fit", "fit_group", "list_models", "load_data", "load_results", "pcs_needed",
-    "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity", "StudyOutcome", "unit_table",
+    "Curve", "Results", "Splits", "StudyOutcome", "TrainConfig", "WidthlabError", "ablation_curve", "analyze",
+    "capture", "compressibility", "create_model", "fit", "fit_group", "list_models", "load_data", "load_results",
+    "pcs_needed", "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity", "unit_table",
 ]

@@ -124,14 +124,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from widthlab.report import combine_frames, write_report
     from widthlab.report.figures import figure_formats
     from widthlab.study.build import parameter_counts
-
-    formats = figure_formats(args.formats)
     from widthlab.study.store import (
         left_out_note,
         load_results,
         select_runs,
         study_lock,
     )
+
+    formats = figure_formats(args.formats)
 
     dirs = [Path(d) for d in args.dirs]
     if len(dirs) > 1 and not args.out:

@@ -5,5 +5,5 @@ from widthlab.study.runner import StudyOutcome, plan_runs, run_study
 from widthlab.study.runs import RunSpec, execute_run
 from widthlab.study.store import Results, Store, export_csv, load_results
 
-__all__ = ["Results", "RunSpec", "Store", "StudyConfig", "execute_run", "export_csv", "load_config",
-           "load_results", "plan_runs", "run_study", "StudyOutcome"]
+__all__ = ["Results", "RunSpec", "Store", "StudyConfig", "StudyOutcome", "execute_run", "export_csv", "load_config",
+           "load_results", "plan_runs", "run_study"]

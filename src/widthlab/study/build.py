@@ -77,15 +77,16 @@ def parameter_counts(runs: pd.DataFrame, *, import_code: bool = False) -> pd.Dat
     """
     rows = []
     for (variant, width), group in runs.groupby(["variant", "width"], sort=False):
-        spec = model_spec(json.loads(group["config"].iloc[0])["model"])
-        name = spec.name
+        stored = json.loads(group["config"].iloc[0]).get("model")
+        name = str(stored.get("name")) if isinstance(stored, Mapping) else repr(stored)
         if ":" in name and not import_code:
             log.warning("parameter counts skipped: the store names user code %r, which is imported only with "
                         "--allow-code", name)
             return None
         try:
-            model = build_model(spec, float(width), device="meta")
-        except Exception as exc:  # a user's model may not build without data or on meta; the figure is optional
+            model = build_model(stored, float(width), device="meta")
+        except Exception as exc:  # a section that no longer validates (a family registered in another session,
+            # an option an upgrade removed), or a user's model that does not build on meta: the figure is optional
             log.info("parameter counts skipped: %s cannot be built on meta: %s", name, exc)
             return None
         rows.append(dict(variant=variant, name=name, width=float(width),

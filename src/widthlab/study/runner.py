@@ -158,12 +158,13 @@ def preflight(specs: list[RunSpec], cache: dict | None) -> None:
                                 "use smaller grid.widths")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StudyOutcome:
     """What `run_study` did: the study folder, the results of this config's grid, and the report it wrote.
 
-    It stands for its folder where a path is expected (``os.fspath(outcome)``, ``outcome / "summary.md"``), as
-    `run_study`'s earlier return value, a `Path`, did.
+    It stands for its folder where a path is expected (``os.fspath(outcome)``, ``str(outcome)``, ``outcome /
+    "summary.md"``), as `run_study`'s earlier return value, a `Path`, did; for anything else use ``outcome.path``.
+    Two outcomes are equal only when they are the same object (their DataFrames have no one truth value).
 
     Attributes:
         path: the study directory.
@@ -195,6 +196,9 @@ class StudyOutcome:
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
 
     def __truediv__(self, other: str | os.PathLike) -> Path:
         return self.path / other
