@@ -9,7 +9,7 @@ import torch
 
 from widthlab import WidthlabError, create_model, list_models
 from widthlab.models import INIT_SCHEMES
-from widthlab.models.init import init_tensor_
+from widthlab.init_schemes import init_tensor_
 from widthlab.registry import Registry, call_user, check_kwargs, resolve_callable
 
 

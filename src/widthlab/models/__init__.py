@@ -4,7 +4,8 @@ from widthlab.models import alexnet as _alexnet  # noqa: F401  (importing a fami
 from widthlab.models import inception as _inception  # noqa: F401
 from widthlab.models import mlp as _mlp  # noqa: F401
 from widthlab.models import resnet as _resnet  # noqa: F401
-from widthlab.models.init import INIT_SCHEMES, initialize
+from widthlab.init_schemes import INIT_SCHEMES
+from widthlab.models.init import initialize
 from widthlab.models.registry import create_model, list_models, register_model, scale_width
 
 __all__ = ["INIT_SCHEMES", "create_model", "initialize", "list_models", "register_model", "scale_width"]

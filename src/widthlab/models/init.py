@@ -8,9 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from widthlab.init_schemes import INIT_SCHEMES, check_init, init_tensor_
-
-__all__ = ["INIT_SCHEMES", "check_init", "init_tensor_", "initialize"]
+from widthlab.init_schemes import check_init, init_tensor_
 
 
 @torch.no_grad()
@@ -19,7 +17,7 @@ def initialize(model: nn.Module, init: str = "glorot_normal", sigma: float | Non
     """Initialise every Conv/Linear weight of `model` by `init`; zero biases; norm layers at (1, 0).
 
     Args:
-        init: one of `INIT_SCHEMES`.
+        init: one of `widthlab.init_schemes.INIT_SCHEMES`.
         sigma: standard deviation for ``normal`` / ``truncated_normal`` (default 0.01).
         seed: if given, the draws come from a private generator, so the result ignores global RNG state.
     """

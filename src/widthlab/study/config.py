@@ -54,7 +54,7 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
-        from widthlab.models.init import check_init
+        from widthlab.init_schemes import check_init
         from widthlab.models.registry import MODELS
 
         check_init(self.init, self.sigma)
