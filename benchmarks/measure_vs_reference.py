@@ -91,7 +91,7 @@ def predict(model, x, batch_size, masks=None):
 
 
 def run_reference(cfg: dict) -> dict:
-    from widthlab.measure.analyze import _draw_rows
+    from widthlab.measure.analyze import redundancy_rows
     from widthlab.measure.perturbations import ablation_masks
 
     model, x = setup(cfg)
@@ -112,7 +112,7 @@ def run_reference(cfg: dict) -> dict:
     for name in layers:
         rows = torch.cat(acts.pop(name)).numpy()  # (N·H·W, C) every activation, as the reference extracts them
         units[name] = rows.shape[1]
-        keep = _draw_rows(seed, name, 0, len(rows), ROWS)  # widthlab's rows of sampling 0: the same matrix
+        keep = redundancy_rows(seed, name, 0, len(rows), ROWS)  # widthlab's rows of sampling 0: the same matrix
         redundancy[name] = reference_redundancy(rows[keep])
     base = predict(model, x, cfg["batch_size"])
     masks = {name: ablation_masks(name, units[name], levels, samplings, seed) for name in layers}

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from widthlab.errors import WidthlabError
 from widthlab.measure import analyze, capture, default_layers, perturbation_curve, redundancy
-from widthlab.measure.analyze import _draw_rows
+from widthlab.measure.analyze import redundancy_rows
 from widthlab.vocab import (
     ANALYZE_COLUMNS,
     NULL_METRICS,
@@ -95,7 +95,7 @@ def test_max_rows_draws_rows_per_sampling(images):
     frame = analyze(model, images, layers=["1"], perturbations=(), samplings=3, max_rows=100, batch_size=5)
     acts = capture(model, images, "1")["1"]  # (768, 4)
     for s in range(3):
-        expected = redundancy(acts[torch.as_tensor(_draw_rows(0, "1", s, len(acts), 100))])
+        expected = redundancy(acts[torch.as_tensor(redundancy_rows(0, "1", s, len(acts), 100))])
         assert values(frame, metric="similarity", sampling=s)[0] == pytest.approx(expected["similarity"])
         np.testing.assert_array_equal(values(frame, metric="abs_r_count", sampling=s), expected["abs_r_counts"])
     assert not np.array_equal(values(frame, metric="abs_r_count", sampling=0),

@@ -60,7 +60,7 @@ def _row_stream(seed: int) -> Stream:
     return lambda layer, sampling: (seed, layer, sampling, "rows")
 
 
-def _draw_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) -> np.ndarray:
+def redundancy_rows(seed: int, layer: str, sampling: int, total: int, max_rows: int) -> np.ndarray:
     """Sorted indices of the min(max_rows, total) rows sampling s of `layer` keeps for redundancy."""
     return draw_rows(total, max_rows, *_row_stream(seed)(layer, sampling))
 
