@@ -50,11 +50,11 @@ def test_columns_and_row_counts(images):
                     batch_size=5)
     assert list(frame.columns) == list(ANALYZE_COLUMNS)
     assert sorted(frame.layer.unique()) == ["1", "3", "all"]  # ReLU-like modules by default, plus the joint scope
-    redundancy_rows = frame[frame.perturbation == ""]
+    unperturbed = frame[frame.perturbation == ""]
     # two layers, sampling 0 only: the §1 numbers, 50 histogram bins, the 3 similarity-calibration numbers, the
     # redundant / non-redundant unit counts and the 3 selectivity numbers (labels given, no training split)
-    assert len(redundancy_rows) == 2 * (len(REDUNDANCY_METRICS) + 50 + len(NULL_METRICS) + len(REDUNDANT_METRICS) + 3)
-    assert redundancy_rows.loc[redundancy_rows.metric != "abs_r_count", "level"].isna().all()
+    assert len(unperturbed) == 2 * (len(REDUNDANCY_METRICS) + 50 + len(NULL_METRICS) + len(REDUNDANT_METRICS) + 3)
+    assert unperturbed.loc[unperturbed.metric != "abs_r_count", "level"].isna().all()
     robustness_rows = frame[frame.perturbation != ""]
     # perturbations × scopes × samplings × rows, and x* with the prunable / non-prunable counts of each unit
     # layer and sampling of the zero curves
