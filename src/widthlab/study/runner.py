@@ -79,9 +79,9 @@ def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
                                        select=None if candidate is None else
                                        Selection(cell=cell, candidate=label, overrides=candidate))
                     if candidate is None:
-                        specs.append(RunSpec(cell, variant, width, replicate, config))
+                        specs.append(RunSpec(cell, variant, config))
                         continue
-                    specs.append(RunSpec(f"{cell}-{label}", variant, width, replicate, config, cell=cell,
+                    specs.append(RunSpec(f"{cell}-{label}", variant, config, cell=cell,
                                          candidate=label, measure=select.measure == "all"))
     return specs
 

@@ -41,16 +41,22 @@ TRAINED = "trained"  # a selection candidate trained but not measured (it was no
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One grid cell: a variant at a width and replicate, with its fully resolved config."""
+    """One grid cell: a variant at a width and replicate (both read from its fully resolved config)."""
 
     run_id: str
     variant: str
-    width: float
-    replicate: int
     config: RunConfig
     cell: str | None = None  # with grid.select: the grid cell this candidate competes in
     candidate: str | None = None  # with grid.select: the candidate's name (``lr=0.1``)
     measure: bool = True  # False: train only, the run ends "trained" (a candidate not yet chosen)
+
+    @property
+    def width(self) -> float:
+        return self.config.width
+
+    @property
+    def replicate(self) -> int:
+        return self.config.replicate
 
 
 def load_splits(config: RunConfig, cache: dict | None) -> Splits:
