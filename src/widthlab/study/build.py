@@ -14,12 +14,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from widthlab.errors import WidthlabError
 from widthlab.models import create_model
-from widthlab.study.config import ModelSpec, first_error
+from widthlab.study.config import ModelSpec, validated
 
 log = logging.getLogger("widthlab")
 
@@ -31,10 +30,7 @@ def model_spec(spec: ModelSpec | Mapping[str, Any]) -> ModelSpec:
         return spec
     if not isinstance(spec, Mapping):
         raise WidthlabError(f"a model section must be a mapping, got {type(spec).__name__}")
-    try:
-        return ModelSpec(**spec)
-    except ValidationError as exc:
-        raise WidthlabError(f"model section {dict(spec)!r} does not validate: {first_error(exc)}") from None
+    return validated(ModelSpec, spec, f"model section {dict(spec)!r} does not validate")
 
 
 def build_model(spec: ModelSpec | Mapping[str, Any], width: float, *, num_classes: int | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -339,7 +340,7 @@ class StudyConfig(_Strict):
             try:
                 sections[section] = cls(**merged[section])
             except ValidationError as exc:
-                raise WidthlabError(f"{where}: {section}.{first_error(exc)}") from None
+                raise WidthlabError(f"{where}: {section}.{_first_error(exc)}") from None
         return sections
 
     @model_validator(mode="after")
@@ -443,7 +444,7 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def first_error(exc: ValidationError) -> str:
+def _first_error(exc: ValidationError) -> str:
     """A pydantic validation error as one line: the key and what is wrong with its value."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
@@ -454,16 +455,21 @@ def first_error(exc: ValidationError) -> str:
     return f"{loc}: {msg}{shown}" if loc else msg
 
 
+def validated(cls: type[BaseModel], raw: Mapping[str, Any], source: str):
+    """``cls(**raw)``, its first validation error (or a key that is not a name) one WidthlabError after `source`."""
+    try:
+        return cls(**raw)
+    except ValidationError as exc:
+        raise WidthlabError(f"{source}: {_first_error(exc)}") from None
+    except TypeError as exc:
+        raise WidthlabError(f"{source}: {exc}") from None
+
+
 def parse_config(raw: Any, source: str = "config") -> StudyConfig:
     """Validate a raw mapping into a `StudyConfig`, turning the first validation error into one line."""
     if not isinstance(raw, dict):
         raise WidthlabError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return StudyConfig(**raw)
-    except ValidationError as exc:
-        raise WidthlabError(f"{source}: {first_error(exc)}") from None
-    except TypeError as exc:
-        raise WidthlabError(f"{source}: {exc}") from None
+    return validated(StudyConfig, raw, source)
 
 
 def load_config(spec: str | Path | dict | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:
