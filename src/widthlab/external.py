@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -58,13 +59,14 @@ def load_model(spec: str, *, seed: int = 0, allow_code: bool = False) -> nn.Modu
         spec: a checkpoint path, ``hf:PATH``, ``module:function``, ``torchvision:NAME`` or ``timm:NAME``.
         seed: ``torch.manual_seed(seed)`` right before a model is built, so its random weights are fixed
             (default 0; a checkpoint's weights do not depend on it).
-        allow_code: rebuild a checkpoint whose model is a ``module:function`` by importing it (a checkpoint is
-            data: without this, the code it names is not imported).
+        allow_code: rebuild a checkpoint whose model is a ``module:function`` by importing it, or let an
+            ``hf:`` folder run the Python files its config.json names (transformers' ``trust_remote_code``). A
+            checkpoint or a model folder is data: without this, the code it names is refused, never run.
 
     Example: ``load_model("hf:./tiny-gpt2")`` is that folder's ``GPT2LMHeadModel``.
     """
     if spec.startswith(HF):
-        return _from_hf(spec[len(HF):], seed)
+        return _from_hf(spec[len(HF):], seed, allow_code)
     if is_checkpoint(spec):
         return _from_checkpoint(Path(spec), allow_code)
     hub, _, name = spec.partition(":")
@@ -219,7 +221,31 @@ def _hf_folder(folder: str) -> Path:
     return path
 
 
-def _from_hf(folder: str, seed: int) -> nn.Module:
+def _remote_code(path: Path) -> str | None:
+    """The first ``auto_map`` entry of the folder's config.json or tokenizer_config.json (code transformers would
+    import from the folder), or None."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if auto_map:
+            first = next(iter(auto_map.values())) if isinstance(auto_map, dict) else auto_map
+            return f"{name} auto_map names {first!r}"
+    return None
+
+
+def _refuse_remote_code(path: Path, folder: str, allow_code: bool) -> None:
+    """After transformers refused to load the folder (``trust_remote_code=False``): the one line saying why, when
+    the folder names code of its own."""
+    remote = None if allow_code else _remote_code(path)
+    if remote is not None:
+        raise WidthlabError(f"model 'hf:{folder}' needs code from its folder ({remote}); widthlab does not run a "
+                            "model folder's code: allow it with --allow-code if you trust that folder") from None
+
+
+def _from_hf(folder: str, seed: int, allow_code: bool = False) -> nn.Module:
     path = _hf_folder(folder)
     if not (path / "config.json").is_file():
         raise WidthlabError(f"model 'hf:{folder}': {str(path)!r} holds no HF model (no config.json; write one with "
@@ -227,8 +253,10 @@ def _from_hf(folder: str, seed: int) -> nn.Module:
     transformers = _transformers()
     with _quiet(transformers):
         try:
-            config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+            config = transformers.AutoConfig.from_pretrained(path, local_files_only=True,
+                                                              trust_remote_code=allow_code)
         except Exception as exc:
+            _refuse_remote_code(path, folder, allow_code)
             raise WidthlabError(f"model 'hf:{folder}': cannot read its config.json ({first_line(exc)})") from None
         names = getattr(config, "architectures", None) or []
         try:
@@ -240,10 +268,12 @@ def _from_hf(folder: str, seed: int) -> nn.Module:
         torch.manual_seed(seed)  # weights the folder lacks (all of them, or a new head) are drawn from it
         try:
             if any((path / name).is_file() for name in HF_WEIGHTS):
-                model = cls.from_pretrained(path, local_files_only=True)
+                model = cls.from_pretrained(path, local_files_only=True, trust_remote_code=allow_code)
             else:
-                model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
+                model = cls.from_config(config, trust_remote_code=allow_code) if cls is transformers.AutoModel \
+                    else cls(config)
         except Exception as exc:
+            _refuse_remote_code(path, folder, allow_code)
             raise WidthlabError(f"model 'hf:{folder}': transformers cannot build {cls.__name__} from it "
                                 f"({first_line(exc)})") from None
     if hasattr(model.config, "use_cache"):
@@ -268,7 +298,8 @@ def _tokenize(text: Path, folder: str, max_length: int) -> dict[str, torch.Tenso
         raise WidthlabError(f"model 'hf:{folder}' has no tokenizer (no tokenizer_config.json); {advice}")
     with _quiet(transformers):
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                                   trust_remote_code=False)
         except Exception as exc:
             raise WidthlabError(f"model 'hf:{folder}' has no tokenizer that loads offline ({first_line(exc)}); "
                                 f"{advice}") from None

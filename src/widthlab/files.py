@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,59 @@ def file_name(name: str) -> str:
     """`name` as one file name: '%' and '/' escaped (``k=1/4`` → ``k=1%2F4``), so a variant named like the paper's
     ``k=1/4`` — or ``../../x`` — names a file inside its folder; names without either are unchanged."""
     return name.replace("%", "%25").replace("/", "%2F").replace("\\", "%5C")
+
+
+# What widthlab writes in a folder (study or analysis): its store and lock, log, config, tables, summary, report,
+# figures/ and checkpoints/ (and the temporary files of each). A handed-over folder may hold a link among them.
+OWN_FOLDERS = ("figures", "checkpoints")
+_OWN_SUFFIXES = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".sqlite-journal", ".lock", ".log", ".yaml", ".md", ".html",
+                 ".csv", ".png", ".pdf", ".pt", ".pth", ".tmp")
+
+
+def refuse_links(folder: str | os.PathLike) -> None:
+    """Raise one WidthlabError when a file or folder widthlab writes in `folder` (see `OWN_FOLDERS` and the kinds
+    of files it writes), or anything in its figures/ or checkpoints/, is a symbolic link.
+
+    Writing through such a link would change a file outside the folder (``figures -> /elsewhere`` overwrites
+    /elsewhere/accuracy.png); `folder` itself may be a link, since the user named it.
+    """
+    folder = Path(folder)
+    for entry in _entries(folder):
+        if entry.is_symlink() and (entry.name in OWN_FOLDERS or entry.name.endswith(_OWN_SUFFIXES)
+                                   or _TEMP.match(entry.name)):
+            raise link_error(Path(entry.path))
+    for name in OWN_FOLDERS:
+        for entry in _entries(folder / name):
+            if entry.is_symlink():
+                raise link_error(Path(entry.path))
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def link_error(path: Path) -> WidthlabError:
+    try:
+        target = f" (to {os.readlink(path)!r})"
+    except OSError:
+        target = ""
+    return WidthlabError(f"{str(path)!r} is a symbolic link{target}; widthlab never writes through a link in a "
+                         "study folder, which could change files outside it: replace the link with the file or folder "
+                         "itself, or remove it")
+
+
+def open_own(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of one of widthlab's own files, never through a symbolic link: a link is a WidthlabError."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.EMLINK and Path(path).is_symlink()):
+            raise link_error(Path(path)) from None
+        raise
 
 
 def temp_path(path: Path) -> Path:
@@ -67,6 +121,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = temp_path(path)
+    if os.path.islink(tmp):  # planted under this process's temporary name: writing to it would follow it
+        tmp.unlink()
     try:
         yield tmp
         os.replace(tmp, path)
@@ -86,14 +142,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files (``.NAME.PID.tmp[.SUFFIX]``) in `folder` whose process is gone; return them."""
+    """Remove the temporary files (``.NAME.PID.tmp[.SUFFIX]``) in `folder` whose process is gone; return them.
+
+    Only regular files directly in `folder` are removed, and nothing when `folder` is itself a link: cleanup never
+    reaches outside a study folder.
+    """
     folder = Path(folder)
     removed = []
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():
         return removed
-    for path in folder.iterdir():
-        match = _TEMP.match(path.name)
-        if match and path.is_file() and not _alive(int(match.group(1))):
+    for entry in _entries(folder):
+        match = _TEMP.match(entry.name)
+        if match and entry.is_file(follow_symlinks=False) and not _alive(int(match.group(1))):
+            path = Path(entry.path)
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -7,8 +7,14 @@ latter is the only way a config runs a user's code. `models/` and `data/` each h
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import os
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 from widthlab.errors import WidthlabError, first_line
 
@@ -50,19 +56,52 @@ class Registry:
                             "(or 'module:function')")
 
 
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
 def resolve_callable(spec: str, what: str) -> Callable:
-    """Import ``module:function`` named by a config (the only way a config runs a user's code)."""
+    """Import ``module:function`` named by a config (the only way a config runs a user's code).
+
+    The module is looked up among installed modules first, then in the current folder, and the current folder is
+    on ``sys.path`` (at its end) only while that one module imports: a folder the command runs in never shadows
+    an installed or standard module, and none of its files runs unless the user named it.
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise WidthlabError(f"{what} {spec!r} is neither registered nor of the form 'module:function'")
+    if not _MODULE.match(module_name) or not attr.isidentifier():
+        raise WidthlabError(f"{what} {spec!r}: {module_name!r}:{attr!r} is not a Python module path and function "
+                            "name (e.g. 'my_models:build' for my_models.py in the current folder)")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_user_module(module_name)
+    except WidthlabError:
+        raise
     except Exception as exc:  # ImportError, or the module's own SyntaxError or exception at import
         raise WidthlabError(f"{what} {spec!r}: cannot import module {module_name!r} ({first_line(exc)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise WidthlabError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
     return fn
+
+
+def _import_user_module(module_name: str) -> ModuleType:
+    top = module_name.partition(".")[0]
+    here = os.getcwd()
+    local = [p for p in (Path(here) / f"{top}.py", Path(here) / top) if p.exists()]
+    if top in sys.modules or importlib.util.find_spec(top) is not None:
+        found = getattr(sys.modules.get(top), "__file__", None) or importlib.util.find_spec(top).origin
+        if local and found and Path(found).resolve().parent not in (Path(here).resolve(), local[0].resolve()):
+            raise WidthlabError(f"module {top!r} names both {str(local[0])!r} in the current folder and the "
+                                f"installed {found!r}, which widthlab imports; rename your file")
+        return importlib.import_module(module_name)
+    sys.path.append(here)  # at the end: the user's module may import its neighbours, never shadow a package
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        for index in range(len(sys.path) - 1, -1, -1):
+            if sys.path[index] == here:
+                del sys.path[index]
+                break
 
 
 def check_kwargs(fn: Callable, kwargs: dict, what: str) -> None:

@@ -40,9 +40,6 @@ def _terminate(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # As `python -m` does: a config's `module:function` may name a module in the current folder.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -76,4 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `python -m widthlab.cli` puts the current folder first on sys.path; a study folder's files must not shadow
+    # the modules widthlab imports later (a user's `module:function` is still found there: registry.py).
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
     sys.exit(main())

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from widthlab import files
 from widthlab.errors import WidthlabError
 
 
@@ -212,6 +213,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.study.build import parameter_count
 
     flags = _analyze_flags(args)
+    files.refuse_links(Path(args.out))  # before measuring: nothing is written through a link in --out
     perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
     model = load_model(args.model, seed=args.seed, allow_code=args.allow_code)
     data_label, inputs = _analyze_inputs(args, flags["max_length"])
@@ -281,9 +283,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _write_tables(tables: dict, out: Path, fmt: str) -> dict[str, Path]:
     """Write each ``{name: DataFrame}`` as ``out/name.csv`` (or ``.parquet``), atomically; returns the paths."""
-    from widthlab import files
-
     out.mkdir(parents=True, exist_ok=True)
+    files.refuse_links(out)
     written = {}
     for name, table in tables.items():
         written[name] = out / f"{name}.{fmt}"
@@ -363,8 +364,9 @@ def add_analyze_parser(sub) -> None:
                          help="seed of every random choice: the data set, the measurement, and the random weights "
                               "of a hub or hf: model (default 0)")
     analyze.add_argument("--allow-code", action="store_true",
-                         help="import the module:function model a checkpoint names, to rebuild it (a checkpoint is "
-                              "data, so by default nothing it names is imported)")
+                         help="import the module:function model a checkpoint names, to rebuild it, or run the Python "
+                              "files an hf: folder's config.json names (transformers' trust_remote_code); a "
+                              "checkpoint or model folder is data, so by default nothing it names runs")
     analyze.add_argument("--quiet", action="store_true", help="no plan and no progress bar")
     analyze.add_argument("--out", default="widthlab-analysis", help="output folder (default: widthlab-analysis)")
     analyze.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")

@@ -227,6 +227,7 @@ def write_report(
         raise WidthlabError(f"report.html embeds PNG figures: add png to the figure formats {','.join(formats)!r}, "
                             "or leave out --html")
     out = Path(out_dir)
+    files.refuse_links(out)
     counts = layer_counts(runs, metrics)
     growth_df = growth(runs, metrics, resamples=RESAMPLES, seed=seed, counts=counts)
     drawing = start_figures(runs, metrics, out / FIGURE_DIR, snapshots=snapshots, history=history, params=params,

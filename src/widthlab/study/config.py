@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -274,8 +275,9 @@ class GridSpec(_Strict):
         if not value:
             raise ValueError("at least one variant is needed (use {default: {}} for none)")
         for name, override in value.items():
-            if not isinstance(name, str) or not name.strip() or "\0" in name:
+            if not isinstance(name, str) or not name.strip():
                 raise ValueError(f"variant name {name!r} must be a non-empty string")
+            check_no_control(name, "variant name")
             if not isinstance(override, dict):
                 raise ValueError(f"variant {name!r} must be a mapping of overrides, got {override!r}")
             bad = sorted(set(override) - set(RUN_SECTIONS))
@@ -292,6 +294,16 @@ DIGITS_CAVEAT = ("digits stand in for the paper's image data (scikit-learn's 1,7
 MIN_WIDTH, MAX_WIDTH = 2.0 ** -10, 2.0 ** 10
 
 
+def check_no_control(name: str, what: str) -> str:
+    """`name` when it holds no control character (a newline, a tab, an escape sequence): names reach the log,
+    file names and terminals, where ``"x\\ntouch /tmp/P"`` would forge a line of its own."""
+    bad = sorted({c for c in name if unicodedata.category(c) == "Cc"})
+    if bad:
+        raise ValueError(f"{what} {name!r} holds control character(s) {', '.join(repr(c) for c in bad)}; use "
+                         "printable characters only")
+    return name
+
+
 def check_path_name(name: object, what: str) -> str:
     """`name` when it can name one file or folder inside a study directory: no path separator, not '.' or '..'.
 
@@ -303,7 +315,7 @@ def check_path_name(name: object, what: str) -> str:
             or name != name.strip():
         raise ValueError(f"{what} {name!r} must be a plain name (letters, digits, '-', '_', '.', '=' ...; no '/', "
                          "'\\', surrounding spaces, '.' or '..'): it names a file inside the study folder")
-    return name
+    return check_no_control(name, what)
 
 
 class StudyConfig(_Strict):

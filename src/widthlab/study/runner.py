@@ -279,11 +279,23 @@ def _distributed(cfg: StudyConfig, specs: list[RunSpec], executor: str) -> bool:
     return distributed
 
 
+class _OneLineFormatter(logging.Formatter):
+    """One log record, one line: control characters in a message (a file name from a data folder, say) are
+    escaped, so nothing a study reads can forge a line of the log."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return line if line.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+
 @contextlib.contextmanager
 def _study_log(out_dir: Path):
     """widthlab's log written to ``out_dir/widthlab.log`` for the block."""
-    handler = logging.FileHandler(out_dir / "widthlab.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # Opened without following a link (a handed-over folder's widthlab.log -> ~/.bashrc must not grow).
+    stream = os.fdopen(files.open_own(out_dir / "widthlab.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a",
+                       encoding="utf-8")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
@@ -291,6 +303,7 @@ def _study_log(out_dir: Path):
     finally:
         log.removeHandler(handler)
         handler.close()
+        stream.close()
 
 
 def _register(cfg: StudyConfig, specs: list[RunSpec], out_dir: Path, data_cache: dict) -> None:

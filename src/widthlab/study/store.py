@@ -85,6 +85,9 @@ class Store:
 
     def __init__(self, directory: str | os.PathLike, *, create: bool = True, readonly: bool = False):
         self.path = Path(directory) / STORE_NAME
+        for path in (self.path, *(self.path.with_name(STORE_NAME + end) for end in ("-wal", "-shm", "-journal"))):
+            if path.is_symlink():  # SQLite would read and write through it, outside the study folder
+                raise files.link_error(path)
         if (readonly or not create) and not self.path.is_file():
             raise WidthlabError(f"{str(directory)!r} holds no widthlab study (no {STORE_NAME}); "
                                 "run `widthlab run` with --out pointing there first")
@@ -327,7 +330,8 @@ def study_lock(directory: str | os.PathLike, *, report: bool = False):
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / LOCK_NAME, "a+")
+    files.refuse_links(directory)  # every writer takes this lock first: nothing is written through a link
+    handle = os.fdopen(files.open_own(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
