@@ -3,9 +3,14 @@
 import os
 import shutil
 import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from synthetic_results import fake_study, rising
 
 from widthlab.cli import main
 from widthlab.errors import WidthlabError
@@ -88,6 +93,82 @@ def test_an_archived_read_only_study_can_be_read(study, tmp_path, monkeypatch, c
         assert (tmp_path / "elsewhere" / "summary.md").is_file()
     finally:
         study.chmod(0o755)
+
+
+def _archive_of_a_killed_study(source, archive):
+    """`archive` as a study SIGKILLed mid-run leaves it, copied: every run of the store in `source` committed to
+    the ``-wal`` by a writer that is still open (so nothing was checkpointed into the main file), then the main file
+    and its -wal copied while that writer holds them."""
+    Store(archive.parent / "writer").close()  # the empty tables, checkpointed, as `widthlab run` registers them
+    writer = Store(archive.parent / "writer")
+    writer._db.execute("PRAGMA wal_autocheckpoint = 0")  # as a killed writer: no checkpoint ever ran
+    writer._db.execute("ATTACH DATABASE ? AS source", (str(source / STORE_NAME),))
+    with writer.transaction() as db:
+        for table in ("runs", "metrics", "curves", "history"):
+            db.execute(f"INSERT INTO main.{table} SELECT * FROM source.{table}")
+    writer._db.execute("DETACH DATABASE source")
+    shutil.copytree(source, archive, ignore=shutil.ignore_patterns(STORE_NAME + "*"))
+    for name in (STORE_NAME, STORE_NAME + "-wal"):
+        shutil.copyfile(writer.path.with_name(name), archive / name)
+    writer.close()
+    assert (archive / (STORE_NAME + "-wal")).stat().st_size > 0
+    # The fault is real: the main file alone (all that `immutable=1` reads) holds no run.
+    with sqlite3.connect((archive / STORE_NAME).as_uri() + "?immutable=1", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    return archive
+
+
+def _read_only(monkeypatch, folder):
+    """`folder` made read-only: its permission bits, and, as root ignores them, `os.access` made to say so."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if mode == os.W_OK and
+                        str(folder) in str(path) else real_access(path, mode, **kw))
+    for path in folder.iterdir():
+        path.chmod(0o444 if path.is_file() else 0o555)
+    folder.chmod(0o555)
+
+
+def _listing(folder):
+    return {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_a_read_only_store_with_a_wal_shows_every_committed_run(tmp_path, monkeypatch, capsys):
+    source = fake_study(tmp_path / "source", "archived", rising)
+    expected = load_results(source)
+    archive = _archive_of_a_killed_study(source, tmp_path / "archive")
+    before = _listing(archive)
+    _read_only(monkeypatch, archive)
+    try:
+        results = load_results(archive)
+        assert main(["status", str(archive)]) == 0
+        status = capsys.readouterr().out
+        assert main(["report", str(archive), "--out", str(tmp_path / "elsewhere"), "--formats", "png"]) == 0
+    finally:
+        archive.chmod(0o755)
+    pd.testing.assert_frame_equal(results.runs, expected.runs)
+    pd.testing.assert_frame_equal(results.metrics, expected.metrics)
+    assert status.startswith("4 runs: 4 done")
+    assert len(pd.read_csv(tmp_path / "elsewhere" / "run_level.csv")) == 4
+    assert _listing(archive) == before  # no -shm, no report: nothing written into the read-only folder
+    assert not list(Path(tempfile.gettempdir()).glob("widthlab-ro-*"))  # the private copy is gone
+
+
+def test_a_killed_study_on_a_real_read_only_bind_mount_shows_its_runs(tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("a bind mount needs root")
+    archive = _archive_of_a_killed_study(fake_study(tmp_path / "source", "archived", rising), tmp_path / "archive")
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(archive), str(mounted)], capture_output=True).returncode:
+        pytest.skip("mount --bind -o ro is not permitted here (a container without CAP_SYS_ADMIN)")
+    try:
+        assert not os.access(mounted, os.W_OK)
+        assert load_results(mounted).runs["status"].tolist() == ["done"] * 4
+        assert main(["status", str(mounted)]) == 0
+        assert capsys.readouterr().out.startswith("4 runs: 4 done")
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+    assert not (archive / (STORE_NAME + "-shm")).exists()
 
 
 @pytest.mark.slow

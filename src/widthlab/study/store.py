@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sqlite3
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,19 +78,32 @@ REBUILD = ("move it away (e.g. rename it to widthlab.sqlite.bad) and rerun `widt
 class Store:
     """The SQLite file of one study directory (WAL mode).
 
-    `readonly` opens an existing store without writing anything to it (``mode=ro``; ``immutable=1`` when its
-    folder is not writable, as for an archived study on a read-only mount), for `load_results` and the read-only
-    commands. A store that is empty, not SQLite, or fails SQLite's integrity check is a WidthlabError saying so,
+    `readonly` opens an existing store without writing anything to it, for `load_results` and the read-only
+    commands: ``mode=ro`` where SQLite can create its ``-shm`` beside it; in a folder that is not writable (an
+    archived study on a read-only mount) ``immutable=1``, or, when a ``-wal`` holds runs not yet copied into the
+    main file (a study killed mid-run), ``mode=ro`` on a private copy of the file and its ``-wal``. A store that is empty, not SQLite, or fails SQLite's integrity check is a WidthlabError saying so,
     raised before anything is written.
     """
 
     def __init__(self, directory: str | os.PathLike, *, create: bool = True, readonly: bool = False):
         self.path = Path(directory) / STORE_NAME
+        self._copy: Path | None = None  # the private copy a read-only store with a -wal is read from
+        if self.path.exists() and not self.path.is_file():
+            raise WidthlabError(f"{str(self.path)!r} is a directory, not a widthlab store; {REBUILD}")
         if (readonly or not create) and not self.path.is_file():
             raise WidthlabError(f"{str(directory)!r} holds no widthlab study (no {STORE_NAME}); "
                                 "run `widthlab run` with --out pointing there first")
         if self.path.is_file():
             self._check_file()
+        try:
+            self._open(readonly)
+        except BaseException:
+            if hasattr(self, "_db"):
+                self._db.close()
+            self._remove_copy()
+            raise
+
+    def _open(self, readonly: bool) -> None:
         try:
             if readonly:
                 self._db = self._connect_readonly()
@@ -122,9 +136,29 @@ class Store:
                                 f"{REBUILD}")
 
     def _connect_readonly(self) -> sqlite3.Connection:
-        folder_writable = os.access(self.path.parent, os.W_OK)
-        uri = self.path.resolve().as_uri() + ("?mode=ro" if folder_writable else "?immutable=1")
-        return sqlite3.connect(uri, uri=True, isolation_level=None)
+        if os.access(self.path.parent, os.W_OK):
+            return sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+        wal = self.path.with_name(STORE_NAME + "-wal")
+        if not (wal.is_file() and wal.stat().st_size):
+            return sqlite3.connect(self.path.resolve().as_uri() + "?immutable=1", uri=True, isolation_level=None)
+        # `immutable` would ignore the -wal, and with it every run committed since the last checkpoint; `mode=ro`
+        # needs a -shm it cannot create here. A copy of both in a folder of our own reads them all.
+        self._copy = Path(tempfile.mkdtemp(prefix="widthlab-ro-"))
+        try:
+            shutil.copyfile(self.path, self._copy / STORE_NAME)
+            shutil.copyfile(wal, self._copy / wal.name)
+        except OSError as exc:
+            self._remove_copy()
+            raise WidthlabError(f"{str(self.path)!r} is in a read-only folder and its {wal.name} holds runs not yet in "
+                                f"the main file; copying both to {tempfile.gettempdir()!r} to read them failed "
+                                f"({exc.strerror or exc}); copy the study folder somewhere writable and open "
+                                "the copy") from None
+        return sqlite3.connect((self._copy / STORE_NAME).as_uri() + "?mode=ro", uri=True, isolation_level=None)
+
+    def _remove_copy(self) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     def _check_integrity(self) -> None:
         if self.path.is_file() and self.path.stat().st_size:
@@ -138,6 +172,7 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        self._remove_copy()
 
     def __enter__(self) -> Store:
         return self
