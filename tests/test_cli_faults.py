@@ -89,3 +89,16 @@ def test_status_lists_runs_of_an_earlier_grid_as_not_in_this_config(study, tmp_p
 def test_dry_run_checks_module_function_names(tmp_path, capsys):
     assert main(["run", "mlp-10d", "--dry-run", "--set", "model.name=nosuchmodule:build"]) == 2
     assert "cannot import module 'nosuchmodule'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("existing", ["out", "out/figures"])
+def test_analyze_out_an_existing_file_is_refused_before_measuring(existing, tmp_path, capsys):
+    if existing != "out":
+        (tmp_path / "out").mkdir()
+    (tmp_path / existing).write_text("a user's file\n")
+    # The model does not exist either: --out is checked first, before anything is loaded or measured.
+    assert main(["analyze", str(tmp_path / "model.pt"), "--data", "digits", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"widthlab: error: --out: {str(tmp_path / existing)!r} is a file, not a folder")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (tmp_path / existing).read_text() == "a user's file\n"

@@ -128,8 +128,11 @@ def _read_only(monkeypatch, folder):
     folder.chmod(0o555)
 
 
-def _listing(folder):
-    return {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+def _listing(folder, side_files=True):
+    """Every path under `folder` with its bytes; without SQLite's -shm and -wal, which any reader of a writable
+    folder may create (`side_files=False`)."""
+    return {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))
+            if side_files or not p.name.endswith(("-shm", "-wal"))}
 
 
 def test_a_read_only_store_with_a_wal_shows_every_committed_run(tmp_path, monkeypatch, capsys):
@@ -205,3 +208,86 @@ def test_the_report_uses_only_the_runs_of_the_current_grid(tmp_path, caplog):
     assert len(pd.read_csv(tmp_path / "run_level.csv")) == 1  # the report: the one run of this grid
     assert "3 stored run(s) are not in this config's grid" in caplog.text
     assert "3 stored run(s) are not in this config's grid (grid.* changed)" in (tmp_path / "summary.md").read_text()
+
+
+def _sql(statement):
+    def damage(study):
+        with sqlite3.connect(study / STORE_NAME) as db:
+            db.execute(statement)
+        db.close()
+    return damage
+
+
+def _config(text):
+    return lambda study: (study / "config.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
+
+
+def _replaced_by(kind, name):
+    def damage(study):
+        path = study / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        path.mkdir() if kind == "dir" else path.write_text("not widthlab's\n")
+    return damage
+
+
+# A damaged study or the wrong kind of file at one of widthlab's paths: (case, damage, the message of `status`
+# (None: status reads nothing there and works), the message of `report`, and whether `run` into the folder is
+# refused with it too; " … " separates parts of a message). Each is one line and exit 2.
+DAMAGED = [
+    ("config not YAML", _config("name: [a\n"), "is not valid YAML: expected ',' or ']'", None, False),
+    ("config a list", _config("- a\n- b\n"), "holds a YAML list, not a study config", None, False),
+    ("config Latin-1", _config("name: caf\xe9\n".encode("latin-1")), "is not UTF-8 text (byte 0xe9 at offset 9)",
+     None, False),
+    ("config seed 'x'", _config("name: s\nseed: x\n"), "seed must be an integer, got 'x'", None, False),
+    ("metrics table dropped", _sql("DROP TABLE metrics"), "is damaged (its table(s) metrics are missing); move it away",
+     None, False),
+    ("metrics rows deleted", _sql("DELETE FROM metrics"), None,
+     "4 of the 4 done run(s) in … lack their measurements in its metrics or curves table … move it away", False),
+    ("store a directory", _replaced_by("dir", STORE_NAME), "widthlab.sqlite' is a directory, not a widthlab store",
+     None, True),
+    ("checkpoints a file", _replaced_by("file", "checkpoints"), None,
+     "checkpoints' is a file where widthlab keeps its checkpoints folder; move it away", True),
+    ("figures a file", _replaced_by("file", "figures"), None,
+     "figures' is a file where the report keeps its figures folder; move it away", True),
+    ("lock a directory", _replaced_by("dir", ".widthlab.lock"), None,
+     ".widthlab.lock' is a directory where widthlab keeps its .widthlab.lock file; move it away", True),
+    ("summary.md a directory", _replaced_by("dir", "summary.md"), None,
+     "summary.md' is a directory where the report writes its summary.md; move it away", True),
+    ("config.yaml a directory", _replaced_by("dir", "config.yaml"), "config.yaml' is a directory", None, False),
+    ("widthlab.log a directory", _replaced_by("dir", "widthlab.log"), None,
+     "widthlab.log' is a directory where widthlab keeps its widthlab.log file; move it away", True),
+]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """A finished study of synthetic runs with its report written, as a colleague would hand it over."""
+    study = fake_study(tmp_path_factory.mktemp("reported") / "study", "s", rising)
+    (study / "config.yaml").write_text((study / "config.yaml").read_text() + "seed: 3\n")
+    (study / "widthlab.log").write_text("")
+    (study / "checkpoints").mkdir()
+    assert main(["report", str(study), "--formats", "png"]) == 0
+    return study
+
+
+@pytest.mark.parametrize("case, damage, status_message, message, run", DAMAGED, ids=[c[0] for c in DAMAGED])
+def test_a_damaged_study_is_one_line_and_nothing_is_rewritten(case, damage, status_message, message, run, reported,
+                                                             tmp_path, capsys):
+    study = tmp_path / "study"
+    shutil.copytree(reported, study)
+    damage(study)
+    before = _listing(study, side_files=False)
+    capsys.readouterr()
+    commands = [(["status", str(study)], status_message), (["report", str(study)], status_message or message)]
+    if run:  # the wrong kind of file where a run writes: refused before anything is read or registered
+        commands.append((["run", "mlp-10d", "--out", str(study)], status_message or message))
+    for argv, expected in commands:
+        code = main(argv)
+        err = capsys.readouterr().err
+        if expected is None:
+            assert code == 0, err
+            continue
+        assert code == 2, (argv, err)
+        assert err.count("\n") == 1 and err.startswith("widthlab: error: ") and "Traceback" not in err, err
+        assert all(part in err for part in expected.split(" … ")), err
+        assert _listing(study, side_files=False) == before  # not one figure, table or stored row rewritten

@@ -47,6 +47,8 @@ from widthlab.study.store import (
     STORE_NAME,
     Results,
     Store,
+    check_measured,
+    check_study_folder,
     export_csv,
     left_out_note,
     select_runs,
@@ -251,6 +253,11 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     # The preflight's data set is reused by the local executor's first runs.
     options = dict(workers=workers, address=address, gpus_per_run=gpus_per_run, progress=progress,
                    checkpoint_every=checkpoint_every, data_cache={})
+    check_study_folder(out_dir)
+    if report:
+        from widthlab.report import check_report_folder
+
+        check_report_folder(out_dir)  # now, not after the training
     with study_lock(out_dir), _sharing_todo(distributed) as share, _study_log(out_dir):
         for caveat in cfg.caveats:
             log.warning("caveat: %s", caveat)
@@ -263,6 +270,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         notes = (*([left_out_note(others)] if others else []), *notes)
         for note in notes:
             log.warning(note)
+        if report:
+            check_measured(results, out_dir)
         written = _write_report(cfg, results, out_dir, notes, formats) if report else None
     return StudyOutcome(out_dir, results, written, notes)
 

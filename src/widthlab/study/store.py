@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from widthlab import files
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, first_line
 from widthlab.vocab import CURVE_METRICS, FRIVOLOUS_METRICS, STORED_METRIC_COLUMNS
 
 STORE_NAME = "widthlab.sqlite"
@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
 CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
 """
+TABLES = ("runs", "metrics", "curves", "history")
 
 
 # (table, column, type) added after the first stores were written: snapshot epochs; the test set's size and
@@ -169,6 +170,10 @@ class Store:
             if tables and "runs" not in tables:
                 raise WidthlabError(f"{str(self.path)!r} is an SQLite database but not a widthlab store (tables: "
                                     f"{', '.join(sorted(tables))})")
+            missing = sorted(set(TABLES) - tables) if tables else []
+            if missing:  # every version of the store had all four: one was dropped by hand
+                raise WidthlabError(f"{str(self.path)!r} is damaged (its table(s) {', '.join(missing)} are missing); "
+                                    f"{REBUILD}")
 
     def close(self) -> None:
         self._db.close()
@@ -273,8 +278,11 @@ class Store:
         self._db.execute("BEGIN")
         try:
             return self._results()
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
+            raise WidthlabError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); {REBUILD}") from None
         finally:
-            self._db.execute("COMMIT")
+            if self._db.in_transaction:  # pandas rolls back the transaction of a query that failed
+                self._db.execute("COMMIT")
 
     def _results(self) -> Results:
         runs = self.runs()
@@ -343,6 +351,46 @@ def left_out_note(others: list[str]) -> str:
     shown = ", ".join(others[:10]) + (" ..." if len(others) > 10 else "")
     return (f"{len(others)} stored run(s) are not in this config's grid (grid.* changed) and are left out of this "
             f"report; they stay in the store: {shown}")
+
+
+def check_measured(results: Results, directory: str | os.PathLike) -> None:
+    """A WidthlabError when a run the store calls done has no measurement (every done run has some: its rows were
+    deleted by hand), raised before a report draws anything: figures of nothing beside an older summary.md would
+    be a report that contradicts itself."""
+    done = results.runs.loc[results.runs["status"] == "done", "run_id"]
+    stored = results.metrics[~results.metrics["metric"].isin(FRIVOLOUS_METRICS)]  # those may be derived (old runs)
+    is_curve = stored["metric"].isin(CURVE_METRICS)
+    # A measured run has rows in both tables: scalars (redundancy, AUCs) in metrics, perturbation curves in curves.
+    measured = set(stored.loc[~is_curve, "run_id"]) & set(stored.loc[is_curve, "run_id"])
+    bare = sorted(set(done) - measured)
+    if bare:
+        shown = ", ".join(bare[:5]) + (" ..." if len(bare) > 5 else "")
+        raise WidthlabError(f"{len(bare)} of the {len(done)} done run(s) in {str(Path(directory) / STORE_NAME)!r} lack "
+                            f"their measurements in its metrics or curves table ({shown}), so no report is drawn; "
+                            f"{REBUILD}")
+
+
+# What widthlab keeps in a study folder, by kind. A path holding the other kind (a directory named config.yaml, a
+# file named checkpoints) is refused in one line before anything is read or written, not met as an OSError midway.
+STUDY_FOLDERS = ("checkpoints",)
+STUDY_FILES = (LOCK_NAME, "config.yaml", "widthlab.log", "runs.csv", "metrics.csv", "history.csv",
+               "snapshots.csv")
+
+
+def check_study_folder(directory: str | os.PathLike) -> None:
+    """A WidthlabError naming the first of widthlab's paths in the study folder `directory` that holds the wrong
+    kind of file (`widthlab.report.check_report_folder` checks the report's own)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise WidthlabError(f"{str(directory)!r} is a file, not a study folder; name a folder (--out)")
+    for name in STUDY_FOLDERS:
+        if (directory / name).exists() and not (directory / name).is_dir():
+            raise WidthlabError(f"{str(directory / name)!r} is a file where widthlab keeps its {name} folder; move "
+                                "it away and rerun")
+    for name in STUDY_FILES:
+        if (directory / name).is_dir():
+            raise WidthlabError(f"{str(directory / name)!r} is a directory where widthlab keeps its {name} file; "
+                                "move it away and rerun")
 
 
 def _num(value) -> float | None:
