@@ -1,6 +1,7 @@
 """The CLI under signals and concurrency: SIGTERM is one line and exit 143 and resumes exactly; a report never
 races a run into its folder; a closed pipe is not a traceback; `widthlab report` redraws with the study's seed."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 
 import pandas as pd
 import pytest
+from synthetic_results import fake_study, rising
 
 from widthlab.cli import main
 from widthlab.study import load_config, load_results, run_study
@@ -102,3 +104,16 @@ def test_analyze_out_an_existing_file_is_refused_before_measuring(existing, tmp_
     assert err.startswith(f"widthlab: error: --out: {str(tmp_path / existing)!r} is a file, not a folder")
     assert err.count("\n") == 1 and "Traceback" not in err
     assert (tmp_path / existing).read_text() == "a user's file\n"
+
+
+def test_report_removes_the_stale_temporary_files_of_a_killed_report(tmp_path, capsys):
+    study = fake_study(tmp_path / "study", "s", rising)
+    dead = 2 ** 22 + 1  # above Linux's largest pid: no process has it
+    stale = [study / "figures" / f".robustness.{dead}.tmp.pdf", study / f".summary.{dead}.tmp.md"]
+    kept = [study / "figures" / f".robustness.{os.getpid()}.tmp.pdf", study / "figures" / ".notes.tmp"]
+    (study / "figures").mkdir()
+    for path in stale + kept:
+        path.write_bytes(b"%PDF-1.4 torn")
+    assert main(["report", str(study), "--formats", "png"]) == 0
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)  # a live process's temp, and a file that is not widthlab's
