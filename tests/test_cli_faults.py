@@ -13,6 +13,7 @@ import pytest
 from synthetic_results import fake_study, rising
 
 from widthlab.cli import main
+from widthlab.errors import WidthlabError
 from widthlab.study import load_config, load_results, run_study
 from widthlab.study.store import study_lock
 
@@ -117,3 +118,18 @@ def test_report_removes_the_stale_temporary_files_of_a_killed_report(tmp_path, c
     assert main(["report", str(study), "--formats", "png"]) == 0
     assert not any(path.exists() for path in stale)
     assert all(path.exists() for path in kept)  # a live process's temp, and a file that is not widthlab's
+
+
+def test_a_second_report_into_a_study_is_told_a_report_is_being_written(tmp_path, capsys):
+    study = fake_study(tmp_path / "study", "s", rising)
+    with study_lock(study, report=True):  # a first `widthlab report STUDY` is drawing
+        assert main(["report", str(study)]) == 2
+        err = capsys.readouterr().err
+        assert "another `widthlab report` is being written into" in err and "use --out" in err
+        assert "widthlab run" not in err and err.count("\n") == 1
+        with pytest.raises(WidthlabError, match="another `widthlab report` is being written.*wait for it to finish$"):
+            with study_lock(study):  # a run is told the same, without the report's --out
+                pass
+    with study_lock(study):  # a run now: a report is told that
+        assert main(["report", str(study)]) == 2
+        assert "a widthlab run is writing" in capsys.readouterr().err

@@ -403,8 +403,8 @@ def _num(value) -> float | None:
 
 @contextmanager
 def study_lock(directory: str | os.PathLike, *, report: bool = False):
-    """Hold an exclusive OS lock on a study directory; a second holder gets a clear error (`report`: the one for
-    ``widthlab report`` into a folder a run is writing).
+    """Hold an exclusive OS lock on a study directory; a second holder gets a clear error saying whether a run or
+    a report holds it (`report`: the holder is ``widthlab report``, writing into the study's own folder).
 
     `fcntl.flock` locks die with their process, so a killed study never leaves a stale lock behind.
     """
@@ -415,11 +415,20 @@ def study_lock(directory: str | os.PathLike, *, report: bool = False):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.seek(0)
+            if handle.read().strip() == "report":  # the holder says what it is (below)
+                raise WidthlabError(f"another `widthlab report` is being written into {str(directory)!r} now; wait "
+                                    "for it to finish" + (", or use --out to draw this one elsewhere" if report else
+                                                          "")) from None
             if report:
                 raise WidthlabError(f"a widthlab run is writing {str(directory)!r} now and writes its report when it "
                                     "finishes; use --out to draw one elsewhere now") from None
             raise WidthlabError(f"another widthlab process is writing to {str(directory)!r}; "
                                 "wait for it to finish or use another --out directory") from None
+        # Whoever is refused reads this to say who holds the folder.
+        handle.truncate(0)
+        handle.write("report\n" if report else "run\n")
+        handle.flush()
         yield
     finally:
         handle.close()
