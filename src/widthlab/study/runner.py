@@ -32,6 +32,7 @@ from widthlab.study.config import (
     load_config,
     resolve_levels,
     run_identity,
+    width_tag,
 )
 from widthlab.study.executors import check_executor, execute
 from widthlab.study.runs import (
@@ -72,7 +73,7 @@ def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
         per_candidate = [cfg.variant_sections(variant, candidate) for candidate in candidates]
         for width in cfg.grid.widths:
             for replicate in range(cfg.grid.replicates):
-                cell = f"{variant}-w{width:g}-r{replicate}"
+                cell = f"{variant}-{width_tag(width)}-r{replicate}"
                 for candidate, label, sections in zip(candidates, labels, per_candidate):
                     config = RunConfig(study_seed=cfg.seed, threads=cfg.threads, width=width, replicate=replicate,
                                        data=sections["data"], model=sections["model"],
