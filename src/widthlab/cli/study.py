@@ -72,6 +72,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from widthlab.study.store import load_results
 
+    from widthlab.study.runner import lost_checkpoints_note, unchosen_without_checkpoint
+
     runs = load_results(args.dir).runs
     current = _current_run_ids(Path(args.dir), _study_config(Path(args.dir)))
     if current is not None and runs["run_id"].isin(current).any():
@@ -82,6 +84,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     table = runs[columns].copy()
     table["error"] = table["error"].fillna("")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    lost = unchosen_without_checkpoint(runs, Path(args.dir))
+    if lost:
+        print(f"note: {lost_checkpoints_note(lost)}")
     return 0
 
 

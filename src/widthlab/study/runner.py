@@ -120,6 +120,21 @@ def choose(runs: pd.DataFrame, specs: list[RunSpec]) -> tuple[dict[str, str], li
     return chosen, notes
 
 
+def unchosen_without_checkpoint(runs: pd.DataFrame, out_dir: Path) -> list[str]:
+    """The candidates not chosen whose checkpoint is gone (deleted to save space, say). Nothing trains them again:
+    only the chosen candidates are measured and reported, and their stored training results stay."""
+    unchosen = runs[(runs["status"] == TRAINED) & (runs["chosen"] == 0)]
+    return [run.run_id for run in unchosen.itertuples(index=False)
+            if run.checkpoint and not (out_dir / run.checkpoint).is_file()]
+
+
+def lost_checkpoints_note(run_ids: list[str]) -> str:
+    """The line the log, summary.md and `widthlab status` give for `unchosen_without_checkpoint`."""
+    shown = ", ".join(run_ids[:5]) + (" ..." if len(run_ids) > 5 else "")
+    return (f"{len(run_ids)} candidate(s) not chosen have no checkpoint in checkpoints/ and are not rebuilt (only the "
+            f"chosen ones are measured; grid.select.measure=all would train them again): {shown}")
+
+
 def preflight(specs: list[RunSpec], cache: dict | None) -> None:
     """Before any run is registered: every data set loads and every model builds and fits in memory.
 
@@ -348,6 +363,9 @@ def _compute_all(cfg: StudyConfig, specs: list[RunSpec], store: Store, out_dir: 
     # checkpoint resumes without training).
     chosen, notes = choose(store.runs(), specs)
     store.choose(chosen, cells={s.cell for s in specs})
+    lost = unchosen_without_checkpoint(store.runs(), out_dir)
+    if lost:
+        notes.append(lost_checkpoints_note(lost))
     statuses = store.statuses()
     by_id = {s.run_id: s for s in specs}
     pending = [dataclasses.replace(by_id[run_id], measure=True) for run_id in chosen.values()
