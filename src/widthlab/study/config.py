@@ -274,10 +274,11 @@ class GridSpec(_Strict):
         # Widths that print alike would give two runs one run id; the store would then call the second a change.
         named: dict[str, float] = {}
         for w in value:
-            if width_tag(w) in named:
-                raise ValueError(f"widths {named[width_tag(w)]!r} and {w!r} both name runs {width_tag(w)!r}; use widths "
-                                 "that differ within 6 significant digits")
-            named[width_tag(w)] = w
+            tag = width_tag(w)
+            if tag in named:
+                raise ValueError(f"widths {named[tag]!r} and {w!r} both name runs {tag!r}; use widths that differ in "
+                                 "their first 6 significant digits")
+            named[tag] = w
         return value
 
     @field_validator("variants")

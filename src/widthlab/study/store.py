@@ -82,8 +82,9 @@ class Store:
     `readonly` opens an existing store without writing anything to it, for `load_results` and the read-only
     commands: ``mode=ro`` where SQLite can create its ``-shm`` beside it; in a folder that is not writable (an
     archived study on a read-only mount) ``immutable=1``, or, when a ``-wal`` holds runs not yet copied into the
-    main file (a study killed mid-run), ``mode=ro`` on a private copy of the file and its ``-wal``. A store that is empty, not SQLite, or fails SQLite's integrity check is a WidthlabError saying so,
-    raised before anything is written.
+    main file (a study killed mid-run), ``mode=ro`` on a private copy of the file and its ``-wal``. A store that
+    is a directory, empty, not SQLite, short of a table, or fails SQLite's integrity check is a WidthlabError
+    saying so, raised before anything is written.
     """
 
     def __init__(self, directory: str | os.PathLike, *, create: bool = True, readonly: bool = False):
