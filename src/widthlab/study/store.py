@@ -76,6 +76,10 @@ REBUILD = ("move it away (e.g. rename it to widthlab.sqlite.bad) and rerun `widt
            "and --out: finished runs are rebuilt from their checkpoints/ without training again")
 
 
+def _not_a_store(path: Path) -> WidthlabError:
+    return WidthlabError(f"{str(path)!r} is a directory, not a widthlab store; {REBUILD}")
+
+
 class Store:
     """The SQLite file of one study directory (WAL mode).
 
@@ -91,7 +95,7 @@ class Store:
         self.path = Path(directory) / STORE_NAME
         self._copy: Path | None = None  # the private copy a read-only store with a -wal is read from
         if self.path.exists() and not self.path.is_file():
-            raise WidthlabError(f"{str(self.path)!r} is a directory, not a widthlab store; {REBUILD}")
+            raise _not_a_store(self.path)
         if (readonly or not create) and not self.path.is_file():
             raise WidthlabError(f"{str(directory)!r} holds no widthlab study (no {STORE_NAME}); "
                                 "run `widthlab run` with --out pointing there first")
@@ -384,6 +388,8 @@ def check_study_folder(directory: str | os.PathLike) -> None:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise WidthlabError(f"{str(directory)!r} is a file, not a study folder; name a folder (--out)")
+    if (directory / STORE_NAME).exists() and not (directory / STORE_NAME).is_file():
+        raise _not_a_store(directory / STORE_NAME)
     for name in STUDY_FOLDERS:
         if (directory / name).exists() and not (directory / name).is_dir():
             raise WidthlabError(f"{str(directory / name)!r} is a file where widthlab keeps its {name} folder; move "
