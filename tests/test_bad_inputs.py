@@ -19,6 +19,7 @@ CASES = [
     (["--set", "grid.widths=[1e-9]"], "outside 0.000976562 … 1024"),
     (["--set", "grid.widths=[1e6]"], "outside 0.000976562 … 1024"),
     (["--set", "grid.variants={a: {}, a: {}}"], "key 'a' is given twice"),
+    (["--set", "grid.widths=[0.25, 0.2500001]"], "widths 0.25 and 0.2500001 both name runs 'w0.25'"),
     (["--set", "data.n_train=0"], "n_train must be a positive integer, got 0"),
     (["--set", "model.name=badmod:build"], "model 'badmod:build' raised RuntimeError: my model is broken"),
     (["--set", "model.name=syntaxmod:build"], "cannot import module 'syntaxmod' (SyntaxError"),

@@ -1,6 +1,7 @@
 """The CLI under signals and concurrency: SIGTERM is one line and exit 143 and resumes exactly; a report never
 races a run into its folder; a closed pipe is not a traceback; `widthlab report` redraws with the study's seed."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -9,8 +10,10 @@ import time
 
 import pandas as pd
 import pytest
+from synthetic_results import fake_study, rising
 
 from widthlab.cli import main
+from widthlab.errors import WidthlabError
 from widthlab.study import load_config, load_results, run_study
 from widthlab.study.store import study_lock
 
@@ -89,3 +92,44 @@ def test_status_lists_runs_of_an_earlier_grid_as_not_in_this_config(study, tmp_p
 def test_dry_run_checks_module_function_names(tmp_path, capsys):
     assert main(["run", "mlp-10d", "--dry-run", "--set", "model.name=nosuchmodule:build"]) == 2
     assert "cannot import module 'nosuchmodule'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("existing", ["out", "out/figures"])
+def test_analyze_out_an_existing_file_is_refused_before_measuring(existing, tmp_path, capsys):
+    if existing != "out":
+        (tmp_path / "out").mkdir()
+    (tmp_path / existing).write_text("a user's file\n")
+    # The model does not exist either: --out is checked first, before anything is loaded or measured.
+    assert main(["analyze", str(tmp_path / "model.pt"), "--data", "digits", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"widthlab: error: --out: {str(tmp_path / existing)!r} is a file, not a folder")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (tmp_path / existing).read_text() == "a user's file\n"
+
+
+def test_report_removes_the_stale_temporary_files_of_a_killed_report(tmp_path, capsys):
+    study = fake_study(tmp_path / "study", "s", rising)
+    dead = 2 ** 22 + 1  # above Linux's largest pid: no process has it
+    stale = [study / "figures" / f".robustness.{dead}.tmp.pdf", study / f".summary.{dead}.tmp.md"]
+    kept = [study / "figures" / f".robustness.{os.getpid()}.tmp.pdf", study / "figures" / ".notes.tmp"]
+    (study / "figures").mkdir()
+    for path in stale + kept:
+        path.write_bytes(b"%PDF-1.4 torn")
+    assert main(["report", str(study), "--formats", "png"]) == 0
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)  # a live process's temp, and a file that is not widthlab's
+
+
+def test_a_second_report_into_a_study_is_told_a_report_is_being_written(tmp_path, capsys):
+    study = fake_study(tmp_path / "study", "s", rising)
+    with study_lock(study, report=True):  # a first `widthlab report STUDY` is drawing
+        assert main(["report", str(study)]) == 2
+        err = capsys.readouterr().err
+        assert "another `widthlab report` is being written into" in err and "use --out" in err
+        assert "widthlab run" not in err and err.count("\n") == 1
+        with pytest.raises(WidthlabError, match="another `widthlab report` is being written.*wait for it to finish$"):
+            with study_lock(study):  # a run is told the same, without the report's --out
+                pass
+    with study_lock(study):  # a run now: a report is told that
+        assert main(["report", str(study)]) == 2
+        assert "a widthlab run is writing" in capsys.readouterr().err

@@ -216,6 +216,24 @@ def test_switching_to_measure_all_measures_the_trained_candidates(tmp_path):
     assert set(res.runs["status"]) == {"done"} and set(res.metrics["run_id"]) == set(res.runs["run_id"])
 
 
+def test_a_deleted_checkpoint_of_an_unchosen_candidate_is_not_rebuilt_and_the_study_says_so(tmp_path, caplog,
+                                                                                            capsys):
+    from widthlab.cli import main
+
+    cfg = load_config("mlp-10d", TINY + SELECT + ["grid.widths=[0.25]", "grid.replicates=1"])
+    run_study(cfg, tmp_path, progress=False, report=False)
+    runs = load_results(tmp_path).runs
+    unchosen = runs.loc[runs["chosen"] == 0, "run_id"].item()
+    (tmp_path / runs.set_index("run_id").loc[unchosen, "checkpoint"]).unlink()  # to save space
+    run_study(cfg, tmp_path, progress=False, report=False)
+    assert "1 candidate(s) not chosen have no checkpoint in checkpoints/ and are not rebuilt" in caplog.text
+    assert unchosen in caplog.text
+    after = load_results(tmp_path).runs
+    pd.testing.assert_frame_equal(after, runs)  # nothing retrained
+    assert main(["status", str(tmp_path)]) == 0
+    assert "note: 1 candidate(s) not chosen have no checkpoint" in capsys.readouterr().out
+
+
 def test_a_variant_may_not_set_what_the_selection_chooses():
     with pytest.raises(WidthlabError, match=r"variant 'fast' sets \['train.lr'\], which grid.select also chooses"):
         load_config("mlp-10d", ["grid.variants={fast: {train: {lr: 0.5}}}"])

@@ -146,6 +146,19 @@ def test_non_checkpoint_files_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
+def test_a_truncated_checkpoint_of_an_unfinished_run_names_the_file_and_what_to_do(splits, tmp_path):
+    from widthlab import WidthlabError
+
+    path = tmp_path / "run.pt"
+    fit(create_model("mlp", 0.25, seed=0), splits, TrainConfig(epochs=1), checkpoint=path)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])  # torn by a disk fault
+    with pytest.raises(WidthlabError, match=r"cannot resume an unfinished run: '.*run\.pt' is not a readable torch "
+                                            r"file .*; move that file away \(or delete it\) and rerun"):
+        fit(create_model("mlp", 0.25, seed=0), splits, TrainConfig(epochs=2), checkpoint=path)
+    path.unlink()  # as the message says: the run then trains from the start
+    assert fit(create_model("mlp", 0.25, seed=0), splits, TrainConfig(epochs=2), checkpoint=path).status == "done"
+
+
 def test_checkpoint_every_bounds_the_writes_and_keeps_the_last_epoch(splits, tmp_path, monkeypatch):
     import widthlab.train.loop as loop
     from widthlab import WidthlabError

@@ -213,7 +213,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.study.build import parameter_count
 
     flags = _analyze_flags(args)
-    files.refuse_links(Path(args.out))  # before measuring: nothing is written through a link in --out
+    _check_out(Path(args.out))
     perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
     model = load_model(args.model, seed=args.seed, allow_code=args.allow_code)
     data_label, inputs = _analyze_inputs(args, flags["max_length"])
@@ -279,6 +279,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"units:        {written['units']}")
     print(f"figures:      {out / 'figures'}")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot take the tables and figures before the measuring, not after it."""
+    files.refuse_links(out)  # nothing is written through a link in --out
+    for folder in (out, out / "figures"):
+        if folder.exists() and not folder.is_dir():
+            raise WidthlabError(f"--out: {str(folder)!r} is a file, not a folder; name a folder (it is created if "
+                                "missing) or move the file away")
 
 
 def _write_tables(tables: dict, out: Path, fmt: str) -> dict[str, Path]:

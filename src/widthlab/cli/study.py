@@ -72,8 +72,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from widthlab.study.store import load_results
 
+    from widthlab.study.runner import lost_checkpoints_note, unchosen_without_checkpoint
+
     runs = load_results(args.dir).runs
-    current = _current_run_ids(Path(args.dir))
+    current = _current_run_ids(Path(args.dir), _study_config(Path(args.dir)))
     if current is not None and runs["run_id"].isin(current).any():
         runs = runs.assign(status=runs["status"].where(runs["run_id"].isin(current), "not in this config"))
     counts = runs["status"].value_counts().to_dict()
@@ -82,6 +84,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     table = runs[columns].copy()
     table["error"] = table["error"].fillna("")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    lost = unchosen_without_checkpoint(runs, Path(args.dir))
+    if lost:
+        print(f"note: {lost_checkpoints_note(lost)}")
     return 0
 
 
@@ -119,12 +124,12 @@ def _print_report(out: Path, runs, report: dict) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    import yaml
-
-    from widthlab.report import combine_frames, write_report
+    from widthlab.report import check_report_folder, combine_frames, write_report
     from widthlab.report.figures import figure_formats
     from widthlab.study.build import parameter_counts
     from widthlab.study.store import (
+        check_measured,
+        check_study_folder,
         left_out_note,
         load_results,
         select_runs,
@@ -136,17 +141,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.dirs]
     if len(dirs) > 1 and not args.out:
         raise WidthlabError(f"{len(dirs)} study directories make one combined report: name its folder with --out")
+    out = Path(args.out) if args.out else dirs[0]
+    # Everything that can be checked is, before anything is written: a report half-redrawn is worse than none.
+    into_study = any(out.resolve() == directory.resolve() for directory in dirs)
+    if into_study:
+        check_study_folder(out)
+    check_report_folder(out)
     studies, notes = [], []
     for directory in dirs:
         results = load_results(directory)
-        config_path = directory / "config.yaml"
-        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
-        current = _current_run_ids(directory)
+        config = _study_config(directory)
+        current = _current_run_ids(directory, config)
         if current is not None:  # the runs of the study's current grid; others stay in the store
             results, others = select_runs(results, current)
             if others:
                 notes.append(left_out_note(others))
                 print(f"widthlab: {directory}: {notes[-1]}", file=sys.stderr)
+        check_measured(results, directory)
         studies.append((directory, results, config))
     names = ("runs", "metrics", "snapshots", "history")
     if len(studies) == 1:
@@ -163,11 +174,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
             tables[name] = None if any(f is None for f in frames) else combine_frames(frames, labels)
         config = {label: config for label, (_, _, config) in zip(labels, studies)}
         title = "Combined: " + ", ".join(labels)
-    out = Path(args.out) if args.out else dirs[0]
     seed = int((config or {}).get("seed", 0) or 0) if len(studies) == 1 else 0  # the bootstrap's seed, as run_study's
     # Into a study's own folder only while no run writes it: the run's own report follows its last run, and a
     # report drawn now would be older than the store it claims to summarise.
-    into_study = any(out.resolve() == directory.resolve() for directory in dirs)
     with study_lock(out, report=True) if into_study else contextlib.nullcontext():
         report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
                               snapshots=tables["snapshots"], history=tables["history"], seed=seed,
@@ -177,18 +186,47 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _current_run_ids(directory: Path) -> set[str] | None:
-    """The run ids of the grid in a study folder's config.yaml (None without a readable one)."""
-    from widthlab.study.config import load_config, read_yaml
+def _current_run_ids(directory: Path, config: dict | None) -> set[str] | None:
+    """The run ids of the grid of a study folder's config.yaml, read as `config` (None without one, or for a
+    config this version no longer accepts)."""
+    from widthlab.study.config import load_config
     from widthlab.study.runner import plan_runs
 
-    path = directory / "config.yaml"
-    if not path.is_file():
+    if config is None:
         return None
     try:
-        return {spec.run_id for spec in plan_runs(load_config(read_yaml(path)))}
+        return {spec.run_id for spec in plan_runs(load_config(config))}
     except WidthlabError:  # a config of an older version: report every stored run
         return None
+
+
+def _study_config(directory: Path) -> dict | None:
+    """A study folder's config.yaml as a mapping (None without one), or a WidthlabError naming what is wrong with
+    it: `report` takes the study's name and its verdict's seed from it, and `status` its current grid."""
+    from widthlab.study.config import read_yaml
+
+    path = directory / "config.yaml"
+    restore = ("fix it, or restore it (`widthlab run` with the study's config and this --out writes it again; "
+               "without a config.yaml every stored run is reported)")
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise WidthlabError(f"{str(path)!r} is a directory, not the study's config file; move it away and rerun")
+    try:
+        config = read_yaml(path)
+    except UnicodeDecodeError as exc:
+        raise WidthlabError(f"{str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                            f"{exc.start}); {restore}") from None
+    except WidthlabError as exc:
+        raise WidthlabError(f"{exc}; {restore}") from None
+    if not isinstance(config, dict):
+        raise WidthlabError(f"{str(path)!r} holds a YAML {type(config).__name__}, not a study config (a mapping of "
+                            f"name, seed, grid, ...); {restore}")
+    for key, kind, what in (("name", str, "a string"), ("seed", int, "an integer")):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise WidthlabError(f"{str(path)!r}: {key} must be {what}, got {value!r}; {restore}")
+    return config
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:

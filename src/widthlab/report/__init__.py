@@ -30,7 +30,7 @@ from widthlab.report.figures import (
 from widthlab.report.frivolous import effective_width, growth, layer_counts, run_counts
 from widthlab.report.html import package_versions, render_html, run_times
 from widthlab.report.sections import selection_table
-from widthlab.report.summary import format_verdict_table, write_report, write_summary
+from widthlab.report.summary import check_report_folder, format_verdict_table, write_report, write_summary
 from widthlab.report.verdict import (
     calibration,
     done_runs,
@@ -49,6 +49,7 @@ __all__ = [
     "calibration",
     "caveats",
     "chance_runs",
+    "check_report_folder",
     "combine",
     "combine_frames",
     "done_runs",

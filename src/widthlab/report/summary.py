@@ -3,6 +3,7 @@ verdict.csv, run_level.csv and, on request, the self-contained report.html."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,25 @@ from widthlab.report.sections import Section, frivolous_section, selection_secti
 from widthlab.report.verdict import calibration, hypothesis, run_level, verdict
 
 HTML_NAME = "report.html"
+# The tables `write_report` writes as NAME.csv.
+TABLE_NAMES = ("verdict", "run_level", "caveats", "growth", "unit_counts", "selection")
+log = logging.getLogger(__name__)
+
+
+def check_report_folder(out_dir: str | Path) -> None:
+    """A WidthlabError naming the first path of a report in `out_dir` that holds the wrong kind of file (a file
+    named figures, a directory named summary.md): raised before anything is drawn, not met midway as an OSError
+    with some files rewritten and others not."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise WidthlabError(f"{str(out)!r} is a file, not a folder to write a report into; name a folder (--out)")
+    if (out / FIGURE_DIR).exists() and not (out / FIGURE_DIR).is_dir():
+        raise WidthlabError(f"{str(out / FIGURE_DIR)!r} is a file where the report keeps its {FIGURE_DIR} folder; "
+                            "move it away and rerun")
+    for name in ("summary.md", HTML_NAME, *(f"{table}.csv" for table in TABLE_NAMES)):
+        if (out / name).is_dir():
+            raise WidthlabError(f"{str(out / name)!r} is a directory where the report writes its {name}; move it "
+                                "away and rerun")
 
 
 def format_verdict_table(verdict_df: pd.DataFrame) -> str:
@@ -228,6 +248,10 @@ def write_report(
                             "or leave out --html")
     out = Path(out_dir)
     files.refuse_links(out)
+    check_report_folder(out)
+    # Temporary files of a report that was killed (its figures, summary, tables) are its own to clean up.
+    for stale in (*files.remove_stale_temps(out), *files.remove_stale_temps(out / FIGURE_DIR)):
+        log.info("removed %s, left by a process that died while writing it", stale)
     counts = layer_counts(runs, metrics)
     growth_df = growth(runs, metrics, resamples=RESAMPLES, seed=seed, counts=counts)
     drawing = start_figures(runs, metrics, out / FIGURE_DIR, snapshots=snapshots, history=history, params=params,

@@ -269,6 +269,19 @@ class GridSpec(_Strict):
             raise ValueError(f"widths repeat: {list(value)}")
         return value
 
+    @field_validator("widths")
+    @classmethod
+    def _distinct_run_names(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        # Widths that print alike would give two runs one run id; the store would then call the second a change.
+        named: dict[str, float] = {}
+        for w in value:
+            tag = width_tag(w)
+            if tag in named:
+                raise ValueError(f"widths {named[tag]!r} and {w!r} both name runs {tag!r}; use widths that differ in "
+                                 "their first 6 significant digits")
+            named[tag] = w
+        return value
+
     @field_validator("variants")
     @classmethod
     def _variants(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -284,6 +297,11 @@ class GridSpec(_Strict):
             if bad:
                 raise ValueError(f"variant {name!r} overrides {bad}; a variant may override: {', '.join(RUN_SECTIONS)}")
         return value
+
+
+def width_tag(width: float) -> str:
+    """A width as run ids spell it (``w0.25``): 6 significant digits."""
+    return f"w{width:g}"
 
 
 RUN_SECTIONS = ("data", "model", "train", "measure")

@@ -32,6 +32,7 @@ from widthlab.study.config import (
     load_config,
     resolve_levels,
     run_identity,
+    width_tag,
 )
 from widthlab.study.executors import check_executor, execute
 from widthlab.study.runs import (
@@ -47,6 +48,8 @@ from widthlab.study.store import (
     STORE_NAME,
     Results,
     Store,
+    check_measured,
+    check_study_folder,
     export_csv,
     left_out_note,
     select_runs,
@@ -70,7 +73,7 @@ def plan_runs(cfg: StudyConfig) -> list[RunSpec]:
         per_candidate = [cfg.variant_sections(variant, candidate) for candidate in candidates]
         for width in cfg.grid.widths:
             for replicate in range(cfg.grid.replicates):
-                cell = f"{variant}-w{width:g}-r{replicate}"
+                cell = f"{variant}-{width_tag(width)}-r{replicate}"
                 for candidate, label, sections in zip(candidates, labels, per_candidate):
                     config = RunConfig(study_seed=cfg.seed, threads=cfg.threads, width=width, replicate=replicate,
                                        data=sections["data"], model=sections["model"],
@@ -115,6 +118,21 @@ def choose(runs: pd.DataFrame, specs: list[RunSpec]) -> tuple[dict[str, str], li
             continue
         chosen[cell] = max(scores)[2]
     return chosen, notes
+
+
+def unchosen_without_checkpoint(runs: pd.DataFrame, out_dir: Path) -> list[str]:
+    """The candidates not chosen whose checkpoint is gone (deleted to save space, say). Nothing trains them again:
+    only the chosen candidates are measured and reported, and their stored training results stay."""
+    unchosen = runs[(runs["status"] == TRAINED) & (runs["chosen"] == 0)]
+    return [run.run_id for run in unchosen.itertuples(index=False)
+            if run.checkpoint and not (out_dir / run.checkpoint).is_file()]
+
+
+def lost_checkpoints_note(run_ids: list[str]) -> str:
+    """The line the log, summary.md and `widthlab status` give for `unchosen_without_checkpoint`."""
+    shown = ", ".join(run_ids[:5]) + (" ..." if len(run_ids) > 5 else "")
+    return (f"{len(run_ids)} candidate(s) not chosen have no checkpoint in checkpoints/ and are not rebuilt (only the "
+            f"chosen ones are measured; grid.select.measure=all would train them again): {shown}")
 
 
 def preflight(specs: list[RunSpec], cache: dict | None) -> None:
@@ -251,6 +269,11 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     # The preflight's data set is reused by the local executor's first runs.
     options = dict(workers=workers, address=address, gpus_per_run=gpus_per_run, progress=progress,
                    checkpoint_every=checkpoint_every, data_cache={})
+    check_study_folder(out_dir)
+    if report:
+        from widthlab.report import check_report_folder
+
+        check_report_folder(out_dir)  # now, not after the training
     with study_lock(out_dir), _sharing_todo(distributed) as share, _study_log(out_dir):
         for caveat in cfg.caveats:
             log.warning("caveat: %s", caveat)
@@ -263,6 +286,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         notes = (*([left_out_note(others)] if others else []), *notes)
         for note in notes:
             log.warning(note)
+        if report:
+            check_measured(results, out_dir)
         written = _write_report(cfg, results, out_dir, notes, formats) if report else None
     return StudyOutcome(out_dir, results, written, notes)
 
@@ -351,6 +376,9 @@ def _compute_all(cfg: StudyConfig, specs: list[RunSpec], store: Store, out_dir: 
     # checkpoint resumes without training).
     chosen, notes = choose(store.runs(), specs)
     store.choose(chosen, cells={s.cell for s in specs})
+    lost = unchosen_without_checkpoint(store.runs(), out_dir)
+    if lost:
+        notes.append(lost_checkpoints_note(lost))
     statuses = store.statuses()
     by_id = {s.run_id: s for s in specs}
     pending = [dataclasses.replace(by_id[run_id], measure=True) for run_id in chosen.values()

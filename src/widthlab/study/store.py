@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sqlite3
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from widthlab import files
-from widthlab.errors import WidthlabError
+from widthlab.errors import WidthlabError, first_line
 from widthlab.vocab import CURVE_METRICS, FRIVOLOUS_METRICS, STORED_METRIC_COLUMNS
 
 STORE_NAME = "widthlab.sqlite"
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
 CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
 """
+TABLES = ("runs", "metrics", "curves", "history")
 
 
 # (table, column, type) added after the first stores were written: snapshot epochs; the test set's size and
@@ -74,13 +76,19 @@ REBUILD = ("move it away (e.g. rename it to widthlab.sqlite.bad) and rerun `widt
            "and --out: finished runs are rebuilt from their checkpoints/ without training again")
 
 
+def _not_a_store(path: Path) -> WidthlabError:
+    return WidthlabError(f"{str(path)!r} is a directory, not a widthlab store; {REBUILD}")
+
+
 class Store:
     """The SQLite file of one study directory (WAL mode).
 
-    `readonly` opens an existing store without writing anything to it (``mode=ro``; ``immutable=1`` when its
-    folder is not writable, as for an archived study on a read-only mount), for `load_results` and the read-only
-    commands. A store that is empty, not SQLite, or fails SQLite's integrity check is a WidthlabError saying so,
-    raised before anything is written.
+    `readonly` opens an existing store without writing anything to it, for `load_results` and the read-only
+    commands: ``mode=ro`` where SQLite can create its ``-shm`` beside it; in a folder that is not writable (an
+    archived study on a read-only mount) ``immutable=1``, or, when a ``-wal`` holds runs not yet copied into the
+    main file (a study killed mid-run), ``mode=ro`` on a private copy of the file and its ``-wal``. A store that
+    is a directory, empty, not SQLite, short of a table, or fails SQLite's integrity check is a WidthlabError
+    saying so, raised before anything is written.
     """
 
     def __init__(self, directory: str | os.PathLike, *, create: bool = True, readonly: bool = False):
@@ -88,11 +96,23 @@ class Store:
         for path in (self.path, *(self.path.with_name(STORE_NAME + end) for end in ("-wal", "-shm", "-journal"))):
             if path.is_symlink():  # SQLite would read and write through it, outside the study folder
                 raise files.link_error(path)
+        self._copy: Path | None = None  # the private copy a read-only store with a -wal is read from
+        if self.path.exists() and not self.path.is_file():
+            raise _not_a_store(self.path)
         if (readonly or not create) and not self.path.is_file():
             raise WidthlabError(f"{str(directory)!r} holds no widthlab study (no {STORE_NAME}); "
                                 "run `widthlab run` with --out pointing there first")
         if self.path.is_file():
             self._check_file()
+        try:
+            self._open(readonly)
+        except BaseException:
+            if hasattr(self, "_db"):
+                self._db.close()
+            self._remove_copy()
+            raise
+
+    def _open(self, readonly: bool) -> None:
         try:
             if readonly:
                 self._db = self._connect_readonly()
@@ -125,9 +145,29 @@ class Store:
                                 f"{REBUILD}")
 
     def _connect_readonly(self) -> sqlite3.Connection:
-        folder_writable = os.access(self.path.parent, os.W_OK)
-        uri = self.path.resolve().as_uri() + ("?mode=ro" if folder_writable else "?immutable=1")
-        return sqlite3.connect(uri, uri=True, isolation_level=None)
+        if os.access(self.path.parent, os.W_OK):
+            return sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+        wal = self.path.with_name(STORE_NAME + "-wal")
+        if not (wal.is_file() and wal.stat().st_size):
+            return sqlite3.connect(self.path.resolve().as_uri() + "?immutable=1", uri=True, isolation_level=None)
+        # `immutable` would ignore the -wal, and with it every run committed since the last checkpoint; `mode=ro`
+        # needs a -shm it cannot create here. A copy of both in a folder of our own reads them all.
+        self._copy = Path(tempfile.mkdtemp(prefix="widthlab-ro-"))
+        try:
+            shutil.copyfile(self.path, self._copy / STORE_NAME)
+            shutil.copyfile(wal, self._copy / wal.name)
+        except OSError as exc:
+            self._remove_copy()
+            raise WidthlabError(f"{str(self.path)!r} is in a read-only folder and its {wal.name} holds runs not yet in "
+                                f"the main file; copying both to {tempfile.gettempdir()!r} to read them failed "
+                                f"({exc.strerror or exc}); copy the study folder somewhere writable and open "
+                                "the copy") from None
+        return sqlite3.connect((self._copy / STORE_NAME).as_uri() + "?mode=ro", uri=True, isolation_level=None)
+
+    def _remove_copy(self) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     def _check_integrity(self) -> None:
         if self.path.is_file() and self.path.stat().st_size:
@@ -138,9 +178,14 @@ class Store:
             if tables and "runs" not in tables:
                 raise WidthlabError(f"{str(self.path)!r} is an SQLite database but not a widthlab store (tables: "
                                     f"{', '.join(sorted(tables))})")
+            missing = sorted(set(TABLES) - tables) if tables else []
+            if missing:  # every version of the store had all four: one was dropped by hand
+                raise WidthlabError(f"{str(self.path)!r} is damaged (its table(s) {', '.join(missing)} are missing); "
+                                    f"{REBUILD}")
 
     def close(self) -> None:
         self._db.close()
+        self._remove_copy()
 
     def __enter__(self) -> Store:
         return self
@@ -241,8 +286,11 @@ class Store:
         self._db.execute("BEGIN")
         try:
             return self._results()
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
+            raise WidthlabError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); {REBUILD}") from None
         finally:
-            self._db.execute("COMMIT")
+            if self._db.in_transaction:  # pandas rolls back the transaction of a query that failed
+                self._db.execute("COMMIT")
 
     def _results(self) -> Results:
         runs = self.runs()
@@ -313,6 +361,48 @@ def left_out_note(others: list[str]) -> str:
             f"report; they stay in the store: {shown}")
 
 
+def check_measured(results: Results, directory: str | os.PathLike) -> None:
+    """A WidthlabError when a run the store calls done has no measurement (every done run has some: its rows were
+    deleted by hand), raised before a report draws anything: figures of nothing beside an older summary.md would
+    be a report that contradicts itself."""
+    done = results.runs.loc[results.runs["status"] == "done", "run_id"]
+    stored = results.metrics[~results.metrics["metric"].isin(FRIVOLOUS_METRICS)]  # those may be derived (old runs)
+    is_curve = stored["metric"].isin(CURVE_METRICS)
+    # A measured run has rows in both tables: scalars (redundancy, AUCs) in metrics, perturbation curves in curves.
+    measured = set(stored.loc[~is_curve, "run_id"]) & set(stored.loc[is_curve, "run_id"])
+    bare = sorted(set(done) - measured)
+    if bare:
+        shown = ", ".join(bare[:5]) + (" ..." if len(bare) > 5 else "")
+        raise WidthlabError(f"{len(bare)} of the {len(done)} done run(s) in {str(Path(directory) / STORE_NAME)!r} lack "
+                            f"their measurements in its metrics or curves table ({shown}), so no report is drawn; "
+                            f"{REBUILD}")
+
+
+# What widthlab keeps in a study folder, by kind. A path holding the other kind (a directory named config.yaml, a
+# file named checkpoints) is refused in one line before anything is read or written, not met as an OSError midway.
+STUDY_FOLDERS = ("checkpoints",)
+STUDY_FILES = (LOCK_NAME, "config.yaml", "widthlab.log", "runs.csv", "metrics.csv", "history.csv",
+               "snapshots.csv")
+
+
+def check_study_folder(directory: str | os.PathLike) -> None:
+    """A WidthlabError naming the first of widthlab's paths in the study folder `directory` that holds the wrong
+    kind of file (`widthlab.report.check_report_folder` checks the report's own)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise WidthlabError(f"{str(directory)!r} is a file, not a study folder; name a folder (--out)")
+    if (directory / STORE_NAME).exists() and not (directory / STORE_NAME).is_file():
+        raise _not_a_store(directory / STORE_NAME)
+    for name in STUDY_FOLDERS:
+        if (directory / name).exists() and not (directory / name).is_dir():
+            raise WidthlabError(f"{str(directory / name)!r} is a file where widthlab keeps its {name} folder; move "
+                                "it away and rerun")
+    for name in STUDY_FILES:
+        if (directory / name).is_dir():
+            raise WidthlabError(f"{str(directory / name)!r} is a directory where widthlab keeps its {name} file; "
+                                "move it away and rerun")
+
+
 def _num(value) -> float | None:
     """SQLite stores NaN as NULL; read back as NaN by pandas."""
     if value is None:
@@ -323,8 +413,8 @@ def _num(value) -> float | None:
 
 @contextmanager
 def study_lock(directory: str | os.PathLike, *, report: bool = False):
-    """Hold an exclusive OS lock on a study directory; a second holder gets a clear error (`report`: the one for
-    ``widthlab report`` into a folder a run is writing).
+    """Hold an exclusive OS lock on a study directory; a second holder gets a clear error saying whether a run or
+    a report holds it (`report`: the holder is ``widthlab report``, writing into the study's own folder).
 
     `fcntl.flock` locks die with their process, so a killed study never leaves a stale lock behind.
     """
@@ -336,11 +426,20 @@ def study_lock(directory: str | os.PathLike, *, report: bool = False):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.seek(0)
+            if handle.read().strip() == "report":  # the holder says what it is (below)
+                raise WidthlabError(f"another `widthlab report` is being written into {str(directory)!r} now; wait "
+                                    "for it to finish" + (", or use --out to draw this one elsewhere" if report else
+                                                          "")) from None
             if report:
                 raise WidthlabError(f"a widthlab run is writing {str(directory)!r} now and writes its report when it "
                                     "finishes; use --out to draw one elsewhere now") from None
             raise WidthlabError(f"another widthlab process is writing to {str(directory)!r}; "
                                 "wait for it to finish or use another --out directory") from None
+        # Whoever is refused reads this to say who holds the folder.
+        handle.truncate(0)
+        handle.write("report\n" if report else "run\n")
+        handle.flush()
         yield
     finally:
         handle.close()

@@ -87,6 +87,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def load_resume_point(path: str | os.PathLike) -> dict[str, Any]:
+    """`load_checkpoint` of a run's own checkpoint, to resume its training. An unreadable one (torn by a disk
+    fault, a copy cut short) is not silently retrained over: the error names the file and the way on."""
+    try:
+        return load_checkpoint(path)
+    except WidthlabError as exc:
+        raise WidthlabError(f"cannot resume an unfinished run: {exc}; move that file away (or delete it) and rerun: "
+                            "the run then trains from the start") from None
+
+
 def trained_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The weights a finished run was measured with: the best epoch's under early stopping, else the last."""
     early = state.get("train_config", {}).get("early_stopping", False)

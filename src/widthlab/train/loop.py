@@ -18,7 +18,7 @@ from widthlab.data.base import Splits
 from widthlab.errors import WidthlabError, check_seconds
 from widthlab.seeding import derive_seed, torch_generator
 from widthlab.train.batching import global_batches, iterate_batches, on_device, planned_steps, prepare
-from widthlab.train.checkpoint import load_checkpoint, save_checkpoint
+from widthlab.train.checkpoint import load_resume_point, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard, wrap_distributed
 from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
@@ -239,7 +239,7 @@ def _resume(trainer: _Trainer, run: RunProgress) -> dict | None:
     """Load the run's checkpoint, when it has one, into the trainer and the run's bookkeeping; return it."""
     if run.checkpoint is None or not Path(run.checkpoint).is_file():
         return None
-    state = load_checkpoint(run.checkpoint)
+    state = load_resume_point(run.checkpoint)
     check_same_config(state, run.cfg, run.checkpoint)
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from widthlab.data.base import Splits
 from widthlab.seeding import torch_generator
 from widthlab.train.batching import iterate_batches, on_device, planned_steps, prepare, stacked_batches
-from widthlab.train.checkpoint import load_checkpoint, save_checkpoint
+from widthlab.train.checkpoint import load_resume_point, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
 from widthlab.train.loop import Speed, make_optimizer, make_scheduler, resolve_device
@@ -121,7 +121,7 @@ def _resume_states(members: list[_Member]) -> list[dict] | None:
         return None
     if not all(present):
         raise NotStackable("only some runs of the group have checkpoints")
-    states = [load_checkpoint(p) for p in paths]
+    states = [load_resume_point(p) for p in paths]
     if len({(s["epoch"], s["steps"]) for s in states}) > 1:
         raise NotStackable("the group's checkpoints are at different epochs")
     for member, state in zip(members, states):
