@@ -11,6 +11,11 @@ from widthlab.study import runner
 TINY = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=1", "data.n_train=64", "data.n_val=32",
         "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
 
+# "Billion laughs": ten nested lists of nine aliases each, 9**10 values from a few hundred bytes.
+ALIAS_BOMB = "&a0 [x, x, x, x, x, x, x, x, x]"
+for _level in range(1, 10):
+    ALIAS_BOMB = f"&a{_level} [{ALIAS_BOMB}" + f", *a{_level - 1}" * 8 + "]"
+
 CASES = [
     (["--set", "train.lr=.inf"], "train.lr: Input should be a finite number"),
     (["--set", "train.lr=.nan"], "train.lr: Input should be a finite number"),
@@ -24,6 +29,21 @@ CASES = [
     (["--set", "model.name=syntaxmod:build"], "cannot import module 'syntaxmod' (SyntaxError"),
     (["--set", "data.name=baddata:load"], "data set 'baddata:load' raised KeyError"),
     (["--set", "train.lr=[1"], "value is not valid YAML"),
+    # Unbounded counts: each refused before anything is planned or allocated, naming its bound.
+    (["--set", f"train.epochs={ALIAS_BOMB}"], "expand to more than 10,000 values, widthlab's bound on YAML aliases"),
+    (["--set", "measure.levels=10000000000"], "levels of 'zero' must be at most 1,000 (the bound on levels)"),
+    (["--set", "measure.samplings=10000000000"], "measure.samplings: Input should be less than or equal to 1000"),
+    (["--set", "grid.replicates=99999999999999999999999"], "grid.replicates: Input should be less than or equal to "
+                                                           "1000"),
+    (["--set", "grid.widths=[0.25, 0.5, 1, 2, 4]", "--set", "grid.replicates=1000", "--set",
+      "grid.variants={a: {}, b: {}, c: {}, d: {}, e: {}, f: {}, g: {}, h: {}, i: {}, j: {}, k: {}, l: {}, m: {}, "
+      "n: {}, o: {}, p: {}, q: {}, r: {}, s: {}, t: {}, u: {}}"],
+     "the grid is 105,000 runs (5 widths × 21 variants × 1 candidates × 1,000 replicates), more than 100,000"),
+    (["--set", "grid.select={train.lr: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], train.batch_size: [1, 2, 3, 4, 5, 6, 7, 8, "
+      "9, 10], train.epochs: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], train.weight_decay: [1, 2, 3, 4, 5, 6, 7, 8, 9, "
+      "10]}"], "10,000 candidates, more than 1,000 (the bound on "
+                                                                  "candidates)"),
+    (["--set", "threads=100000"], "the bound on threads"),
 ]
 
 
@@ -68,3 +88,27 @@ def test_duplicate_keys_in_a_config_file(tmp_path, capsys):
     path.write_text("name: a\ntrain: {lr: 0.1}\ntrain: {lr: 0.2}\n")
     assert main(["run", str(path), "--dry-run"]) == 2
     assert "key 'train' is given twice at line 3, column 1" in capsys.readouterr().err
+
+
+def test_an_alias_bomb_in_a_config_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"name: bomb\ntrain:\n  epochs: {ALIAS_BOMB}\n")
+    assert len(path.read_bytes()) < 500
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert "its aliases (*name) expand to more than 10,000 values" in capsys.readouterr().err
+
+
+def test_aliases_within_the_bound_read_as_safe_load_reads_them():
+    from widthlab.study.yaml_io import safe_load
+
+    assert safe_load("a: &x {lr: 0.1}\nb: *x\nc: [*x, *x]") == {"a": {"lr": 0.1}, "b": {"lr": 0.1},
+                                                                  "c": [{"lr": 0.1}, {"lr": 0.1}]}
+    with pytest.raises(Exception, match="refers to itself"):
+        safe_load("a: &x [1, *x]")
+
+
+def test_the_thread_bound_follows_the_machine(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert load_config("mlp-10d", ["threads=12"]).threads == 12
+    with pytest.raises(WidthlabError, match=r"threads: must be at most 12 \(4 per core of this machine's 3"):
+        load_config("mlp-10d", ["threads=13"])
