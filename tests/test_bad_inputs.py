@@ -3,10 +3,10 @@ corrected command starts afresh."""
 
 import pytest
 
+from widthlab import memory
 from widthlab.cli import main
 from widthlab.errors import WidthlabError
 from widthlab.study import load_config, load_results, run_study
-from widthlab.study import runner
 
 TINY = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=1", "data.n_train=64", "data.n_val=32",
         "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
@@ -44,6 +44,8 @@ CASES = [
       "10]}"], "10,000 candidates, more than 1,000 (the bound on "
                                                                   "candidates)"),
     (["--set", "threads=100000"], "the bound on threads"),
+    # The preflight pushes the data's shape through each model (on the meta device) before registering anything.
+    (["--set", "model.input_dim=5"], "mlp at width 0.25 cannot run on the data's inputs of shape (10,): RuntimeError"),
 ]
 
 
@@ -76,11 +78,21 @@ def test_the_corrected_command_is_accepted_after_a_bad_one(user_code, tmp_path):
 
 
 def test_a_model_too_big_for_memory_is_refused_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "available_memory", lambda device: 20 * 2 ** 10)  # 20 KiB free
+    monkeypatch.setattr(memory, "available_memory", lambda device: 100 * 2 ** 10)  # 100 KiB: the data, not 4x
     with pytest.raises(WidthlabError, match=r"mlp at width 4 has 6,658 parameters: .* more than the 0.0 GiB"):
         run_study(load_config("mlp-10d", TINY + ["grid.widths=[0.25, 4]"]), tmp_path,
                   progress=False, report=False)
     assert not (tmp_path / "widthlab.sqlite").exists()
+
+
+def test_data_too_big_for_memory_is_refused_before_it_is_drawn(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2 ** 30)  # 1 GiB free
+    out = tmp_path / "study"
+    assert main(["run", "mlp-10d", "--quiet", "--out", str(out), *[a for o in TINY for a in ("--set", o)],
+                 "--set", "data.n_test=100000000"]) == 2
+    err = capsys.readouterr().err
+    assert "synthetic: 100,000,096 examples of 10 inputs needs about 4.5 GiB, more than the 1.0 GiB available" in err
+    assert not (out / "widthlab.sqlite").exists()
 
 
 def test_duplicate_keys_in_a_config_file(tmp_path, capsys):
