@@ -124,3 +124,61 @@ def test_the_thread_bound_follows_the_machine(monkeypatch):
     assert load_config("mlp-10d", ["threads=12"]).threads == 12
     with pytest.raises(WidthlabError, match=r"threads: must be at most 12 \(4 per core of this machine's 3"):
         load_config("mlp-10d", ["threads=13"])
+
+
+# `widthlab analyze` of a hand-edited checkpoint or a bad data file ----------------------------------------------------
+
+def _study_checkpoint(path, edit):
+    """A checkpoint as a study's run writes it (mlp at width 0.25 on 10-d synthetic data), then `edit`ed."""
+    import torch
+
+    from widthlab.models import create_model
+    from widthlab.train.checkpoint import save_checkpoint
+
+    model = create_model("mlp", 0.25, input_dim=10, num_classes=2)
+    state = {"model": model.state_dict(), "train_config": {"early_stopping": False},
+             "meta": {"run_id": "default-w0.25-r0", "width": 0.25, "replicate": 0, "num_classes": 2,
+                      "model": {"name": "mlp", "init": "glorot_normal", "sigma": None, "input_dim": 10},
+                      "data": {"name": "synthetic", "root": None, "n_train": 64, "n_val": 32, "n_test": 32},
+                      "study_seed": 0}}
+    edit(state)
+    save_checkpoint(path, state)
+    torch.save({"x": torch.randn(20, 10), "y": torch.zeros(7, dtype=torch.long)}, path.parent / "xy.pt")
+    return path
+
+
+ANALYZE_CASES = [
+    (lambda s: s["meta"].update(width=2.0), [], "its weights do not fit the model its meta describes (mlp at "
+     "width 2): fc1.weight is (32, 10) in the file, (256, 10) in the model"),
+    (lambda s: s.pop("model"), [], "is damaged: its 'model' is missing"),
+    (lambda s: s["meta"].update(study_seed="abc"), [], "meta.study_seed must be an integer, got 'abc'"),
+    (lambda s: s.update(train_config="x"), [], "is damaged: its 'train_config' is not a mapping"),
+    (lambda s: s["meta"]["model"].update(input_dim=10 ** 12), [], "fc1.weight is (32, 10) in the file, "
+     "(32, 1000000000000) in the model"),
+    (lambda s: s["meta"].update(num_classes=10 ** 9), [], "readout.weight is (2, 32) in the file, (1000000000, 32)"),
+    (lambda s: s["meta"]["data"].update(n_test=10 ** 10), [], "synthetic: 10,000,000,096 examples of 10 inputs "
+     "needs about 447.0 GiB, more than the 8.0 GiB available"),
+    (lambda s: None, ["--data", "{dir}/xy.pt"], "the inputs x have 20 examples but the labels y have 7"),
+    (lambda s: None, ["--levels", "100000000000"], "--levels must be at most 1,000 (the bound on levels)"),
+    (lambda s: None, ["--samplings", "100000000000"], "--samplings must be at most 1,000 (the bound on samplings)"),
+]
+
+
+@pytest.mark.parametrize("edit, extra, message", ANALYZE_CASES, ids=[m for _, _, m in ANALYZE_CASES])
+def test_bad_analyze_input_is_one_line_and_writes_nothing(edit, extra, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(memory, "available_memory", lambda device: 8 * 2 ** 30)  # the same on every machine
+    checkpoint = _study_checkpoint(tmp_path / "ck.pt", edit)
+    out = tmp_path / "analysis"
+    assert main(["analyze", str(checkpoint), *[a.format(dir=tmp_path) for a in extra], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_the_unedited_checkpoint_is_analysed(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda device: 8 * 2 ** 30)
+    checkpoint = _study_checkpoint(tmp_path / "ck.pt", lambda s: None)
+    assert main(["analyze", str(checkpoint), "--levels", "3", "--samplings", "1", "--quiet",
+                 "--out", str(tmp_path / "analysis")]) == 0
+    assert (tmp_path / "analysis" / "analysis.csv").is_file()

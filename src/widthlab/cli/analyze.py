@@ -18,8 +18,8 @@ def _parse_options(items: list[str] | None, flag: str) -> dict:
     return dict(parse_assignment(item, flag) for item in items or [])
 
 
-def _int_arg(text: str | None, flag: str, minimum: int | None = None) -> int | None:
-    """The integer a flag was given (None when it was not), or a one-line error naming the flag."""
+def _int_arg(text: str | None, flag: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    """The integer a flag was given (None when it was not), or a one-line error naming the flag (and its bound)."""
     if text is None:
         return None
     try:
@@ -28,6 +28,8 @@ def _int_arg(text: str | None, flag: str, minimum: int | None = None) -> int | N
         raise WidthlabError(f"{flag} expects an integer, got {text!r}") from None
     if minimum is not None and value < minimum:
         raise WidthlabError(f"{flag} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise WidthlabError(f"{flag} must be at most {maximum:,} (the bound on {flag.lstrip('-')}), got {value:,}")
     return value
 
 
@@ -181,7 +183,7 @@ def _analyze_inputs(args: argparse.Namespace, max_length: int):
 
 def _analyze_flags(args: argparse.Namespace) -> dict:
     """The analyze flags checked and parsed (each bad value a one-line `WidthlabError` naming its flag)."""
-    from widthlab.measure.perturbations import get_perturbation
+    from widthlab.measure.perturbations import MAX_LEVELS, MAX_SAMPLINGS, get_perturbation
 
     try:
         budget = float(args.budget)
@@ -192,7 +194,8 @@ def _analyze_flags(args: argparse.Namespace) -> dict:
     perturbations = tuple(p.strip() for p in args.perturbations.split(","))
     for name in perturbations:
         get_perturbation(name)
-    return {"levels": _int_arg(args.levels, "--levels", 2), "samplings": _int_arg(args.samplings, "--samplings", 1),
+    return {"levels": _int_arg(args.levels, "--levels", 2, MAX_LEVELS),
+            "samplings": _int_arg(args.samplings, "--samplings", 1, MAX_SAMPLINGS),
             "max_examples": _int_arg(args.max_examples, "--max-examples", 1),
             "max_length": _int_arg(args.max_length, "--max-length", 1),
             "max_rows": _int_arg(args.max_rows, "--max-rows", 1),
