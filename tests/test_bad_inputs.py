@@ -182,3 +182,14 @@ def test_the_unedited_checkpoint_is_analysed(tmp_path, monkeypatch):
     assert main(["analyze", str(checkpoint), "--levels", "3", "--samplings", "1", "--quiet",
                  "--out", str(tmp_path / "analysis")]) == 0
     assert (tmp_path / "analysis" / "analysis.csv").is_file()
+
+
+def test_ctrl_c_in_analyze_does_not_promise_a_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("widthlab.external.load_model", interrupted)
+    assert main(["analyze", str(_study_checkpoint(tmp_path / "ck.pt", lambda s: None))]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "widthlab: interrupted; the analysis did not finish and nothing is resumed: rerun the " \
+                          "command to measure again"

@@ -371,4 +371,5 @@ def add_analyze_parser(sub) -> None:
     analyze.add_argument("--quiet", action="store_true", help="no plan and no progress bar")
     analyze.add_argument("--out", default="widthlab-analysis", help="output folder (default: widthlab-analysis)")
     analyze.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")
-    analyze.set_defaults(func=_cmd_analyze)
+    analyze.set_defaults(func=_cmd_analyze, interrupted="the analysis did not finish and nothing is resumed: rerun the "
+                                                      "command to measure again")
