@@ -116,7 +116,7 @@ def test_gpt2_on_a_text_file(gpt2, prompts, tmp_path, capsys):
     err = capsys.readouterr().err
     # The plan: model, examples and real tokens, layers with their units, the estimate.
     assert f"hf:{gpt2} (GPT2LMHeadModel" in err and f"{len(TEXTS)} examples" in err and "real tokens" in err
-    assert "transformer.h.0.mlp.act (64 units)" in err and "forward evaluations" in err and "est." in err
+    assert "transformer.h.0.mlp.act (64 units)" in err and "example evaluations" in err and "est." in err
 
 
 def test_bert_on_a_text_file_and_on_a_dict_of_tensors(bert, prompts, tmp_path):
