@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from widthlab.cli import main
-from widthlab.cli.analyze import choose_measurement, estimate_seconds
+from widthlab.cli.analyze import choose_measurement, estimate_evaluations
 from widthlab.models import create_model
 from widthlab.external import load_model
 from widthlab.train.checkpoint import save_checkpoint
@@ -116,7 +116,7 @@ def test_gpt2_on_a_text_file(gpt2, prompts, tmp_path, capsys):
     err = capsys.readouterr().err
     # The plan: model, examples and real tokens, layers with their units, the estimate.
     assert f"hf:{gpt2} (GPT2LMHeadModel" in err and f"{len(TEXTS)} examples" in err and "real tokens" in err
-    assert "transformer.h.0.mlp.act (64 units)" in err and "forward evaluations" in err and "est." in err
+    assert "transformer.h.0.mlp.act (64 units)" in err and "example evaluations" in err and "est." in err
 
 
 def test_bert_on_a_text_file_and_on_a_dict_of_tensors(bert, prompts, tmp_path):
@@ -299,77 +299,76 @@ def test_without_transformers_hf_models_ask_for_the_extra(files, monkeypatch, ca
     assert len(err.strip().splitlines()) == 1 and "widthlab[hf]" in err
 
 
-# The time budget --------------------------------------------------------------------------------------------------
+# The budget of example evaluations -----------------------------------------------------------------------------------
 
 def test_estimate_counts_one_clean_pass_extra_passes_and_the_perturbed_copies():
     # 2 jobs × 3 samplings × (11 − 1) levels copies, one clean pass and one extra pass over 300 examples.
-    assert estimate_seconds(0.01, 300, 2, 11, 3) == pytest.approx(0.01 * 300 * 62)
-    assert estimate_seconds(0.01, 300, 2, 11, 3, extra_passes=0) == pytest.approx(0.01 * 300 * 61)
+    assert estimate_evaluations(300, 2, 11, 3) == 300 * 62
+    assert estimate_evaluations(300, 2, 11, 3, extra_passes=0) == 300 * 61
 
 
 def choose(**kw):
-    options = {"seconds_per_example": 0.01, "examples": 300, "jobs": 10, "levels": 11, "samplings": 3, "budget": 180.0}
+    options = {"examples": 300, "jobs": 10, "levels": 11, "samplings": 3, "budget": 18_000}
     return choose_measurement(**{**options, **kw})
 
 
 def test_budget_keeps_what_fits_and_budget_0_keeps_everything():
-    fits = choose(seconds_per_example=1e-5)
+    fits = choose(budget=300 * (2 + 30 * 10))  # exactly the defaults
     assert (fits.levels, fits.samplings, fits.examples, fits.note) == (11, 3, 300, None)
     off = choose(budget=0)
     assert (off.levels, off.samplings, off.examples, off.note) == (11, 3, 300, None)
-    assert off.seconds == pytest.approx(estimate_seconds(0.01, 300, 10, 11, 3))
+    assert off.evaluations == estimate_evaluations(300, 10, 11, 3)
 
 
 def test_budget_lowers_levels_first():
-    # 1 clean + 1 extra pass + 10 jobs × 3 samplings × (L − 1) copies: 7 levels just fit, 8 do not.
-    choice = choose(seconds_per_example=0.999 * 180 / (300 * (2 + 30 * 6)))
-    assert (choice.levels, choice.samplings, choice.examples) == (7, 3, 300)
-    assert choice.seconds <= 180
-    assert choice.note.startswith("estimated ") and "using 7 levels × 3 samplings on 300 examples" in choice.note
-    assert "set --levels/--samplings/--max-examples to choose" in choice.note
+    # 1 clean + 1 extra pass + 10 jobs × 3 samplings × (L − 1) copies: 7 levels (54,600) fit, 8 (63,600) do not.
+    choice = choose(budget=60_000)
+    assert (choice.levels, choice.samplings, choice.examples, choice.evaluations) == (7, 3, 300, 54_600)
+    assert choice.note == ("lowered from 11 levels × 3 samplings on 300 examples (90,600 example evaluations) to fit "
+                           "--budget 60,000; to measure more, set --levels/--samplings/--max-examples or a larger "
+                           "--budget")
 
 
 def test_budget_lowers_samplings_below_5_levels_then_gives_levels_back():
-    # 5 levels × 3 samplings do not fit; 2 samplings do, and then 6 levels (1 + 1 + 10 · 2 · 5 passes) fit too.
-    choice = choose(seconds_per_example=0.999 * 180 / (300 * (2 + 20 * 5)))
+    # 5 levels × 3 samplings (36,600) do not fit; 2 samplings do, and then 6 levels (1 + 1 + 10 · 2 · 5 passes) too.
+    choice = choose(budget=31_000)
     assert (choice.levels, choice.samplings, choice.examples) == (6, 2, 300)
-    assert "with 11 levels × 3 samplings on 300 examples; using 6 levels × 2 samplings" in choice.note
 
 
-SLOW = 180 / (150.5 * (2 + 10 * 4))  # at 5 levels × 1 sampling, 150.5 examples would fit
+FEW = 42 * 150 + 21  # at 5 levels × 1 sampling (42 passes an example), 150.5 examples would fit
 
 
 def test_budget_lowers_examples_last():
-    choice = choose(seconds_per_example=SLOW)
+    choice = choose(budget=FEW)
     assert (choice.levels, choice.samplings, choice.examples) == (5, 1, 150)
-    assert choice.seconds <= 180 and "on 150 examples" in choice.note
+    assert choice.evaluations <= FEW and "to fit --budget 6,321;" in choice.note
 
 
 def test_budget_keeps_at_least_100_examples():
-    choice = choose(seconds_per_example=SLOW * 10)
+    choice = choose(budget=FEW // 10)
     assert (choice.levels, choice.samplings, choice.examples) == (5, 1, 100)
-    assert "still over --budget 180 s" in choice.note
+    assert "still over --budget 632" in choice.note
 
 
 def test_budget_never_changes_what_the_user_set():
-    choice = choose(seconds_per_example=SLOW, fixed={"levels"})
+    choice = choose(budget=FEW, fixed={"levels"})
     assert (choice.levels, choice.samplings) == (11, 1) and choice.examples < 150
-    choice = choose(seconds_per_example=SLOW, fixed={"levels", "samplings", "examples"})
+    choice = choose(budget=FEW, fixed={"levels", "samplings", "examples"})
     assert (choice.levels, choice.samplings, choice.examples) == (11, 3, 300)
-    assert "over --budget 180 s; measuring as asked" in choice.note
-    few = choose(seconds_per_example=SLOW, levels=3, fixed={"samplings", "examples"})
+    assert "over --budget 6,321; measuring as asked" in choice.note
+    few = choose(budget=FEW, levels=3, fixed={"samplings", "examples"})
     assert (few.levels, few.samplings, few.examples) == (3, 3, 300)  # never raised above the start, never below
-    partly = choose(seconds_per_example=SLOW, fixed={"levels", "examples"})
+    partly = choose(budget=FEW, fixed={"levels", "examples"})
     assert (partly.levels, partly.samplings, partly.examples) == (11, 1, 300)
-    assert "using 11 levels × 1 sampling on 300 examples" in partly.note and "still over --budget" in partly.note
+    assert "to fit --budget 6,321, still over" in partly.note
 
 
 def test_the_cli_applies_the_budget_and_says_so(gpt2, prompts, tmp_path, capsys):
     out = tmp_path / "a"
-    assert main(["analyze", f"hf:{gpt2}", "--data", str(prompts), "--budget", "0.000001", "--out", str(out)]) == 0
+    assert main(["analyze", f"hf:{gpt2}", "--data", str(prompts), "--budget", "1", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     # The prompts are fewer than MIN_EXAMPLES: all are kept, and the message says the budget is still exceeded.
-    assert "using 5 levels × 1 sampling on 6 examples" in err and "still over --budget" in err
+    assert "measuring zero × 5 levels × 1 sampling on 6 examples" in err and "still over --budget 1;" in err
     table = frame(out)
     assert sorted(set(table.query("metric == 'unchanged'")["level"])) == [0, 0.25, 0.5, 0.75, 1]
     assert set(table.query("metric == 'auc'")["sampling"]) == {0}

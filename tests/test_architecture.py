@@ -42,7 +42,7 @@ def _source_files() -> dict[str, Path]:
 MODULES = _source_files()
 # The shared helpers: leaf modules at the top of the package that know no package. Every package may use them;
 # models/ and data/ may use only them. A new shared helper joins this list (and then may import only these).
-SHARED = {f"{ROOT}.{name}" for name in ("errors", "files", "init_schemes", "registry", "seeding", "threads",
+SHARED = {f"{ROOT}.{name}" for name in ("errors", "files", "init_schemes", "memory", "registry", "seeding", "threads",
                                         "validation", "version", "vocab")}
 
 

@@ -318,6 +318,29 @@ def test_imagenet_corrupt_jpeg_is_named(imagenet_root, tmp_path):
         test[5]
 
 
+def _png_claiming(path, width, height):
+    """A few-byte PNG whose header claims `width` × `height` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1)).save(path, "PNG")
+    data = bytearray(path.read_bytes())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:33] = header + struct.pack(">I", zlib.crc32(header))
+    path.write_bytes(bytes(data))
+
+
+def test_imagenet_decompression_bomb_is_named(imagenet_root, tmp_path):
+    shutil.copytree(imagenet_root, tmp_path, dirs_exist_ok=True)
+    bomb = tmp_path / "val" / WNIDS[2] / "bomb.png"
+    _png_claiming(bomb, 20_000, 10_000)
+    assert bomb.stat().st_size < 100
+    test = load_data("imagenet", root=tmp_path, image_size=64, val_per_class=1).test
+    index = [i for i in range(len(test)) if test.files[i] == str(bomb)]
+    with pytest.raises(WidthlabError, match=rf"cannot decode image {bomb} \(Image size \(200000000 pixels\) exceeds"):
+        test[index[0]]
+
+
 # ---------------------------------------------------------------- digits
 
 def test_digits_real_data_offline():

@@ -8,8 +8,9 @@ class WidthlabError(ValueError):
     """
 
 
-def check_positive_int(name: str, value: object, *, optional: bool = False):
-    """`value` if it is a positive integer (or None when `optional`), else a WidthlabError naming `name`.
+def check_positive_int(name: str, value: object, *, optional: bool = False, maximum: int | None = None):
+    """`value` if it is a positive integer (at most `maximum`, when given; or None when `optional`), else a
+    WidthlabError naming `name`.
 
     Example: ``check_positive_int("samplings", 3) == 3``; ``check_positive_int("workers", 0)`` raises.
     """
@@ -17,6 +18,8 @@ def check_positive_int(name: str, value: object, *, optional: bool = False):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise WidthlabError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise WidthlabError(f"{name} must be at most {maximum:,} (the bound on {name}), got {value:,}")
     return value
 
 

@@ -38,8 +38,8 @@ from widthlab.data.base import ArrayDataset
 from widthlab.errors import WidthlabError, first_line
 from widthlab.measure.inputs import DEFAULT_MASK, first_batch
 from widthlab.registry import call_user, resolve_callable
-from widthlab.study.build import build_model
-from widthlab.train.checkpoint import load_checkpoint, trained_weights
+from widthlab.study.build import checkpoint_model
+from widthlab.train.checkpoint import checkpoint_meta, load_checkpoint
 
 HUBS = ("torchvision", "timm")
 HF = "hf:"
@@ -84,17 +84,7 @@ def load_model(spec: str, *, seed: int = 0, allow_code: bool = False) -> nn.Modu
 
 
 def _from_checkpoint(path: Path, allow_code: bool) -> nn.Module:
-    state = load_checkpoint(path)
-    meta = state.get("meta") or {}
-    if "model" not in meta or "width" not in meta:
-        raise WidthlabError(f"checkpoint {str(path)!r} does not say how to rebuild its model (no meta.model)")
-    try:
-        model = build_model(meta["model"], meta["width"], num_classes=meta.get("num_classes"),
-                            import_code=allow_code)
-    except WidthlabError as exc:
-        raise WidthlabError(f"checkpoint {str(path)!r}: {exc}") from None
-    model.load_state_dict(trained_weights(state))
-    return model.eval()
+    return checkpoint_model(load_checkpoint(path), str(path), import_code=allow_code).eval()
 
 
 def _from_hub(hub: str, name: str, seed: int) -> nn.Module:
@@ -124,7 +114,7 @@ def study_data(spec: str) -> tuple[str, dict, int]:
     if not is_checkpoint(spec):
         raise WidthlabError(f"--data is required for model {spec!r}: name a registered data set, a .pt file of "
                             "tensors or, with an hf: model, a .txt file (only a study's checkpoint knows its data)")
-    meta = load_checkpoint(spec).get("meta") or {}
+    meta = checkpoint_meta(load_checkpoint(spec), spec)
     data = meta.get("data")
     if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
         raise WidthlabError(f"checkpoint {spec!r} does not record its study's data set (written by fit() or an "

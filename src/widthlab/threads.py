@@ -9,6 +9,7 @@ each other: a 512×512 `numpy.linalg.eigvalsh` that takes 20 ms on one thread to
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -28,3 +29,13 @@ def torch_blas_threads(fn):
             return fn(*args, **kwargs)
 
     return pinned
+
+
+# A run's torch threads at most this many per core: more only contend (a study asking for 2,000 threads per
+# process took a 2-core machine's load to 480; 100,000 crashed torch).
+THREADS_PER_CORE = 4
+
+
+def max_threads() -> int:
+    """The most threads a run may ask for: the machine's cores × `THREADS_PER_CORE`."""
+    return (os.cpu_count() or 1) * THREADS_PER_CORE

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"widthlab: {what}; finished runs are stored: rerun the same command to resume", file=sys.stderr)
+        # What survives an interrupt is the subcommand's to say (a study keeps its finished runs; analyze, nothing).
+        survives = getattr(args, "interrupted", "finished runs are stored: rerun the same command to resume")
+        print(f"widthlab: {what}; {survives}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `widthlab status DIR | head`: the reader is gone, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,4 +1,5 @@
-"""`widthlab analyze`: measure a model the user already has, with a plan fitted into a time budget."""
+"""`widthlab analyze`: measure a model the user already has, with a plan fitted into a budget of forward
+evaluations (a count, so the same command measures the same on any machine; time only estimates how long)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def _parse_options(items: list[str] | None, flag: str) -> dict:
     return dict(parse_assignment(item, flag) for item in items or [])
 
 
-def _int_arg(text: str | None, flag: str, minimum: int | None = None) -> int | None:
-    """The integer a flag was given (None when it was not), or a one-line error naming the flag."""
+def _int_arg(text: str | None, flag: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    """The integer a flag was given (None when it was not), or a one-line error naming the flag (and its bound)."""
     if text is None:
         return None
     try:
@@ -29,6 +30,8 @@ def _int_arg(text: str | None, flag: str, minimum: int | None = None) -> int | N
         raise WidthlabError(f"{flag} expects an integer, got {text!r}") from None
     if minimum is not None and value < minimum:
         raise WidthlabError(f"{flag} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise WidthlabError(f"{flag} must be at most {maximum:,} (the bound on {flag.lstrip('-')}), got {value:,}")
     return value
 
 
@@ -56,47 +59,50 @@ def _plural(n: int, word: str) -> str:
 
 MIN_LEVELS, MIN_SAMPLINGS = 5, 1
 MIN_EXAMPLES = 100
+# What --budget allows by default, in example evaluations (one example through the network once): 11 levels × 3
+# samplings of ten layers (and "all") on 30,000 examples. A count, not seconds, so that what is measured depends
+# only on the command, the data and the seed, never on how fast or busy the machine is.
+DEFAULT_BUDGET = 10_000_000
 
 
 @dataclass(frozen=True)
 class MeasureChoice:
-    """What `choose_measurement` settled on: levels, samplings and examples, the estimated seconds, and a note
-    saying what was changed and why (None when the settings were kept)."""
+    """What `choose_measurement` settled on: levels, samplings and examples, their example evaluations
+    (`estimate_evaluations`), and a note saying what was changed and why (None when the settings were kept)."""
 
     levels: int
     samplings: int
     examples: int
-    seconds: float
+    evaluations: int
     note: str | None = None
 
 
-def estimate_seconds(seconds_per_example: float, examples: int, jobs: int, levels: int, samplings: int,
-                     extra_passes: float = 1.0) -> float:
-    """Estimated wall time of `analyze`: one clean pass, `extra_passes` (redundancy statistics) and, per job
-    (a perturbation × a scope), samplings × (levels − 1) perturbed copies, each a forward pass over `examples`.
+def estimate_evaluations(examples: int, jobs: int, levels: int, samplings: int, extra_passes: int = 1) -> int:
+    """Example evaluations of `analyze` (one example through the network once): one clean pass, `extra_passes`
+    (redundancy statistics) and, per job (a perturbation × a scope), samplings × (levels − 1) perturbed copies,
+    each a forward pass over `examples`.
 
     An upper bound on the batched path, where a copy runs only the network after its layer.
-    Example: ``estimate_seconds(0.01, 300, 2, 11, 3) == 0.01 * 300 * (1 + 1 + 2 * 3 * 10)``
+    Example: ``estimate_evaluations(300, 2, 11, 3) == 300 * (1 + 1 + 2 * 3 * 10)``
     """
-    return seconds_per_example * examples * (1 + extra_passes + jobs * samplings * (levels - 1))
+    return examples * (1 + extra_passes + jobs * samplings * (levels - 1))
 
 
-def choose_measurement(*, seconds_per_example: float, examples: int, jobs: int, levels: int, samplings: int,
-                       budget: float, fixed: frozenset[str] | set[str] = frozenset(),
-                       extra_passes: float = 1.0) -> MeasureChoice:
-    """Fit `analyze` into `budget` seconds (`estimate_seconds`) by lowering what the user left to widthlab.
+def choose_measurement(*, examples: int, jobs: int, levels: int, samplings: int, budget: int,
+                       fixed: frozenset[str] | set[str] = frozenset(), extra_passes: int = 1) -> MeasureChoice:
+    """Fit `analyze` into `budget` example evaluations (`estimate_evaluations`) by lowering what the user left to
+    widthlab.
 
     In this order, each only as far as needed: the levels (to no fewer than 5), the samplings (to no fewer than 1;
     then the levels are raised again as far as the budget allows), the examples (the first N, no fewer than
-    `MIN_EXAMPLES`: past that the estimate may stay over the budget, and the message says so). A knob named in
+    `MIN_EXAMPLES`: past that the plan may stay over the budget, and the note says so). A knob named in
     `fixed` (``"levels"``, ``"samplings"``, ``"examples"``: set by the user) is never changed. `budget` 0 keeps
-    everything. A pure function of its arguments.
+    everything. A pure function of counts: the same command on the same data measures the same on any machine.
 
-    Example: ``choose_measurement(seconds_per_example=0.01, examples=300, jobs=10, levels=11, samplings=3,
-    budget=180).levels == 5``
+    Example: ``choose_measurement(examples=300, jobs=10, levels=11, samplings=3, budget=18_000).levels == 5``
     """
-    def cost(lv: int, sv: int, n: int) -> float:
-        return estimate_seconds(seconds_per_example, n, jobs, lv, sv, extra_passes)
+    def cost(lv: int, sv: int, n: int) -> int:
+        return estimate_evaluations(n, jobs, lv, sv, extra_passes)
 
     def fits(lv: int, sv: int, n: int) -> bool:
         return cost(lv, sv, n) <= budget
@@ -113,19 +119,17 @@ def choose_measurement(*, seconds_per_example: float, examples: int, jobs: int, 
         sv = next((v for v in range(samplings, lowest_s - 1, -1) if fits(lv, v, n)), lowest_s)
         lv = next((v for v in range(levels, lv - 1, -1) if fits(v, sv, n)), lv)  # give back what now fits
     if not fits(lv, sv, n) and "examples" in free:
-        per_example = cost(lv, sv, 1)
         # Never below MIN_EXAMPLES on its own: a curve over a dozen examples measures nothing worth its time.
-        n = max(min(examples, MIN_EXAMPLES), min(examples, int(budget // per_example))) if per_example > 0 else examples
+        n = max(min(examples, MIN_EXAMPLES), min(examples, budget // cost(lv, sv, 1)))
     now = cost(lv, sv, n)
-    before = (f"estimated {_duration(first)} with {_plural(levels, 'level')} × {_plural(samplings, 'sampling')} "
-              f"on {_plural(examples, 'example')}")
+    asked = (f"{_plural(levels, 'level')} × {_plural(samplings, 'sampling')} on {_plural(examples, 'example')} "
+             f"({first:,} example evaluations)")
     if (lv, sv, n) == (levels, samplings, examples):
-        return MeasureChoice(lv, sv, n, now, f"{before}, over --budget {budget:g} s; measuring as asked (set "
+        return MeasureChoice(lv, sv, n, now, f"over --budget {budget:,}; measuring as asked (set "
                                            "--levels/--samplings/--max-examples lower, or --budget 0 to silence)")
-    over = "" if now <= budget else f", still over --budget {budget:g} s"
-    return MeasureChoice(lv, sv, n, now, f"{before}; using {_plural(lv, 'level')} × {_plural(sv, 'sampling')} on "
-                                       f"{_plural(n, 'example')} (est. {_duration(now)}{over}) to fit --budget "
-                                       f"{budget:g} s; set --levels/--samplings/--max-examples to choose")
+    over = "" if now <= budget else f", still over --budget {budget:,}"
+    return MeasureChoice(lv, sv, n, now, f"lowered from {asked} to fit --budget {budget:,}{over}; to measure more, "
+                                       "set --levels/--samplings/--max-examples or a larger --budget")
 
 
 def _seconds_per_example(model, batch, *, passes: int = 5, enough: float = 1.0) -> float:
@@ -182,22 +186,24 @@ def _analyze_inputs(args: argparse.Namespace, max_length: int):
 
 def _analyze_flags(args: argparse.Namespace) -> dict:
     """The analyze flags checked and parsed (each bad value a one-line `WidthlabError` naming its flag)."""
-    from widthlab.measure.perturbations import get_perturbation
+    from widthlab.measure.perturbations import MAX_LEVELS, MAX_SAMPLINGS, get_perturbation
 
     try:
         budget = float(args.budget)
     except ValueError:
-        raise WidthlabError(f"--budget expects seconds, got {args.budget!r}") from None
+        raise WidthlabError(f"--budget expects a number of example evaluations, got {args.budget!r}") from None
     if not 0 <= budget < float("inf"):
-        raise WidthlabError(f"--budget must be a number of seconds >= 0 (0: no budget), got {args.budget!r}")
+        raise WidthlabError(f"--budget must be a number of example evaluations >= 0 (0: no budget), got "
+                            f"{args.budget!r}")
     perturbations = tuple(p.strip() for p in args.perturbations.split(","))
     for name in perturbations:
         get_perturbation(name)
-    return {"levels": _int_arg(args.levels, "--levels", 2), "samplings": _int_arg(args.samplings, "--samplings", 1),
+    return {"levels": _int_arg(args.levels, "--levels", 2, MAX_LEVELS),
+            "samplings": _int_arg(args.samplings, "--samplings", 1, MAX_SAMPLINGS),
             "max_examples": _int_arg(args.max_examples, "--max-examples", 1),
             "max_length": _int_arg(args.max_length, "--max-length", 1),
             "max_rows": _int_arg(args.max_rows, "--max-rows", 1),
-            "unit_axis": _int_arg(args.unit_axis, "--unit-axis"), "budget": budget, "mask": _mask_arg(args.mask),
+            "unit_axis": _int_arg(args.unit_axis, "--unit-axis"), "budget": int(budget), "mask": _mask_arg(args.mask),
             "output": args.output or None, "perturbations": perturbations,
             "layers": [name.strip() for name in args.layers.split(",")] if args.layers else None}
 
@@ -224,11 +230,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     names = check_measurable(model, inputs, flags["layers"], perturbations=perturbations, unit_axis=unit_axis,
                              output=output, mask=mask)
 
-    # The plan, timed on one clean forward pass of a few examples, fitted into --budget.
+    # The plan, from counts alone (--budget is example evaluations); the timing of one clean forward pass of a
+    # few examples only estimates how long it will take here.
     probe = first_batch(model, inputs, 8, mask)
     units = {name: acts.shape[1] for name, acts in
              capture(model, probe.head(2), names, unit_axis=unit_axis, mask=mask).items()}
-    seconds_per_example = _seconds_per_example(model, probe)
     examples = known_examples(inputs)
     jobs = len(perturbations) * (len(names) + (len(names) > 1))  # each layer, plus "all" when there are several
     extra = 1 + any(get_perturbation(name).needs_moments for name in perturbations)  # similarity null, moments
@@ -236,11 +242,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         extra += sum(1 + 2 * count for count in units.values())  # per layer: statistics, 2 × C single-unit copies
     given = {"levels": flags["levels"], "samplings": flags["samplings"], "examples": flags["max_examples"]}
     fixed = {knob for knob, value in given.items() if value is not None}  # the user's choices: never changed
-    choice = MeasureChoice(flags["levels"] or 11, flags["samplings"] or 3, examples or 0, float("nan"))
+    choice = MeasureChoice(flags["levels"] or 11, flags["samplings"] or 3, examples or 0, 0)
     if examples is not None:
-        choice = choose_measurement(seconds_per_example=seconds_per_example, examples=examples, jobs=jobs,
-                                    levels=choice.levels, samplings=choice.samplings, budget=flags["budget"],
-                                    fixed=fixed, extra_passes=extra)
+        choice = choose_measurement(examples=examples, jobs=jobs, levels=choice.levels, samplings=choice.samplings,
+                                    budget=flags["budget"], fixed=fixed, extra_passes=extra)
         if choice.examples < examples:
             inputs, examples = first_examples(inputs, choice.examples), choice.examples
     if not args.quiet:
@@ -251,12 +256,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
               f"{'' if tokens is None else f' ({tokens:,} real tokens)'}; {_plural(len(names), 'layer')}: "
               f"{_layer_list(units)}", file=sys.stderr)
     if not args.quiet or choice.note is not None:  # a budget's change is reported even with --quiet
-        evaluations = -(-(examples or 1) // 256) * (1 + jobs * choice.samplings * (choice.levels - 1))
-        timing = choice.note or (f"est. {_duration(choice.seconds)} (one forward pass of {len(probe)} examples: "
-                                 f"{seconds_per_example * len(probe) * 1000:.3g} ms)")
-        print(f"widthlab: {', '.join(perturbations)} × {_plural(choice.levels, 'level')} × "
-              f"{_plural(choice.samplings, 'sampling')}: about {evaluations:,} forward evaluations, {timing}",
-              file=sys.stderr)
+        measured = (f"widthlab: measuring {', '.join(perturbations)} × {_plural(choice.levels, 'level')} × "
+                    f"{_plural(choice.samplings, 'sampling')}")
+        if examples is None:  # a stream of unknown length: no count to fit, nor to estimate
+            print(f"{measured} on every example", file=sys.stderr)
+        else:
+            budget = choice.note or (f"within --budget {flags['budget']:,}" if flags["budget"] else "no --budget")
+            seconds = _seconds_per_example(model, probe) * choice.evaluations
+            print(f"{measured} on {_plural(examples, 'example')}: {choice.evaluations:,} example evaluations; "
+                  f"{budget}; est. {_duration(seconds)} on this machine", file=sys.stderr)
 
     levels = level_sets(choice.levels, perturbations)
     bar = None if args.quiet else tqdm(desc="measuring", unit="eval", file=sys.stderr, dynamic_ncols=True)
@@ -366,9 +374,10 @@ def add_analyze_parser(sub) -> None:
     analyze.add_argument("--units", action="store_true",
                          help="also write units.csv: one row per unit of each layer (single-unit ablation effects, "
                               "statistics, most correlated partner, selectivity)")
-    analyze.add_argument("--budget", metavar="SECONDS", default="180",
-                         help="estimated seconds the defaults may take: beyond it widthlab lowers the levels, the "
-                              "samplings, then the examples that you did not set, and says so (default 180; 0: off)")
+    analyze.add_argument("--budget", metavar="EVALUATIONS", default=str(DEFAULT_BUDGET),
+                         help="example evaluations (one example through the network once) the defaults may take: "
+                              "beyond it widthlab lowers the levels, the samplings, then the examples that you did "
+                              f"not set, and says so; the same on any machine (default {DEFAULT_BUDGET:,}; 0: off)")
     analyze.add_argument("--seed", type=int, default=0,
                          help="seed of every random choice: the data set, the measurement, and the random weights "
                               "of a hub or hf: model (default 0)")
@@ -379,4 +388,5 @@ def add_analyze_parser(sub) -> None:
     analyze.add_argument("--quiet", action="store_true", help="no plan and no progress bar")
     analyze.add_argument("--out", default="widthlab-analysis", help="output folder (default: widthlab-analysis)")
     analyze.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default csv)")
-    analyze.set_defaults(func=_cmd_analyze)
+    analyze.set_defaults(func=_cmd_analyze, interrupted="the analysis did not finish and nothing is resumed: rerun the "
+                                                      "command to measure again")

@@ -17,8 +17,9 @@ class ArrayDataset(Dataset):
     """An in-memory data set of inputs `x` (N, ...) and integer labels `y` (N,)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        if len(x) != len(y):  # a user's file or loader: one line, not a failure deep in a batch
+            raise WidthlabError(f"the inputs x have {len(x):,} examples but the labels y have {len(y):,}: each "
+                                "example needs one label")
         self.x = x
         self.y = y.long()
 

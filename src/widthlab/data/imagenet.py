@@ -93,7 +93,8 @@ def load_image(path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")  # forces the decode; greyscale and CMYK files become RGB
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # DecompressionBombError: a header claiming more pixels than PIL's bound (a 20000×10000 PNG of a few bytes)
         raise WidthlabError(f"imagenet: cannot decode image {path} ({exc}); replace or remove the file") from exc
 
 

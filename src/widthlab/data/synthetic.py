@@ -16,6 +16,7 @@ from widthlab.data.base import ArrayDataset, Splits, check_count
 from widthlab.data.registry import register_data
 from widthlab.errors import WidthlabError
 from widthlab.init_schemes import check_init, init_tensor_
+from widthlab.memory import check_memory
 from widthlab.seeding import derive_seed, torch_generator
 
 BALANCE_INPUTS = 20_000
@@ -103,6 +104,11 @@ def synthetic(*, seed: int = 0, input_dim: int = 10, n_train: int = 1_000, n_val
     """
     for key, value in (("input_dim", input_dim), ("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         check_count("synthetic", key, value)
+    examples = n_train + n_val + n_test
+    hidden = teacher_hidden(teacher_width)
+    # float32 inputs and int64 labels of every split, the teacher's first layer and a chunk of its balance probe
+    check_memory(4 * input_dim * (examples + hidden + 2_000) + 8 * examples, "cpu",
+                 f"synthetic: {examples:,} examples of {input_dim:,} inputs", "lower n_train, n_val, n_test or input_dim")
     teacher, _ = make_teacher(input_dim, seed, teacher_width, teacher_init)
     gen = torch_generator(seed, "synthetic", "inputs")
     parts = []

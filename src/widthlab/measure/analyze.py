@@ -41,7 +41,7 @@ from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
                                      select_scores)
 from widthlab.measure.layout import unit_axes
-from widthlab.measure.perturbations import get_perturbation, level_sets
+from widthlab.measure.perturbations import MAX_SAMPLINGS, get_perturbation, level_sets
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
 from widthlab.measure.rows import RowSampler, Stream, draw_rows
 from widthlab.measure.selectivity import ClassSums, layer_selectivity, token_layers, unit_selectivity
@@ -180,7 +180,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     """
     perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
     levels = level_sets(levels, perturbations)
-    samplings = check_positive_int("samplings", samplings)
+    samplings = check_positive_int("samplings", samplings, maximum=MAX_SAMPLINGS)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
     check_positive_int("null_rows", null_rows, optional=True)

@@ -388,13 +388,20 @@ def get_perturbation(perturbation: str) -> Perturbation:
     return PERTURBATIONS[perturbation]
 
 
+# Bounds on what one curve measures: every level and sampling is a perturbed forward pass over the data, and the
+# curves are held in memory; beyond these a typo (levels: 10000000000) would grow memory until the machine stops.
+MAX_LEVELS = 1_000
+MAX_SAMPLINGS = 1_000
+
+
 def evenly_spaced_levels(n: int, perturbation: str = "zero") -> np.ndarray:
     """`n` evenly spaced levels over `perturbation`'s default range: shares 0 … 1, or noise 0 … 2σ.
 
     Example: ``evenly_spaced_levels(3, "act_noise").tolist() == [0.0, 1.0, 2.0]``
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise WidthlabError(f"the number of levels must be an integer of at least 2, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= MAX_LEVELS:
+        raise WidthlabError(f"the number of levels must be an integer from 2 to {MAX_LEVELS:,} (the bound on "
+                            f"levels), got {n!r}")
     top = get_perturbation(perturbation).default_levels[-1]
     # top · i is an exact integer, so each level is the float nearest its decimal (0.1, not 0.30000000000000004).
     return np.array([top * i / (n - 1) for i in range(n)])
@@ -410,8 +417,14 @@ def check_levels(levels, perturbation: str = "zero", *, from_zero: bool = False)
     if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool):
         if levels < 2:
             raise WidthlabError(f"levels of {perturbation!r} must be at least 2, got {levels}")
+        if levels > MAX_LEVELS:
+            raise WidthlabError(f"levels of {perturbation!r} must be at most {MAX_LEVELS:,} (the bound on levels), "
+                                f"got {levels:,}")
         return evenly_spaced_levels(levels, perturbation)
     x = np.asarray(levels, dtype=np.float64)
+    if len(x) > MAX_LEVELS:
+        raise WidthlabError(f"levels of {perturbation!r} are {len(x):,} values, more than {MAX_LEVELS:,} (the bound "
+                            "on levels)")
     ok = x.ndim == 1 and len(x) >= 2 and np.all(np.isfinite(x)) and np.all(np.diff(x) > 0) and x[0] >= 0
     if spec.noise and not (ok and x[-1] > 0):
         raise WidthlabError(f"levels of {perturbation!r} must be at least two increasing multiples of σ, >= 0 and "

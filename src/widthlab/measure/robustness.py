@@ -17,7 +17,7 @@ from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.curve import Curve, robustness_auc
 from widthlab.measure.engine import sweep
 from widthlab.measure.inputs import DEFAULT_MASK, Output
-from widthlab.measure.perturbations import check_levels
+from widthlab.measure.perturbations import MAX_SAMPLINGS, check_levels
 from widthlab.vocab import JOINT_SCOPE
 from widthlab.measure.redundancy import Moments
 
@@ -74,7 +74,7 @@ def perturbation_curve(model: nn.Module, inputs: Inputs, layer: str, *, perturba
     Example: ``perturbation_curve(mlp, x, "relu1").unchanged[:, 0]`` is all ones (nothing ablated at level 0).
     """
     levels = check_levels(levels, perturbation)
-    samplings = check_positive_int("samplings", samplings)
+    samplings = check_positive_int("samplings", samplings, maximum=MAX_SAMPLINGS)
     scope = resolve_scope(model, inputs, layer, layers, batch_size)
     return sweep(model, inputs, [(perturbation, scope, levels)], samplings=samplings, seed=seed, labels=labels,
                  unit_axis=unit_axis, batch_size=batch_size, path=path, ablations_per_eval=ablations_per_eval,

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from widthlab.errors import WidthlabError
+from widthlab.memory import check_memory, weight_bytes
 from widthlab.models import create_model
 from widthlab.study.config import ModelSpec, validated
+from widthlab.train.checkpoint import checkpoint_meta, trained_weights
 
 log = logging.getLogger("widthlab")
 
@@ -56,6 +58,44 @@ def build_model(spec: ModelSpec | Mapping[str, Any], width: float, *, num_classe
         return create_model(spec.name, width, **options)
     with torch.device(device):
         return create_model(spec.name, width, **options)
+
+
+def checkpoint_model(state: dict[str, Any], path: str, *, import_code: bool) -> nn.Module:
+    """The model a study checkpoint's ``meta`` describes, with the weights its run was measured with.
+
+    The model is built on the ``meta`` device first: weights that do not fit it (an edited ``meta.width``,
+    ``input_dim`` or ``num_classes``) and a model too big for memory are one WidthlabError before anything of
+    that size is allocated. `state` is a `load_checkpoint`; `import_code` as for `build_model`.
+    """
+    meta = checkpoint_meta(state, path)
+    if "model" not in meta or "width" not in meta:
+        raise WidthlabError(f"checkpoint {path!r} does not say how to rebuild its model (no meta.model)")
+    where = f"checkpoint {path!r}"
+    options = dict(num_classes=meta.get("num_classes"), import_code=import_code)
+    try:
+        shapes = build_model(meta["model"], meta["width"], device="meta", **options)
+    except WidthlabError as exc:
+        raise WidthlabError(f"{where}: {exc}") from None
+    except Exception:  # a user's model (imported with --allow-code) that cannot be built on meta: built below
+        shapes = None
+    weights = trained_weights(state)
+    if shapes is not None:
+        wanted = {name: tuple(value.shape) for name, value in shapes.state_dict().items()}
+        stored = {name: tuple(value.shape) for name, value in weights.items()}
+        wrong = [f"{name} is {stored.get(name, 'missing')} in the file, {shape} in the model" for name, shape in
+                 wanted.items() if stored.get(name) != shape] + [f"{name} is not in the model" for name in stored
+                                                                if name not in wanted]
+        if wrong:
+            raise WidthlabError(f"{where}: its weights do not fit the model its meta describes "
+                                f"({meta['model'].get('name')} at width {meta['width']:g}): {wrong[0]}"
+                                f"{f' (and {len(wrong) - 1} more)' if len(wrong) > 1 else ''}; was it edited?")
+        check_memory(weight_bytes(shapes), "cpu", f"the model of {where}", "analyze it on a larger machine")
+    try:
+        model = build_model(meta["model"], meta["width"], **options)
+    except WidthlabError as exc:
+        raise WidthlabError(f"{where}: {exc}") from None
+    model.load_state_dict(weights)
+    return model
 
 
 def parameter_count(model: nn.Module, *, trainable: bool = False) -> int:

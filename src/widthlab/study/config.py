@@ -26,14 +26,22 @@ from pydantic import (
 
 from widthlab.errors import WidthlabError
 from widthlab.measure.perturbations import (
+    MAX_SAMPLINGS,
     PERTURBATIONS,
     evenly_spaced_levels,
     level_sets,
 )
 from widthlab.registry import Registry
 from widthlab.study.yaml_io import apply_overrides, read_yaml
+from widthlab.threads import THREADS_PER_CORE, max_threads
 from widthlab.train.config import TrainConfig
 from widthlab.validation import ConfigModel
+
+# Bounds on the grid: widths × variants × candidates × replicates runs are planned (and validated) up front, so a
+# typo such as replicates: 99999999999999999999999 would plan forever.
+MAX_REPLICATES = 1_000
+MAX_CANDIDATES = 1_000  # a selection's candidates are compared pairwise for repeats
+MAX_RUNS = 100_000
 
 
 class _Strict(ConfigModel):
@@ -110,7 +118,7 @@ class MeasureSpec(_Strict):
 
     perturbations: tuple[str, ...] = ("zero",)
     levels: Levels | dict[str, Levels] = 11
-    samplings: int = Field(3, ge=1)
+    samplings: int = Field(3, ge=1, le=MAX_SAMPLINGS)
     max_rows: int | None = Field(None, ge=1)
     split: Literal["train", "val", "test"] = "test"
 
@@ -180,6 +188,9 @@ class SelectSpec(_Strict):
     def _candidates(cls, value: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
         if len(value) < 2:
             raise ValueError(f"a selection needs at least two candidates, got {len(value)}")
+        if len(value) > MAX_CANDIDATES:
+            raise ValueError(f"a selection has {len(value):,} candidates, more than {MAX_CANDIDATES:,} (the bound on "
+                             "candidates)")
         for candidate in value:
             if not isinstance(candidate, dict) or not candidate:
                 raise ValueError(f"a candidate must be a non-empty mapping of dotted keys to values, got {candidate!r}")
@@ -203,6 +214,10 @@ def _product(grid: dict[str, Any]) -> list[dict[str, Any]]:
     for key, values in grid.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"select {key!r} needs a non-empty list of candidate values, got {values!r}")
+    combinations = math.prod(len(values) for values in grid.values())
+    if combinations > MAX_CANDIDATES:  # before they are built: ten keys of ten values are 10**10 candidates
+        raise ValueError(f"select's lists make {combinations:,} candidates, more than {MAX_CANDIDATES:,} (the "
+                         "bound on candidates)")
     keys = list(grid)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
@@ -245,7 +260,7 @@ class GridSpec(_Strict):
     hyperparameters per cell (`SelectSpec`)."""
 
     widths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
-    replicates: int = Field(3, ge=1)
+    replicates: int = Field(3, ge=1, le=MAX_REPLICATES)
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
     select: SelectSpec | None = None
 
@@ -373,8 +388,23 @@ class StudyConfig(_Strict):
                 raise WidthlabError(f"{where}: {section}.{_first_error(exc)}") from None
         return sections
 
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: int) -> int:
+        if value > max_threads():
+            raise ValueError(f"must be at most {max_threads():,} ({THREADS_PER_CORE} per core of this machine's "
+                             f"{max_threads() // THREADS_PER_CORE}: the bound on threads)")
+        return value
+
     @model_validator(mode="after")
     def _variants_valid(self) -> StudyConfig:
+        grid = self.grid
+        counts = [len(grid.widths), len(grid.variants), len(grid.select.candidates) if grid.selecting else 1,
+                  grid.replicates]
+        if math.prod(counts) > MAX_RUNS:
+            raise WidthlabError(f"the grid is {math.prod(counts):,} runs ({counts[0]:,} widths × {counts[1]:,} "
+                                f"variants × {counts[2]:,} candidates × {counts[3]:,} replicates), more than "
+                                f"{MAX_RUNS:,} (the bound on the grid size)")
         candidates = self.grid.select.candidates if self.grid.select is not None else ()
         keys = {key for candidate in candidates for key in candidate}
         on_digits = set()  # the models the variants train on digits

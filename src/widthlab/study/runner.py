@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import distributed as dist
 from tqdm.auto import tqdm
 
 from widthlab import files
 from widthlab.errors import WidthlabError, check_positive_int, check_seconds
+from widthlab.memory import check_memory, weight_bytes
 from widthlab.study.build import build_model, parameter_count, parameter_counts
 from widthlab.study.config import (
     RunConfig,
@@ -40,7 +40,7 @@ from widthlab.study.runs import (
     TRAINED,
     WEIGHT_COPIES,
     RunSpec,
-    available_memory,
+    check_takes_inputs,
     execute_run,
     load_splits,
 )
@@ -166,14 +166,9 @@ def preflight(specs: list[RunSpec], cache: dict | None) -> None:
             if smallest[cfg.model.model_dump_json()] is spec:
                 build_model(cfg.model, spec.width, **options)  # a real error of the user's code surfaces here
             continue
-        params = parameter_count(model)
-        dtype = next((p.dtype for p in model.parameters()), torch.float32)
-        need = params * dtype.itemsize * WEIGHT_COPIES
-        free = available_memory(cfg.train.device)
-        if free is not None and need > free:
-            raise WidthlabError(f"{name} at width {spec.width:g} has {params:,} parameters: training needs about "
-                                f"{need / 2 ** 30:.1f} GiB, more than the {free / 2 ** 30:.1f} GiB available; "
-                                "use smaller grid.widths")
+        check_takes_inputs(model, splits, f"{name} at width {spec.width:g}")
+        check_memory(weight_bytes(model) * WEIGHT_COPIES, cfg.train.device, f"{name} at width {spec.width:g} has "
+                     f"{parameter_count(model):,} parameters: training", "use smaller grid.widths")
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,7 +18,9 @@ import torch
 
 from widthlab.data import load_data
 from widthlab.data.base import ArrayDataset, Splits
+from widthlab.errors import WidthlabError, first_line
 from widthlab.measure import analyze, check_measurable
+from widthlab.memory import available_memory, weight_bytes
 from widthlab.study.build import build_model
 from widthlab.study.config import RunConfig
 from widthlab.threads import blas_threads
@@ -75,14 +77,26 @@ def load_splits(config: RunConfig, cache: dict | None) -> Splits:
 WEIGHT_COPIES = 4
 
 
-def available_memory(device: str) -> int | None:
-    """Bytes free for a run on `device` (CUDA: the GPU's free memory; else the machine's available RAM)."""
-    if device == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info()[0])
+@torch.no_grad()
+def check_takes_inputs(model: torch.nn.Module, splits: Splits, what: str) -> None:
+    """Run `model` on the first two test inputs (moved to its device: on ``meta``, shapes only), so that a
+    model whose input layer does not fit the data (``model.input_dim: 5`` on 10-d data) is one WidthlabError
+    before any run is registered, not a failure of every run. An operation the ``meta`` device cannot run
+    (a user's model calling ``.item()``) proves nothing either way: the run's own check on real data decides."""
+    from widthlab.external import expected_input
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.stack([splits.test[i][0] for i in range(min(2, len(splits.test)))]).to(device)
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+        model.eval()(x)
+    except NotImplementedError:
+        return
+    except Exception as exc:
+        if device.type == "meta" and "meta" in str(exc):
+            return
+        expected = expected_input(model)
+        raise WidthlabError(f"{what} cannot run on the data's inputs of shape {tuple(x.shape[1:])}: "
+                            f"{first_line(exc)}" + (f" ({expected})" if expected else "")) from None
 
 
 # Selectivity's class of largest mean (k*) is taken on at most this many training examples (one extra pass).
@@ -214,7 +228,7 @@ def _alone(spec: RunSpec, built, splits: Splits, checkpoint, checkpoint_every: f
 def _stackable_parts(specs: list[RunSpec], models: list, cfgs: list[TrainConfig]) -> list[range]:
     """`specs` split into consecutive parts whose stacked training fits in memory: the weights, gradients and
     optimiser state of a part take at most half of what the device has free (activations grow with it too)."""
-    params = sum(p.numel() * p.element_size() for p in models[0].parameters())
+    params = weight_bytes(models[0])
     free = available_memory(resolve_device(cfgs[0].device).type)
     size = len(specs) if free is None else max(1, min(len(specs), int(free / 2 // max(params * WEIGHT_COPIES, 1))))
     return [range(i, min(i + size, len(specs))) for i in range(0, len(specs), size)]

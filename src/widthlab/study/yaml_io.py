@@ -1,5 +1,5 @@
-"""YAML as widthlab reads it: `safe_load` (no tags, no code) refusing duplicate keys, errors in one line, and the
-``key=value`` assignments of ``--set`` and ``--data-opt`` (values read as YAML).
+"""YAML as widthlab reads it: `safe_load` (no tags, no code) refusing duplicate keys and alias bombs, errors in one
+line, and the ``key=value`` assignments of ``--set`` and ``--data-opt`` (values read as YAML).
 """
 
 from __future__ import annotations
@@ -13,8 +13,24 @@ import yaml
 from widthlab.errors import WidthlabError
 
 
+# Values that aliases (``*name``) may add to a document. A config reuses a section or two through anchors; an
+# "alias bomb" (an alias of a list of aliases of a list ..., 492 bytes) expands to billions of values, which
+# every later step (validation, a copy, an error message showing the value) walks in full.
+MAX_ALIAS_VALUES = 10_000
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``safe_load`` that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+    """``safe_load`` that refuses a key given twice in one mapping (PyYAML silently keeps the last) and a document
+    whose aliases expand to more than `MAX_ALIAS_VALUES` values, or refer to themselves."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            written = set()
+            if _expanded_size(node, {}, written) - len(written) > MAX_ALIAS_VALUES:
+                raise yaml.composer.ComposerError(None, None, f"its aliases (*name) expand to more than "
+                                                  f"{MAX_ALIAS_VALUES:,} values, widthlab's bound on YAML aliases")
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -25,6 +41,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], seen: set[int]) -> int:
+    """How many values `node` holds once every alias is expanded; `seen` collects the nodes written once.
+
+    `sizes` memoises each node (an alias is the same node object as its anchor), so the count costs one visit
+    per written node however large the expansion; a node met again while it is being counted is a cycle."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] < 0:
+            raise yaml.composer.ComposerError(None, None, "an alias (*name) refers to itself", node.start_mark)
+        return sizes[key]
+    seen.add(key)
+    sizes[key] = -1  # being counted
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else []
+    sizes[key] = 1 + sum(_expanded_size(child, sizes, seen) for child in children)
+    return sizes[key]
 
 
 def safe_load(text: str) -> Any:

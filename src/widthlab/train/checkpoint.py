@@ -84,6 +84,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise WidthlabError(f"{str(path)!r} is not a readable torch file ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise WidthlabError(f"{str(path)!r} is not a widthlab checkpoint (expected format {FORMAT!r})")
+    # A checkpoint is shared data and may have been edited: what the code below reads is checked here, once.
+    for key, weights, required in (("model", True, True), ("best_state", True, False),
+                                   ("train_config", False, False), ("meta", False, False)):
+        value = state.get(key)
+        ok = isinstance(value, dict) and (not weights or all(isinstance(v, torch.Tensor) for v in value.values()))
+        if not ok and (required or value is not None):
+            problem = "is missing" if key not in state else \
+                f"is not a mapping{' of names to tensors' if weights else ''}"
+            raise WidthlabError(f"checkpoint {str(path)!r} is damaged: its {key!r} {problem}; was it edited?")
     return state
 
 
@@ -95,6 +104,32 @@ def load_resume_point(path: str | os.PathLike) -> dict[str, Any]:
     except WidthlabError as exc:
         raise WidthlabError(f"cannot resume an unfinished run: {exc}; move that file away (or delete it) and rerun: "
                             "the run then trains from the start") from None
+
+
+def checkpoint_meta(state: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """A study checkpoint's ``meta`` (how its run rebuilds the model and the data), its fields checked: ``model``
+    and ``data`` mappings, ``width`` a positive finite number, ``num_classes`` a positive integer, ``study_seed``
+    and ``replicate`` integers. An empty mapping for a checkpoint without one (written by `fit`)."""
+    meta = state.get("meta") or {}
+    checks = {"model": (lambda v: isinstance(v, dict), "a mapping"), "data": (lambda v: isinstance(v, dict),
+                                                                               "a mapping"),
+              "width": (lambda v: _number(v) and 0 < v < float("inf"), "a positive number"),
+              "num_classes": (lambda v: _integer(v) and v >= 1, "a positive integer"),
+              "study_seed": (_integer, "an integer"), "replicate": (lambda v: _integer(v) and v >= 0,
+                                                                    "an integer >= 0")}
+    for key, (ok, what) in checks.items():
+        if key in meta and not ok(meta[key]):
+            raise WidthlabError(f"checkpoint {str(path)!r}: meta.{key} must be {what}, got {meta[key]!r}; was it "
+                                "edited?")
+    return meta
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def trained_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
