@@ -1,5 +1,5 @@
 """`widthlab analyze` on any model: saved HF transformers models (hf:PATH) fed text or tensor files, the new
-flags (--unit-axis, --output, --mask, --units, --max-examples, --budget), seeded random weights, the study's own
+flags (--unit-axis, --output, --mask, --units, --max-examples, --max-evaluations), seeded random weights, the study's own
 data for a checkpoint, and one clear line for every bad input.
 
 The HF models are tiny, built from a config with random weights and saved with a tokenizer trained offline on a
@@ -257,7 +257,8 @@ BAD = [
     (["{gpt2}", "--data", "{text}", "--samplings", "0"], "--samplings must be at least 1"),
     (["{gpt2}", "--data", "{text}", "--max-examples", "0"], "--max-examples must be at least 1"),
     (["{gpt2}", "--data", "{text}", "--max-length", "x"], "--max-length expects an integer"),
-    (["{gpt2}", "--data", "{text}", "--budget", "-5"], "--budget must be"),
+    (["{gpt2}", "--data", "{text}", "--max-evaluations", "-5"], "--max-evaluations must be"),
+    (["{gpt2}", "--data", "{text}", "--budget", "180"], "--budget 180 (seconds of measuring) is gone"),
     (["{gpt2}", "--data", "{text}", "--perturbations", "zap"], "zap"),
     (["{gpt2}", "--data", "{dir}/empty.txt"], "holds no text"),
     (["{gpt2}", "--data", "{dir}/missing.txt"], "does not exist"),
@@ -325,8 +326,8 @@ def test_budget_lowers_levels_first():
     choice = choose(budget=60_000)
     assert (choice.levels, choice.samplings, choice.examples, choice.evaluations) == (7, 3, 300, 54_600)
     assert choice.note == ("lowered from 11 levels × 3 samplings on 300 examples (90,600 example evaluations) to fit "
-                           "--budget 60,000; to measure more, set --levels/--samplings/--max-examples or a larger "
-                           "--budget")
+                           "--max-evaluations 60,000; to measure more, set --levels/--samplings/--max-examples or a larger "
+                           "--max-evaluations")
 
 
 def test_budget_lowers_samplings_below_5_levels_then_gives_levels_back():
@@ -341,13 +342,13 @@ FEW = 42 * 150 + 21  # at 5 levels × 1 sampling (42 passes an example), 150.5 e
 def test_budget_lowers_examples_last():
     choice = choose(budget=FEW)
     assert (choice.levels, choice.samplings, choice.examples) == (5, 1, 150)
-    assert choice.evaluations <= FEW and "to fit --budget 6,321;" in choice.note
+    assert choice.evaluations <= FEW and "to fit --max-evaluations 6,321;" in choice.note
 
 
 def test_budget_keeps_at_least_100_examples():
     choice = choose(budget=FEW // 10)
     assert (choice.levels, choice.samplings, choice.examples) == (5, 1, 100)
-    assert "still over --budget 632" in choice.note
+    assert "still over --max-evaluations 632" in choice.note
 
 
 def test_budget_never_changes_what_the_user_set():
@@ -355,20 +356,20 @@ def test_budget_never_changes_what_the_user_set():
     assert (choice.levels, choice.samplings) == (11, 1) and choice.examples < 150
     choice = choose(budget=FEW, fixed={"levels", "samplings", "examples"})
     assert (choice.levels, choice.samplings, choice.examples) == (11, 3, 300)
-    assert "over --budget 6,321; measuring as asked" in choice.note
+    assert "over --max-evaluations 6,321; measuring as asked" in choice.note
     few = choose(budget=FEW, levels=3, fixed={"samplings", "examples"})
     assert (few.levels, few.samplings, few.examples) == (3, 3, 300)  # never raised above the start, never below
     partly = choose(budget=FEW, fixed={"levels", "examples"})
     assert (partly.levels, partly.samplings, partly.examples) == (11, 1, 300)
-    assert "to fit --budget 6,321, still over" in partly.note
+    assert "to fit --max-evaluations 6,321, still over" in partly.note
 
 
 def test_the_cli_applies_the_budget_and_says_so(gpt2, prompts, tmp_path, capsys):
     out = tmp_path / "a"
-    assert main(["analyze", f"hf:{gpt2}", "--data", str(prompts), "--budget", "1", "--out", str(out)]) == 0
+    assert main(["analyze", f"hf:{gpt2}", "--data", str(prompts), "--max-evaluations", "1", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     # The prompts are fewer than MIN_EXAMPLES: all are kept, and the message says the budget is still exceeded.
-    assert "measuring zero × 5 levels × 1 sampling on 6 examples" in err and "still over --budget 1;" in err
+    assert "measuring zero × 5 levels × 1 sampling on 6 examples" in err and "still over --max-evaluations 1;" in err
     table = frame(out)
     assert sorted(set(table.query("metric == 'unchanged'")["level"])) == [0, 0.25, 0.5, 0.75, 1]
     assert set(table.query("metric == 'auc'")["sampling"]) == {0}

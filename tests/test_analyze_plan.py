@@ -1,5 +1,5 @@
 """What `widthlab analyze` measures depends only on the command, the data and the seed: its plan is fitted into
---budget by counting example evaluations, and the machine's speed only changes the printed time estimate."""
+--max-evaluations by counting example evaluations, and the machine's speed only changes the printed time estimate."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from widthlab.cli import main
 
 @pytest.fixture
 def command(tmp_path, monkeypatch):
-    """An analyze command (a module's MLP on 500 labelled 10-d examples) that --budget 5,000 must lower."""
+    """An analyze command (a module's MLP on 500 labelled 10-d examples) that --max-evaluations 5,000 must lower."""
     (tmp_path / "plan_nets.py").write_text(textwrap.dedent("""
         from torch import nn
 
@@ -26,7 +26,7 @@ def command(tmp_path, monkeypatch):
     generator = torch.Generator().manual_seed(0)
     torch.save({"x": torch.randn(500, 10, generator=generator), "y": torch.randint(0, 2, (500,), generator=generator)},
                tmp_path / "xy.pt")
-    return ["analyze", "plan_nets:mlp", "--data", str(tmp_path / "xy.pt"), "--budget", "5000"]
+    return ["analyze", "plan_nets:mlp", "--data", str(tmp_path / "xy.pt"), "--max-evaluations", "5000"]
 
 
 def _clock(seconds_per_call: float):
@@ -56,8 +56,8 @@ def test_a_slow_and_a_fast_machine_measure_the_same(command, tmp_path, monkeypat
     # and 5 × 3 (7,000) are over, 5 × 2 (5,000) fits, and 6 × 2 (6,000) would not.
     assert plans["fast"] == ("widthlab: measuring zero × 5 levels × 2 samplings on 500 examples: 5,000 example "
                              "evaluations; lowered from 11 levels × 3 samplings on 500 examples (16,000 example "
-                             "evaluations) to fit --budget 5,000; to measure more, set "
-                             "--levels/--samplings/--max-examples or a larger --budget")
+                             "evaluations) to fit --max-evaluations 5,000; to measure more, set "
+                             "--levels/--samplings/--max-examples or a larger --max-evaluations")
     rows = re.findall(r"^1,unchanged,zero,([0-9.]+),([0-9]+),", tables["fast"], flags=re.M)
     assert sorted({float(level) for level, _ in rows}) == [0, 0.25, 0.5, 0.75, 1]
     assert {sampling for _, sampling in rows} == {"0", "1"}

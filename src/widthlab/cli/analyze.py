@@ -59,7 +59,7 @@ def _plural(n: int, word: str) -> str:
 
 MIN_LEVELS, MIN_SAMPLINGS = 5, 1
 MIN_EXAMPLES = 100
-# What --budget allows by default, in example evaluations (one example through the network once): 11 levels × 3
+# What --max-evaluations allows by default, in example evaluations (one example through the network once): 11 levels × 3
 # samplings of ten layers (and "all") on 30,000 examples. A count, not seconds, so that what is measured depends
 # only on the command, the data and the seed, never on how fast or busy the machine is.
 DEFAULT_BUDGET = 10_000_000
@@ -125,11 +125,11 @@ def choose_measurement(*, examples: int, jobs: int, levels: int, samplings: int,
     asked = (f"{_plural(levels, 'level')} × {_plural(samplings, 'sampling')} on {_plural(examples, 'example')} "
              f"({first:,} example evaluations)")
     if (lv, sv, n) == (levels, samplings, examples):
-        return MeasureChoice(lv, sv, n, now, f"over --budget {budget:,}; measuring as asked (set "
-                                           "--levels/--samplings/--max-examples lower, or --budget 0 to silence)")
-    over = "" if now <= budget else f", still over --budget {budget:,}"
-    return MeasureChoice(lv, sv, n, now, f"lowered from {asked} to fit --budget {budget:,}{over}; to measure more, "
-                                       "set --levels/--samplings/--max-examples or a larger --budget")
+        return MeasureChoice(lv, sv, n, now, f"over --max-evaluations {budget:,}; measuring as asked (set "
+                                           "--levels/--samplings/--max-examples lower, or --max-evaluations 0 to silence)")
+    over = "" if now <= budget else f", still over --max-evaluations {budget:,}"
+    return MeasureChoice(lv, sv, n, now, f"lowered from {asked} to fit --max-evaluations {budget:,}{over}; to measure more, "
+                                       "set --levels/--samplings/--max-examples or a larger --max-evaluations")
 
 
 def _seconds_per_example(model, batch, *, passes: int = 5, enough: float = 1.0) -> float:
@@ -188,12 +188,17 @@ def _analyze_flags(args: argparse.Namespace) -> dict:
     """The analyze flags checked and parsed (each bad value a one-line `WidthlabError` naming its flag)."""
     from widthlab.measure.perturbations import MAX_LEVELS, MAX_SAMPLINGS, get_perturbation
 
+    if args.seconds_budget is not None:
+        raise WidthlabError(f"--budget {args.seconds_budget} (seconds of measuring) is gone: what widthlab measures "
+                            "no longer depends on how fast the machine is; use --max-evaluations N (example "
+                            f"evaluations, default {DEFAULT_BUDGET:,}) or set --levels/--samplings/--max-examples")
     try:
         budget = float(args.budget)
     except ValueError:
-        raise WidthlabError(f"--budget expects a number of example evaluations, got {args.budget!r}") from None
+        raise WidthlabError(f"--max-evaluations expects a number of example evaluations, got {args.budget!r}") \
+            from None
     if not 0 <= budget < float("inf"):
-        raise WidthlabError(f"--budget must be a number of example evaluations >= 0 (0: no budget), got "
+        raise WidthlabError(f"--max-evaluations must be a number of example evaluations >= 0 (0: no budget), got "
                             f"{args.budget!r}")
     perturbations = tuple(p.strip() for p in args.perturbations.split(","))
     for name in perturbations:
@@ -230,7 +235,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     names = check_measurable(model, inputs, flags["layers"], perturbations=perturbations, unit_axis=unit_axis,
                              output=output, mask=mask)
 
-    # The plan, from counts alone (--budget is example evaluations); the timing of one clean forward pass of a
+    # The plan, from counts alone (--max-evaluations is example evaluations); the timing of one clean forward pass of a
     # few examples only estimates how long it will take here.
     probe = first_batch(model, inputs, 8, mask)
     units = {name: acts.shape[1] for name, acts in
@@ -261,7 +266,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if examples is None:  # a stream of unknown length: no count to fit, nor to estimate
             print(f"{measured} on every example", file=sys.stderr)
         else:
-            budget = choice.note or (f"within --budget {flags['budget']:,}" if flags["budget"] else "no --budget")
+            budget = choice.note or (f"within --max-evaluations {flags['budget']:,}" if flags["budget"] else "no --max-evaluations")
             seconds = _seconds_per_example(model, probe) * choice.evaluations
             print(f"{measured} on {_plural(examples, 'example')}: {choice.evaluations:,} example evaluations; "
                   f"{budget}; est. {_duration(seconds)} on this machine", file=sys.stderr)
@@ -351,7 +356,7 @@ def add_analyze_parser(sub) -> None:
     analyze.add_argument("--root", help="data folder (default: $WIDTHLAB_DATA)")
     analyze.add_argument("--split", choices=("train", "val", "test"), default="test", help="split to measure on")
     analyze.add_argument("--max-examples", metavar="N", help="measure on the first N examples only (default: all, "
-                                                             "unless --budget lowers it)")
+                                                             "unless --max-evaluations lowers it)")
     analyze.add_argument("--max-length", metavar="N", default="128",
                          help="tokens per line of a .txt file; longer lines are truncated (default 128)")
     analyze.add_argument("--layers", help="comma-separated module names (default: the model's unit_layers, "
@@ -359,9 +364,9 @@ def add_analyze_parser(sub) -> None:
     analyze.add_argument("--perturbations", default="zero", help="comma-separated (default: zero)")
     analyze.add_argument("--levels", metavar="N",
                          help="evenly spaced levels over each perturbation's range: shares 0-1, noise 0-2σ "
-                              "(default 11, fewer when --budget needs it)")
+                              "(default 11, fewer when --max-evaluations needs it)")
     analyze.add_argument("--samplings", metavar="S",
-                         help="random unit orders per curve (default 3, fewer when --budget needs it)")
+                         help="random unit orders per curve (default 3, fewer when --max-evaluations needs it)")
     analyze.add_argument("--max-rows", metavar="R", help="rows sampled per layer for redundancy (default: all)")
     analyze.add_argument("--unit-axis", metavar="N", help="the axis of every layer output that holds its units "
                                                           "(default: decided per layer by the module producing it)")
@@ -374,7 +379,8 @@ def add_analyze_parser(sub) -> None:
     analyze.add_argument("--units", action="store_true",
                          help="also write units.csv: one row per unit of each layer (single-unit ablation effects, "
                               "statistics, most correlated partner, selectivity)")
-    analyze.add_argument("--budget", metavar="EVALUATIONS", default=str(DEFAULT_BUDGET),
+    analyze.add_argument("--budget", dest="seconds_budget", help=argparse.SUPPRESS)  # widthlab <= 0.1: seconds
+    analyze.add_argument("--max-evaluations", dest="budget", metavar="EVALUATIONS", default=str(DEFAULT_BUDGET),
                          help="example evaluations (one example through the network once) the defaults may take: "
                               "beyond it widthlab lowers the levels, the samplings, then the examples that you did "
                               f"not set, and says so; the same on any machine (default {DEFAULT_BUDGET:,}; 0: off)")
