@@ -71,4 +71,6 @@ def test_each_batch_rows_are_released_before_the_next_batch_runs():
         previous.append(weakref.ref(chunks["1"]))
     assert [len(rows) for rows in seen] == [4, 4, 2]
     assert not any(alive_during_pass)
-    assert torch.equal(torch.cat(seen), torch.relu(model[0](x)).detach())
+    # Batch by batch as the stream runs it: a matrix product of 10 rows may round differently from 4 + 4 + 2.
+    expected = torch.cat([torch.relu(model[0](x[i:i + 4])).detach() for i in range(0, 10, 4)])
+    assert torch.equal(torch.cat(seen), expected)
