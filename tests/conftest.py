@@ -1,7 +1,14 @@
 """Fixtures shared by the test modules."""
 
+import shutil
+
 import pytest
 import torch
+
+# One 1/4x MLP trained for 2 epochs on 64 synthetic examples: the smallest study widthlab runs end to end.
+TINY_STUDY = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=2", "data.n_train=64",
+              "data.n_val=32", "data.n_test=32", "measure.samplings=1", "measure.levels=3",
+              "grid.variants={'default': {}}"]
 
 
 @pytest.fixture
@@ -20,3 +27,21 @@ def no_hooks_left():
         return all(not m._forward_hooks and not m._forward_pre_hooks and "forward" not in m.__dict__
                    for m in model.modules())
     return check
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory):
+    """A finished `TINY_STUDY` with its report, trained once per test process; tests change only `study`."""
+    from widthlab.study import load_config, run_study
+
+    out = tmp_path_factory.mktemp("finished") / "study"
+    run_study(load_config("mlp-10d", TINY_STUDY), out, progress=False, report=True)
+    return out
+
+
+@pytest.fixture
+def study(finished_study, tmp_path):
+    """A fresh copy of `finished_study` for one test to damage."""
+    out = tmp_path / "study"
+    shutil.copytree(finished_study, out)
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import TINY_STUDY
 from synthetic_results import fake_study, rising
 
 from widthlab.cli import main
@@ -17,22 +18,7 @@ from widthlab.errors import WidthlabError
 from widthlab.study import load_config, run_study
 from widthlab.study.store import STORE_NAME, Store, load_results
 
-TINY = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
-        "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("finished") / "study"
-    run_study(load_config("mlp-10d", TINY), out, progress=False, report=True)
-    return out
-
-
-@pytest.fixture
-def study(finished, tmp_path):
-    out = tmp_path / "study"
-    shutil.copytree(finished, out)
-    return out
+TINY = TINY_STUDY
 
 
 def _files(directory):

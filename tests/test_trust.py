@@ -18,29 +18,14 @@ from widthlab import files
 from widthlab.cli import main
 from widthlab.errors import WidthlabError
 from widthlab.registry import resolve_callable
-from widthlab.study import load_config, run_study
 from widthlab.study.store import LOCK_NAME, Store, study_lock
 
-TINY = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=1", "data.n_train=64",
-        "data.n_val=32", "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
-SETS = [a for o in TINY for a in ("--set", o)]
+from conftest import TINY_STUDY
+
+SETS = [a for o in TINY_STUDY for a in ("--set", o)]
 # Modules widthlab (or what it imports) loads while drawing a report: a file of that name in the folder a user
 # runs `widthlab` in must never be imported instead.
 SHADOWS = ("matplotlib", "scipy", "packaging", "html", "numpy", "pandas", "yaml", "sqlite3", "tqdm")
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trust") / "study"
-    run_study(load_config("mlp-10d", TINY), out, progress=False, report=False)
-    return out
-
-
-@pytest.fixture
-def study(finished, tmp_path):
-    copy = tmp_path / "study"
-    shutil.copytree(finished, copy)
-    return copy
 
 
 def _plant_modules(folder: Path, marker: Path) -> None:
@@ -113,34 +98,27 @@ def outside(tmp_path):
     return folder
 
 
+REPORT = ["report"]
+RUN = ["run", "mlp-10d", "--quiet", *SETS]  # and --out STUDY
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("link, target", [("figures", "."), (LOCK_NAME, "new"), ("summary.md", "bashrc"),
-                                          ("widthlab.sqlite-wal", "new"), ("checkpoints", ".")])
-def test_report_never_writes_through_a_link_in_the_study(study, outside, link, target, capsys):
+@pytest.mark.parametrize("command, link, target", [
+    (REPORT, "figures", "."), (REPORT, LOCK_NAME, "new"), (REPORT, "summary.md", "bashrc"),
+    (REPORT, "widthlab.sqlite-wal", "new"), (REPORT, "checkpoints", "."),
+    (RUN, "widthlab.log", "bashrc"), (RUN, "checkpoints", "."), (RUN, "figures", "."),
+    (RUN, ".config.4194999.tmp.yaml", "bashrc")])
+def test_nothing_is_written_or_cleaned_through_a_link_in_the_study(study, outside, command, link, target, capsys):
     if (study / link).is_dir():
         shutil.rmtree(study / link)
     (study / link).unlink(missing_ok=True)
     (study / link).symlink_to(outside / target)
     before = _snapshot(outside)
-    assert main(["report", str(study)]) == 2
+    assert main([*command, "--out", str(study)] if command is RUN else [*command, str(study)]) == 2
     err = capsys.readouterr().err
     assert f"{link}' is a symbolic link" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # summary.md not overwritten, bashrc not appended to, .keep.999999.tmp.png not deleted, new not created
     assert _snapshot(outside) == before and not (outside / "new").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("link, target", [("widthlab.log", "bashrc"), ("checkpoints", "."), ("figures", "."),
-                                          (".config.4194999.tmp.yaml", "bashrc")])
-def test_run_never_writes_or_cleans_through_a_link_in_the_study(study, outside, link, target, capsys):
-    if (study / link).is_dir():
-        shutil.rmtree(study / link)
-    (study / link).unlink(missing_ok=True)
-    (study / link).symlink_to(outside / target)
-    before = _snapshot(outside)
-    assert main(["run", "mlp-10d", "--quiet", "--out", str(study), *SETS]) == 2
-    err = capsys.readouterr().err
-    assert f"{link}' is a symbolic link" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert _snapshot(outside) == before  # bashrc not appended to, .keep.999999.tmp.png not deleted
 
 
 def test_stale_temp_cleanup_removes_only_regular_files_in_a_real_folder(tmp_path, outside):
@@ -176,9 +154,9 @@ def test_the_lock_and_the_store_refuse_links(tmp_path, outside):
         Store(other, readonly=True)
 
 
-def test_the_study_folder_itself_may_be_a_link(finished, tmp_path):
+def test_the_study_folder_itself_may_be_a_link(finished_study, tmp_path):
     real = tmp_path / "big-disk" / "study"
-    shutil.copytree(finished, real)
+    shutil.copytree(finished_study, real)
     (tmp_path / "study").symlink_to(real)
     assert main(["report", str(tmp_path / "study"), "--formats", "png"]) == 0
     assert (real / "summary.md").is_file()
