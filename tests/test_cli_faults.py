@@ -89,3 +89,41 @@ def test_status_lists_runs_of_an_earlier_grid_as_not_in_this_config(study, tmp_p
 def test_dry_run_checks_module_function_names(tmp_path, capsys):
     assert main(["run", "mlp-10d", "--dry-run", "--set", "model.name=nosuchmodule:build"]) == 2
     assert "cannot import module 'nosuchmodule'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def signalled_status(monkeypatch):
+    """`widthlab status` replaced by a command that sends this process the signal it is given, with SIGTERM and
+    SIGHUP at their defaults first (pytest may have been started under nohup)."""
+    import os
+
+    from widthlab.cli import study as study_cli
+
+    def send(signum):
+        def command(args):
+            os.kill(os.getpid(), signum)
+            time.sleep(1)  # a handler that raises ends the sleep at once; an ignored signal lets it return 0
+            return 0
+        monkeypatch.setattr(study_cli, "_cmd_status", command)
+
+    saved = {signum: signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    yield send
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_are_one_line_and_exit_128_plus_the_signal(signum, code, signalled_status, capsys):
+    signalled_status(signum)
+    assert main(["status", "anywhere"]) == code
+    err = capsys.readouterr().err
+    assert err == (f"widthlab: terminated ({signal.Signals(signum).name}); finished runs are stored: rerun the same "
+                   "command to resume\n")
+    assert signal.getsignal(signum) is signal.SIG_DFL  # the handler is put back
+
+
+def test_an_ignored_sighup_stays_ignored(signalled_status, capsys):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup widthlab run ...` starts it
+    signalled_status(signal.SIGHUP)
+    assert main(["status", "anywhere"]) == 0
+    assert capsys.readouterr().err == "" and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN

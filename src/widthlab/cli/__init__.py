@@ -31,11 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, Kubernetes, systemd stopping the job), handled as Ctrl-C is."""
+    """SIGTERM (a scheduler, Kubernetes, systemd stopping the job) or SIGHUP (the terminal closed), handled as
+    Ctrl-C is; `signum` is the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Stopping signals handled as Ctrl-C is; the exit status is 128 + the signal's number, as a shell reports it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum, frame) -> None:
-    raise Terminated()
+    raise Terminated(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,18 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     # As `python -m` does: a config's `module:function` may name a module in the current folder.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        # A signal the caller ignores stays ignored: `nohup widthlab run ...` must outlive its terminal.
+        previous = {signum: signal.signal(signum, _terminate) for signum in STOP_SIGNALS
+                    if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         return args.func(args)
     except WidthlabError as exc:
         print(f"widthlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        what = f"terminated ({signal.Signals(exc.signum).name})" if isinstance(exc, Terminated) else "interrupted"
         print(f"widthlab: {what}; finished runs are stored: rerun the same command to resume", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return 128 + exc.signum if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `widthlab status DIR | head`: the reader is gone, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -67,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"widthlab: error: {error}", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler not installed from Python, which cannot be put back
+                signal.signal(signum, handler)
         if "torch.distributed" in sys.modules:  # under torchrun: leave the process group before exiting
             from widthlab.train.distributed import shutdown
 
