@@ -24,6 +24,8 @@ CASES = [
     (["--set", "model.name=syntaxmod:build"], "cannot import module 'syntaxmod' (SyntaxError"),
     (["--set", "data.name=baddata:load"], "data set 'baddata:load' raised KeyError"),
     (["--set", "train.lr=[1"], "value is not valid YAML"),
+    (["--set", "name=" + "a" * 300], "study name is 300 bytes long; at most 200"),
+    (["--set", "name=" + "é" * 101], "study name is 202 bytes long; at most 200"),
 ]
 
 
