@@ -127,3 +127,25 @@ def test_an_ignored_sighup_stays_ignored(signalled_status, capsys):
     signalled_status(signal.SIGHUP)
     assert main(["status", "anywhere"]) == 0
     assert capsys.readouterr().err == "" and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+
+@pytest.mark.slow
+def test_too_many_open_files_is_one_line_and_loses_nothing(tmp_path):
+    import resource
+
+    out = tmp_path / "study"
+    run_study(load_config("mlp-10d", TINY + ["train.epochs=1", "grid.widths=[0.25]"]), out, progress=False,
+              report=False)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    command = [sys.executable, "-m", "widthlab.cli", "run", "mlp-10d", "--quiet", "--executor", "processes",
+               "--workers", "2", "--out", str(out),
+               *[a for o in TINY + ["train.epochs=1", "grid.widths=[0.25, 0.5, 1]"] for a in ("--set", o)]]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (20, hard)))  # ulimit -n 20
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stderr.strip().splitlines() == [
+        "widthlab: error: too many open files (the limit is 20, see `ulimit -n`): raise it (e.g. `ulimit -n 4096`) "
+        "or use fewer --workers; finished runs are stored: rerun the same command to resume"]
+    table = load_results(out).runs
+    assert dict(zip(table["run_id"], table["status"])) == {"default-w0.25-r0": "done", "default-w0.5-r0": "pending",
+                                                             "default-w1-r0": "pending"}

@@ -6,6 +6,7 @@ Errors a user can cause print one line and exit with status 2 (argparse's own us
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -47,6 +48,15 @@ def _terminate(signum, frame) -> None:
     raise Terminated(signum)
 
 
+def _open_files_error() -> str:
+    """One line for EMFILE: the process's open-file limit, and how to live with it."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (f"too many open files (the limit is {limit}, see `ulimit -n`): raise it (e.g. `ulimit -n 4096`) or "
+            "use fewer --workers; finished runs are stored: rerun the same command to resume")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # As `python -m` does: a config's `module:function` may name a module in the current folder.
@@ -69,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `widthlab status DIR | head`: the reader is gone, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:  # a full disk or a read-only folder where a file is written
+    except OSError as exc:  # a full disk or a read-only folder where a file is written, or too many open files
         from widthlab.files import write_error
 
+        if exc.errno == errno.EMFILE:
+            print(f"widthlab: error: {_open_files_error()}", file=sys.stderr)
+            return 2
         error = write_error(Path(exc.filename or "."), exc)
         if error is None:
             raise
