@@ -47,6 +47,8 @@ CASES = [
     (["--set", "threads=100000"], "the bound on threads"),
     # The preflight pushes the data's shape through each model (on the meta device) before registering anything.
     (["--set", "model.input_dim=5"], "mlp at width 0.25 cannot run on the data's inputs of shape (10,): RuntimeError"),
+    (["--set", "name=" + "a" * 300], "study name is 300 bytes long; at most 200"),
+    (["--set", "name=" + "é" * 101], "study name is 202 bytes long; at most 200"),
 ]
 
 

@@ -133,3 +133,63 @@ def test_a_second_report_into_a_study_is_told_a_report_is_being_written(tmp_path
     with study_lock(study):  # a run now: a report is told that
         assert main(["report", str(study)]) == 2
         assert "a widthlab run is writing" in capsys.readouterr().err
+
+
+@pytest.fixture
+def signalled_status(monkeypatch):
+    """`widthlab status` replaced by a command that sends this process the signal it is given, with SIGTERM and
+    SIGHUP at their defaults first (pytest may have been started under nohup)."""
+    import os
+
+    from widthlab.cli import study as study_cli
+
+    def send(signum):
+        def command(args):
+            os.kill(os.getpid(), signum)
+            time.sleep(1)  # a handler that raises ends the sleep at once; an ignored signal lets it return 0
+            return 0
+        monkeypatch.setattr(study_cli, "_cmd_status", command)
+
+    saved = {signum: signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    yield send
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_are_one_line_and_exit_128_plus_the_signal(signum, code, signalled_status, capsys):
+    signalled_status(signum)
+    assert main(["status", "anywhere"]) == code
+    err = capsys.readouterr().err
+    assert err == (f"widthlab: terminated ({signal.Signals(signum).name}); finished runs are stored: rerun the same "
+                   "command to resume\n")
+    assert signal.getsignal(signum) is signal.SIG_DFL  # the handler is put back
+
+
+def test_an_ignored_sighup_stays_ignored(signalled_status, capsys):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup widthlab run ...` starts it
+    signalled_status(signal.SIGHUP)
+    assert main(["status", "anywhere"]) == 0
+    assert capsys.readouterr().err == "" and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+
+@pytest.mark.slow
+def test_too_many_open_files_is_one_line_and_loses_nothing(tmp_path):
+    import resource
+
+    out = tmp_path / "study"
+    run_study(load_config("mlp-10d", TINY + ["train.epochs=1", "grid.widths=[0.25]"]), out, progress=False,
+              report=False)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    command = [sys.executable, "-m", "widthlab.cli", "run", "mlp-10d", "--quiet", "--executor", "processes",
+               "--workers", "2", "--out", str(out),
+               *[a for o in TINY + ["train.epochs=1", "grid.widths=[0.25, 0.5, 1]"] for a in ("--set", o)]]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (20, hard)))  # ulimit -n 20
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stderr.strip().splitlines() == [
+        "widthlab: error: too many open files (the limit is 20, see `ulimit -n`): raise it (e.g. `ulimit -n 4096`) "
+        "or use fewer --workers; finished runs are stored: rerun the same command to resume"]
+    table = load_results(out).runs
+    assert dict(zip(table["run_id"], table["status"])) == {"default-w0.25-r0": "done", "default-w0.5-r0": "pending",
+                                                             "default-w1-r0": "pending"}

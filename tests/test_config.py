@@ -102,3 +102,12 @@ def test_levels_follow_each_perturbations_range():
     same = MeasureSpec(perturbations=("mean", "act_noise"), levels=[0, 0.5, 1])
     assert same.level_sets() == {"mean": [0, 0.5, 1], "act_noise": [0, 0.5, 1]}
     assert MeasureSpec(levels=3).level_sets() == {"zero": [0.0, 0.5, 1.0]}
+
+
+def test_a_study_name_may_take_200_bytes_not_201(tmp_path):
+    name = "é" * 99 + "ab"  # 200 bytes in UTF-8, 101 characters
+    assert load_config("mlp-10d", [f"name={name}"]).name == name
+    with pytest.raises(WidthlabError, match="study name is 201 bytes long; at most 200"):
+        load_config("mlp-10d", [f"name={name}c"])
+    (tmp_path / name).mkdir()  # the limit leaves room: the longest name is a folder, with a suffix added
+    (tmp_path / f"{name}.backup-2024").mkdir()

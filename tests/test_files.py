@@ -114,8 +114,9 @@ def test_a_full_disk_at_a_checkpoint_stops_the_study_with_one_line_and_the_store
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(WidthlabError, match=r"disk full writing '.*default-w0.5-r0.pt' \(\d+ MiB free\)"):
         run_study(load_config("mlp-10d", tiny), tmp_path / "full", progress=False, report=False)
-    assert load_results(tmp_path / "full").runs.set_index("run_id")["status"].to_dict() == {
-        "default-w0.25-r0": "done", "default-w0.5-r0": "running"}
+    runs = load_results(tmp_path / "full").runs.set_index("run_id")
+    assert runs["status"].to_dict() == {"default-w0.25-r0": "done", "default-w0.5-r0": "failed"}
+    assert runs.loc["default-w0.5-r0", "error"].startswith("disk full writing")  # a rerun retries it
     assert not [p for p in (tmp_path / "full" / "checkpoints").iterdir() if p.name.startswith(".")]
     monkeypatch.setattr(torch, "save", real_save)
     run_study(load_config("mlp-10d", tiny), tmp_path / "full", progress=False, report=False)

@@ -6,6 +6,7 @@ Errors a user can cause print one line and exit with status 2 (argparse's own us
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -31,43 +32,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, Kubernetes, systemd stopping the job), handled as Ctrl-C is."""
+    """SIGTERM (a scheduler, Kubernetes, systemd stopping the job) or SIGHUP (the terminal closed), handled as
+    Ctrl-C is; `signum` is the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Stopping signals handled as Ctrl-C is; the exit status is 128 + the signal's number, as a shell reports it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum, frame) -> None:
-    raise Terminated()
+    raise Terminated(signum)
+
+
+def _open_files_error() -> str:
+    """One line for EMFILE: the process's open-file limit, and how to live with it."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (f"too many open files (the limit is {limit}, see `ulimit -n`): raise it (e.g. `ulimit -n 4096`) or "
+            "use fewer --workers; finished runs are stored: rerun the same command to resume")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        # A signal the caller ignores stays ignored: `nohup widthlab run ...` must outlive its terminal.
+        previous = {signum: signal.signal(signum, _terminate) for signum in STOP_SIGNALS
+                    if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         return args.func(args)
     except WidthlabError as exc:
         print(f"widthlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        what = f"terminated ({signal.Signals(exc.signum).name})" if isinstance(exc, Terminated) else "interrupted"
         # What survives an interrupt is the subcommand's to say (a study keeps its finished runs; analyze, nothing).
         survives = getattr(args, "interrupted", "finished runs are stored: rerun the same command to resume")
         print(f"widthlab: {what}; {survives}", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return 128 + exc.signum if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `widthlab status DIR | head`: the reader is gone, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:  # a full disk or a read-only folder where a file is written
+    except OSError as exc:  # a full disk or a read-only folder where a file is written, or too many open files
         from widthlab.files import write_error
 
+        if exc.errno == errno.EMFILE:
+            print(f"widthlab: error: {_open_files_error()}", file=sys.stderr)
+            return 2
         error = write_error(Path(exc.filename or "."), exc)
         if error is None:
             raise
         print(f"widthlab: error: {error}", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler not installed from Python, which cannot be put back
+                signal.signal(signum, handler)
         if "torch.distributed" in sys.modules:  # under torchrun: leave the process group before exiting
             from widthlab.train.distributed import shutdown
 

@@ -351,6 +351,20 @@ def check_path_name(name: object, what: str) -> str:
     return check_no_control(name, what)
 
 
+# A study's name is its folder's name (``widthlab-runs/NAME``): file systems take names of at most 255 bytes, and
+# this leaves room for what may be added to it (a copy's ``-2``, a backup's ``.bak``, a temporary suffix).
+MAX_NAME_BYTES = 200
+
+
+def check_name_length(name: str, what: str) -> str:
+    """`name` when its UTF-8 encoding fits in `MAX_NAME_BYTES`, else a ValueError giving its length and the limit."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ValueError(f"{what} is {size} bytes long; at most {MAX_NAME_BYTES} (it names a folder, and file names "
+                         "hold at most 255 bytes)")
+    return name
+
+
 class StudyConfig(_Strict):
     """A whole study. `seed` fixes the data (e.g. the teacher); replicate r fixes the student's seed."""
 
@@ -360,7 +374,7 @@ class StudyConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return check_path_name(value, "study name")
+        return check_name_length(check_path_name(value, "study name"), "study name")
     figure: str = ""  # the paper figure this reproduces, if any
     # Why this study's verdict may mean nothing, written beside it (a smoke run, a stand-in data set).
     caveats: tuple[str, ...] = ()

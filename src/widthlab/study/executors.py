@@ -12,6 +12,7 @@ Every run pins its torch thread count (`StudyConfig.threads`), so all three give
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -157,12 +158,15 @@ WORKER_DIED = ("its worker process died twice while running it (killed, or out o
                "the study went on without it")
 
 
-def run_processes(groups, checkpoints: Path, workers: int, started, every: float = 0.0) -> Iterator:
+def run_processes(groups, checkpoints: Path, workers: int, started, every: float = 0.0,
+                  stopped=lambda spec: None) -> Iterator:
     """Groups of runs on `workers` spawned processes, yielded run by run as their groups finish.
 
-    A worker that dies (SIGKILL, the out-of-memory killer) breaks the pool: its groups, and the others then in
-    flight, are retried once on a fresh pool (from their checkpoints); a run whose worker dies twice is yielded
-    as failed with that cause, and the study goes on. Workers exit when the driver dies.
+    At most `workers` groups are handed to the pool at a time, so a run is `started` when a worker takes it, not
+    when it is queued. A worker that dies (SIGKILL, the out-of-memory killer) breaks the pool: its groups, and
+    the others then in flight, go back to the queue (`stopped`) and are retried once on a fresh pool (from their
+    checkpoints); a run whose worker dies twice is yielded as failed with that cause, and the study goes on.
+    Workers exit when the driver dies.
     """
     import torch
 
@@ -170,28 +174,37 @@ def run_processes(groups, checkpoints: Path, workers: int, started, every: float
     context = multiprocessing.get_context("spawn")  # fork after torch initialises threads/CUDA is unsafe
     retried: set[str] = set()
     queue = list(groups)
-    for group in groups:  # submitted runs count as running: the pool starts them as workers free up
-        for spec in group:
-            started(spec)
     while queue:
         counter = context.Value("i", 0)
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                    initargs=(counter, n_gpus, os.getpid()))
-        pending = {pool.submit(run_group, group, checkpoints, checkpoint_every=every): group for group in queue}
-        queue = []
+        pending: dict = {}
+        broken = False
         try:
-            while pending:
+            while pending or (queue and not broken):
+                while queue and not broken and len(pending) < workers:
+                    try:
+                        future = pool.submit(run_group, queue[0], checkpoints, checkpoint_every=every)
+                    except BrokenProcessPool:  # a worker died since the last wait: this pool takes no more
+                        broken = True
+                        break
+                    pending[future] = group = queue.pop(0)
+                    for spec in group:
+                        started(spec)
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     group = pending.pop(future)
                     try:
                         results = future.result()
                     except BrokenProcessPool:
+                        broken = True
                         if group[0].run_id in retried:
                             yield from ((spec, RunResult("failed", error=WORKER_DIED)) for spec in group)
                         else:  # retried run by run: a group too big for memory must not be killed again
                             retried.update(spec.run_id for spec in group)
-                            queue.extend([spec] for spec in group)
+                            for spec in group:
+                                stopped(spec)
+                            queue[:0] = [[spec] for spec in group]
                         continue
                     yield from zip(group, results)
         except BaseException:
@@ -200,15 +213,29 @@ def run_processes(groups, checkpoints: Path, workers: int, started, every: float
         pool.shutdown(wait=True)
 
 
+# Seconds a terminated worker has to exit before it is killed (a run's checkpoint is written atomically, so
+# killing one mid-write loses nothing but the epochs since its last checkpoint).
+STOP_GRACE = 5.0
+
+
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel the queued runs and terminate the workers of `pool` now."""
+    """Cancel the queued runs and end the workers of `pool` within `STOP_GRACE` seconds: SIGTERM, SIGCONT (a
+    stopped worker acts on neither SIGTERM nor the driver's exit until it is continued), then SIGKILL for any
+    still alive. Otherwise the driver would print its exit line and then hang in the pool's exit handler."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+    deadline = time.monotonic() + STOP_GRACE
     for process in processes:
-        process.join(timeout=5)
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -268,9 +295,10 @@ def run_ray(groups, checkpoints: Path, address: str | None, gpus_per_run: float,
 
 def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, address: str | None = None,
             gpus_per_run: float = 0.0, progress: bool | None = None, started=lambda spec: None,
-            checkpoint_every: float = 0.0, data_cache: dict | None = None) -> Iterator:
+            stopped=lambda spec: None, checkpoint_every: float = 0.0, data_cache: dict | None = None) -> Iterator:
     """Dispatch to the named executor; yields (spec, RunResult) as runs finish. `started(spec)` is called when
-    a run starts (local) or is handed to the pool or cluster (processes, ray); runs write a checkpoint at most
+    a run starts (local, processes) or is handed to the cluster (ray); `stopped(spec)` when a started run goes
+    back to the queue without a result (processes: its worker died); runs write a checkpoint at most
     every `checkpoint_every` seconds (and after their last epoch). `data_cache` holds data sets the driver has
     loaded already; the local executor reuses them. Runs that can train as one stacked model are packed into
     groups first (`widthlab.study.runs.group_runs`); each group is one unit of work."""
@@ -279,5 +307,5 @@ def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, addres
     if executor == "local":
         return run_local(groups, checkpoints, progress, started, checkpoint_every, data_cache)
     if executor == "processes":
-        return run_processes(groups, checkpoints, workers, started, checkpoint_every)
+        return run_processes(groups, checkpoints, workers, started, checkpoint_every, stopped)
     return run_ray(groups, checkpoints, address, gpus_per_run, started, checkpoint_every)

@@ -355,9 +355,16 @@ def _compute_all(cfg: StudyConfig, specs: list[RunSpec], store: Store, out_dir: 
 
     def compute(batch: list[RunSpec], total: int, desc: str) -> None:
         results = execute(executor, batch, out_dir / CHECKPOINTS, **options,
-                          started=lambda spec: store.mark(spec.run_id, "running"))
-        _drive(store, batch, results, total, desc, options["progress"])
+                          started=lambda spec: store.mark(spec.run_id, "running"),
+                          stopped=lambda spec: store.unstart([spec.run_id]))
+        try:
+            with contextlib.closing(results):  # a stopped study stops its workers before its runs are unmarked
+                _drive(store, batch, results, total, desc, options["progress"])
+        finally:  # SIGTERM, Ctrl-C, a user error: no worker is on the runs left, which a rerun resumes
+            store.unstart([s.run_id for s in batch])
 
+    # The study lock is held: a run still "running" was left by a process that died without unmarking it.
+    store.unstart()
     statuses = store.statuses()
     # A candidate trained earlier but now to be measured (`measure: all` after `chosen`) is measured.
     todo = [s for s in specs if statuses.get(s.run_id) not in (*FINAL_STATUSES, TRAINED)
@@ -431,7 +438,8 @@ def _drive(store: Store, todo: list[RunSpec], results, total: int, name: str, pr
                disable=None if progress is None else not progress)
     try:
         for spec, result in results:
-            if result.kind == "user_error":
+            if result.kind == "user_error":  # e.g. a corrupt image met mid-run: the run failed, the study stops
+                store.mark(spec.run_id, "failed", error=result.error.splitlines()[0])
                 raise WidthlabError(f"run {spec.run_id}: {result.error}")
             if result.kind == "failed":
                 log.error("run %s failed: %s", spec.run_id, result.error)

@@ -256,6 +256,16 @@ class Store:
             db.execute(f"UPDATE runs SET status = ?, error = ?, {stamp} = datetime('now') WHERE run_id = ?",
                        (status, error, run_id))
 
+    def unstart(self, run_ids=None) -> None:
+        """Runs still ``running`` (of `run_ids`, or all) back to ``pending``: no worker is on them any more (the
+        study stopped, or their worker died and they wait to be retried)."""
+        with self.transaction() as db:
+            if run_ids is None:
+                db.execute("UPDATE runs SET status = 'pending', started_at = NULL WHERE status = 'running'")
+            else:
+                db.executemany("UPDATE runs SET status = 'pending', started_at = NULL "
+                               "WHERE run_id = ? AND status = 'running'", [(run_id,) for run_id in run_ids])
+
     def finish(self, run_id: str, outcome: dict, metrics: pd.DataFrame | None) -> None:
         """Write a run's results and its final status in one transaction (all or nothing)."""
         with self.transaction() as db:
