@@ -121,6 +121,16 @@ def test_nothing_is_written_or_cleaned_through_a_link_in_the_study(study, outsid
     assert _snapshot(outside) == before and not (outside / "new").exists()
 
 
+def test_a_report_drawn_elsewhere_reads_nothing_through_a_link(study, tmp_path, capsys):
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN PRIVATE KEY-----\n")
+    (study / "config.yaml").unlink()
+    (study / "config.yaml").symlink_to(secret)
+    assert main(["report", str(study), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "config.yaml' is a symbolic link" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere" / "summary.md").exists()
+
+
 def test_stale_temp_cleanup_removes_only_regular_files_in_a_real_folder(tmp_path, outside):
     folder = tmp_path / "figures"
     folder.mkdir()

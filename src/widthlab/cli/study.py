@@ -7,6 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from widthlab import files
 from widthlab.errors import WidthlabError
 
 DEFAULT_ROOT = Path("widthlab-runs")
@@ -149,6 +150,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     check_report_folder(out)
     studies, notes = [], []
     for directory in dirs:
+        # Read through no link either: a config.yaml -> ~/.ssh/id_rsa would be copied into summary.md.
+        files.refuse_links(directory)
         results = load_results(directory)
         config = _study_config(directory)
         current = _current_run_ids(directory, config)
