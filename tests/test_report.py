@@ -14,6 +14,7 @@ from widthlab.report import (
     ablation_curve_table,
     format_verdict_table,
     hypothesis,
+    hypothesis_word,
     layer_level,
     plot_ablation_curves,
     plot_vs_width,
@@ -206,12 +207,35 @@ def test_hypothesis_logic():
         "no_accuracy": dict(robustness="up"),
     })
     result = hypothesis(table).set_index("variant")
-    assert list(result.columns) == ["holds", "reason"]
+    assert list(result.columns) == ["holds", "judged", "reason"]
     assert result.loc["robust", "holds"] and "robustness" in result.loc["robust", "reason"]
     assert not result.loc["falls", "holds"] and "accuracy down" in result.loc["falls", "reason"]
     assert not result.loc["nothing", "holds"]
     assert result.loc["redundant", "holds"]
-    assert not result.loc["no_accuracy", "holds"]
+    assert not result.loc["no_accuracy", "holds"] and not result.loc["no_accuracy", "judged"]
+    assert result.drop(index="no_accuracy")["judged"].all()
+
+
+def test_a_hypothesis_whose_trends_have_no_interval_is_not_judged():
+    """One replicate per width and no unit layers: every trend is "flat" with method "none", which says nothing;
+    "does not hold" would overstate it (the CLI printed that for every variant of `--set grid.replicates=1`)."""
+    rows = [dict(variant="one_replicate", metric=m, trend="flat", method="none")
+            for m in ("accuracy", "robustness", "compressibility", "similarity")]
+    rows += [dict(variant="partly", metric=m, trend=t, method=k) for m, t, k in [
+        ("accuracy", "up", "runs"), ("robustness", "flat", "none"), ("compressibility", "flat", "runs"),
+        ("similarity", "flat", "runs")]]
+    rows += [dict(variant="falls", metric=m, trend=t, method=k) for m, t, k in [
+        ("accuracy", "down", "runs"), ("robustness", "up", "none"), ("compressibility", "flat", "none"),
+        ("similarity", "flat", "none")]]
+    rows += [dict(variant="grows", metric=m, trend=t, method=k) for m, t, k in [
+        ("accuracy", "flat", "runs"), ("robustness", "flat", "none"), ("compressibility", "up", "layers"),
+        ("similarity", "flat", "runs")]]
+    result = hypothesis(pd.DataFrame(rows)).set_index("variant")
+    words = {v: hypothesis_word(r) for v, r in zip(result.index, result.itertuples(index=False))}
+    assert words == {"one_replicate": "not judged", "partly": "not judged", "falls": "does not hold",
+                     "grows": "holds"}
+    assert "grid.replicates >= 2" in result.loc["one_replicate", "reason"]
+    assert "robustness had no interval" in result.loc["partly", "reason"]
 
 
 def test_hypothesis_from_a_real_verdict():

@@ -94,7 +94,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _print_report(out: Path, runs, report: dict) -> None:
     """Print the run census of `runs`, then from `report` (what `write_report` returned) the verdict table, the
     hypothesis and calibration lines of each variant, the caveats and the files written."""
-    from widthlab.report import calibration, format_verdict_table, hypothesis
+    from widthlab.report import calibration, format_verdict_table, hypothesis, hypothesis_word
     from widthlab.report.caveats import voided
     from widthlab.report.frivolous import effective_width
     from widthlab.study.store import STORE_NAME
@@ -107,7 +107,7 @@ def _print_report(out: Path, runs, report: dict) -> None:
     for row in hypothesis(table).itertuples(index=False):
         meaningless = " (not meaningful, see the caveats)" if caveats_df is not None and voided(caveats_df, row.variant) \
             else ""
-        print(f"hypothesis {'holds' if row.holds else 'does not hold'} for {row.variant}{meaningless}: {row.reason}")
+        print(f"hypothesis {hypothesis_word(row)} for {row.variant}{meaningless}: {row.reason}")
     for row in calibration(table).itertuples(index=False):
         print(f"similarity trend survives calibration for {row.variant}: {row.survives} ({row.reason})")
     growth_df = report["growth"]

@@ -34,7 +34,7 @@ from widthlab.report.format import (
     results_rows,
     verdict_rows,
 )
-from widthlab.report.verdict import calibration, done_runs, hypothesis
+from widthlab.report.verdict import calibration, done_runs, hypothesis, hypothesis_word
 
 PACKAGES = ("widthlab", "torch", "numpy", "pandas", "matplotlib")
 RUN_TIME_COLUMNS = ("variant", "width", "runs", "total_s", "mean_s", "median_s", "min_s", "max_s")
@@ -222,7 +222,7 @@ def _hypothesis_html(verdict_df: pd.DataFrame, study_caveats: Sequence[str],
                      caveats_df: pd.DataFrame | None) -> str:
     """"Hypothesis": per variant whether it holds, why, and the study's and the variant's caveats."""
     return f"<p>{_inline(HYPOTHESIS_TEXT)}</p><ul>" + "".join(
-        f"<li><code>{html.escape(str(r.variant))}</code>: <strong>{'holds' if r.holds else 'does not hold'}"
+        f"<li><code>{html.escape(str(r.variant))}</code>: <strong>{hypothesis_word(r)}"
         f"</strong> — {html.escape(r.reason)}"
         + "".join(f' <strong class="caveat">Caveat: {_inline(c)}.</strong>'
                   for c in [*study_caveats, *(caveat_lines(caveats_df, r.variant) if caveats_df is not None else [])])

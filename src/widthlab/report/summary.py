@@ -32,7 +32,7 @@ from widthlab.report.caveats import caveat_lines, caveats, voided
 from widthlab.report.frivolous import effective_width, growth, layer_counts
 from widthlab.report.html import render_html
 from widthlab.report.sections import Section, frivolous_section, selection_section, selection_table
-from widthlab.report.verdict import calibration, hypothesis, run_level, verdict
+from widthlab.report.verdict import calibration, hypothesis, hypothesis_word, run_level, verdict
 
 HTML_NAME = "report.html"
 # The tables `write_report` writes as NAME.csv.
@@ -95,7 +95,7 @@ def hypothesis_lines(verdict_df: pd.DataFrame, caveats_df: pd.DataFrame | None =
         study = caveat_lines(caveats_df) if caveats_df is not None else []
         warn = "".join(f" **Caveat: {c}.**" for c in [*study, *own])
         meaningless = " (not meaningful)" if caveats_df is not None and voided(caveats_df, r.variant) else ""
-        lines.append(f"`{r.variant}`: {'**holds**' if r.holds else 'does not hold'}{meaningless} — {r.reason}{warn}")
+        lines.append(f"`{r.variant}`: {'**holds**' if r.holds else hypothesis_word(r)}{meaningless} — {r.reason}{warn}")
     return lines
 
 

@@ -341,13 +341,16 @@ def verdict(
 def hypothesis(verdict_df: pd.DataFrame) -> pd.DataFrame:
     """Whether the robustness-redundancy hypothesis holds for each variant of a verdict table.
 
-    It holds when accuracy is not "down" and robustness, compressibility or similarity is "up". A variant
-    whose verdict lacks accuracy does not hold (nothing shows that accuracy did not fall).
+    It holds when accuracy is not "down" and robustness, compressibility or similarity is "up". It is not judged
+    (judged False, holds False) when a trend it needs has no interval (method "none": one replicate per width
+    and no unit layers to resample), or when the verdict lacks accuracy: a flat trend without an interval says
+    nothing, and "does not hold" would overstate it. The reason then says what to change.
 
     Args:
         verdict_df: the output of `verdict`.
 
-    Returns a DataFrame with columns variant, holds (bool), reason (str).
+    Returns a DataFrame with columns variant, holds (bool), judged (bool), reason (str); `hypothesis_word` turns a
+    row into "holds" / "does not hold" / "not judged".
 
     Example: ``hypothesis(verdict(runs, metrics))``.
     """
@@ -355,18 +358,32 @@ def hypothesis(verdict_df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for variant, group in verdict_df.groupby("variant", sort=False):
         trends = dict(zip(group["metric"], group["trend"]))
-        grown = [m for m in HYPOTHESIS_METRICS if trends.get(m) == "up"]
+        methods = dict(zip(group["metric"], group["method"])) if "method" in group else {}
+        unjudged = [m for m in ("accuracy", *HYPOTHESIS_METRICS) if methods.get(m) == "none"]
+        grown = [m for m in HYPOTHESIS_METRICS if trends.get(m) == "up" and m not in unjudged]
         judged = ", ".join(f"{m} {trends[m]}" for m in HYPOTHESIS_METRICS if m in trends) or "none judged"
+        fix = (f"{', '.join(unjudged)} had no interval (one replicate per width): run grid.replicates >= 2, or "
+               "measure a model with several unit layers")
+        holds, known = False, True
         if "accuracy" not in trends:
-            holds, reason = False, "accuracy was not judged"
+            known, reason = False, "accuracy was not judged"
+        elif "accuracy" in unjudged:
+            known, reason = False, fix
         elif trends["accuracy"] == "down":
-            holds, reason = False, f"accuracy down ({judged})"
-        elif not grown:
-            holds, reason = False, f"accuracy {trends['accuracy']}, but nothing up ({judged})"
-        else:
+            reason = f"accuracy down ({judged})"
+        elif grown:
             holds, reason = True, f"accuracy {trends['accuracy']}; {', '.join(grown)} up"
-        rows.append(dict(variant=variant, holds=holds, reason=reason))
-    return pd.DataFrame(rows, columns=["variant", "holds", "reason"]).astype({"holds": bool})
+        elif unjudged:
+            known, reason = False, f"nothing judged up; {fix}"
+        else:
+            reason = f"accuracy {trends['accuracy']}, but nothing up ({judged})"
+        rows.append(dict(variant=variant, holds=holds, judged=known, reason=reason))
+    return pd.DataFrame(rows, columns=["variant", "holds", "judged", "reason"]).astype({"holds": bool, "judged": bool})
+
+
+def hypothesis_word(row) -> str:
+    """"holds", "does not hold" or "not judged" for a row of `hypothesis`."""
+    return "holds" if row.holds else "does not hold" if row.judged else "not judged"
 
 
 def calibration(verdict_df: pd.DataFrame) -> pd.DataFrame:
