@@ -38,7 +38,7 @@ from widthlab.data.base import ArrayDataset
 from widthlab.errors import WidthlabError, first_line
 from widthlab.measure.inputs import DEFAULT_MASK, first_batch
 from widthlab.registry import call_user, resolve_callable
-from widthlab.study.build import checkpoint_model
+from widthlab.study.build import checkpoint_model, expected_input
 from widthlab.train.checkpoint import checkpoint_meta, load_checkpoint
 
 HUBS = ("torchvision", "timm")
@@ -319,18 +319,6 @@ def first_examples(inputs, n: int):
     if isinstance(inputs, Dataset):
         return Subset(inputs, range(min(n, len(inputs))))
     raise WidthlabError(f"--max-examples cannot shorten inputs of type {type(inputs).__name__}")
-
-
-def expected_input(model: nn.Module) -> str | None:
-    """What the model's first Linear, Conv or Embedding module takes, for shape-mismatch messages (None: unknown)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            return f"its first layer {name!r} (Linear) takes {module.in_features} features"
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return f"its first layer {name!r} ({type(module).__name__}) takes {module.in_channels} channels"
-        if isinstance(module, nn.Embedding):
-            return f"its first layer {name!r} (Embedding) takes token ids below {module.num_embeddings}"
-    return None
 
 
 @torch.no_grad()

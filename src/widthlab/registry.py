@@ -88,8 +88,9 @@ def _import_user_module(module_name: str) -> ModuleType:
     top = module_name.partition(".")[0]
     here = os.getcwd()
     local = [p for p in (Path(here) / f"{top}.py", Path(here) / top) if p.exists()]
-    if top in sys.modules or importlib.util.find_spec(top) is not None:
-        found = getattr(sys.modules.get(top), "__file__", None) or importlib.util.find_spec(top).origin
+    installed = None if top in sys.modules else importlib.util.find_spec(top)
+    if top in sys.modules or installed is not None:
+        found = getattr(sys.modules.get(top), "__file__", None) or getattr(installed, "origin", None)
         if local and found and Path(found).resolve().parent not in (Path(here).resolve(), local[0].resolve()):
             raise WidthlabError(f"module {top!r} names both {str(local[0])!r} in the current folder and the "
                                 f"installed {found!r}, which widthlab imports; rename your file")

@@ -71,9 +71,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from widthlab.study.store import load_results
-
     from widthlab.study.runner import lost_checkpoints_note, unchosen_without_checkpoint
+    from widthlab.study.store import load_results
 
     runs = load_results(args.dir).runs
     current = _current_run_ids(Path(args.dir), _study_config(Path(args.dir)))

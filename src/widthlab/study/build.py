@@ -98,6 +98,18 @@ def checkpoint_model(state: dict[str, Any], path: str, *, import_code: bool) -> 
     return model
 
 
+def expected_input(model: nn.Module) -> str | None:
+    """What the model's first Linear, Conv or Embedding module takes, for shape-mismatch messages (None: unknown)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            return f"its first layer {name!r} (Linear) takes {module.in_features} features"
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return f"its first layer {name!r} ({type(module).__name__}) takes {module.in_channels} channels"
+        if isinstance(module, nn.Embedding):
+            return f"its first layer {name!r} (Embedding) takes token ids below {module.num_embeddings}"
+    return None
+
+
 def parameter_count(model: nn.Module, *, trainable: bool = False) -> int:
     """The number of parameters of `model` (with `trainable`, only those that require a gradient)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)

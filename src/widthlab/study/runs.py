@@ -21,7 +21,7 @@ from widthlab.data.base import ArrayDataset, Splits
 from widthlab.errors import WidthlabError, first_line
 from widthlab.measure import analyze, check_measurable
 from widthlab.memory import available_memory, weight_bytes
-from widthlab.study.build import build_model
+from widthlab.study.build import build_model, expected_input
 from widthlab.study.config import RunConfig
 from widthlab.threads import blas_threads
 from widthlab.train import TrainConfig, fit
@@ -83,8 +83,6 @@ def check_takes_inputs(model: torch.nn.Module, splits: Splits, what: str) -> Non
     model whose input layer does not fit the data (``model.input_dim: 5`` on 10-d data) is one WidthlabError
     before any run is registered, not a failure of every run. An operation the ``meta`` device cannot run
     (a user's model calling ``.item()``) proves nothing either way: the run's own check on real data decides."""
-    from widthlab.external import expected_input
-
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.stack([splits.test[i][0] for i in range(min(2, len(splits.test)))]).to(device)
     try:
