@@ -1,25 +1,24 @@
 #!/usr/bin/env bash
-# widthlab's GPU check: its CUDA paths benchmarked and tested on one NVIDIA GPU, offline (about 10 minutes on
-# an H200). Run it from a checkout on the GPU machine:
+# widthlab's GPU check: its CUDA paths benchmarked and tested on one NVIDIA GPU, offline (about 9 minutes on
+# an H100). Run it from a checkout on the GPU machine:
 #
-#   bash benchmarks/gpu_session.sh                      # the benchmarks, ~9 minutes
-#   PARTS=tests bash benchmarks/gpu_session.sh          # the CUDA tests, ~3 minutes
+#   bash benchmarks/gpu_session.sh                      # the table, then the CUDA tests: ~9 minutes
+#   PARTS=tests bash benchmarks/gpu_session.sh          # the CUDA tests alone, ~2 minutes
 #
 # The machine's python3 needs torch, numpy, pandas, matplotlib, PyYAML, tqdm, scikit-learn, Pillow and pydantic.
 # Where it cannot reach PyPI, download pydantic's wheels on a machine that can and copy the folder along:
 #
 #   bash benchmarks/gpu_session.sh --fetch-wheels       # writes .whl/ (git-ignored), installed from there offline
 #
-# Parts, in order of importance (each has its own time limit; PARTS="stacked throughput study" by default):
-#   0. stacked:    benchmarks/vectorized_training.py on CUDA: 15 replicate MLPs and 3 alexnet_cifar 1/4x trained
-#                  as one stacked model (grouped convolutions) vs one by one, speed-up and accuracy gap
-#   1. throughput: benchmarks/train_throughput.py on 45,000 images at widths 4, 1, 1/4 (4x first: its row is the
-#                  one a time limit would cut), variants eager, compiled, graphs (CUDA graphs)
-#   2. study:      a fixed-length AlexNet width study, 5 widths x 3 replicates x 30 epochs (meant to take under
-#                  5 minutes)
-#   3. tests:      pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume;
-#                  compiled and CUDA-graph training), then tests/test_vectorized.py (stacked training on CUDA
-#                  with grouped convolutions, and the CPU bit-identity on that machine's BLAS), about 4 minutes
+# Parts (PARTS="table tests" by default; each has its own time limit, and the whole ends by BUDGET seconds):
+#   table:  benchmarks/gpu_table.py: ONE table, written to $OUT/gpu-table.txt: the alexnet_cifar width study
+#           (1/4x … 4x, 3 runs × 2 epochs × 45,000 images per width) trained by a plain fp32 loop with the data on
+#           the GPU, by widthlab one by one, stacked (grouped convolutions) and compiled: wall s, images/s and the
+#           ratio to plain per width; then the measurement of a 1x net, engine vs the reference algorithm
+#           (about 7 minutes)
+#   tests:  pytest -m cuda (the automatic GPU path learns; GPU measurement matches the CPU; resume; compiled and
+#           CUDA-graph training; stacked training with grouped convolutions on cuDNN), about 2 minutes
+#   stacked, throughput, study: the older, longer benchmarks (vectorized_training.py, train_throughput.py)
 # Logs go to $OUT, or ./gpu-session-logs without it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,12 +43,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, widthlab; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'widthlab', widthlab.__version__)" \
     | tee -a "$OUT/gpu.txt" || exit 1
 
-PARTS=${PARTS:-"stacked throughput study"}
+PARTS=${PARTS:-"table tests"}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 # Each part gets its own cap, or less: the whole script ends by BUDGET seconds (the device tool's limit is 600).
 BUDGET=${BUDGET:-580}
 cap() { local left=$((BUDGET - SECONDS)); echo $(( left < $1 ? (left > 10 ? left : 10) : $1 )); }
 status=0
+if part table; then
+    echo "== the table"
+    timeout "$(cap 450)" python3 benchmarks/gpu_table.py --budget 330 --out "$OUT/gpu-table.txt" \
+        2>&1 | tee "$OUT/table.log" || status=1
+fi
 if part stacked; then
     echo "== 0. stacked replicates"
     timeout "$(cap 120)" python3 benchmarks/vectorized_training.py --device cuda --mlp-epochs 20 --alexnet-epochs 5 \
@@ -68,9 +72,7 @@ if part study; then
 fi
 if part tests; then
     echo "== 3. CUDA tests"
-    timeout "$(cap 240)" python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_train_fast_path.py \
+    timeout "$(cap 180)" python3 -m pytest -q -m cuda -p no:cacheprovider tests \
         2>&1 | tee "$OUT/cuda-tests.log" || status=1
-    timeout "$(cap 120)" python3 -m pytest -q -p no:cacheprovider tests/test_vectorized.py \
-        2>&1 | tee -a "$OUT/cuda-tests.log" || status=1
 fi
 exit $status
