@@ -1,5 +1,7 @@
 """Study configs: presets load, every user mistake is one clear error, overrides apply."""
 
+import re
+
 import pytest
 
 from widthlab import WidthlabError
@@ -62,6 +64,8 @@ def test_set_overrides_parse_yaml_values():
     ("grid.variants={bad: {optimizer: adam}}", "variant 'bad' overrides"),
     ("grid.variants={bad: {train: {optimizer: lbfgs}}}", "variant 'bad': train.optimizer"),
     ("nokey", "--set expects key=value"),
+    ("grid.widths=0.5,1", re.escape("valid tuple (got '0.5,1'); write a list in brackets, quoted for the shell: "
+                                    "--set 'grid.widths=[0.5, 1]'")),
 ])
 def test_bad_config_is_one_clear_error(override, match):
     with pytest.raises(WidthlabError, match=match):

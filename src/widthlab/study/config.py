@@ -526,6 +526,10 @@ def _first_error(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown key {loc!r}"
     shown = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+    if err["type"] in ("tuple_type", "list_type") and isinstance(err.get("input"), str):
+        # `--set grid.widths=0.5,1`: YAML reads a bare comma list as one string; say how to write a list.
+        items = ", ".join(part.strip() for part in err["input"].split(","))
+        shown += f"; write a list in brackets, quoted for the shell: --set '{loc}=[{items}]'"
     return f"{loc}: {msg}{shown}" if loc else msg
 
 
