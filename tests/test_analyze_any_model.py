@@ -373,3 +373,23 @@ def test_the_cli_applies_the_budget_and_says_so(gpt2, prompts, tmp_path, capsys)
     table = frame(out)
     assert sorted(set(table.query("metric == 'unchanged'")["level"])) == [0, 0.25, 0.5, 0.75, 1]
     assert set(table.query("metric == 'auc'")["sampling"]) == {0}
+
+
+def test_the_plan_says_when_weights_are_random(tmp_path, gpt2, capsys):
+    """A folder without weights (and a hub model) measures a random network: the plan line must say so, with the
+    seed; a folder with weights must not."""
+    from widthlab.external import random_weights
+
+    folder = tmp_path / "config-only"
+    gpt2_config().save_pretrained(folder)
+    ids = torch.randint(0, 100, (6, 7), generator=torch.Generator().manual_seed(0))
+    torch.save({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, tmp_path / "ids.pt")
+    lines = {}
+    for name, model in (("random", f"hf:{folder}"), ("trained", f"hf:{gpt2}")):
+        assert main(["analyze", model, "--data", str(tmp_path / "ids.pt"), *FAST, "--seed", "4",
+                     "--out", str(tmp_path / name)]) == 0
+        lines[name] = next(line for line in capsys.readouterr().err.splitlines() if "M parameters" in line)
+    assert "random weights (--seed 4)" in lines["random"]
+    assert "random weights" not in lines["trained"]
+    assert random_weights("torchvision:resnet18") and random_weights("timm:vit_tiny_patch16_224")
+    assert not random_weights("mynets:build")

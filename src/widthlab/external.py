@@ -83,6 +83,17 @@ def load_model(spec: str, *, seed: int = 0, allow_code: bool = False) -> nn.Modu
                         f"'torchvision:NAME' / 'timm:NAME'")
 
 
+def random_weights(spec: str) -> bool:
+    """Whether `load_model(spec)` draws the model's weights (from its seed) rather than reading them: a hub model
+    (``torchvision:``/``timm:``, never downloaded) or an ``hf:`` folder without a weights file. A
+    ``module:function`` is the user's own business, a checkpoint holds its weights."""
+    if spec.startswith(HF):
+        path = Path(spec[len(HF):]).expanduser()
+        return not any((path / name).is_file() for name in HF_WEIGHTS)
+    hub, _, name = spec.partition(":")
+    return hub in HUBS and bool(name) and not is_checkpoint(spec)
+
+
 def _from_checkpoint(path: Path, allow_code: bool) -> nn.Module:
     return checkpoint_model(load_checkpoint(path), str(path), import_code=allow_code).eval()
 

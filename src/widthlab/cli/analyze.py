@@ -216,7 +216,7 @@ def _analyze_flags(args: argparse.Namespace) -> dict:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from widthlab.external import first_examples, load_model, trial_run
+    from widthlab.external import first_examples, load_model, random_weights, trial_run
     from widthlab.measure import analyze, capture, check_measurable
     from widthlab.measure.inputs import count_examples, first_batch, known_examples
     from widthlab.measure.perturbations import get_perturbation, level_sets
@@ -256,7 +256,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if not args.quiet:
         tokens = count_examples(inputs, mask)[1] if isinstance(inputs, dict) else None
         parameters = parameter_count(model)
-        print(f"widthlab: {args.model} ({type(model).__name__}, {parameters / 1e6:.3g} M parameters) on {data_label}:"
+        weights = f", random weights (--seed {args.seed})" if random_weights(args.model) else ""
+        print(f"widthlab: {args.model} ({type(model).__name__}, {parameters / 1e6:.3g} M parameters{weights}) on "
+              f"{data_label}:"
               f" {'unknown' if examples is None else format(examples, ',')} examples"
               f"{'' if tokens is None else f' ({tokens:,} real tokens)'}; {_plural(len(names), 'layer')}: "
               f"{_layer_list(units)}", file=sys.stderr)
