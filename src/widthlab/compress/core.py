@@ -32,6 +32,7 @@ from torch import nn
 from widthlab import files
 from widthlab.compress import select, structure
 from widthlab.errors import WidthlabError, check_positive_int
+from widthlab.measure.capture import default_layers
 from widthlab.measure.hooks import named
 from widthlab.measure.inputs import Batch, batches, select_scores
 
@@ -318,7 +319,7 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
             (resnet56_cifar) need Torch-Pruning (``widthlab[compress]``). It is not modified.
         inputs: calibration inputs (any form `widthlab.measure` takes; the first `max_examples` are used): the
             activity regressed for merging and the single-unit ablations are measured on them.
-        layers: module names (default: the model's ``unit_layers``).
+        layers: module names (default: the model's ``unit_layers``, else its activation modules, as `analyze`).
         keep: units to keep per layer: a count, a share in (0, 1], or a mapping layer → count/share (layers not
             named keep all their units).
         max_drop: instead of `keep`, the fewest units per layer (each layer compressed alone, by bisection) at
@@ -348,9 +349,13 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
         raise WidthlabError(f"max_drop must be a number in [0, 1] (a share of examples), got {max_drop!r}")
     check_positive_int("batch_size", batch_size)
     check_positive_int("max_examples", max_examples, optional=True)
-    names = [layers] if isinstance(layers, str) else list(layers or getattr(model, "unit_layers", None) or [])
+    if layers is None:
+        # the layers `analyze` measures by default: the model's unit_layers, else its activation outputs
+        names = default_layers(model, inputs, mask=None)
+    else:
+        names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
-        raise WidthlabError(f"{type(model).__name__} declares no unit_layers; name the layers to compress")
+        raise WidthlabError("no layers given; name at least one module of the model")
     named(model, names)  # unknown names: one line listing the valid ones
     saved_spec = _model_spec(model, spec)
 
