@@ -133,6 +133,88 @@ def test_twin_channels_merge_exactly_through_batchnorm_and_max_pooling_into_a_co
     assert (compress(large, x, ["2"], keep=5, method="prune").model(x) - small(x)).abs().max() > 1e-2
 
 
+def _two_layer_twins(eta: float = 0.0):
+    """S: 6 → 5 → 4 → 3 (ReLU after each hidden layer); L: both hidden layers duplicated, outgoing weights halved
+    (± eta between twins)."""
+    torch.manual_seed(5)
+    small = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).double()
+    large = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        large[0].weight.copy_(torch.cat([small[0].weight] * 2))
+        large[0].bias.copy_(torch.cat([small[0].bias] * 2))
+        half = torch.cat([small[2].weight / 2 + eta, small[2].weight / 2 - eta], 1)
+        large[2].weight.copy_(torch.cat([half, half]))
+        large[2].bias.copy_(torch.cat([small[2].bias] * 2))
+        large[4].weight.copy_(torch.cat([small[4].weight / 2 - eta, small[4].weight / 2 + eta], 1))
+        large[4].bias.copy_(small[4].bias)
+    return small, large
+
+
+def test_two_duplicated_layers_of_one_chain_merge_back_to_the_small_network_and_max_drop_finds_it():
+    small, large = _two_layer_twins(eta=2.0)
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(large(x), small(x), atol=1e-10)
+    merged = compress(large, x, keep={"1": 5, "3": 4})
+    assert (merged.model(x) - small(x)).abs().max() < 1e-6 and params(merged.model) == params(small)
+    found = compress(large, x, max_drop=0.0)  # default layers: the two ReLUs
+    assert list(found.table["layer"]) == ["1", "3"] and list(found.table["units_after"]) == [5, 4]
+    assert found.table.loc[0, "agreement"] == 1.0
+
+
+def test_twin_channels_merge_exactly_into_a_linear_reading_them_flattened():
+    torch.manual_seed(1)
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 9, 3)).double()
+    large = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 9, 3)).double()
+    with torch.no_grad():
+        large[0].weight.copy_(torch.cat([small[0].weight] * 2))
+        large[0].bias.copy_(torch.cat([small[0].bias] * 2))
+        large[4].weight.copy_(torch.cat([small[4].weight / 2 + 1.0, small[4].weight / 2 - 1.0], 1))
+        large[4].bias.copy_(small[4].bias)
+    x = torch.randn(30, 3, 8, 8, dtype=torch.float64)
+    assert torch.allclose(large(x), small(x), atol=1e-10)
+    merged = compress(large, x, ["1"], keep=4)
+    assert (merged.model(x) - small(x)).abs().max() < 1e-6 and merged.model[4].in_features == 36
+
+
+def test_ablation_and_magnitude_importance_prune_the_unit_that_matters_least():
+    model = create_model("mlp", 8 / 128, input_dim=4, num_classes=2, seed=0).double()
+    with torch.no_grad():
+        model.readout.weight[:, 6] = 0.0  # unit 6 reaches nothing: its ablation changes no score
+        model.fc1.weight[2] *= 1e-3  # unit 2 has the smallest incoming weights
+    x = torch.randn(100, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    by_ablation = compress(model, x, keep=7, method="prune", importance="ablation")
+    assert 6 not in by_ablation.kept["relu1"].tolist()
+    assert (by_ablation.model(x) - model(x)).abs().max() < 1e-12
+    assert 2 not in compress(model, x, keep=7, method="prune", importance="magnitude").kept["relu1"].tolist()
+    randomly = [compress(model, x, keep=4, method="prune", importance="random", seed=s).kept["relu1"] for s in (0, 0, 1)]
+    assert torch.equal(randomly[0], randomly[1]) and not torch.equal(randomly[0], randomly[2])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_of_two_exact_twins_merging_keeps_the_more_important_one(seed):
+    # unit 7 is a copy of unit 3: either can stand for the other (a near-tie of the selection), so importance
+    # decides: here seeded random draws, whose larger one must stay
+    model = create_model("mlp", 8 / 128, input_dim=4, num_classes=2, seed=0).double()
+    with torch.no_grad():
+        model.fc1.weight[7], model.fc1.bias[7] = model.fc1.weight[3], model.fc1.bias[3]
+    x = torch.randn(100, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = compress(model, x, keep=7, importance="random", seed=seed)
+    draws = torch.rand(8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    gone = 3 if draws[3] < draws[7] else 7
+    assert result.kept["relu1"].tolist() == [u for u in range(8) if u != gone]
+    assert (result.model(x) - model(x)).abs().max() < 1e-9
+
+
+def test_alexnet_prunes_where_lrn_mixes_channels_and_merges_its_dense_layers():
+    model = create_model("alexnet_cifar", 0.0625, seed=0)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = compress(model, x, keep=0.5, importance="magnitude")
+    used = dict(zip(result.table["layer"], result.table["method_used"]))
+    assert used["conv1_relu"] == "prune (merge not exact: lrn1 mixes units)" and used["fc1_relu"] == "merge"
+    assert result.model(x).shape == (6, 10) and params(result.model) < params(model)
+    assert result.model.conv2.in_channels == len(result.kept["conv1_relu"]) == 3
+
+
 def test_max_drop_zero_finds_the_width_of_the_network_before_duplication(small, x):
     large = duplicated(small, eta=1.0)
     result = compress(large, x, max_drop=0.0, method="merge")

@@ -257,45 +257,119 @@ def _torch_pruning():
     return torch_pruning
 
 
-def _prune_coupled(model: nn.Module, path: structure.ChainPath, keep: torch.Tensor, example: Batch,
-                   tp) -> set[str]:
-    """Remove the units of `path` not in `keep` with Torch-Pruning's dependency graph (every coupled layer with
-    them); returns the names of the modules whose output channels went."""
+def _coupled_group(model: nn.Module, path: structure.ChainPath, example: Batch, tp, removed=(0,)):
+    """``(Torch-Pruning group, names of the modules whose output channels it removes)`` for removing `removed`
+    units of `path` from `model`."""
     modules = dict(model.named_modules())
     names = {id(module): name for name, module in modules.items()}
     producer = modules[path.producer]
-    removed = sorted(set(range(path.units)) - set(keep.tolist()))
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example.args if len(example.args) > 1 else
                                                   example.args[0])
     handler = tp.prune_linear_out_channels if isinstance(producer, nn.Linear) else tp.prune_conv_out_channels
-    group = graph.get_pruning_group(producer, handler, idxs=removed)
+    group = graph.get_pruning_group(producer, handler, idxs=list(removed))
     if not graph.check_pruning_group(group):
         raise WidthlabError(f"cannot compress layer {path.layer!r}: Torch-Pruning refuses the group of layers coupled "
                             f"with {path.producer!r} (it would empty one of them)")
-    shrunk = {names[id(dep.target.module)] for dep, _ in group
-              if getattr(dep.handler, "__name__", "") == "prune_out_channels" and id(dep.target.module) in names
-              and isinstance(dep.target.module, structure.WEIGHTS)}
+    members = {names[id(dep.target.module)] for dep, _ in group
+               if getattr(dep.handler, "__name__", "") == "prune_out_channels" and id(dep.target.module) in names
+               and isinstance(dep.target.module, structure.WEIGHTS)}
+    return group, members
+
+
+def _prune_coupled(model: nn.Module, path: structure.ChainPath, keep: torch.Tensor, example: Batch, tp) -> None:
+    """Remove the units of `path` not in `keep` from `model` (in place) with Torch-Pruning's dependency graph,
+    from every layer coupled with them."""
+    removed = sorted(set(range(path.units)) - set(keep.tolist()))
+    group, _ = _coupled_group(model, path, example, tp, removed)
     group.prune()
-    return shrunk
+    path.units = len(keep)
 
 
-def _search(model: nn.Module, path: structure.ChainPath | None, layer: str, method: str, kind: str,
-            calibration, targets, evaluation, reference, labels, output, seed, max_drop: float,
-            base: float, tp, example) -> int:
-    """Fewest units of `layer` (compressed alone) whose metric stays within `max_drop` of `base` (bisection)."""
-    work = copy.deepcopy(model)
-    modules = dict(work.named_modules())
-    rank = _rank(kind, work, layer, modules[path.producer], path.units, calibration, targets, output, seed)
-    order, moments, _ = _order(method if not path.coupled else "prune", path, work, rank, calibration)
+@dataclass
+class _Run:
+    """What every layer's compression shares: the choices, the calibration data and its targets."""
+
+    method: str
+    importance: str
+    calibration: list[Batch]
+    targets: list[torch.Tensor]
+    output: Any
+    seed: int
+    tp: Any
+    owners: dict[str, str]  # coupled layer -> the first layer of its group (they share their channels)
+
+
+def _coupled_owners(model: nn.Module, paths: list[structure.ChainPath], example: Batch, tp) -> dict[str, str]:
+    """Coupled layer → the first layer (in forward order) whose Torch-Pruning group holds its producer: layers of
+    one group (a ResNet's stem and stage 1, tied by identity shortcuts) are compressed once, together."""
+    owners: dict[str, str] = {}
+    groups: list[tuple[str, set[str]]] = []
+    for path in paths:
+        if not path.coupled:
+            continue
+        owner = next((layer for layer, members in groups if path.producer in members), None)
+        if owner is not None:
+            owners[path.layer] = owner
+            continue
+        owners[path.layer] = path.layer
+        groups.append((path.layer, _coupled_group(copy.deepcopy(model), path, example, tp)[1]))
+    return owners
+
+
+def _shrink(run: _Run, model: nn.Module, paths: list[structure.ChainPath], counts: dict[str, int]):
+    """``(smaller copy of model, kept, method_used)``: each layer in forward order keeps ``counts[layer]`` units,
+    chosen and folded on the model with the layers before it already compressed."""
+    work, paths = copy.deepcopy(model), copy.deepcopy(paths)
+    kept: dict[str, torch.Tensor] = {}
+    used: dict[str, str] = {}
+    for path in paths:
+        k = counts[path.layer]
+        owner = run.owners.get(path.layer, path.layer)
+        if owner != path.layer:
+            kept[path.layer] = kept[owner]
+            used[path.layer] = f"as {owner!r} (the same channels, coupled through residual adds)"
+            continue
+        if k == path.units:
+            kept[path.layer], used[path.layer] = torch.arange(path.units), "kept all"
+            continue
+        modules = dict(work.named_modules())
+        rank = _rank(run.importance, work, path.layer, modules[path.producer], path.units, run.calibration,
+                     run.targets, run.output, run.seed)
+        if path.coupled:
+            kept[path.layer] = torch.from_numpy(np.sort(select.prune_order(rank)[:k]))
+            _prune_coupled(work, path, kept[path.layer], run.calibration[0], run.tp)
+            used[path.layer] = "prune" if run.method == "prune" else \
+                "prune (merge not supported: channels coupled through residual adds/concats)"
+            continue
+        order, moments, used[path.layer] = _order(run.method, path, work, rank, run.calibration)
+        kept[path.layer] = _apply_chain(work, path, order, k, moments)
+    return work.eval(), kept, used
+
+
+def _metric(run: _Run, model: nn.Module, evaluation, reference, labels) -> float:
+    accuracy, agreement = _scores(_predict(model, evaluation, run.output), reference, labels)
+    return agreement if labels[0] is None else accuracy
+
+
+def _search(run: _Run, model: nn.Module, path: structure.ChainPath, evaluation, reference, labels,
+            max_drop: float, base: float) -> int:
+    """Fewest units of `path`'s layer (compressed alone) whose metric stays within `max_drop` of `base`: a
+    bisection on the kept count over one unit order (importance and selection measured once)."""
+    if run.owners.get(path.layer, path.layer) != path.layer:
+        return -1  # compressed with its group's first layer; filled in by the caller
+    modules = dict(model.named_modules())
+    rank = _rank(run.importance, model, path.layer, modules[path.producer], path.units, run.calibration,
+                 run.targets, run.output, run.seed)
+    order, moments, _ = _order(run.method if not path.coupled else "prune", path, model, rank, run.calibration)
 
     def ok(k: int) -> bool:
-        trial = copy.deepcopy(work)
+        trial = copy.deepcopy(model)
         if path.coupled:
-            _prune_coupled(trial, copy.deepcopy(path), torch.from_numpy(np.sort(order[:k])), example, tp)
+            _prune_coupled(trial, copy.deepcopy(path), torch.from_numpy(np.sort(order[:k])), run.calibration[0],
+                           run.tp)
         else:
             _apply_chain(trial, copy.deepcopy(path), order, k, moments)
-        accuracy, agreement = _scores(_predict(trial, evaluation, output), reference, labels)
-        return base - (agreement if labels[0] is None else accuracy) <= max_drop + 1e-12
+        return base - _metric(run, trial.eval(), evaluation, reference, labels) <= max_drop + 1e-12
 
     lo, hi = 0, path.units  # ok(hi) holds (nothing removed); ok(lo) is taken to fail
     while hi - lo > 1:
@@ -305,6 +379,26 @@ def _search(model: nn.Module, path: structure.ChainPath | None, layer: str, meth
         else:
             lo = mid
     return hi
+
+
+def _joint(run: _Run, model: nn.Module, paths, counts: dict[str, int], evaluation, reference, labels,
+           max_drop: float, base: float) -> dict[str, int]:
+    """The per-layer counts raised together until the layers compressed jointly stay within `max_drop`: the
+    smallest t ∈ [0, 1] (bisection, 6 steps) such that keeping k + ⌈t·(C − k)⌉ units per layer passes."""
+    def at(t: float) -> dict[str, int]:
+        return {p.layer: min(p.units, counts[p.layer] + math.ceil(t * (p.units - counts[p.layer]))) for p in paths}
+
+    def ok(t: float) -> bool:
+        return base - _metric(run, _shrink(run, model, paths, at(t))[0], evaluation, reference, labels) \
+            <= max_drop + 1e-12
+
+    if ok(0.0):
+        return counts
+    lo, hi = 0.0, 1.0
+    for _ in range(6):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return at(hi)
 
 
 def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *, keep=None,
@@ -324,7 +418,8 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
             named keep all their units).
         max_drop: instead of `keep`, the fewest units per layer (each layer compressed alone, by bisection) at
             which accuracy on `eval_inputs` — agreement with the original's predictions without labels — falls by
-            at most this much. The layers are then compressed together; the table shows the joint drop.
+            at most this much; if the layers compressed together fall by more, their counts are raised together
+            until they do not (`_joint`).
         method: ``"merge"`` (fold removed units into the kept ones: exact for linear dependence, and where a
             module between mixes units or channels are coupled, pruning instead, said in ``method_used``) or
             ``"prune"`` (remove by importance).
@@ -389,45 +484,24 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
         params_before = parameter_count(work)
         base = 1.0 if labels_[0] is None else accuracy_before
 
+        run = _Run(method, importance, calibration, targets, output, seed, tp,
+                   _coupled_owners(work, paths, calibration[0], tp) if coupled else {})
         if keep is not None:
             counts = _counts(names, keep, units)
         else:
-            counts = {p.layer: _search(work, p, p.layer, method, importance, calibration, targets, evaluation,
-                                       reference, labels_, output, seed, float(max_drop), base, tp, calibration[0])
+            counts = {p.layer: _search(run, work, p, evaluation, reference, labels_, float(max_drop), base)
                       for p in paths}
-
-        kept: dict[str, torch.Tensor] = {}
-        used: dict[str, str] = {}
-        shrunk_by: dict[str, tuple[str, set[str]]] = {}  # producer -> (layer whose group removed it, group)
+            counts = {layer: counts[run.owners.get(layer, layer)] for layer in counts}
         for path in paths:
-            k = counts[path.layer]
-            if path.coupled:
-                owner = next((layer for producer, (layer, group) in shrunk_by.items() if path.producer in group),
-                             None)
-                if owner is not None:
-                    if k != len(kept[owner]):
-                        raise WidthlabError(f"layers {owner!r} and {path.layer!r} share their channels (coupled "
-                                            f"through residual adds) but keep {len(kept[owner])} and {k} units; "
-                                            "give them the same keep")
-                    kept[path.layer] = kept[owner]
-                    used[path.layer] = f"as {owner!r} (the same channels, coupled through residual adds)"
-                    continue
-            if k == path.units:
-                kept[path.layer], used[path.layer] = torch.arange(path.units), "kept all"
-                continue
-            modules = dict(work.named_modules())
-            rank = _rank(importance, work, path.layer, modules[path.producer], path.units, calibration, targets,
-                         output, seed)
-            if path.coupled:
-                keep_idx = torch.from_numpy(np.sort(select.prune_order(rank)[:k]))
-                group = _prune_coupled(work, path, keep_idx, calibration[0], tp)
-                shrunk_by[path.producer] = (path.layer, group)
-                kept[path.layer] = keep_idx
-                used[path.layer] = "prune" if method == "prune" else \
-                    "prune (merge not supported: channels coupled through residual adds/concats)"
-                continue
-            order, moments, used[path.layer] = _order(method, path, work, rank, calibration)
-            kept[path.layer] = _apply_chain(work, path, order, k, moments)
+            owner = run.owners.get(path.layer, path.layer)
+            if counts[path.layer] != counts[owner]:
+                raise WidthlabError(f"layers {owner!r} and {path.layer!r} share their channels (coupled through "
+                                    f"residual adds) but would keep {counts[owner]} and {counts[path.layer]} units; "
+                                    "give them the same keep")
+
+        if max_drop is not None and len(paths) > 1:
+            counts = _joint(run, work, paths, counts, evaluation, reference, labels_, float(max_drop), base)
+        work, kept, used = _shrink(run, work, paths, counts)
         work.eval()
         accuracy_after, agreement = _scores(_predict(work, evaluation, output), reference, labels_)
     finally:
