@@ -237,7 +237,7 @@ def test_a_resnet_compresses_through_its_residual_couplings_and_its_table_is_a_h
     pytest.importorskip("torch_pruning", reason="needs the compress extra (CI installs it with .[test])")
     model = create_model("resnet56_cifar", 0.25, depth=8, seed=0)
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(48, 3, 8, 8, generator=gen), torch.randint(0, 10, (48,), generator=gen)
+    x, y = torch.randn(24, 3, 8, 8, generator=gen), torch.randint(0, 10, (24,), generator=gen)
     result = compress(model, (x, y), keep=0.5)
     small = result.model
     assert params(small) < params(model)
@@ -280,6 +280,29 @@ def test_save_and_load_give_identical_outputs_and_the_file_loads_with_weights_on
         load_compressed(other_path)
     rebuilt = load_compressed(other_path, build=lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)))
     assert torch.equal(rebuilt.model(xs), other.model(xs))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_a_compressed_file_with_a_payload_is_refused_without_running_it(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": core.FORMAT, "spec": None, "kept": {}, "state": {}, "x": Payload()}, path)
+    with pytest.raises(WidthlabError, match="weights_only=True"):
+        load_compressed(path)
+    assert "pwned" not in capsys.readouterr().out
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(WidthlabError, match="not a widthlab compressed checkpoint"):
+        load_compressed(tmp_path / "other.pt")
+
+
+def test_layers_coupled_by_residual_adds_must_keep_the_same_count():
+    pytest.importorskip("torch_pruning", reason="needs the compress extra")
+    model = create_model("resnet56_cifar", 0.25, depth=8, seed=0)
+    with pytest.raises(WidthlabError, match="'stem' and 'stage1' share their channels"):
+        compress(model, torch.randn(4, 3, 8, 8), keep={"stem": 2}, importance="magnitude")
 
 
 def test_a_saved_resnet_reloads_with_identical_outputs(tmp_path):

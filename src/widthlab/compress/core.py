@@ -257,14 +257,19 @@ def _torch_pruning():
     return torch_pruning
 
 
-def _coupled_group(model: nn.Module, path: structure.ChainPath, example: Batch, tp, removed=(0,)):
+def _graph(model: nn.Module, example: Batch, tp):
+    """Torch-Pruning's dependency graph of `model`, traced on `example`."""
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example.args if len(example.args) > 1 else
+                                                 example.args[0])
+
+
+def _coupled_group(model: nn.Module, path: structure.ChainPath, example: Batch, tp, removed=(0,), graph=None):
     """``(Torch-Pruning group, names of the modules whose output channels it removes)`` for removing `removed`
-    units of `path` from `model`."""
+    units of `path` from `model` (`graph`: its dependency graph, when already built)."""
     modules = dict(model.named_modules())
     names = {id(module): name for name, module in modules.items()}
     producer = modules[path.producer]
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example.args if len(example.args) > 1 else
-                                                  example.args[0])
+    graph = graph if graph is not None else _graph(model, example, tp)
     handler = tp.prune_linear_out_channels if isinstance(producer, nn.Linear) else tp.prune_conv_out_channels
     group = graph.get_pruning_group(producer, handler, idxs=list(removed))
     if not graph.check_pruning_group(group):
@@ -304,6 +309,7 @@ def _coupled_owners(model: nn.Module, paths: list[structure.ChainPath], example:
     one group (a ResNet's stem and stage 1, tied by identity shortcuts) are compressed once, together."""
     owners: dict[str, str] = {}
     groups: list[tuple[str, set[str]]] = []
+    graph = _graph(model, example, tp)  # read only: no group is pruned here
     for path in paths:
         if not path.coupled:
             continue
@@ -312,7 +318,7 @@ def _coupled_owners(model: nn.Module, paths: list[structure.ChainPath], example:
             owners[path.layer] = owner
             continue
         owners[path.layer] = path.layer
-        groups.append((path.layer, _coupled_group(copy.deepcopy(model), path, example, tp)[1]))
+        groups.append((path.layer, _coupled_group(model, path, example, tp, graph=graph)[1]))
     return owners
 
 
@@ -562,8 +568,9 @@ def load_compressed(path: str | os.PathLike, build: Callable[[], nn.Module] | nn
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WidthlabError(f"{str(path)!r} is not a readable compressed checkpoint ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WidthlabError(f"{str(path)!r} is not a compressed checkpoint that loads with weights_only=True (what "
+                            f"widthlab requires, so that loading runs no code): {type(exc).__name__}: {first}") from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise WidthlabError(f"{str(path)!r} is not a widthlab compressed checkpoint (expected format {FORMAT!r})")
     state, kept, spec = saved.get("state"), saved.get("kept"), saved.get("spec")

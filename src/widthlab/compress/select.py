@@ -96,6 +96,7 @@ def ablation_effects(model: nn.Module, layer: str, module: nn.Module, units: int
     try:
         for batch, target in zip(calibration, targets):
             b = len(batch)
+            target = target.to(batch.args[0].device if batch.args else next(iter(batch.kwargs.values())).device)
             state.pop("mask", None)
             if cut:
                 state["keep"] = True
@@ -200,8 +201,8 @@ def fold_into_consumer(consumer: nn.Module, units: int, kept: np.ndarray, remove
     from widthlab.compress.structure import consumer_view
 
     w = consumer_view(consumer, units, consumer.weight.detach().to(torch.float64))  # (out, units, positions…)
-    coef_t, const_t = torch.from_numpy(coef), torch.from_numpy(const)
-    kept_t, removed_t = torch.from_numpy(kept), torch.from_numpy(removed)
+    coef_t, const_t = torch.from_numpy(coef).to(w.device), torch.from_numpy(const).to(w.device)
+    kept_t, removed_t = torch.from_numpy(kept).to(w.device), torch.from_numpy(removed).to(w.device)
     w_removed = w[:, removed_t]
     w = w.clone()
     w[:, kept_t] += torch.einsum("kr,or...->ok...", coef_t, w_removed)

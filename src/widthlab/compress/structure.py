@@ -214,8 +214,8 @@ def shrink_chain(model: nn.Module, path: ChainPath, keep: torch.Tensor) -> None:
     rows/channels, the BatchNorm entries between and the consumer's input columns (all positions of a flattened
     channel) or in-channels."""
     modules = dict(model.named_modules())
-    keep = keep.to(torch.long)
     producer, consumer = modules[path.producer], modules[path.consumer]
+    keep = keep.to(device=producer.weight.device, dtype=torch.long)
     producer.weight = _param(producer.weight[keep])
     if producer.bias is not None:
         producer.bias = _param(producer.bias[keep])
@@ -233,7 +233,7 @@ def shrink_chain(model: nn.Module, path: ChainPath, keep: torch.Tensor) -> None:
         norm.num_features = len(keep)
     if isinstance(consumer, nn.Linear):
         positions = consumer.in_features // path.units
-        columns = (keep[:, None] * positions + torch.arange(positions)).reshape(-1)
+        columns = (keep[:, None] * positions + torch.arange(positions, device=keep.device)).reshape(-1)
         consumer.weight = _param(consumer.weight[:, columns])
         consumer.in_features = len(columns)
     else:
