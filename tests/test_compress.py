@@ -186,7 +186,8 @@ def test_ablation_and_magnitude_importance_prune_the_unit_that_matters_least():
     assert 6 not in by_ablation.kept["relu1"].tolist()
     assert (by_ablation.model(x) - model(x)).abs().max() < 1e-12
     assert 2 not in compress(model, x, keep=7, method="prune", importance="magnitude").kept["relu1"].tolist()
-    randomly = [compress(model, x, keep=4, method="prune", importance="random", seed=s).kept["relu1"] for s in (0, 0, 1)]
+    randomly = [compress(model, x, keep=4, method="prune", importance="random", seed=s).kept["relu1"]
+                for s in (0, 0, 1)]
     assert torch.equal(randomly[0], randomly[1]) and not torch.equal(randomly[0], randomly[2])
 
 
@@ -342,6 +343,23 @@ def test_a_layer_that_is_the_models_output_or_two_layers_of_one_chain_are_refuse
         compress(model, torch.randn(10, 4), ["2"], keep=1)
     with pytest.raises(WidthlabError, match="hold the same units"):
         compress(model, torch.randn(10, 4), ["0", "1"], keep=3)
+
+
+class Branchy(nn.Module):
+    """A forward pass that depends on the data: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.relu, self.fc2 = nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.relu(self.fc1(x))
+        return self.fc2(h) if h.sum() > 0 else -self.fc2(h)
+
+
+def test_a_model_fx_cannot_trace_is_one_line():
+    with pytest.raises(WidthlabError, match="torch.fx cannot trace it"):
+        compress(Branchy(), torch.randn(8, 4), ["relu"], keep=3)
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ class Compressed:
         return path
 
 
-# Inputs -----------------------------------------------------------------------------------------------------------------
+# Inputs ---------------------------------------------------------------------------------------------------------------
 
 def _collect(model: nn.Module, inputs, max_examples: int | None, batch_size: int) -> list[Batch]:
     """The first `max_examples` examples of `inputs` as batches (kept in memory: every layer reads them again)."""
@@ -141,7 +141,7 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# Arguments ----------------------------------------------------------------------------------------------------------------
+# Arguments ------------------------------------------------------------------------------------------------------------
 
 def _count(layer: str, value: object, units: int) -> int:
     """Units to keep of `layer` from a count (1 … units) or a share in (0, 1] (rounded, at least 1)."""
@@ -193,7 +193,7 @@ def _plain(value: object) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-# The engine -------------------------------------------------------------------------------------------------------------
+# The engine -----------------------------------------------------------------------------------------------------------
 
 def _moments(model: nn.Module, consumer: nn.Module, units: int, calibration: list[Batch]) -> select.Moments:
     moments = select.Moments(units)
@@ -521,7 +521,7 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
     return Compressed(work, kept, pd.DataFrame(rows, columns=COLUMNS), saved_spec, units)
 
 
-# Loading ------------------------------------------------------------------------------------------------------------------
+# Loading --------------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def fit_to_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -570,7 +570,8 @@ def load_compressed(path: str | os.PathLike, build: Callable[[], nn.Module] | nn
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise WidthlabError(f"{str(path)!r} is not a compressed checkpoint that loads with weights_only=True (what "
-                            f"widthlab requires, so that loading runs no code): {type(exc).__name__}: {first}") from None
+                            f"widthlab requires, so that loading runs no code): {type(exc).__name__}: {first}") \
+            from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise WidthlabError(f"{str(path)!r} is not a widthlab compressed checkpoint (expected format {FORMAT!r})")
     state, kept, spec = saved.get("state"), saved.get("kept"), saved.get("spec")

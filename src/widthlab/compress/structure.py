@@ -90,7 +90,9 @@ def _layer_node(graph: fx.Graph, layer: str) -> fx.Node:
 
 
 def _describe(node: fx.Node) -> str:
-    return str(node.target) if node.op == "call_module" else f"{node.name} ({getattr(node.target, '__name__', node.target)})"
+    if node.op == "call_module":
+        return str(node.target)
+    return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
 
 
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
