@@ -2,9 +2,11 @@
 
 Public API (DESIGN.md §3): models (`create_model`, `list_models`), data (`load_data`), measurement
 (`capture`, `pcs_needed`, `compressibility`, `similarity`, `redundancy`, `perturbation_curve`,
-`ablation_curve`, `robustness_auc`, `analyze`, `unit_table`) and studies (`run_study` → `StudyOutcome`, `load_results`).
+`ablation_curve`, `robustness_auc`, `analyze`, `unit_table`), compression (`compress` → `Compressed`,
+`load_compressed`) and studies (`run_study` → `StudyOutcome`, `load_results`).
 """
 
+from widthlab.compress import Compressed, compress, load_compressed
 from widthlab.data import Splits, load_data
 from widthlab.errors import WidthlabError
 from widthlab.measure import (
@@ -26,7 +28,7 @@ from widthlab.train import TrainConfig, fit, fit_group
 from widthlab.version import __version__ as __version__
 
 __all__ = [
-    "Curve", "Results", "Splits", "StudyOutcome", "TrainConfig", "WidthlabError", "ablation_curve", "analyze",
-    "capture", "compressibility", "create_model", "fit", "fit_group", "list_models", "load_data", "load_results",
+    "Compressed", "Curve", "Results", "Splits", "StudyOutcome", "TrainConfig", "WidthlabError", "ablation_curve", "analyze",
+    "capture", "compress", "compressibility", "create_model", "fit", "fit_group", "list_models", "load_compressed", "load_data", "load_results",
     "pcs_needed", "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity", "unit_table",
 ]

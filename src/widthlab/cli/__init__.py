@@ -1,4 +1,4 @@
-"""The `widthlab` command: run studies, redraw reports, list presets and models.
+"""The `widthlab` command: run studies, redraw reports, list presets and models, analyse and compress models.
 
 Errors a user can cause print one line and exit with status 2 (argparse's own usage errors do the same).
 """
@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from widthlab.cli.analyze import add_analyze_parser
+from widthlab.cli.compress import add_compress_parser
 from widthlab.cli.study import add_report_parsers, add_run_parsers
 from widthlab.errors import WidthlabError
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_parsers(sub)
     add_analyze_parser(sub)
+    add_compress_parser(sub)
     add_report_parsers(sub)
     return parser
 

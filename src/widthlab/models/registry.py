@@ -80,4 +80,8 @@ def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", 
     missing = [layer for layer in model.unit_layers if layer not in known]
     if missing:
         raise WidthlabError(f"model {name!r} lists unit layers {missing} that are not among its modules")
+    if ":" not in name:
+        # How to rebuild the architecture (not the weights): a compressed model's file names it instead of code.
+        options = {k: v for k, v in kw.items() if k != "num_classes"}
+        model.widthlab_spec = {"model": {"name": name, **options}, "width": width, "num_classes": kw.get("num_classes")}
     return initialize(model, init, sigma, seed)

@@ -1,0 +1,11 @@
+"""Compression: a wide network made narrower by merging redundant units into the others or pruning them, as a
+real smaller model (`compress`, `Compressed`, `load_compressed`).
+
+This package reads models and inputs through `widthlab.measure`; shrinking layers whose channels are coupled
+through residual adds or concatenations needs Torch-Pruning (``pip install 'widthlab[compress]'``).
+"""
+
+from widthlab.compress.core import METHODS, Compressed, compress, load_compressed
+from widthlab.compress.select import IMPORTANCES
+
+__all__ = ["IMPORTANCES", "METHODS", "Compressed", "compress", "load_compressed"]
