@@ -61,6 +61,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
 # tuned with benchmarks/gpu_session.sh on a GPU.
 COMPILE_MIN_STEPS = 20_000
 
+# The torch.compile backend `fit` compiles with: inductor (real kernels). Tests that check which runs compile, and
+# how often, swap in ``"eager"`` / ``"aot_eager"`` or a counting backend (seconds instead of minutes on a CPU);
+# other backends take no `compile_mode`.
+_compile_backend = "inductor"
+
 
 @dataclass(frozen=True)
 class Speed:
@@ -230,7 +235,9 @@ class _Trainer:
         # Compiled for full batches only; the last, smaller batch of an epoch runs eagerly (same parameters), so
         # the compiled graph sees one shape and never recompiles (a dynamic-shape recompile costs as much as the
         # first).
-        full_model = torch.compile(step_model, mode=cfg.compile_mode) if speed.compile else step_model
+        full_model = (torch.compile(step_model, backend=_compile_backend,
+                                    mode=cfg.compile_mode if _compile_backend == "inductor" else None)
+                      if speed.compile else step_model)
         return cls(model, step_model, full_model, optimizer, scheduler, device, speed, shard, train_set, short_batch,
                    graphs=cfg.compile_mode in CUDA_GRAPH_MODES)
 
