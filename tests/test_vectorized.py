@@ -16,7 +16,7 @@ from widthlab.study.runner import plan_runs
 from widthlab.study.runs import group_runs
 from widthlab.train import TrainConfig, fit
 from widthlab.train.stacked import check_stacked, stack_models, stackable
-from widthlab.train.vectorized import NotStackable, fit_group
+from widthlab.train.vectorized import NotStackable, activation_bytes, fit_group, member_bytes
 
 
 def _splits(dtype=torch.float32, **options):
@@ -121,13 +121,13 @@ def test_stacked_training_on_cuda_matches_one_by_one(cuda_path, monkeypatch):
         for key, w0 in before.items():
             step_alone = a.state_dict()[key].cpu() - w0
             step_together = b.state_dict()[key].cpu() - w0
-            torch.testing.assert_close(step_together, step_alone, rtol=2e-2, atol=2e-2 * float(step_alone.abs().max()))
+            torch.testing.assert_close(step_together, step_alone, rtol=1e-2, atol=1e-2 * float(step_alone.abs().max()))
     few = [cfg.model_copy(update={"epochs": 2, "max_steps": None}) for cfg in one]
     _, _, alone, _, together = train(few)
     assert grouped == [True, True]
     for a, b in zip(alone, together):
         assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=2e-3)
-        assert a.train_acc == pytest.approx(b.train_acc, abs=0.02)
+        assert a.train_acc == pytest.approx(b.train_acc, abs=0.05)  # near-ties: a few of 256 examples flip
 
 
 def test_grouped_convolution_computes_each_member():
@@ -279,14 +279,23 @@ def test_a_group_too_big_for_memory_trains_in_parts(tmp_path, monkeypatch):
     calls = []
     real = runs.fit_group
     monkeypatch.setattr(runs, "fit_group", lambda models, *a, **k: calls.append(len(models)) or real(models, *a, **k))
-    per_run = sum(p.numel() * 4 for p in create_model("mlp", 0.25, input_dim=10).parameters()) * runs.WEIGHT_COPIES
-    monkeypatch.setattr(runs, "available_memory", lambda device: 2 * 2 * per_run + 1)  # half of it: 2 runs
     overrides = [*TINY, "grid.select=null", "grid.widths=[0.25]"]
-    run_study(load_config("mlp-10d", overrides), tmp_path / "parts", progress=False, report=False)
+    cfg = load_config("mlp-10d", overrides)
+    splits = load_data("synthetic", input_dim=10, n_train=96, n_val=48, n_test=48, seed=cfg.seed)
+    per_run = member_bytes(create_model("mlp", 0.25, input_dim=10), splits, cfg.train, runs.WEIGHT_COPIES)
+    monkeypatch.setattr(runs, "available_memory", lambda device: 2 * 2 * per_run + 1)  # half of it: 2 runs
+    run_study(cfg, tmp_path / "parts", progress=False, report=False)
     assert calls == [2, 2, 2]
     run_study(load_config("mlp-10d", [*overrides, "train.vectorize=off"]), tmp_path / "off", progress=False,
               report=False)
     pd.testing.assert_frame_equal(load_results(tmp_path / "parts").metrics, load_results(tmp_path / "off").metrics)
+
+
+def test_activation_bytes_count_each_layer():
+    mlp = create_model("mlp", 0.25, input_dim=10)  # fc1 10 → 32, relu1, readout 32 → 2
+    training, evaluation = activation_bytes(mlp, torch.zeros(10))
+    assert training == 2 * (10 + 32 + 32 + 2) * 4  # every output kept for backward, and its gradient
+    assert evaluation == (32 + 32) * 4  # the largest layer's input and output
 
 
 def test_a_group_whose_evaluation_activations_do_not_fit_trains_in_parts(tmp_path, monkeypatch):
