@@ -9,8 +9,6 @@ here: what is tested is which runs compile, and how often, not inductor's kernel
 import copy
 import logging
 
-import pandas as pd
-import pytest
 import torch
 
 import widthlab.train.loop as loop
@@ -71,7 +69,7 @@ def _alexnets(count, seed=0):
 
 def test_stacked_check_takes_tf32_rounding_and_still_catches_wrong_weights(monkeypatch):
     nets = _alexnets(3)
-    x = torch.randn(48, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     stacked = stack_models(nets, grouped=True)  # one grouped convolution for all members: CUDA's form
     with emulate_tf32():
         # float32's promise (1e-5) is more than TF32 keeps: one rounding step is 2^-11 of an input
@@ -135,7 +133,8 @@ STANDIN_ALEXNETS = ["data={name: digits, image_size: 16, n_train: 64, n_val: 32,
 
 def test_a_tiny_study_through_the_cuda_standin(cuda_path, monkeypatch, tmp_path, caplog):
     """Every CUDA branch at once on the CPU: bf16 autocast, data on the device, compile: auto's step rule, two
-    replicate AlexNets stacked with grouped convolutions past the TF32 check, compiled as one model."""
+    replicate AlexNets stacked with grouped convolutions past the TF32 check, compiled as one model; then the
+    same runs one by one (channels_last, each run compiled)."""
     from widthlab.study import runs
 
     stacked = []
@@ -152,3 +151,23 @@ def test_a_tiny_study_through_the_cuda_standin(cuda_path, monkeypatch, tmp_path,
     runs_frame = load_results(tmp_path / "s").runs
     assert (runs_frame.status == "done").all() and len(runs_frame) == 2
     assert not load_results(tmp_path / "s").metrics.empty
+
+    layouts = []
+    real_fit = runs.fit
+
+    def spy_fit(model, *args, **kwargs):  # the batches reach the lone model's first convolution channels_last
+        model.conv1.register_forward_pre_hook(
+            lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            if module.training else None)
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "fit", spy_fit)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="widthlab"):
+        run_study(load_config("alexnet-inits", [*STANDIN_ALEXNETS, f"train.device={cuda_path}",
+                                                "train.vectorize=off"]), tmp_path / "alone", progress=False,
+                  report=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert stacked == [2] and layouts and all(layouts)
+    assert messages.count("torch.compile: the run's full batches ran compiled") == 2, messages
+    assert (load_results(tmp_path / "alone").runs.status == "done").all()

@@ -74,8 +74,6 @@ def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig
         return "train.vectorize is off"
     if len({group_key(cfg) for cfg in cfgs}) > 1:
         return "the runs' training configs differ in more than their seed"
-    cfg = cfgs[0]
-    speed = Speed.resolve(cfg, resolve_device(cfg.device), steps=planned_steps(cfg, len(splits.train)))
     if distributed_shard()[1] > 1:
         return "distributed training (torchrun)"
     # channels_last (CUDA's default) is not used stacked: a speed switch, not a number. A compiled group
