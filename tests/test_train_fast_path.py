@@ -1,8 +1,9 @@
 """The GPU path's switches (bf16 autocast, channels_last, torch.compile, data on the device).
 
 On the CPU every switch can be turned ``on``: these tests prove each one is really applied and keeps the
-trainer's semantics. The tests marked ``cuda`` run the automatic GPU path itself and are skipped without a GPU
-(run them on one with ``pytest -m cuda``).
+trainer's semantics. The tests marked ``cuda`` run the automatic GPU path itself (on one: ``pytest -m cuda``);
+without a GPU those that can run through the CPU standing in for CUDA (the ``cuda_path`` fixture), the rest
+are skipped.
 """
 
 import pytest
