@@ -9,6 +9,7 @@ here: what is tested is which runs compile, and how often, not inductor's kernel
 import copy
 import logging
 
+import pytest
 import torch
 
 import widthlab.train.loop as loop
@@ -171,3 +172,27 @@ def test_a_tiny_study_through_the_cuda_standin(cuda_path, monkeypatch, tmp_path,
     assert stacked == [2] and layouts and all(layouts)
     assert messages.count("torch.compile: the run's full batches ran compiled") == 2, messages
     assert (load_results(tmp_path / "alone").runs.status == "done").all()
+
+
+def test_a_compiled_group_trains_stacked_like_its_runs_alone(monkeypatch, caplog):
+    """compile: auto compiles nearly every long CUDA run; stacking must not turn itself off for them: the stacked
+    model is compiled (here with AOTAutograd's graphs, which take the stacked layers' own backward)."""
+    from widthlab.train.vectorized import fit_group
+
+    monkeypatch.setattr(loop, "_compile_backend", "aot_eager")
+    splits = load_data("synthetic", input_dim=10, n_train=200, n_val=50, n_test=50, seed=0)
+    models = [create_model("mlp", 0.25, init="normal", sigma=0.1, seed=r, input_dim=10) for r in range(3)]
+    alone = [copy.deepcopy(m) for m in models]
+    cfgs = [TrainConfig(lr=0.05, epochs=2, seed=r, compile="on") for r in range(3)]
+    expected = [fit(m, splits, c.model_copy(update={"compile": "off"})) for m, c in zip(alone, cfgs)]
+    with caplog.at_level(logging.INFO, logger="widthlab"):
+        together = fit_group(models, splits, cfgs)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "3 runs train stacked as one model, compiled (stacking and torch.compile compose)" in messages
+    assert "torch.compile: the stacked runs' full batches ran compiled" in messages
+    for a, b in zip(expected, together):
+        assert [h["loss"] for h in a.history] == [pytest.approx(h["loss"], rel=1e-5) for h in b.history]
+        assert a.test_acc == b.test_acc
+    for a, b in zip(alone, models):
+        for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
