@@ -45,3 +45,18 @@ def study(finished_study, tmp_path):
     out = tmp_path / "study"
     shutil.copytree(finished_study, out)
     return out
+
+
+@pytest.fixture
+def cuda_path(monkeypatch):
+    """The device the CUDA path's tests train on: the GPU where there is one, else the CPU standing in for it
+    (``WIDTHLAB_CUDA_STANDIN=1``: every ``auto`` decision taken as on CUDA, TF32 emulated in the stacked check)
+    with torch.compile's cheap ``aot_eager`` backend (Dynamo and AOTAutograd capture the graphs, no codegen)."""
+    import widthlab.train.loop as loop
+    from widthlab.train.standin import STANDIN_ENV
+
+    if torch.cuda.is_available():
+        return "cuda"
+    monkeypatch.setenv(STANDIN_ENV, "1")
+    monkeypatch.setattr(loop, "_compile_backend", "aot_eager")
+    return "cpu"

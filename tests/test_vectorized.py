@@ -1,5 +1,6 @@
 """Runs trained as one stacked model (`fit_group`) give the numbers of training them one by one (`fit`)."""
 
+import contextlib
 import copy
 import dataclasses
 
@@ -15,7 +16,7 @@ from widthlab.study.runner import plan_runs
 from widthlab.study.runs import group_runs
 from widthlab.train import TrainConfig, fit
 from widthlab.train.stacked import check_stacked, stack_models, stackable
-from widthlab.train.vectorized import NotStackable, fit_group
+from widthlab.train.vectorized import NotStackable, activation_bytes, fit_group, member_bytes
 
 
 def _splits(dtype=torch.float32, **options):
@@ -91,18 +92,42 @@ def test_float32_equal_to_rounding_mlp_and_alexnet(one_thread):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_stacked_training_on_cuda_matches_one_by_one():
+def test_stacked_training_on_cuda_matches_one_by_one(cuda_path, monkeypatch):
+    """CUDA's stacked path (grouped convolutions, the TF32 check) trains each member as it trains alone, to what
+    TF32 can promise. On the CPU the stand-in runs it, with TF32's rounding emulated in every convolution and
+    matrix product of both sides. Training amplifies rounding (a member's weights drift to ~1e-3 apart after 16
+    steps), so one step is compared tightly and a few steps by their losses."""
+    from widthlab.train import vectorized
+    from widthlab.train.standin import emulate_tf32
+
+    grouped = []
+    real = vectorized.stack_models
+    monkeypatch.setattr(vectorized, "stack_models", lambda models, **k: grouped.append(k["grouped"]) or real(models, **k))
     digits = load_data("digits", image_size=16, n_train=256, n_val=64, n_test=64, seed=0)
-    nets = [create_model("alexnet_cifar", 0.25, input_size=16, seed=r) for r in range(3)]
-    cfgs = [TrainConfig(lr=0.01, epochs=2, batch_size=32, seed=r, device="cuda", amp="off") for r in range(3)]
-    alone_nets, alone = _alone(nets, digits, cfgs)
-    together = fit_group(nets, digits, cfgs)  # grouped convolutions: one launch for the three runs
+    rounding = emulate_tf32() if cuda_path == "cpu" else contextlib.nullcontext()
+
+    def train(cfgs):
+        nets = [create_model("alexnet_cifar", 0.25, input_size=16, seed=r) for r in range(3)]
+        start = [copy.deepcopy(n.state_dict()) for n in nets]
+        with rounding:
+            alone_nets, alone = _alone(nets, digits, cfgs)
+            together = fit_group(nets, digits, cfgs)  # grouped convolutions: one launch for the three runs
+        return start, alone_nets, alone, nets, together
+
+    one = [TrainConfig(lr=0.01, epochs=1, max_steps=1, batch_size=32, seed=r, device=cuda_path, amp="off")
+           for r in range(3)]
+    start, alone_nets, _, nets, _ = train(one)
+    for before, a, b in zip(start, alone_nets, nets):  # one step: each member's update agrees to TF32 rounding
+        for key, w0 in before.items():
+            step_alone = a.state_dict()[key].cpu() - w0
+            step_together = b.state_dict()[key].cpu() - w0
+            torch.testing.assert_close(step_together, step_alone, rtol=1e-2, atol=1e-2 * float(step_alone.abs().max()))
+    few = [cfg.model_copy(update={"epochs": 2, "max_steps": None}) for cfg in one]
+    _, _, alone, _, together = train(few)
+    assert grouped == [True, True]
     for a, b in zip(alone, together):
-        assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=1e-4)
-    for a, b in zip(alone_nets, nets):  # cuDNN picks its own algorithms per shape: equal to float32 rounding
-        for x, y in zip(a.state_dict().values(), b.state_dict().values()):
-            torch.testing.assert_close(x.cpu(), y.cpu(), rtol=1e-3, atol=1e-4)
+        assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=2e-3)
+        assert a.train_acc == pytest.approx(b.train_acc, abs=0.05)  # near-ties: a few of 256 examples flip
 
 
 def test_grouped_convolution_computes_each_member():
@@ -254,14 +279,41 @@ def test_a_group_too_big_for_memory_trains_in_parts(tmp_path, monkeypatch):
     calls = []
     real = runs.fit_group
     monkeypatch.setattr(runs, "fit_group", lambda models, *a, **k: calls.append(len(models)) or real(models, *a, **k))
-    per_run = sum(p.numel() * 4 for p in create_model("mlp", 0.25, input_dim=10).parameters()) * runs.WEIGHT_COPIES
-    monkeypatch.setattr(runs, "available_memory", lambda device: 2 * 2 * per_run + 1)  # half of it: 2 runs
     overrides = [*TINY, "grid.select=null", "grid.widths=[0.25]"]
-    run_study(load_config("mlp-10d", overrides), tmp_path / "parts", progress=False, report=False)
+    cfg = load_config("mlp-10d", overrides)
+    splits = load_data("synthetic", input_dim=10, n_train=96, n_val=48, n_test=48, seed=cfg.seed)
+    per_run = member_bytes(create_model("mlp", 0.25, input_dim=10), splits, cfg.train, runs.WEIGHT_COPIES)
+    monkeypatch.setattr(runs, "available_memory", lambda device: 2 * 2 * per_run + 1)  # half of it: 2 runs
+    run_study(cfg, tmp_path / "parts", progress=False, report=False)
     assert calls == [2, 2, 2]
     run_study(load_config("mlp-10d", [*overrides, "train.vectorize=off"]), tmp_path / "off", progress=False,
               report=False)
     pd.testing.assert_frame_equal(load_results(tmp_path / "parts").metrics, load_results(tmp_path / "off").metrics)
+
+
+def test_activation_bytes_count_each_layer():
+    mlp = create_model("mlp", 0.25, input_dim=10)  # fc1 10 → 32, relu1, readout 32 → 2
+    training, evaluation = activation_bytes(mlp, torch.zeros(10))
+    assert training == 2 * (10 + 32 + 32 + 2) * 4  # every output kept for backward, and its gradient
+    assert evaluation == (32 + 32) * 4  # the largest layer's input and output
+
+
+def test_a_group_whose_evaluation_activations_do_not_fit_trains_in_parts(tmp_path, monkeypatch):
+    """Weights are not all a stacked group holds: evaluating R members runs R × eval_batch_size examples at once."""
+    from widthlab.study import runs
+
+    calls = []
+    real = runs.fit_group
+    monkeypatch.setattr(runs, "fit_group", lambda models, *a, **k: calls.append(len(models)) or real(models, *a, **k))
+    per_run = sum(p.numel() * 4 for p in create_model("mlp", 0.25, input_dim=10).parameters()) * runs.WEIGHT_COPIES
+    # Evaluating the 96 training examples in one batch: the largest layer's input and output (fc1's 32 units
+    # and their ReLU) take 64 floats per example and member.
+    evaluation = 96 * 64 * 4
+    assert 2 * evaluation > 6 * per_run  # by weights alone, all 6 runs would fit in half of it
+    monkeypatch.setattr(runs, "available_memory", lambda device: 2 * 2 * (per_run + evaluation) + 1)
+    overrides = [*TINY, "grid.select=null", "grid.widths=[0.25]"]
+    run_study(load_config("mlp-10d", overrides), tmp_path / "parts", progress=False, report=False)
+    assert calls == [2, 2, 2]
 
 
 def test_a_run_that_breaks_alone_fails_alone(tmp_path, monkeypatch):

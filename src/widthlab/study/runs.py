@@ -33,6 +33,7 @@ from widthlab.train.vectorized import (
     NotStackable,
     fit_group,
     group_key,
+    member_bytes,
     worth_stacking,
 )
 
@@ -193,7 +194,7 @@ def _execute_runs(specs, data_cache, on_epoch, checkpoints, checkpoint_every, me
     built = [first, *(_build(spec, splits) for spec in specs[1:])]
     models, cfgs, metas = (list(column) for column in zip(*built))
     done = []
-    for part in _stackable_parts(specs, models, cfgs):
+    for part in _stackable_parts(specs, models, cfgs, splits):
         chunk = slice(part[0], part[-1] + 1)
         results = _fit_stacked(specs[chunk], models[chunk], splits, cfgs[chunk], checkpoints[chunk], metas[chunk],
                                on_epoch=None if on_epoch is None else (lambda i, record, first=part[0]:
@@ -223,12 +224,20 @@ def _alone(spec: RunSpec, built, splits: Splits, checkpoint, checkpoint_every: f
     return _finish(spec, model, result, splits, measure)
 
 
-def _stackable_parts(specs: list[RunSpec], models: list, cfgs: list[TrainConfig]) -> list[range]:
-    """`specs` split into consecutive parts whose stacked training fits in memory: the weights, gradients and
-    optimiser state of a part take at most half of what the device has free (activations grow with it too)."""
-    params = weight_bytes(models[0])
+def _stackable_parts(specs: list[RunSpec], models: list, cfgs: list[TrainConfig], splits: Splits) -> list[range]:
+    """`specs` split into consecutive parts whose stacked training fits in memory: a part's weights, gradients
+    and optimiser state and the activations of its largest batch (evaluation runs `eval_batch_size` examples
+    per member at once) take at most half of what the device has free (`member_bytes`)."""
     free = available_memory(resolve_device(cfgs[0].device).type)
-    size = len(specs) if free is None else max(1, min(len(specs), int(free / 2 // max(params * WEIGHT_COPIES, 1))))
+    if free is None:
+        return [range(len(specs))]
+    try:
+        per_member = member_bytes(models[0], splits, cfgs[0], WEIGHT_COPIES)
+    except Exception as exc:  # a forward the CPU cannot run: the stacked check on the device decides
+        log.info("runs %s: activation memory not estimated (%s); sized by their weights",
+                 ", ".join(s.run_id for s in specs), first_line(exc))
+        per_member = weight_bytes(models[0]) * WEIGHT_COPIES
+    size = max(1, min(len(specs), int(free / 2 // max(per_member, 1))))
     return [range(i, min(i + size, len(specs))) for i in range(0, len(specs), size)]
 
 

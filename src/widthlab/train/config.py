@@ -45,9 +45,10 @@ class TrainConfig(ConfigModel):
         seed: seeds the batch order and any dropout; device: ``cpu``, ``cuda`` or ``auto``.
         vectorize: ``auto`` (default): a study trains its runs that differ only in seed and initial weights
             (replicates, initialisation variants) as one stacked model, with the numbers of training them one by
-            one (float64 on the CPU: bit for bit; float32: to rounding); models with batch norm or dropout, compiled
-            or distributed runs, and convolutional models on the CPU (compute-bound: no faster stacked) train one
-            by one. ``off``: always one by one. A speed switch: it is
+            one (float64 on the CPU: bit for bit; float32: to rounding; TF32 on CUDA: to its rounding); a compiled
+            group compiles its stacked model. Models with batch norm or dropout, distributed runs, and
+            convolutional models on the CPU (compute-bound: no faster stacked) train one by one. ``off``: always
+            one by one. A speed switch: it is
             not part of a run's identity, so a study may be resumed with the other setting.
 
     Example: ``TrainConfig(optimizer="adam", lr=1e-3, epochs=10)``

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -22,6 +23,9 @@ from widthlab.train.checkpoint import load_resume_point, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard, wrap_distributed
 from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
+from widthlab.train.standin import cuda_like
+
+log = logging.getLogger("widthlab")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -61,6 +65,39 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
 # tuned with benchmarks/gpu_session.sh on a GPU.
 COMPILE_MIN_STEPS = 20_000
 
+# The torch.compile backend `fit` compiles with: inductor (real kernels). Tests that check which runs compile, and
+# how often, swap in ``"eager"`` / ``"aot_eager"`` or a counting backend (seconds instead of minutes on a CPU);
+# other backends take no `compile_mode`.
+_compile_backend = "inductor"
+
+
+def compile_for_run(module: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """`module` compiled for one run, from a fresh Dynamo state.
+
+    Parameter shapes are guards, and every model of a class runs the same ``forward`` code object: without the
+    reset, a process that trains width after width adds one graph per width to that code object until Dynamo's
+    recompile limit (8) is reached, and then runs every later width eagerly, silently. Resetting per run gives
+    each run its own graph (a replicate of the same shape compiles again: inductor's cache makes that the
+    cheaper compile). It also drops whatever else this process had compiled, which `fit` does not share."""
+    torch.compiler.reset()
+    backend = _compile_backend
+    return torch.compile(module, backend=backend, mode=cfg.compile_mode if backend == "inductor" else None)
+
+
+def compiled_graphs() -> int:
+    """Graphs Dynamo has compiled in this process so far (its own counter, which a reset does not clear)."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def report_compiled(before: int, what: str) -> None:
+    """Log whether `what` really ran compiled: Dynamo compiled a graph since `compiled_graphs()` was `before`,
+    or it fell back to eager (a graph break on every frame, ``torch.compiler.disable``, its recompile limit)."""
+    if compiled_graphs() > before:
+        log.info("torch.compile: %s ran compiled", what)
+    else:
+        log.warning("torch.compile: %s ran eagerly: Dynamo compiled no graph for them (a graph break in every "
+                    "frame, torch.compiler.disable, or its recompile limit)", what)
+
 
 @dataclass(frozen=True)
 class Speed:
@@ -77,7 +114,7 @@ class Speed:
     @classmethod
     def resolve(cls, cfg: TrainConfig, device: torch.device, steps: int | None = None) -> Speed:
         """`steps`: the optimiser steps the run will take, if known (``compile: auto`` needs COMPILE_MIN_STEPS)."""
-        cuda = device.type == "cuda"
+        cuda = cuda_like(device)  # the CPU standing in for CUDA (tests) takes CUDA's decisions
 
         def switch(value: str, auto: bool = True) -> bool:
             return value == "on" or (value == "auto" and cuda and auto)
@@ -206,6 +243,7 @@ class _Trainer:
     train_set: Dataset
     short_batch: int | None  # index of the epoch's last global batch when smaller than the rest
     graphs: bool  # the compiled model replays CUDA graphs
+    graphs_before: int | None = None  # Dynamo's graph count before the first compiled step (None: reported)
     steps: int = 0
     writes: bool = False  # this process writes the run's checkpoints
     provenance: dict | None = None  # the code versions its checkpoints store
@@ -230,9 +268,10 @@ class _Trainer:
         # Compiled for full batches only; the last, smaller batch of an epoch runs eagerly (same parameters), so
         # the compiled graph sees one shape and never recompiles (a dynamic-shape recompile costs as much as the
         # first).
-        full_model = torch.compile(step_model, mode=cfg.compile_mode) if speed.compile else step_model
+        full_model = compile_for_run(step_model, cfg) if speed.compile else step_model
         return cls(model, step_model, full_model, optimizer, scheduler, device, speed, shard, train_set, short_batch,
-                   graphs=cfg.compile_mode in CUDA_GRAPH_MODES)
+                   graphs=cfg.compile_mode in CUDA_GRAPH_MODES,
+                   graphs_before=compiled_graphs() if speed.compile else None)
 
 
 def _resume(trainer: _Trainer, run: RunProgress) -> dict | None:
@@ -306,6 +345,9 @@ def _step(trainer: _Trainer, x: torch.Tensor, y: torch.Tensor, compiled: bool) -
     loss.backward()
     t.optimizer.step()
     t.steps += 1
+    if compiled and t.graphs_before is not None:  # the first compiled step: did it really compile?
+        report_compiled(t.graphs_before, "the run's full batches")
+        t.graphs_before = None
     return loss, scores
 
 

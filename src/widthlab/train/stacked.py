@@ -14,16 +14,30 @@ a residual sum, a user's ``forward``) works per example and therefore unchanged.
 Layers that mix examples (batch norm) or draw random numbers (dropout with p > 0) cannot be stacked this way;
 `stackable` names the first such module, and `check_stacked` compares the stacked forward pass with the
 members' own on real inputs, so a model whose ``forward`` mixes the examples of a batch is never trained
-stacked by mistake.
+stacked by mistake. On CUDA, cuDNN runs float32 convolutions in TF32 (10 mantissa bits) by default, so the
+check there promises what TF32 keeps, not float32's 1e-5; the CPU standing in for CUDA emulates that rounding
+(`widthlab.train.standin`).
 """
 
 from __future__ import annotations
 
 import copy
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from widthlab.train.standin import emulate_tf32, uses_tf32
+
+# How far a member's outputs may be from its own model's, relative to their largest magnitude: float32 keeps
+# 24 bits (the stacked and the lone kernels sum in other orders: 1e-5); TF32 rounds every convolution's and
+# matrix product's operands to 11, so an activation that lands on the other side of a rounding step moves by
+# 2^-11 (5e-4) of itself, and the layers after it carry that on (an AlexNet's outputs differ by up to 8e-4
+# under emulated TF32). 1e-2 is still far below what computing a member with the wrong weights gives (order 1).
+FLOAT32_TOLERANCE = 1e-5
+TF32_TOLERANCE = 1e-2
 
 
 class _BatchedLinear(torch.autograd.Function):
@@ -156,13 +170,18 @@ def load_members(stacked: nn.Module, states: list[dict[str, torch.Tensor]]) -> N
 def check_stacked(stacked: nn.Module, models: list[nn.Module], x: torch.Tensor) -> str | None:
     """None when `stacked` computes each member's output on its own share of `x` (the examples are dealt out in
     order, at least one each: different inputs per member, so a forward that mixes the examples of a batch
-    shows), float64 on the CPU bit for bit, else to 1e-5 relative, in training and in evaluation mode; else how
-    it differs. Global RNG state is left untouched."""
+    shows), float64 on the CPU bit for bit, else to what the device's float32 promises (`FLOAT32_TOLERANCE`,
+    or `TF32_TOLERANCE` where convolutions or matrix products run in TF32: `uses_tf32`; on the CPU standing in
+    for CUDA with TF32's rounding emulated), in training and in evaluation mode; else how it differs. Global
+    RNG state is left untouched."""
     count = len(models)
     if len(x) < count:
         x = x.repeat((count + len(x) - 1) // len(x), *[1] * (x.dim() - 1))
     x = x[:len(x) // count * count]
-    with torch.random.fork_rng(devices=[]):
+    tf32 = uses_tf32(x.device)
+    tolerance = TF32_TOLERANCE if tf32 else FLOAT32_TOLERANCE
+    rounding = emulate_tf32() if tf32 and x.device.type == "cpu" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), rounding:
         for training in (True, False):
             for m in (stacked, *models):
                 m.train(training)
@@ -173,8 +192,8 @@ def check_stacked(stacked: nn.Module, models: list[nn.Module], x: torch.Tensor) 
                 exact = own.dtype == torch.float64 and own.device.type == "cpu"
                 finite = own[own.isfinite()].abs()
                 scale = float(finite.max()) if finite.numel() else 1.0
-                same = torch.allclose(own.float(), out.float(), rtol=0 if exact else 1e-5,
-                                      atol=0 if exact else 1e-5 * max(scale, 1e-12), equal_nan=True)
+                same = torch.allclose(own.float(), out.float(), rtol=0 if exact else tolerance,
+                                      atol=0 if exact else tolerance * max(scale, 1e-12), equal_nan=True)
                 if not same:
                     mode = "training" if training else "evaluation"
                     return f"member {r} differs from the model trained alone ({mode} mode)"

@@ -8,12 +8,17 @@ over the stacked parameters updates each run as its own would), divergence, earl
 own checkpoint file in `fit`'s format: a run can resume alone, and a group resumes from its runs' checkpoints.
 On the CPU in float64 the results equal `fit`'s bit for bit; in float32 to rounding (1e-5).
 
+Stacking and torch.compile compose: a compiled group compiles its stacked model (full batches only, as `fit`
+does), so on CUDA, where ``compile: auto`` compiles every long run, replicates still share their kernels.
+The unstacked member models wait on the CPU while their stacked model trains: the device holds each weight once.
+
 `vectorizable` says whether a list of runs can train this way, and why not; `fit_group` then trains them.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import time
@@ -31,9 +36,21 @@ from widthlab.train.batching import iterate_batches, on_device, planned_steps, p
 from widthlab.train.checkpoint import load_resume_point, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
-from widthlab.train.loop import Speed, make_optimizer, make_scheduler, resolve_device
+from widthlab.train.loop import (
+    CUDA_GRAPH_MODES,
+    Speed,
+    compile_for_run,
+    compiled_graphs,
+    make_optimizer,
+    make_scheduler,
+    report_compiled,
+    resolve_device,
+)
 from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
 from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
+from widthlab.train.standin import cuda_like
+
+log = logging.getLogger("widthlab")
 
 
 class NotStackable(ValueError):
@@ -57,12 +74,10 @@ def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig
         return "train.vectorize is off"
     if len({group_key(cfg) for cfg in cfgs}) > 1:
         return "the runs' training configs differ in more than their seed"
-    cfg = cfgs[0]
-    speed = Speed.resolve(cfg, resolve_device(cfg.device), steps=planned_steps(cfg, len(splits.train)))
     if distributed_shard()[1] > 1:
         return "distributed training (torchrun)"
-    if speed.compile:  # channels_last (CUDA's default) is not used stacked: a speed switch, not a number
-        return "compiled training"
+    # channels_last (CUDA's default) is not used stacked: a speed switch, not a number. A compiled group
+    # compiles its stacked model (`fit_group`).
     if not (hasattr(splits.train, "x") and hasattr(splits.train, "y")):
         return "the training split is not held in memory"
     why = stackable(models[0])
@@ -77,10 +92,51 @@ def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig
 def worth_stacking(model: nn.Module, device: torch.device) -> str | None:
     """None when stacking `model`'s runs pays on `device`, else why they train one by one instead: on the CPU a
     convolution's runs are compute-bound and stacking them is no faster (benchmarks/vectorized_training.py:
-    3 alexnet_cifar 1/4x 0.8x), while small dense models are bound by per-step overhead (15 MLPs 3.7x)."""
-    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    3 alexnet_cifar 1/4x 0.8x), while small dense models are bound by per-step overhead (15 MLPs 3.7x).
+    The CPU standing in for CUDA (tests) stacks convolutions as CUDA does, with grouped convolutions."""
+    if not cuda_like(device) and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return "convolutions train as fast one by one on the CPU"
     return None
+
+
+@torch.no_grad()
+def activation_bytes(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """Bytes of `model`'s activations per example and member, (training, evaluation), from one forward pass of
+    `example` (one input, without its batch dimension) with a hook on every leaf module.
+
+    Training keeps every leaf's output for the backward pass, and as much again for their gradients while it
+    runs; evaluation (no gradients) holds about one layer's input and output at a time. A stacked group of R
+    members runs R × batch examples through the model, so these, not only the weights, decide how many fit."""
+    sizes = []
+
+    def record(module, args, out):
+        taken = sum(a.numel() * a.element_size() for a in args if torch.is_tensor(a))
+        sizes.append((taken, out.numel() * out.element_size() if torch.is_tensor(out) else 0))
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()(example.unsqueeze(0))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    given = example.numel() * example.element_size()
+    training = 2 * (given + sum(out for _, out in sizes))
+    evaluation = max((taken + out for taken, out in sizes), default=given)
+    return training, evaluation
+
+
+def member_bytes(model: nn.Module, splits: Splits, cfg: TrainConfig, weight_copies: int) -> int:
+    """Device bytes one member of a stacked group of `model`'s runs takes: `weight_copies` copies of its weights
+    (weights, gradients, optimiser state, ...) and the activations of its share of the largest batch, a training
+    batch or an evaluation batch (`eval_batch_size` examples, or the largest split when it has fewer)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) * weight_copies
+    probe = splits.split("train")[0][0]
+    training, evaluation = activation_bytes(model, probe.to(next(model.parameters()).device))
+    rows = min(cfg.eval_batch_size, max(len(splits.split(s)) for s in ("train", "val", "test")))
+    return weights + max(cfg.effective_batch_size * training, rows * evaluation)
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer, member: int) -> dict:
@@ -171,12 +227,19 @@ def fit_group(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig],
         model.to(device)
     train_set = on_device(splits.train, device) if speed.data_on_device else splits.train
     stacked = _stack(models, splits, cfg.effective_batch_size * count, device)
+    for model in models:  # the stacked model holds their weights now: the device keeps one copy while it trains
+        model.to("cpu")
     states = _resume_states(members)
     optimizer = make_optimizer(stacked.parameters(), cfg)
+    log.info("%d runs train stacked as one model, %s", count,
+             "compiled (stacking and torch.compile compose)" if speed.compile else "eagerly")
     group = _Group(stacked, optimizer, make_scheduler(optimizer, cfg), members, device, speed, train_set,
                    # No stacked layer draws from the global RNG, so each run's stream stays where `fit` seeds it.
                    rng_states=[torch_generator(c.seed, "train-global").get_state() for c in cfgs],
-                   provenance=provenance(any(m.checkpoint is not None for m in members)))
+                   provenance=provenance(any(m.checkpoint is not None for m in members)),
+                   full=compile_for_run(stacked, cfg) if speed.compile else stacked,
+                   graphs=speed.compile and cfg.compile_mode in CUDA_GRAPH_MODES,
+                   graphs_before=compiled_graphs() if speed.compile else None)
     first_epoch = _resume_group(group, states)
     group.start = group.last_save = time.perf_counter()
     # A run that reached its target accuracy before its checkpoint (a resumed run) trains no further.
@@ -190,7 +253,11 @@ def fit_group(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig],
             losses, train_acc = _train_group_epoch(group, splits, cfg, epoch)
             if _end_group_epoch(group, splits, cfg, epoch, losses, train_acc, checkpoint_every, on_epoch):
                 break
-    return _measure_group(group, models, splits, cfg)
+    results = _measure_group(group, models, splits, cfg)
+    del group, stacked, optimizer  # the stacked weights and optimiser state leave the device before the members
+    for model in models:  # each model is left on the training device, as `fit` leaves it
+        model.to(device)
+    return results
 
 
 @dataclass
@@ -207,6 +274,9 @@ class _Group:
     train_set: Dataset
     rng_states: list[torch.Tensor]  # each run's global RNG state, stored in its checkpoint as `fit` would
     provenance: dict  # the code versions the checkpoints store
+    full: nn.Module  # the stacked model compiled for full batches, or the stacked model itself
+    graphs: bool  # the compiled model replays CUDA graphs
+    graphs_before: int | None  # Dynamo's graph count before the first compiled step (None: reported)
     steps: int = 0
     start: float = 0.0  # perf_counter when this (possibly resumed) session of training started
     last_save: float = 0.0  # perf_counter of the last checkpoint (or of the start)
@@ -218,7 +288,8 @@ def _stack(models: list[nn.Module], splits: Splits, rows: int, device: torch.dev
     # The probe has the inputs' evaluation form (a crop augmentation makes training inputs smaller than stored).
     probe = next(iterate_batches(splits.split("train"), rows, shuffle=False, device=device))[0]
     try:
-        stacked = stack_models(models, grouped=device.type == "cuda")
+        # One grouped convolution for every member on CUDA (one launch), and on the CPU standing in for it.
+        stacked = stack_models(models, grouped=cuda_like(device))
         mismatch = check_stacked(stacked, models, probe)
     except Exception as exc:  # a model that cannot be copied, or whose stacked forward pass fails
         raise NotStackable(f"cannot train these runs together: {type(exc).__name__}: {exc}") from exc
@@ -254,14 +325,21 @@ def _train_group_epoch(group: _Group, splits: Splits, cfg: TrainConfig, epoch: i
         if splits.augment is not None:
             x = torch.cat([prepare(splits.augment(part, gen), None, False)
                            for part, gen in zip(x.chunk(count), augment)])
+        # Only full batches run compiled: the epoch's last, smaller one runs eagerly on the same weights.
+        compiled = g.speed.compile and ys.shape[1] == cfg.effective_batch_size
+        if compiled and g.graphs:  # CUDA graphs may reuse the last step's buffers: nothing of it is kept
+            torch.compiler.cudagraph_mark_step_begin()
         with g.speed.autocast(device):
-            scores = g.stacked(x)
+            scores = (g.full if compiled else g.stacked)(x)
             losses = torch.stack([nn.functional.cross_entropy(part.float(), y)
                                   for part, y in zip(scores.chunk(count), ys)])
         g.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         g.optimizer.step()
         g.steps += 1
+        if compiled and g.graphs_before is not None:  # the first compiled step: did it really compile?
+            report_compiled(g.graphs_before, "the stacked runs' full batches")
+            g.graphs_before = None
         loss_sum += losses.detach().double() * ys.shape[1]
         correct += (scores.reshape(count, ys.shape[1], -1).argmax(-1) == ys).sum(1)
         seen += ys.shape[1]
