@@ -299,7 +299,8 @@ def _same_rows(grams_a: dict[str, torch.Tensor], names_a: list[str], grams_b: di
     """`names_a` when every layer compared has as many rows in this batch, else a WidthlabError naming two that do
     not (with ``tokens="each"``, a token layer beside a per-example one)."""
     sizes = [(name, grams_a[name].shape[0]) for name in names_a]
-    sizes += [(f"{name} of model_b", grams_b[name].shape[0]) for name in names_b]
+    if grams_b is not grams_a:  # a second model: its layers may differ from the first's
+        sizes += [(f"{name} of model_b", grams_b[name].shape[0]) for name in names_b]
     odd = next(((name, n) for name, n in sizes if n != sizes[0][1]), None)
     if odd is not None:
         raise WidthlabError(f"layers {sizes[0][0]!r} ({sizes[0][1]} rows in a batch) and {odd[0]!r} ({odd[1]} rows) "
