@@ -244,3 +244,9 @@ def test_cli_analyze_cka_writes_the_matrix_and_its_heatmap(tmp_path, monkeypatch
     assert table["cka"].iloc[0] == pytest.approx(1)
     assert (out / "figures" / "cka.png").read_bytes().startswith(b"\x89PNG")
     assert "cka:" in capsys.readouterr().out
+    # too few examples for the estimator: one line, exit 2, before anything is measured or written
+    torch.save(torch.randn(3, 10), tmp_path / "x3.pt")
+    assert main(["analyze", "cka_nets:mlp", "--data", str(tmp_path / "x3.pt"), "--quiet", "--cka", "--out",
+                 str(tmp_path / "few")]) == 2
+    assert "--cka needs at least 4 examples" in capsys.readouterr().err
+    assert not (tmp_path / "few").exists()

@@ -241,6 +241,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     units = {name: acts.shape[1] for name, acts in
              capture(model, probe.head(2), names, unit_axis=unit_axis, mask=mask).items()}
     examples = known_examples(inputs)
+    if args.cka and examples is not None and examples < 4:  # fail before the measuring, not after it
+        raise WidthlabError(f"--cka needs at least 4 examples (the unbiased HSIC estimator), the inputs have {examples}")
     jobs = len(perturbations) * (len(names) + (len(names) > 1))  # each layer, plus "all" when there are several
     extra = 1 + any(get_perturbation(name).needs_moments for name in perturbations)  # similarity null, moments
     if args.units:
