@@ -3,11 +3,14 @@ Kornblith et al.'s formulas written here (their U-centred Gram matrices, not the
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from widthlab import WidthlabError, cka
 from widthlab.cli import main
@@ -158,6 +161,21 @@ def test_the_papers_duplicated_network_has_cka_one_with_its_small_network():
     with torch.no_grad():
         assert torch.allclose(small(x), large(x))
     assert value(cka(small, large, x, batch_size=40), "1", "1") == pytest.approx(1, abs=1e-12)
+
+
+def test_one_forward_pass_per_model_per_batch_and_both_models_see_the_same_shuffled_batches():
+    torch.manual_seed(12)
+    net = nn.Sequential(nn.Linear(6, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 2)).double()
+    twin = copy.deepcopy(net)  # another object with the same weights: its layers equal net's on the same examples
+    calls = {"net": 0, "twin": 0}
+    net.register_forward_hook(lambda *_: calls.__setitem__("net", calls["net"] + 1))
+    twin.register_forward_hook(lambda *_: calls.__setitem__("twin", calls["twin"] + 1))
+    data = TensorDataset(gaussian(200, 6, 13))
+    loader = DataLoader(data, batch_size=40, shuffle=True, generator=torch.Generator().manual_seed(0))
+    frame = cka(net, twin, loader, ["1", "3"], ["1", "3"])
+    assert calls == {"net": 5 + 1, "twin": 5 + 1}  # 5 batches for all layers, plus one 2-example unit-axis probe
+    # a shuffling loader iterated once: were the two models fed different batches, these would fall below 1
+    assert value(frame, "1", "1") == pytest.approx(1, abs=1e-12) and value(frame, "3", "3") == pytest.approx(1, abs=1e-12)
 
 
 # Token layers -------------------------------------------------------------------------------------------------------
