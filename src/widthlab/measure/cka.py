@@ -204,12 +204,12 @@ def cka(model_a: nn.Module, model_b: nn.Module | None, inputs: Inputs, layers_a:
         model_a, model_b: any modules taking the same inputs; `model_b` None (or `model_a` itself) compares
             `model_a` with itself (the layer × layer matrix) from one forward pass per batch.
         inputs: a tensor, a tuple or mapping of tensors, or a Dataset / DataLoader of these
-            (`widthlab.measure.inputs`); a DataLoader must yield the same batches each time it is iterated only
-            once here, since both models run on each batch as it comes.
+            (`widthlab.measure.inputs`). They are read once, each batch fed to both models in turn, so a
+            shuffling DataLoader still gives both models the same examples.
         layers_a, layers_b: module names (default: the layers `analyze` measures, `default_layers`; with
             `model_b` None, `layers_b` defaults to `layers_a`).
-        batch_size: examples per batch (default 256; at least 4). The estimator's spread shrinks with more
-            batches; its value does not depend on the batch size in expectation.
+        batch_size: examples per batch (default 256; at least 4). Memory grows with its square; one batch
+            holding every input gives the full-sample estimator.
         debiased: Song et al.'s unbiased HSIC (default True), else the biased tr(KHLH)/(n−1)².
         spatial: ``"flatten"`` (default) compares conv maps flattened whole, ``"mean"`` averaged over positions.
         tokens: ``"mean"`` (default) one row per example, its real tokens averaged; ``"each"`` one row per real
