@@ -1,7 +1,7 @@
 """widthlab: how wide networks stay accurate, measured: robustness and redundancy versus width.
 
 Public API (DESIGN.md §3): models (`create_model`, `list_models`), data (`load_data`), measurement
-(`capture`, `pcs_needed`, `compressibility`, `similarity`, `redundancy`, `perturbation_curve`,
+(`capture`, `cka`, `pcs_needed`, `compressibility`, `similarity`, `redundancy`, `perturbation_curve`,
 `ablation_curve`, `robustness_auc`, `analyze`, `unit_table`), compression (`compress` → `Compressed`,
 `load_compressed`) and studies (`run_study` → `StudyOutcome`, `load_results`).
 """
@@ -14,6 +14,7 @@ from widthlab.measure import (
     ablation_curve,
     analyze,
     capture,
+    cka,
     compressibility,
     pcs_needed,
     perturbation_curve,
@@ -29,6 +30,6 @@ from widthlab.version import __version__ as __version__
 
 __all__ = [
     "Compressed", "Curve", "Results", "Splits", "StudyOutcome", "TrainConfig", "WidthlabError", "ablation_curve", "analyze",
-    "capture", "compress", "compressibility", "create_model", "fit", "fit_group", "list_models", "load_compressed", "load_data", "load_results",
+    "capture", "cka", "compress", "compressibility", "create_model", "fit", "fit_group", "list_models", "load_compressed", "load_data", "load_results",
     "pcs_needed", "perturbation_curve", "redundancy", "robustness_auc", "run_study", "similarity", "unit_table",
 ]

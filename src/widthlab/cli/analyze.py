@@ -241,6 +241,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     units = {name: acts.shape[1] for name, acts in
              capture(model, probe.head(2), names, unit_axis=unit_axis, mask=mask).items()}
     examples = known_examples(inputs)
+    if args.cka and examples is not None and examples < 4:  # fail before the measuring, not after it
+        raise WidthlabError(f"--cka needs at least 4 examples (the unbiased HSIC estimator), the inputs have {examples}")
     jobs = len(perturbations) * (len(names) + (len(names) > 1))  # each layer, plus "all" when there are several
     extra = 1 + any(get_perturbation(name).needs_moments for name in perturbations)  # similarity null, moments
     if args.units:
@@ -292,6 +294,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     print(f"measurements: {written['analysis']}")
     if args.units:
         print(f"units:        {written['units']}")
+    if args.cka:
+        print(f"cka:          {_write_cka(model, inputs, names, out, args, unit_axis=unit_axis, mask=mask)}")
     print(f"figures:      {out / 'figures'}")
     return 0
 
@@ -322,6 +326,17 @@ def _write_tables(tables: dict, out: Path, fmt: str) -> dict[str, Path]:
             else:
                 table.to_csv(tmp, index=False)
     return written
+
+
+def _write_cka(model, inputs, names: list[str], out: Path, args: argparse.Namespace, **options) -> Path:
+    """``--cka``: the layer × layer CKA of the measured layers (`widthlab.measure.cka`) as ``out/cka.csv`` and its
+    heatmap ``out/figures/cka.png``; returns the table's path."""
+    from widthlab.measure.cka import cka
+    from widthlab.report.figures.cka import write_cka_figure
+
+    table = cka(model, None, inputs, names, **options)
+    write_cka_figure(table, out / "figures" / "cka.png")
+    return _write_tables({"cka": table}, out, args.format)["cka"]
 
 
 def _unit_tables(model, inputs, names: list[str], args: argparse.Namespace, **options):
@@ -381,6 +396,9 @@ def add_analyze_parser(sub) -> None:
     analyze.add_argument("--units", action="store_true",
                          help="also write units.csv: one row per unit of each layer (single-unit ablation effects, "
                               "statistics, most correlated partner, selectivity)")
+    analyze.add_argument("--cka", action="store_true",
+                         help="also write cka.csv and figures/cka.png: minibatch linear CKA (debiased) of every "
+                              "measured layer with every other, one extra forward pass over the inputs")
     analyze.add_argument("--budget", dest="seconds_budget", help=argparse.SUPPRESS)  # widthlab <= 0.1: seconds
     analyze.add_argument("--max-evaluations", dest="budget", metavar="EVALUATIONS", default=str(DEFAULT_BUDGET),
                          help="example evaluations (one example through the network once) the defaults may take: "
