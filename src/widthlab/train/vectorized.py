@@ -31,7 +31,7 @@ from widthlab.train.batching import iterate_batches, on_device, planned_steps, p
 from widthlab.train.checkpoint import load_resume_point, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
-from widthlab.train.loop import Speed, make_optimizer, make_scheduler, resolve_device
+from widthlab.train.loop import Speed, group_mean_losses, make_optimizer, make_scheduler, resolve_device
 from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
 from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
 
@@ -256,8 +256,7 @@ def _train_group_epoch(group: _Group, splits: Splits, cfg: TrainConfig, epoch: i
                            for part, gen in zip(x.chunk(count), augment)])
         with g.speed.autocast(device):
             scores = g.stacked(x)
-            losses = torch.stack([nn.functional.cross_entropy(part.float(), y)
-                                  for part, y in zip(scores.chunk(count), ys)])
+            losses = group_mean_losses(scores, ys)
         g.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         g.optimizer.step()
