@@ -2,7 +2,9 @@
 
 Runs that differ only in their seed and initial weights (replicates, initialisation variants) take the same
 number of steps on batches of the same shape, so R of them can share every kernel launch: their batches are
-concatenated and each linear layer is one batched matrix product (`widthlab.train.stacked`). Each run keeps its
+concatenated and each linear layer is one batched matrix product (`widthlab.train.stacked`). Runs of different
+widths share the rest of each step (loss, backward pass, optimiser step): one stacked part per width
+(`widthlab.train.mixed`). Each run keeps its
 own data order, augmentation stream, optimiser state (the optimiser's update is elementwise, so one optimiser
 over the stacked parameters updates each run as its own would), divergence, early stopping, snapshots and its
 own checkpoint file in `fit`'s format: a run can resume alone, and a group resumes from its runs' checkpoints.
@@ -33,7 +35,8 @@ from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
 from widthlab.train.loop import Speed, group_mean_losses, make_optimizer, make_scheduler, resolve_device
 from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
-from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
+from widthlab.train.mixed import load_members, member_optimizer_state, member_state, stack_mixed, stack_optimizer_states
+from widthlab.train.stacked import check_stacked, stackable
 
 
 class NotStackable(ValueError):
@@ -68,9 +71,10 @@ def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig
     why = stackable(models[0])
     if why is not None:
         return why
-    shapes = {tuple((k, tuple(v.shape), v.dtype) for k, v in m.state_dict().items()) for m in models}
-    if len(shapes) > 1:
-        return "the models' parameters differ in shape or dtype"
+    # Widths may differ (shapes: one stacked part per width, `widthlab.train.mixed`); names and dtypes may not.
+    layouts = {tuple((k, v.dim(), v.dtype) for k, v in m.state_dict().items()) for m in models}
+    if len(layouts) > 1:
+        return "the models' parameters differ in name, rank or dtype"
     return None
 
 
@@ -81,22 +85,6 @@ def worth_stacking(model: nn.Module, device: torch.device) -> str | None:
     if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return "convolutions train as fast one by one on the CPU"
     return None
-
-
-def _optimizer_state(optimizer: torch.optim.Optimizer, member: int) -> dict:
-    """Member `member`'s share of a stacked optimizer's state dict: what its own optimiser would hold."""
-    state = optimizer.state_dict()
-    return {"state": {index: {key: value[member].clone() if torch.is_tensor(value) and value.dim() > 0 else value
-                              for key, value in entry.items()} for index, entry in state["state"].items()},
-            "param_groups": state["param_groups"]}
-
-
-def _stack_optimizer_states(states: list[dict]) -> dict:
-    first = states[0]
-    return {"state": {index: {key: torch.stack([s["state"][index][key] for s in states])
-                              if torch.is_tensor(value) and value.dim() > 0 else value
-                              for key, value in entry.items()} for index, entry in first["state"].items()},
-            "param_groups": first["param_groups"]}
 
 
 class _Member(RunProgress):
@@ -218,7 +206,7 @@ def _stack(models: list[nn.Module], splits: Splits, rows: int, device: torch.dev
     # The probe has the inputs' evaluation form (a crop augmentation makes training inputs smaller than stored).
     probe = next(iterate_batches(splits.split("train"), rows, shuffle=False, device=device))[0]
     try:
-        stacked = stack_models(models, grouped=device.type == "cuda")
+        stacked = stack_mixed(models, grouped=device.type == "cuda")
         mismatch = check_stacked(stacked, models, probe)
     except Exception as exc:  # a model that cannot be copied, or whose stacked forward pass fails
         raise NotStackable(f"cannot train these runs together: {type(exc).__name__}: {exc}") from exc
@@ -232,7 +220,7 @@ def _resume_group(group: _Group, states: list[dict] | None) -> int:
     if states is None:
         return 1
     load_members(group.stacked, [s["model"] for s in states])
-    group.optimizer.load_state_dict(_stack_optimizer_states([s["optimizer"] for s in states]))
+    group.optimizer.load_state_dict(stack_optimizer_states(group.stacked, [s["optimizer"] for s in states]))
     group.scheduler.load_state_dict(states[0]["scheduler"])
     group.steps = states[0]["steps"]
     for member, state in zip(group.members, states):
@@ -310,7 +298,7 @@ def _save_group(group: _Group, epoch: int) -> None:
         if member.checkpoint is None or member.finished:
             continue
         save_checkpoint(member.checkpoint, member.checkpoint_state(
-            epoch, model=member_state(g.stacked, r), optimizer=_optimizer_state(g.optimizer, r),
+            epoch, model=member_state(g.stacked, r), optimizer=member_optimizer_state(g.stacked, g.optimizer, r),
             scheduler=g.scheduler.state_dict(), steps=g.steps, rng=g.rng_states[r], cuda_rng=None,
             seconds=member.elapsed + share, provenance=g.provenance))
 
