@@ -14,6 +14,7 @@ from widthlab.study import load_config, load_results, run_study
 from widthlab.study.runner import plan_runs
 from widthlab.study.runs import group_runs
 from widthlab.train import TrainConfig, fit
+from widthlab.train.mixed import load_members, member_models, member_state, stack_mixed
 from widthlab.train.stacked import check_stacked, stack_models, stackable
 from widthlab.train.vectorized import NotStackable, fit_group
 
@@ -152,6 +153,30 @@ def test_mixed_width_checkpoints_are_each_runs_own(one_thread, tmp_path):
     assert alone.resumed_from == 2
     _same_results([clean[2]], [alone])
     _same_weights([uninterrupted[2]], [alone_model])
+
+
+def test_member_models_compute_the_stacked_bits_and_follow_training(one_thread):
+    # Validation on the CPU runs member by member (`member_models`): the stacked pass's float32 bits, for a mixed
+    # stack of MLPs and a stack of convolutional nets, also after the weights change in place.
+    x = torch.randn(300, 10)
+    images = torch.randn(6, 3, 16, 16)
+    for stacked, inputs, count in ((stack_mixed(_mixed(torch.float32)), x, len(WIDTHS)),
+                                   (stack_mixed([create_model("alexnet_cifar", 0.125, input_size=16, seed=r)
+                                                 for r in range(2)]), images, 2)):
+        stacked.eval()
+        for _ in range(2):
+            with torch.no_grad():
+                together = stacked(inputs.repeat(count, *[1] * (inputs.dim() - 1))).reshape(count, len(inputs), -1)
+                alone = torch.stack([model(inputs) for model in member_models(stacked)])
+            assert torch.equal(together, alone)
+            optimizer = torch.optim.SGD(stacked.parameters(), lr=0.5)  # a step changes every weight in place
+            stacked(inputs.repeat(count, *[1] * (inputs.dim() - 1))).square().sum().backward()
+            optimizer.step()
+        load_members(stacked, [member_state(stacked, r) for r in reversed(range(count))] if count == 2 else
+                     [member_state(stacked, r) for r in range(count)])
+        with torch.no_grad():
+            together = stacked(inputs.repeat(count, *[1] * (inputs.dim() - 1))).reshape(count, len(inputs), -1)
+            assert torch.equal(together, torch.stack([model(inputs) for model in member_models(stacked)]))
 
 
 @pytest.mark.cuda

@@ -34,8 +34,15 @@ from widthlab.train.checkpoint import load_resume_point, save_checkpoint
 from widthlab.train.config import TrainConfig
 from widthlab.train.distributed import distributed_shard
 from widthlab.train.loop import Speed, group_mean_losses, make_optimizer, make_scheduler, resolve_device
+from widthlab.train.mixed import (
+    load_members,
+    member_models,
+    member_optimizer_state,
+    member_state,
+    stack_mixed,
+    stack_optimizer_states,
+)
 from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
-from widthlab.train.mixed import load_members, member_optimizer_state, member_state, stack_mixed, stack_optimizer_states
 from widthlab.train.stacked import check_stacked, stackable
 
 
@@ -124,10 +131,15 @@ def _accuracies(stacked: nn.Module, dataset, members: int, cfg: TrainConfig, dev
     stacked.eval()
     correct = torch.zeros(members, dtype=torch.int64, device=device)
     total = 0
+    # On the CPU member by member (the same bits, activations in cache); on a GPU all members in one pass.
+    alone = member_models(stacked) if device.type == "cpu" else None
     with speed.autocast(device):
         for x, y in iterate_batches(dataset, cfg.eval_batch_size, shuffle=False, device=device,
                                     workers=speed.workers, pin_memory=speed.pin_memory):
-            scores = stacked(x.repeat(members, *[1] * (x.dim() - 1)))
+            if alone is not None:
+                scores = torch.stack([model(x) for model in alone])
+            else:
+                scores = stacked(x.repeat(members, *[1] * (x.dim() - 1)))
             correct += (scores.reshape(members, len(y), -1).argmax(-1) == y).sum(1)
             total += len(y)
     stacked.train(was_training)
@@ -237,7 +249,8 @@ def _train_group_epoch(group: _Group, splits: Splits, cfg: TrainConfig, epoch: i
     correct = torch.zeros(count, device=device, dtype=torch.int64)
     seen = 0
     seeds = [m.cfg.seed for m in g.members]
-    augment = [torch_generator(seed, "augment", epoch) for seed in seeds]
+    # Each run's augmentation stream (none to draw without augmentation: 45 runs x 50 epochs of seeding add up).
+    augment = [torch_generator(seed, "augment", epoch) for seed in seeds] if splits.augment is not None else []
     for x, ys in stacked_batches(g.train_set, cfg.effective_batch_size, seeds, epoch, device):
         if splits.augment is not None:
             x = torch.cat([prepare(splits.augment(part, gen), None, False)
