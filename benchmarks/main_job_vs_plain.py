@@ -42,12 +42,22 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 PLAIN = HERE / "plain_mlp10d.py"
 WIDTHS = [0.25, 0.5, 1, 2, 4]
+# The main job and the harness's reading of its store run this checkout's code, not whichever widthlab the
+# interpreter has installed (an editable install of another worktree would otherwise be measured).
+SRC = HERE.parent / "src"
+sys.path.insert(0, str(SRC))
 
 
-def widthlab_cli() -> str:
-    """The `widthlab` entry point beside this interpreter (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).with_name("widthlab")
-    return str(beside) if beside.exists() else (shutil.which("widthlab") or "widthlab")
+def widthlab_cli() -> list[str]:
+    """The `widthlab` command of this checkout: this interpreter running ``widthlab.cli`` from its src/ (see
+    `checkout_env`)."""
+    return [sys.executable, "-m", "widthlab.cli"]
+
+
+def checkout_env(env: dict) -> dict:
+    """`env` with this checkout's src/ first on PYTHONPATH, so ``-m widthlab.cli`` imports its code."""
+    rest = env.get("PYTHONPATH")
+    return dict(env, PYTHONPATH=str(SRC) + (os.pathsep + rest if rest else ""))
 
 
 def revision() -> str:
@@ -60,8 +70,8 @@ def revision() -> str:
 
 def timed(label: str, cmd: list[str], threads: int) -> dict:
     """Run `cmd`; its wall and CPU seconds and the 1-minute load average before and after."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads))
+    env = checkout_env(dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                            OPENBLAS_NUM_THREADS=str(threads)))
     print(f"[{label}] {' '.join(cmd)}", flush=True)
     load_before = os.getloadavg()[0]
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -123,16 +133,16 @@ def main() -> None:
         overrides += ["--set", f"grid.replicates={replicates}"]
     cli = widthlab_cli()
     print(f"grid: widths {widths} × 3 sigma × {replicates} replicates = {len(widths) * 3 * replicates} runs, "
-          f"{epochs} epochs; torch threads {args.threads}; {os.cpu_count()} CPUs; revision {revision()}; "
-          f"work folder {work}")
-    timings = [timed("main", [cli, "run", "mlp-10d", *overrides, "--out", str(work / "main"), "--quiet"],
+          f"{epochs} epochs; torch threads {args.threads}; {os.cpu_count()} CPUs; code {SRC} at revision "
+          f"{revision()}; work folder {work}")
+    timings = [timed("main", [*cli, "run", "mlp-10d", *overrides, "--out", str(work / "main"), "--quiet"],
                      args.threads)]
     timings.append(timed("plain", [sys.executable, str(PLAIN), "--out", str(work / "plain"), "--epochs", str(epochs),
                                    "--widths", *map(str, widths), "--replicates", str(replicates),
                                    "--threads", str(args.threads)], args.threads))
     if args.processes:
         timings.append(timed("main --executor processes --workers 2",
-                             [cli, "run", "mlp-10d", *overrides, "--out", str(work / "main-processes"), "--quiet",
+                             [*cli, "run", "mlp-10d", *overrides, "--out", str(work / "main-processes"), "--quiet",
                               "--executor", "processes", "--workers", "2"], args.threads))
 
     plain = next(t for t in timings if t["label"] == "plain")

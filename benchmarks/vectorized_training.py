@@ -4,6 +4,8 @@ Two workloads, each trained both ways in one invocation, printed side by side wi
 
 - ``mlp``: 15 replicate MLPs of mlp-10d (width `--mlp-width`, 10-d synthetic teacher data, 1,000 training
   examples, batch 32, momentum SGD), `--mlp-epochs` epochs;
+- ``widths``: mlp-10d's 5 widths × `--widths-runs` runs, `--mlp-epochs` epochs, stacked one group per width
+  against all widths as one group (one stacked part per width, `widthlab.train.mixed`; the same numbers);
 - ``alexnet``: 3 replicate `alexnet_cifar` at 1/4x on scikit-learn's digits resized to 32×32 (1,437 training
   images, batch 128), `--alexnet-epochs` epochs.
 
@@ -51,6 +53,31 @@ def workload(name: str, models, splits, cfgs) -> dict:
             "speedup": t_alone / t_together, "max_test_acc_gap": gap}
 
 
+def widths_workload(args) -> dict:
+    """mlp-10d's widths: each width's runs stacked as a group of their own ("one by one" column: one group after
+    another) against every width in one group."""
+    splits = load_data("synthetic", input_dim=10, n_train=1000, n_val=1000, n_test=1000, seed=0)
+    widths = [0.25, 0.5, 1.0, 2.0, 4.0]
+    models = [create_model("mlp", w, init="normal", sigma=0.01, seed=r, input_dim=10)
+              for w in widths for r in range(args.widths_runs)]
+    cfgs = [TrainConfig(lr=0.01, batch_size=32, epochs=args.mlp_epochs, seed=r, device=args.device)
+            for r in range(len(models))]
+    fit_group([copy.deepcopy(m) for m in models[:2]], splits,
+              [c.model_copy(update={"max_steps": 1, "epochs": 1}) for c in cfgs[:2]])  # warm-up
+    n = args.widths_runs
+    per_width_models = [copy.deepcopy(m) for m in models]
+    per_width: list = []
+    t_apart = _time(lambda: [per_width.extend(fit_group(per_width_models[i:i + n], splits, cfgs[i:i + n]))
+                             for i in range(0, len(models), n)])
+    together: list = []
+    t_together = _time(lambda: together.extend(fit_group(models, splits, cfgs)))
+    examples = sum(len(r.history) for r in together) * len(splits.train)
+    gap = max(abs(a.test_acc - b.test_acc) for a, b in zip(per_width, together))
+    return {"workload": "mlp 5 widths", "runs": len(models), "one_by_one_s": t_apart, "stacked_s": t_together,
+            "one_by_one_ex_s": examples / t_apart, "stacked_ex_s": examples / t_together,
+            "speedup": t_apart / t_together, "max_test_acc_gap": gap}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -60,7 +87,8 @@ def main() -> None:
     parser.add_argument("--mlp-epochs", type=int, default=10)
     parser.add_argument("--alexnet-runs", type=int, default=3)
     parser.add_argument("--alexnet-epochs", type=int, default=2)
-    parser.add_argument("--only", choices=("mlp", "alexnet"))
+    parser.add_argument("--widths-runs", type=int, default=3, help="runs per width of the widths workload")
+    parser.add_argument("--only", choices=("mlp", "widths", "alexnet"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -71,6 +99,8 @@ def main() -> None:
         cfgs = [TrainConfig(lr=0.01, batch_size=32, epochs=args.mlp_epochs, seed=r, device=args.device)
                 for r in range(args.mlp_runs)]
         rows.append(workload(f"mlp {args.mlp_width:g}x", models, splits, cfgs))
+    if args.only in (None, "widths"):
+        rows.append(widths_workload(args))
     if args.only in (None, "alexnet"):
         splits = load_data("digits", image_size=32, seed=0)
         models = [create_model("alexnet_cifar", 0.25, num_classes=splits.num_classes, seed=r)

@@ -101,7 +101,8 @@ def test_a_full_disk_at_a_checkpoint_stops_the_study_with_one_line_and_the_store
     from widthlab.study import load_config, load_results, run_study
 
     tiny = ["grid.select=null", "grid.widths=[0.25, 0.5]", "grid.replicates=1", "train.epochs=2", "data.n_train=64", "data.n_val=32",
-            "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}"]
+            "data.n_test=32", "measure.samplings=1", "measure.levels=3", "grid.variants={'default': {}}",
+            "train.vectorize=off"]  # one by one (else the widths train as one group): one run done, then the other
     run_study(load_config("mlp-10d", tiny), tmp_path / "clean", progress=False, report=False)
     real_save, calls = torch.save, []
 

@@ -15,6 +15,7 @@ from widthlab.study import load_config, load_results, run_study
 from widthlab.study.runner import plan_runs
 from widthlab.study.runs import group_runs
 from widthlab.train import TrainConfig, fit
+from widthlab.train.mixed import load_members, member_models, member_state, stack_mixed
 from widthlab.train.stacked import check_stacked, stack_models, stackable
 from widthlab.train.vectorized import NotStackable, activation_bytes, fit_group, member_bytes
 
@@ -91,6 +92,94 @@ def test_float32_equal_to_rounding_mlp_and_alexnet(one_thread):
     _same_weights(alone_nets, nets, exact=False)
 
 
+WIDTHS = [0.25, 0.25, 0.5, 1.0, 1.0]  # three widths, consecutive: one stacked part each (widthlab.train.mixed)
+
+
+def _mixed(dtype, widths=WIDTHS):
+    return [create_model("mlp", w, init="normal", sigma=(0.01, 0.1, 1.0)[r % 3], seed=r, input_dim=10).to(dtype)
+            for r, w in enumerate(widths)]
+
+
+@pytest.mark.parametrize("optimizer, extra", [("momentum", {"early_stopping": True, "weight_decay": 1e-3}),
+                                              ("adam", {"schedule": "step", "lr_decay": 0.5})])
+def test_mixed_widths_float64_bit_identical_to_one_by_one(one_thread, optimizer, extra):
+    splits = _splits(torch.float64)
+    models = _mixed(torch.float64)
+    cfgs = [TrainConfig(optimizer=optimizer, lr=0.02, epochs=3, seed=r, **extra) for r in range(len(models))]
+    alone_models, alone = _alone(models, splits, cfgs)
+    together = fit_group(models, splits, cfgs)
+    _same_results(alone, together)
+    _same_weights(alone_models, models)  # each model has its own width's shapes again
+    assert [m.fc1.weight.shape[0] for m in models] == [32, 32, 64, 128, 128]
+
+
+def test_mixed_widths_float32_equal_to_stacking_each_width_alone(one_thread):
+    # Each width's part runs the kernels of that width's own group on the same shapes: the same float32 bits.
+    splits = _splits()
+    models = _mixed(torch.float32)
+    cfgs = [TrainConfig(lr=0.05, epochs=3, seed=r) for r in range(len(models))]
+    per_width = [copy.deepcopy(m) for m in models]
+    apart = [*fit_group(per_width[:2], splits, cfgs[:2]), fit(per_width[2], splits, cfgs[2]),
+             *fit_group(per_width[3:], splits, cfgs[3:])]
+    together = fit_group(models, splits, cfgs)
+    _same_results(apart[:2] + apart[3:], together[:2] + together[3:])
+    _same_weights(per_width[:2] + per_width[3:], models[:2] + models[3:])
+    _same_results([apart[2]], [together[2]], exact=False)  # a lone run's matmuls are not batched: to rounding
+    _same_weights([per_width[2]], [models[2]], exact=False)
+
+
+def test_mixed_width_checkpoints_are_each_runs_own(one_thread, tmp_path):
+    splits = _splits(torch.float64)
+    cfgs = [TrainConfig(lr=0.02, epochs=3, seed=r) for r in range(len(WIDTHS))]
+    paths = [tmp_path / f"run{r}.pt" for r in range(len(WIDTHS))]
+    uninterrupted = _mixed(torch.float64)
+    clean = fit_group(uninterrupted, splits, cfgs)
+
+    def crash(index, record):
+        if record["epoch"] == 2 and index == len(WIDTHS) - 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_group(_mixed(torch.float64), splits, cfgs, on_epoch=crash, checkpoints=paths)
+    backup = [p.read_bytes() for p in paths]
+    resumed_models = _mixed(torch.float64)
+    resumed = fit_group(resumed_models, splits, cfgs, checkpoints=paths)
+    assert [r.resumed_from for r in resumed] == [2] * len(WIDTHS)
+    _same_results(clean, resumed)
+    _same_weights(uninterrupted, resumed_models)
+    for p, data in zip(paths, backup):  # the middle width's checkpoint, in its own shapes, resumes it alone
+        p.write_bytes(data)
+    alone_model = _mixed(torch.float64)[2]
+    alone = fit(alone_model, splits, cfgs[2], checkpoint=paths[2])
+    assert alone.resumed_from == 2
+    _same_results([clean[2]], [alone])
+    _same_weights([uninterrupted[2]], [alone_model])
+
+
+def test_member_models_compute_the_stacked_bits_and_follow_training(one_thread):
+    # Validation on the CPU runs member by member (`member_models`): the stacked pass's float32 bits, for a mixed
+    # stack of MLPs and a stack of convolutional nets, also after the weights change in place.
+    x = torch.randn(300, 10)
+    images = torch.randn(6, 3, 16, 16)
+    for stacked, inputs, count in ((stack_mixed(_mixed(torch.float32)), x, len(WIDTHS)),
+                                   (stack_mixed([create_model("alexnet_cifar", 0.125, input_size=16, seed=r)
+                                                 for r in range(2)]), images, 2)):
+        stacked.eval()
+        for _ in range(2):
+            with torch.no_grad():
+                together = stacked(inputs.repeat(count, *[1] * (inputs.dim() - 1))).reshape(count, len(inputs), -1)
+                alone = torch.stack([model(inputs) for model in member_models(stacked)])
+            assert torch.equal(together, alone)
+            optimizer = torch.optim.SGD(stacked.parameters(), lr=0.5)  # a step changes every weight in place
+            stacked(inputs.repeat(count, *[1] * (inputs.dim() - 1))).square().sum().backward()
+            optimizer.step()
+        load_members(stacked, [member_state(stacked, r) for r in reversed(range(count))] if count == 2 else
+                     [member_state(stacked, r) for r in range(count)])
+        with torch.no_grad():
+            together = stacked(inputs.repeat(count, *[1] * (inputs.dim() - 1))).reshape(count, len(inputs), -1)
+            assert torch.equal(together, torch.stack([model(inputs) for model in member_models(stacked)]))
+
+
 @pytest.mark.cuda
 def test_stacked_training_on_cuda_matches_one_by_one(cuda_path, monkeypatch):
     """CUDA's stacked path (grouped convolutions, the TF32 check) trains each member as it trains alone, to what
@@ -101,8 +190,8 @@ def test_stacked_training_on_cuda_matches_one_by_one(cuda_path, monkeypatch):
     from widthlab.train.standin import emulate_tf32
 
     grouped = []
-    real = vectorized.stack_models
-    monkeypatch.setattr(vectorized, "stack_models", lambda models, **k: grouped.append(k["grouped"]) or real(models, **k))
+    real = vectorized.stack_mixed
+    monkeypatch.setattr(vectorized, "stack_mixed", lambda models, **k: grouped.append(k["grouped"]) or real(models, **k))
     digits = load_data("digits", image_size=16, n_train=256, n_val=64, n_test=64, seed=0)
     rounding = emulate_tf32() if cuda_path == "cpu" else contextlib.nullcontext()
 
@@ -238,7 +327,13 @@ def test_group_runs_packs_replicates_and_init_variants():
     cfg = load_config("mlp-10d", TINY)  # with its lr selection: 4 candidates per cell
     specs = plan_runs(cfg)
     groups = group_runs(specs)
-    # One group per width and candidate learning rate: 3 σ variants × 2 replicates each.
+    # One group per candidate learning rate: 2 widths × 3 σ variants × 2 replicates, ordered by width.
+    assert len(groups) == 4 and all(len(g) == 12 for g in groups)
+    for group in groups:
+        assert [s.width for s in group] == [0.25] * 6 + [0.5] * 6 and len({s.config.train.lr for s in group}) == 1
+        assert len({s.variant for s in group}) == 3
+    # For executors that run groups in parallel: one group per width and candidate learning rate.
+    groups = group_runs(specs, widths_together=False)
     assert len(groups) == 2 * 4 and all(len(g) == 6 for g in groups)
     for group in groups:
         assert len({s.width for s in group}) == 1 and len({s.config.train.lr for s in group}) == 1
@@ -260,10 +355,10 @@ def test_study_numbers_do_not_depend_on_vectorize(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "fit_group", spy)
     overrides = [*TINY, "grid.select=null"]
     run_study(load_config("mlp-10d", overrides), tmp_path / "auto", progress=False, report=False)
-    assert calls == [6, 6]  # each width's 3 σ variants × 2 replicates trained as one model
+    assert calls == [12]  # both widths' 3 σ variants × 2 replicates trained as one model
     run_study(load_config("mlp-10d", [*overrides, "train.vectorize=off"]), tmp_path / "off", progress=False,
               report=False)
-    assert calls == [6, 6]
+    assert calls == [12]
     auto, off = load_results(tmp_path / "auto"), load_results(tmp_path / "off")
     columns = ["run_id", "status", "train_acc", "val_acc", "test_acc", "epochs", "best_epoch"]
     pd.testing.assert_frame_equal(auto.runs[columns], off.runs[columns])

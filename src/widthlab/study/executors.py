@@ -303,7 +303,9 @@ def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, addres
     loaded already; the local executor reuses them. Runs that can train as one stacked model are packed into
     groups first (`widthlab.study.runs.group_runs`); each group is one unit of work."""
     check_executor(executor)
-    groups = group_runs(list(specs))
+    # One process computes the local executor's groups one after another: all widths in one group train fastest.
+    # The others compute groups in parallel: one group per width keeps their workers busy.
+    groups = group_runs(list(specs), widths_together=executor == "local")
     if executor == "local":
         return run_local(groups, checkpoints, progress, started, checkpoint_every, data_cache)
     if executor == "processes":

@@ -132,11 +132,14 @@ def _build(spec: RunSpec, splits: Splits) -> tuple[torch.nn.Module, TrainConfig,
     return model, train_cfg, meta
 
 
-def group_runs(specs: list[RunSpec]) -> list[list[RunSpec]]:
+def group_runs(specs: list[RunSpec], *, widths_together: bool = True) -> list[list[RunSpec]]:
     """`specs` packed into groups that may train as one stacked model (`widthlab.train.vectorized`): runs of one
-    data set, architecture and width whose configs differ only in the seed and initial weights (replicates,
-    initialisation variants), at most `MAX_MEMBERS` per group, in plan order. A run with ``train.vectorize:
-    off`` is a group of its own. Whether a group really trains stacked is decided when it runs (`fit_group`)."""
+    data set and architecture whose configs differ only in the seed, initial weights (replicates, initialisation
+    variants) and, with `widths_together` (the default), the width: one stacked part per width
+    (`widthlab.train.mixed`), members ordered by width, at most `MAX_MEMBERS` of one width per group; groups in
+    plan order. Without it, one group per width (executors that run groups in parallel: a group is their unit
+    of work). A run with ``train.vectorize: off`` is a group of its own. Whether a group really trains stacked
+    is decided when it runs (`fit_group`)."""
     groups: dict[str, list[RunSpec]] = {}
     alone = []
     # Under torchrun every rank trains the runs together, in plan order (`_follow`): one by one.
@@ -148,11 +151,23 @@ def group_runs(specs: list[RunSpec]) -> list[list[RunSpec]]:
             continue
         stored = cfg.stored()
         model = {k: v for k, v in stored["model"].items() if k not in ("init", "sigma")}
-        key = json.dumps([cfg.study_seed, cfg.threads, stored["data"], model, spec.width, group_key(cfg.train)],
-                         sort_keys=True)
+        key = json.dumps([cfg.study_seed, cfg.threads, stored["data"], model,
+                          None if widths_together else spec.width, group_key(cfg.train)], sort_keys=True)
         groups.setdefault(key, []).append(spec)
-    packed = [members[i:i + MAX_MEMBERS] for members in groups.values() for i in range(0, len(members), MAX_MEMBERS)]
+    packed = [part for members in groups.values() for part in _pack_by_width(members)]
     return sorted(packed + alone, key=lambda group: specs.index(group[0]))
+
+
+def _pack_by_width(members: list[RunSpec]) -> list[list[RunSpec]]:
+    """`members` (plan order) in groups holding at most `MAX_MEMBERS` runs of each width, each group's runs
+    ordered by width (stably: a width's runs stay in plan order), so that a width is one consecutive part."""
+    packs: list[list[RunSpec]] = []
+    for spec in members:
+        pack = next((p for p in packs if sum(s.width == spec.width for s in p) < MAX_MEMBERS), None)
+        if pack is None:
+            packs.append(pack := [])
+        pack.append(spec)
+    return [sorted(pack, key=lambda s: s.width) for pack in packs]
 
 
 def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epoch=None,
@@ -227,16 +242,18 @@ def _alone(spec: RunSpec, built, splits: Splits, checkpoint, checkpoint_every: f
 def _stackable_parts(specs: list[RunSpec], models: list, cfgs: list[TrainConfig], splits: Splits) -> list[range]:
     """`specs` split into consecutive parts whose stacked training fits in memory: a part's weights, gradients
     and optimiser state and the activations of its largest batch (evaluation runs `eval_batch_size` examples
-    per member at once) take at most half of what the device has free (`member_bytes`)."""
+    per member at once) take at most half of what the device has free (`member_bytes`), every member counted
+    as the widest when the widths differ."""
     free = available_memory(resolve_device(cfgs[0].device).type)
     if free is None:
         return [range(len(specs))]
+    widest = max(models, key=weight_bytes)
     try:
-        per_member = member_bytes(models[0], splits, cfgs[0], WEIGHT_COPIES)
+        per_member = member_bytes(widest, splits, cfgs[0], WEIGHT_COPIES)
     except Exception as exc:  # a forward the CPU cannot run: the stacked check on the device decides
         log.info("runs %s: activation memory not estimated (%s); sized by their weights",
                  ", ".join(s.run_id for s in specs), first_line(exc))
-        per_member = weight_bytes(models[0]) * WEIGHT_COPIES
+        per_member = weight_bytes(widest) * WEIGHT_COPIES
     size = max(1, min(len(specs), int(free / 2 // max(per_member, 1))))
     return [range(i, min(i + size, len(specs))) for i in range(0, len(specs), size)]
 

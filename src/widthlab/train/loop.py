@@ -340,7 +340,7 @@ def _step(trainer: _Trainer, x: torch.Tensor, y: torch.Tensor, compiled: bool) -
         torch.compiler.cudagraph_mark_step_begin()
     with t.speed.autocast(t.device):
         scores = (t.full_model if compiled else t.step_model)(x)
-        loss = nn.functional.cross_entropy(scores.float(), y)
+        loss = mean_loss(scores, y)
     t.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     t.optimizer.step()
@@ -349,6 +349,21 @@ def _step(trainer: _Trainer, x: torch.Tensor, y: torch.Tensor, compiled: bool) -
         report_compiled(t.graphs_before, "the run's full batches")
         t.graphs_before = None
     return loss, scores
+
+
+def mean_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The batch's cross-entropy (float32 or wider), taken as the mean of its examples' losses: `fit_group` takes the
+    same row means of a (runs, batch) table of them for all its runs in one call, and gets the same bits as `fit`.
+    (``cross_entropy``'s own mean reduction sums in another order, so its loss differs in the last bits; its
+    gradient, 1/N per example, is the same.)"""
+    return nn.functional.cross_entropy(scores.float(), y, reduction="none").mean()
+
+
+def group_mean_losses(scores: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """`mean_loss` of each run of a stack at once: `scores` (R·B, classes) with run r's rows r·B … (r+1)·B,
+    `ys` (R, B); (R,) losses, each the bits `mean_loss` gives that run's rows alone."""
+    per_example = nn.functional.cross_entropy(scores.float(), ys.reshape(-1), reduction="none")
+    return per_example.view(ys.shape).mean(1)
 
 
 def _end_epoch(trainer: _Trainer, run: RunProgress, splits: Splits, epoch: int, loss: float, train_acc: float,

@@ -2,7 +2,9 @@
 
 Runs that differ only in their seed and initial weights (replicates, initialisation variants) take the same
 number of steps on batches of the same shape, so R of them can share every kernel launch: their batches are
-concatenated and each linear layer is one batched matrix product (`widthlab.train.stacked`). Each run keeps its
+concatenated and each linear layer is one batched matrix product (`widthlab.train.stacked`). Runs of different
+widths share the rest of each step (loss, backward pass, optimiser step): one stacked part per width
+(`widthlab.train.mixed`). Each run keeps its
 own data order, augmentation stream, optimiser state (the optimiser's update is elementwise, so one optimiser
 over the stacked parameters updates each run as its own would), divergence, early stopping, snapshots and its
 own checkpoint file in `fit`'s format: a run can resume alone, and a group resumes from its runs' checkpoints.
@@ -41,13 +43,22 @@ from widthlab.train.loop import (
     Speed,
     compile_for_run,
     compiled_graphs,
+    group_mean_losses,
     make_optimizer,
     make_scheduler,
     report_compiled,
     resolve_device,
 )
+from widthlab.train.mixed import (
+    load_members,
+    member_models,
+    member_optimizer_state,
+    member_state,
+    stack_mixed,
+    stack_optimizer_states,
+)
 from widthlab.train.progress import FitResult, RunProgress, check_same_config, out_of_steps, provenance
-from widthlab.train.stacked import check_stacked, load_members, member_state, stack_models, stackable
+from widthlab.train.stacked import check_stacked, stackable
 from widthlab.train.standin import cuda_like
 
 log = logging.getLogger("widthlab")
@@ -83,9 +94,10 @@ def vectorizable(models: list[nn.Module], splits: Splits, cfgs: list[TrainConfig
     why = stackable(models[0])
     if why is not None:
         return why
-    shapes = {tuple((k, tuple(v.shape), v.dtype) for k, v in m.state_dict().items()) for m in models}
-    if len(shapes) > 1:
-        return "the models' parameters differ in shape or dtype"
+    # Widths may differ (shapes: one stacked part per width, `widthlab.train.mixed`); names and dtypes may not.
+    layouts = {tuple((k, v.dim(), v.dtype) for k, v in m.state_dict().items()) for m in models}
+    if len(layouts) > 1:
+        return "the models' parameters differ in name, rank or dtype"
     return None
 
 
@@ -139,22 +151,6 @@ def member_bytes(model: nn.Module, splits: Splits, cfg: TrainConfig, weight_copi
     return weights + max(cfg.effective_batch_size * training, rows * evaluation)
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer, member: int) -> dict:
-    """Member `member`'s share of a stacked optimizer's state dict: what its own optimiser would hold."""
-    state = optimizer.state_dict()
-    return {"state": {index: {key: value[member].clone() if torch.is_tensor(value) and value.dim() > 0 else value
-                              for key, value in entry.items()} for index, entry in state["state"].items()},
-            "param_groups": state["param_groups"]}
-
-
-def _stack_optimizer_states(states: list[dict]) -> dict:
-    first = states[0]
-    return {"state": {index: {key: torch.stack([s["state"][index][key] for s in states])
-                              if torch.is_tensor(value) and value.dim() > 0 else value
-                              for key, value in entry.items()} for index, entry in first["state"].items()},
-            "param_groups": first["param_groups"]}
-
-
 class _Member(RunProgress):
     """One run's own bookkeeping inside a group; `final_state`: its weights when it stopped before the others."""
 
@@ -192,10 +188,15 @@ def _accuracies(stacked: nn.Module, dataset, members: int, cfg: TrainConfig, dev
     stacked.eval()
     correct = torch.zeros(members, dtype=torch.int64, device=device)
     total = 0
+    # On the CPU member by member (the same bits, activations in cache); on a GPU all members in one pass.
+    alone = member_models(stacked) if device.type == "cpu" else None
     with speed.autocast(device):
         for x, y in iterate_batches(dataset, cfg.eval_batch_size, shuffle=False, device=device,
                                     workers=speed.workers, pin_memory=speed.pin_memory):
-            scores = stacked(x.repeat(members, *[1] * (x.dim() - 1)))
+            if alone is not None:
+                scores = torch.stack([model(x) for model in alone])
+            else:
+                scores = stacked(x.repeat(members, *[1] * (x.dim() - 1)))
             correct += (scores.reshape(members, len(y), -1).argmax(-1) == y).sum(1)
             total += len(y)
     stacked.train(was_training)
@@ -289,7 +290,7 @@ def _stack(models: list[nn.Module], splits: Splits, rows: int, device: torch.dev
     probe = next(iterate_batches(splits.split("train"), rows, shuffle=False, device=device))[0]
     try:
         # One grouped convolution for every member on CUDA (one launch), and on the CPU standing in for it.
-        stacked = stack_models(models, grouped=cuda_like(device))
+        stacked = stack_mixed(models, grouped=cuda_like(device))
         mismatch = check_stacked(stacked, models, probe)
     except Exception as exc:  # a model that cannot be copied, or whose stacked forward pass fails
         raise NotStackable(f"cannot train these runs together: {type(exc).__name__}: {exc}") from exc
@@ -303,7 +304,7 @@ def _resume_group(group: _Group, states: list[dict] | None) -> int:
     if states is None:
         return 1
     load_members(group.stacked, [s["model"] for s in states])
-    group.optimizer.load_state_dict(_stack_optimizer_states([s["optimizer"] for s in states]))
+    group.optimizer.load_state_dict(stack_optimizer_states(group.stacked, [s["optimizer"] for s in states]))
     group.scheduler.load_state_dict(states[0]["scheduler"])
     group.steps = states[0]["steps"]
     for member, state in zip(group.members, states):
@@ -320,7 +321,8 @@ def _train_group_epoch(group: _Group, splits: Splits, cfg: TrainConfig, epoch: i
     correct = torch.zeros(count, device=device, dtype=torch.int64)
     seen = 0
     seeds = [m.cfg.seed for m in g.members]
-    augment = [torch_generator(seed, "augment", epoch) for seed in seeds]
+    # Each run's augmentation stream (none to draw without augmentation: 45 runs x 50 epochs of seeding add up).
+    augment = [torch_generator(seed, "augment", epoch) for seed in seeds] if splits.augment is not None else []
     for x, ys in stacked_batches(g.train_set, cfg.effective_batch_size, seeds, epoch, device):
         if splits.augment is not None:
             x = torch.cat([prepare(splits.augment(part, gen), None, False)
@@ -331,8 +333,7 @@ def _train_group_epoch(group: _Group, splits: Splits, cfg: TrainConfig, epoch: i
             torch.compiler.cudagraph_mark_step_begin()
         with g.speed.autocast(device):
             scores = (g.full if compiled else g.stacked)(x)
-            losses = torch.stack([nn.functional.cross_entropy(part.float(), y)
-                                  for part, y in zip(scores.chunk(count), ys)])
+            losses = group_mean_losses(scores, ys)
         g.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         g.optimizer.step()
@@ -389,7 +390,7 @@ def _save_group(group: _Group, epoch: int) -> None:
         if member.checkpoint is None or member.finished:
             continue
         save_checkpoint(member.checkpoint, member.checkpoint_state(
-            epoch, model=member_state(g.stacked, r), optimizer=_optimizer_state(g.optimizer, r),
+            epoch, model=member_state(g.stacked, r), optimizer=member_optimizer_state(g.stacked, g.optimizer, r),
             scheduler=g.scheduler.state_dict(), steps=g.steps, rng=g.rng_states[r], cuda_rng=None,
             seconds=member.elapsed + share, provenance=g.provenance))
 
