@@ -1,0 +1,69 @@
+"""Compressed units against width (`widthlab compress STUDY_DIR`), beside the frivolous-unit counts the report
+already has (non-prunable and non-redundant units): three estimates of a layer's effective width on one axis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from widthlab.errors import WidthlabError
+from widthlab.report.compression import lines, run_means
+from widthlab.report.figures.style import width_axis
+from widthlab.report.frivolous import LABELS, run_counts
+
+FRIVOLOUS = ("non_prunable_units", "non_redundant_units")
+STYLES = ("-", "--", "-.", (0, (3, 1, 1, 1)))
+
+
+def plot_compression(counts: pd.DataFrame, growth_df: pd.DataFrame, runs: pd.DataFrame | None = None,
+                     metrics: pd.DataFrame | None = None) -> Figure:
+    """Units kept per layer vs width on log-2 axes, one line per variant and method (mean ± std over replicates,
+    g in the legend), the frivolous counts of `metrics` in grey where measured, and a dotted line growing in
+    proportion to width (g = 2).
+
+    `counts` and `growth_df` are `compression_counts` and `compression_growth`.
+
+    Example: ``plot_compression(counts, compression_growth(counts)).savefig("compression.png")``
+    """
+    if counts.empty:
+        raise WidthlabError("no run has compression rows (run `widthlab compress STUDY_DIR` first)")
+    names = lines(counts)
+    per_run = run_means(counts)
+    g = {(r.variant, r.quantity): (r.g, r.ci_low, r.ci_high) for r in growth_df.itertuples(index=False)}
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    ax = fig.subplots()
+    colours = {v: f"C{i % 10}" for i, v in enumerate(pd.unique(per_run["variant"]))}
+    n = per_run.groupby(["variant", "width"]).size()
+    n_text = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}–{n.max()}"
+    for variant, part in per_run.groupby("variant", sort=False):
+        for name, style in zip(names, STYLES):
+            stats = part.groupby("width")[name].agg(mean="mean", std=lambda v: float(np.std(v, ddof=0))).dropna()
+            stats = stats[stats["mean"] > 0]
+            if stats.empty:
+                continue
+            value, low, high = g.get((variant, name), (np.nan, np.nan, np.nan))
+            interval = f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) else ""
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], linestyle=style, marker="o", capsize=3,
+                        color=colours[variant], label=f"{variant}: {name} (g = {value:.2f}{interval})")
+    if runs is not None and metrics is not None:
+        frivolous = run_counts(runs, metrics)
+        frivolous = frivolous[frivolous["run_id"].isin(per_run["run_id"])]
+        for quantity, marker in zip(FRIVOLOUS, ("s", "^")):
+            column = f"{quantity}_units"
+            if column not in frivolous.columns or not frivolous[column].gt(0).any():
+                continue
+            for variant, part in frivolous.groupby("variant", sort=False):
+                stats = part.groupby("width")[column].agg(mean="mean", std=lambda v: float(np.std(v, ddof=0)))
+                stats = stats[stats["mean"] > 0]
+                ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], linestyle=":", marker=marker, capsize=2,
+                            color=colours.get(variant, "0.4"), alpha=0.45, label=f"{variant}: {LABELS[quantity]}")
+    sizes = counts.groupby("width")["n_units"].mean()
+    ax.plot(sizes.index, sizes.to_numpy(), linestyle=":", color="0.5", label="all units (∝ width, g = 2)")
+    width_axis(ax, counts["width"])
+    ax.set_yscale("log", base=2)
+    ax.set_ylabel("Units per layer (mean over unit layers)")
+    ax.set_title(f"Compressed width: mean ± std over replicates ({n_text})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0, -0.12), ncol=2, frameon=False)
+    return fig
