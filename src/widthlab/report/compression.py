@@ -85,12 +85,15 @@ def run_means(counts: pd.DataFrame) -> pd.DataFrame:
 
 def growth_phrase(growth_df: pd.DataFrame, variant) -> str:
     """"compressed width grows g = 1.21 [1.15, 1.30] per doubling (merge), 1.6 [...] (prune)" for `variant`."""
+    mine = growth_df[(growth_df["variant"] == variant) & np.isfinite(growth_df["g"].astype(float))]
+    if mine.empty:
+        return "compressed width: no growth per doubling (it needs kept units at two widths or more)"
     parts = []
-    for r in growth_df[growth_df["variant"] == variant].itertuples(index=False):
+    for r in mine.itertuples(index=False):
         interval = f" [{number(r.ci_low)}, {number(r.ci_high)}]" if np.isfinite(r.ci_low) else " [no interval]"
         parts.append(f"{number(r.g)}{interval} per doubling ({r.quantity})" if not parts else
                      f"{number(r.g)}{interval} ({r.quantity})")
-    return "compressed width grows g = " + ", ".join(parts) if parts else "no growth: fewer than two widths"
+    return "compressed width grows g = " + ", ".join(parts)
 
 
 def compression_section(runs: pd.DataFrame, compression: pd.DataFrame | None,
@@ -133,21 +136,3 @@ def compression_section(runs: pd.DataFrame, compression: pd.DataFrame | None,
                    [(header, rows), (["variant", "line", "g", "95% CI", "pace", "runs", "method"], g_rows)],
                    bullets)
 
-
-def draw_compression(runs: pd.DataFrame, metrics: pd.DataFrame, compression: pd.DataFrame | None, figures_dir,
-                     formats, *, seed: int = 0) -> tuple[Section | None, pd.DataFrame, object]:
-    """What `write_report` adds for a compressed study: ``(section, growth table, figure path)``; ``(None, empty
-    table, None)`` without compression rows. The figure is one small plot, drawn here rather than by the report's
-    figure workers."""
-    from widthlab.report.figures.compression import plot_compression
-    from widthlab.report.figures.write import _save
-
-    counts = compression_counts(runs, compression) if compression is not None and len(compression) else \
-        pd.DataFrame()
-    if counts.empty:
-        return None, compression_growth(counts), None
-    growth_df = compression_growth(counts, seed=seed)
-    section = compression_section(runs, compression, growth_df, counts, seed)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    path = _save(plot_compression(counts, growth_df, runs, metrics), figures_dir / "compression", formats)
-    return section, growth_df, path

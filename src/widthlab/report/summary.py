@@ -263,7 +263,7 @@ def write_report(
         judged = _judge(runs, metrics, config, seed, growth_df, counts)
     finally:
         figures = drawing.paths()
-    from widthlab.report.compression import draw_compression
+    from widthlab.report.figures.compression import draw_compression
 
     section, compression_g, figure = draw_compression(runs, metrics, compression, out / FIGURE_DIR, formats, seed=seed)
     if section is not None:

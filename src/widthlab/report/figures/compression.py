@@ -8,8 +8,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from widthlab.errors import WidthlabError
-from widthlab.report.compression import lines, run_means
+from widthlab.report.compression import compression_counts, compression_growth, compression_section, lines, run_means
 from widthlab.report.figures.style import width_axis
+from widthlab.report.figures.write import _save
+from widthlab.report.sections import Section
 from widthlab.report.frivolous import LABELS, run_counts
 
 FRIVOLOUS = ("non_prunable_units", "non_redundant_units")
@@ -45,7 +47,8 @@ def plot_compression(counts: pd.DataFrame, growth_df: pd.DataFrame, runs: pd.Dat
             value, low, high = g.get((variant, name), (np.nan, np.nan, np.nan))
             interval = f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) else ""
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], linestyle=style, marker="o", capsize=3,
-                        color=colours[variant], label=f"{variant}: {name} (g = {value:.2f}{interval})")
+                        color=colours[variant], label=f"{variant}: {name} (g = {value:.2f}{interval})" if np.isfinite(value) else
+                        f"{variant}: {name}")
     if runs is not None and metrics is not None:
         frivolous = run_counts(runs, metrics)
         frivolous = frivolous[frivolous["run_id"].isin(per_run["run_id"])]
@@ -67,3 +70,19 @@ def plot_compression(counts: pd.DataFrame, growth_df: pd.DataFrame, runs: pd.Dat
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0, -0.12), ncol=2, frameon=False)
     return fig
+
+
+def draw_compression(runs: pd.DataFrame, metrics: pd.DataFrame, compression: pd.DataFrame | None, figures_dir,
+                     formats, *, seed: int = 0) -> tuple[Section | None, pd.DataFrame, object]:
+    """What `write_report` adds for a compressed study: ``(section, growth table, figure path)``; ``(None, empty
+    table, None)`` without compression rows. The figure is one small plot, drawn here rather than by the report's
+    figure workers."""
+    counts = compression_counts(runs, compression) if compression is not None and len(compression) else \
+        pd.DataFrame()
+    if counts.empty:
+        return None, compression_growth(counts), None
+    growth_df = compression_growth(counts, seed=seed)
+    section = compression_section(runs, compression, growth_df, counts, seed)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    path = _save(plot_compression(counts, growth_df, runs, metrics), figures_dir / "compression", formats)
+    return section, growth_df, path
