@@ -4,8 +4,8 @@ Tables: ``runs`` (one row per grid cell: resolved config, status, timings, accur
 measurements: redundancy numbers, robustness AUCs), ``curves`` (points of perturbation curves) — both with an
 ``epoch`` column that is NULL for the trained model and the epoch for along-training snapshots — and
 ``history`` (per-epoch training records) and ``compression`` (`widthlab.compress.compress_study`: per run, unit
-layer and setting, the units kept at a largest accuracy drop). A run becomes ``done`` only in the transaction that writes its
-measurements, so a crash leaves it pending and a rerun redoes it; nothing is half-written.
+layer and setting, the units kept at a largest accuracy drop). A run becomes ``done`` only in the transaction that
+writes its measurements, so a crash leaves it pending and a rerun redoes it; nothing is half-written.
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ def plot_compression(counts: pd.DataFrame, growth_df: pd.DataFrame, runs: pd.Dat
                 continue
             value, low, high = g.get((variant, name), (np.nan, np.nan, np.nan))
             interval = f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) else ""
+            label = f"{variant}: {name} (g = {value:.2f}{interval})" if np.isfinite(value) else f"{variant}: {name}"
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], linestyle=style, marker="o", capsize=3,
-                        color=colours[variant], label=f"{variant}: {name} (g = {value:.2f}{interval})" if np.isfinite(value) else
-                        f"{variant}: {name}")
+                        color=colours[variant], label=label)
     if runs is not None and metrics is not None:
         frivolous = run_counts(runs, metrics)
         frivolous = frivolous[frivolous["run_id"].isin(per_run["run_id"])]
