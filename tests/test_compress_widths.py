@@ -181,3 +181,25 @@ def test_growth_per_doubling_and_its_phrase_from_known_counts():
     assert growth.loc["merge", "pace"] == "slower than width"
     assert growth_phrase(growth.reset_index(), "v") == \
         "compressed width grows g = 1.5 [1.5, 1.5] per doubling (merge), 2 [2, 2] (prune)"
+
+
+def test_widthlab_run_resumed_on_a_compressed_study_keeps_the_section(compressed, tmp_path):
+    """The report a (resumed) `run_study` writes reads the store's compression rows too, not only `report`."""
+    from conftest import TINY_STUDY
+
+    from widthlab.study import load_config, run_study
+
+    directory = copy_of(compressed, tmp_path)
+    run_study(load_config("mlp-10d", TINY_STUDY), directory, progress=False, report=True, formats=("png",))
+    assert "## Compression across widths" in (directory / "summary.md").read_text()
+    assert len(load_results(directory).compression) == len(compressed[1].rows)
+
+
+def test_a_study_being_written_is_refused(compressed, tmp_path):
+    from widthlab.study.store import study_lock
+
+    directory = copy_of(compressed, tmp_path)
+    with study_lock(directory):
+        with pytest.raises(WidthlabError, match="another widthlab process is writing"):
+            compress_study(directory, max_drop=0.3)
+    assert (load_results(directory).compression["max_drop"] == 0.01).all()

@@ -51,7 +51,8 @@ def compression_counts(runs: pd.DataFrame, compression: pd.DataFrame) -> pd.Data
     if rows.empty:
         return pd.DataFrame(columns=[*KEYS, "n_units", "c_max"])
     rows["line"] = _labels(rows)
-    rows["width"] = rows["width"].astype(float)
+    # numbers, whatever a combined report's concatenation with an empty (object) frame made of them
+    rows = rows.astype({"width": float, "units_kept": float, "units_before": float})
     wide = rows.pivot_table(index=KEYS, columns="line", values="units_kept", aggfunc="mean").reset_index()
     wide.columns.name = None
     sizes = rows.groupby(KEYS)["units_before"].first().rename("n_units").reset_index()
