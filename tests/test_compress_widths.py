@@ -181,6 +181,11 @@ def test_growth_per_doubling_and_its_phrase_from_known_counts():
     assert growth.loc["merge", "pace"] == "slower than width"
     assert growth_phrase(growth.reset_index(), "v") == \
         "compressed width grows g = 1.5 [1.5, 1.5] per doubling (merge), 2 [2, 2] (prune)"
+    # a second setting: each line names what differs, and only that
+    magnitude = pd.DataFrame(rows).query("method == 'prune'").assign(importance="magnitude")
+    both = compression_counts(pd.DataFrame(runs), pd.concat([pd.DataFrame(rows), magnitude]))
+    assert [c for c in both.columns if c.startswith(("merge", "prune")) and not c.endswith("_norm")] == \
+        ["merge (ablation)", "prune (ablation)", "prune (magnitude)"]
 
 
 def test_widthlab_run_resumed_on_a_compressed_study_keeps_the_section(compressed, tmp_path):

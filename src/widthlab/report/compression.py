@@ -33,13 +33,16 @@ COMPRESSION_TEXT = (
 
 
 def _labels(compression: pd.DataFrame) -> pd.Series:
-    """A line's name per row: the method, with its setting when the store holds several settings."""
-    settings = compression[SETTING].drop_duplicates()
-    if len(settings) <= 1:
-        return compression["method"].astype(str)
-    return (compression["method"].astype(str) + " (" + compression["importance"].astype(str) + ", max_drop "
-            + compression["max_drop"].map(lambda v: f"{v:g}") + ", " + compression["calibration_examples"].astype(str)
-            + " calibration examples)")
+    """A line's name per row: the method, with the parts of its setting that differ between the stored settings
+    (``prune (magnitude)``, ``merge (max_drop 0.05)``)."""
+    label = compression["method"].astype(str)
+    parts = {"importance": lambda v: str(v), "max_drop": lambda v: f"max_drop {v:g}",
+             "calibration_examples": lambda v: f"{v} calibration examples", "split": lambda v: f"on {v}"}
+    varying = [c for c in SETTING if compression[c].nunique() > 1]
+    if not varying:
+        return label
+    detail = compression[varying].apply(lambda row: ", ".join(parts[c](row[c]) for c in varying), axis=1)
+    return label + " (" + detail + ")"
 
 
 def compression_counts(runs: pd.DataFrame, compression: pd.DataFrame) -> pd.DataFrame:

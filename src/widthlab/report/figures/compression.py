@@ -39,7 +39,8 @@ def plot_compression(counts: pd.DataFrame, growth_df: pd.DataFrame, runs: pd.Dat
     n = per_run.groupby(["variant", "width"]).size()
     n_text = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}–{n.max()}"
     for variant, part in per_run.groupby("variant", sort=False):
-        for name, style in zip(names, STYLES):
+        for i, name in enumerate(names):  # every line drawn, styles reused past the fourth
+            style = STYLES[i % len(STYLES)]
             stats = part.groupby("width")[name].agg(mean="mean", std=lambda v: float(np.std(v, ddof=0))).dropna()
             stats = stats[stats["mean"] > 0]
             if stats.empty:
