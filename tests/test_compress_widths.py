@@ -159,6 +159,16 @@ def test_a_run_measured_again_loses_its_stale_compression_rows(compressed, tmp_p
     assert run_id not in set(load_results(directory).compression["run_id"])
 
 
+def test_a_report_without_compression_rows_removes_an_earlier_compression_figure(tmp_path):
+    from widthlab.report.figures.compression import draw_compression
+    from widthlab.study.store import empty_compression
+
+    (tmp_path / "compression.png").write_bytes(b"old")
+    section, growth, path = draw_compression(pd.DataFrame(columns=["run_id", "status"]), pd.DataFrame(),
+                                             empty_compression(), tmp_path, ("png",))
+    assert section is None and growth.empty and path is None and not (tmp_path / "compression.png").exists()
+
+
 def test_growth_per_doubling_and_its_phrase_from_known_counts():
     """Kept units 4, 6, 9 at widths 1/4, 1/2, 1 (×1.5 per doubling) for merge and 4, 8, 16 for prune, two
     replicates each: g = 1.5 and 2, as the frivolous units' growth computes it."""

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from widthlab.errors import WidthlabError
 from widthlab.report.compression import compression_counts, compression_growth, compression_section, lines, run_means
 from widthlab.report.figures.style import width_axis
-from widthlab.report.figures.write import _save
+from widthlab.report.figures.write import FORMATS, _save
 from widthlab.report.sections import Section
 from widthlab.report.frivolous import LABELS, run_counts
 
@@ -81,6 +81,8 @@ def draw_compression(runs: pd.DataFrame, metrics: pd.DataFrame, compression: pd.
     counts = compression_counts(runs, compression) if compression is not None and len(compression) else \
         pd.DataFrame()
     if counts.empty:
+        for fmt in FORMATS:  # an earlier report's figure of rows no longer stored (runs measured again)
+            (figures_dir / f"compression.{fmt}").unlink(missing_ok=True)
         return None, compression_growth(counts), None
     growth_df = compression_growth(counts, seed=seed)
     section = compression_section(runs, compression, growth_df, counts, seed)
