@@ -41,6 +41,9 @@ FIGURE_CAPTIONS = {
     "frivolous.png": ("Frivolous units vs width (AAAI 2021 version): prunable / non-prunable and redundant / "
                       "non-redundant units per layer, normalised by the layer's size at the largest width, log-2 "
                       "axes, mean ± std over replicates, g = growth per doubling"),
+    "compression.png": ("Compressed width vs width: units per layer kept at max_drop by each method (log-2 axes, "
+                        "mean ± std over replicates, g = growth per doubling [95% CI]), beside the non-prunable and "
+                        "non-redundant units (dotted) and all units (g = 2)"),
 }
 CALIBRATION_TEXT = (
     "Similarity counts similar units per unit, so it can grow with width while the share of similar pairs "

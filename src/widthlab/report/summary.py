@@ -36,7 +36,7 @@ from widthlab.report.verdict import calibration, hypothesis, hypothesis_word, ru
 
 HTML_NAME = "report.html"
 # The tables `write_report` writes as NAME.csv.
-TABLE_NAMES = ("verdict", "run_level", "caveats", "growth", "unit_counts", "selection")
+TABLE_NAMES = ("verdict", "run_level", "caveats", "growth", "unit_counts", "selection", "compression_growth")
 log = logging.getLogger(__name__)
 
 
@@ -210,6 +210,7 @@ def write_report(
     notes: Sequence[str] = (),
     workers: int | None = None,
     pdf: bool | None = None,
+    compression: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Write the whole report: figures/*.png and .pdf, summary.md, verdict.csv, run_level.csv, optionally report.html.
 
@@ -232,6 +233,8 @@ def write_report(
         notes: lines added under "What was run" in summary.md (e.g. stored runs left out of this grid).
         workers: figure-drawing processes (default None: one per idle CPU, at most 4; 1 draws in this process).
         pdf: deprecated; False is formats=("png",), True is ("png", "pdf").
+        compression: `Results.compression` (`widthlab compress STUDY_DIR`); when it has rows the report adds the
+            "Compression across widths" section, figures/compression.* and compression_growth.csv.
 
     Also writes, when they apply: caveats.csv (why a verdict may mean nothing), growth.csv (growth per doubling of
     the frivolous-unit counts), unit_counts.csv (per run and layer) and selection.csv (grid.select's choices).
@@ -260,12 +263,18 @@ def write_report(
         judged = _judge(runs, metrics, config, seed, growth_df, counts)
     finally:
         figures = drawing.paths()
+    from widthlab.report.figures.compression import draw_compression
+
+    section, compression_g, figure = draw_compression(runs, metrics, compression, out / FIGURE_DIR, formats, seed=seed)
+    if section is not None:
+        judged.sections.append(section)
+        figures = [*figures, figure]
     summary = out / "summary.md"
     files.write_text(summary, _summary_markdown(runs, judged.run_level_df, judged.verdict_df, figures, title, config,
                                                 seed, notes, judged.caveats_df, judged.sections))
     _write_tables(out, {"verdict": judged.verdict_df, "run_level": judged.run_level_df,
                         "caveats": judged.caveats_df, "growth": growth_df, "unit_counts": counts,
-                        "selection": selection_table(runs)})
+                        "selection": selection_table(runs), "compression_growth": compression_g})
     html_path = _write_html(out, runs, judged, figures, title, config, seed) if html else None
     return dict(figures=figures, summary=summary, verdict_csv=out / "verdict.csv",
                 run_level_csv=out / "run_level.csv", html=html_path, verdict=judged.verdict_df,

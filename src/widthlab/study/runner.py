@@ -397,7 +397,8 @@ def _write_report(cfg: StudyConfig, results: Results, out_dir: Path, notes, form
 
     return write_report(results.runs, results.metrics, out_dir, title=cfg.name, config=cfg.model_dump(mode="json"),
                         seed=cfg.seed, snapshots=results.snapshots, history=results.history,
-                        params=parameter_counts(results.runs, import_code=True), notes=list(notes), formats=formats)
+                        params=parameter_counts(results.runs, import_code=True), notes=list(notes), formats=formats,
+                        compression=results.compression)
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@
 Tables: ``runs`` (one row per grid cell: resolved config, status, timings, accuracies), ``metrics`` (scalar
 measurements: redundancy numbers, robustness AUCs), ``curves`` (points of perturbation curves) — both with an
 ``epoch`` column that is NULL for the trained model and the epoch for along-training snapshots — and
-``history`` (per-epoch training records). A run becomes ``done`` only in the transaction that writes its
-measurements, so a crash leaves it pending and a rerun redoes it; nothing is half-written.
+``history`` (per-epoch training records) and ``compression`` (`widthlab.compress.compress_study`: per run, unit
+layer and setting, the units kept at a largest accuracy drop). A run becomes ``done`` only in the transaction that
+writes its measurements, so a crash leaves it pending and a rerun redoes it; nothing is half-written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import sqlite3
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -44,10 +45,18 @@ CREATE TABLE IF NOT EXISTS curves (
     perturbation TEXT NOT NULL, level REAL NOT NULL, sampling INTEGER NOT NULL, value REAL, epoch REAL);
 CREATE TABLE IF NOT EXISTS history (
     run_id TEXT NOT NULL REFERENCES runs(run_id), epoch INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS compression (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), layer TEXT NOT NULL, method TEXT NOT NULL,
+    importance TEXT NOT NULL, max_drop REAL NOT NULL, calibration_examples INTEGER NOT NULL, split TEXT NOT NULL,
+    method_used TEXT, units_before INTEGER NOT NULL, units_kept INTEGER NOT NULL, params_before INTEGER,
+    params_after INTEGER, accuracy_before REAL, accuracy_after REAL, agreement REAL);
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
 CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
 """
-TABLES = ("runs", "metrics", "curves", "history")
+TABLES = ("runs", "metrics", "curves", "history")  # every store has these; `compression` came later
+COMPRESSION_COLUMNS = ("run_id", "layer", "method", "importance", "max_drop", "calibration_examples", "split",
+                       "method_used", "units_before", "units_kept", "params_before", "params_after",
+                       "accuracy_before", "accuracy_after", "agreement")
 
 
 # (table, column, type) added after the first stores were written: snapshot epochs; the test set's size and
@@ -63,12 +72,20 @@ class Results:
     """A study's results as DataFrames: `runs` (one row per run), `metrics` (tidy, one row per number of the
     trained model: run_id, variant, width, replicate, layer, metric, perturbation, level, sampling, value),
     `history` (one row per run and epoch) and `snapshots` (the `metrics` columns plus ``epoch``, for weights
-    kept along training by `TrainConfig.snapshot_epochs`; empty otherwise)."""
+    kept along training by `TrainConfig.snapshot_epochs`; empty otherwise) and `compression` (one row per run,
+    unit layer and compression setting written by `compress_study`, with the run's variant, width and replicate;
+    empty when the study was never compressed)."""
 
     runs: pd.DataFrame
     metrics: pd.DataFrame
     history: pd.DataFrame
     snapshots: pd.DataFrame
+    compression: pd.DataFrame = field(default_factory=lambda: empty_compression())
+
+
+def empty_compression() -> pd.DataFrame:
+    """The `Results.compression` of a study never compressed: no rows, the columns a compressed one has."""
+    return pd.DataFrame(columns=["run_id", "variant", "width", "replicate", *COMPRESSION_COLUMNS[1:]])
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -269,7 +286,8 @@ class Store:
     def finish(self, run_id: str, outcome: dict, metrics: pd.DataFrame | None) -> None:
         """Write a run's results and its final status in one transaction (all or nothing)."""
         with self.transaction() as db:
-            for table in ("metrics", "curves", "history"):
+            # Compression rows describe the weights measured before: a run measured again is compressed again.
+            for table in ("metrics", "curves", "history", "compression"):
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             db.execute(
                 "UPDATE runs SET status = ?, seconds = ?, train_acc = ?, val_acc = ?, test_acc = ?, epochs = ?, "
@@ -318,7 +336,38 @@ class Store:
         metrics = metrics[final].drop(columns="epoch").reset_index(drop=True)
         history = pd.read_sql_query("SELECT run_id, record FROM history ORDER BY run_id, epoch", self._db)
         history = pd.DataFrame([{"run_id": rid, **json.loads(rec)} for rid, rec in history.itertuples(index=False)])
-        return Results(runs=runs, metrics=metrics, history=history, snapshots=snapshots)
+        return Results(runs=runs, metrics=metrics, history=history, snapshots=snapshots,
+                       compression=self._compression(keys))
+
+    def _compression(self, keys: str) -> pd.DataFrame:
+        """The compression table joined with the runs' keys; empty for a store written before it existed (opened
+        read-only, nothing has added it)."""
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'compression'").fetchone() \
+                is None:
+            return empty_compression()
+        columns = ", ".join(f"c.{c}" for c in COMPRESSION_COLUMNS[1:])
+        frame = pd.read_sql_query(f"SELECT {keys}, {columns} FROM compression c JOIN runs r USING (run_id) "
+                                  "ORDER BY r.variant, r.width, r.replicate, r.run_id, c.rowid", self._db)
+        return frame.astype({"width": float, "max_drop": float, "accuracy_before": float, "accuracy_after": float,
+                             "agreement": float})
+
+    def compressed_settings(self) -> set[tuple]:
+        """``(run_id, method, importance, max_drop, calibration_examples, split)`` of every run compressed so far
+        (what `compress_study` skips when it resumes)."""
+        return set(self._db.execute("SELECT DISTINCT run_id, method, importance, max_drop, calibration_examples, "
+                                    "split FROM compression").fetchall())
+
+    def add_compression(self, run_id: str, rows: list[dict]) -> None:
+        """Store one run's compression rows (all its methods) in one transaction; rows of the same run and setting
+        stored before are replaced, never duplicated."""
+        columns = COMPRESSION_COLUMNS
+        with self.transaction() as db:
+            for key in {(r["method"], r["importance"], float(r["max_drop"]), int(r["calibration_examples"]),
+                         r["split"]) for r in rows}:
+                db.execute("DELETE FROM compression WHERE run_id = ? AND method = ? AND importance = ? AND "
+                           "max_drop = ? AND calibration_examples = ? AND split = ?", (run_id, *key))
+            db.executemany(f"INSERT INTO compression ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                           [tuple(_cell(row.get(c)) if c != "run_id" else run_id for c in columns) for row in rows])
 
 
 def _with_frivolous(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -361,7 +410,7 @@ def select_runs(results: Results, run_ids) -> tuple[Results, list[str]]:
         return frame[frame["run_id"].isin(keep)].reset_index(drop=True) if "run_id" in frame else frame
 
     return Results(runs=only(results.runs), metrics=only(results.metrics), history=only(results.history),
-                   snapshots=only(results.snapshots)), others
+                   snapshots=only(results.snapshots), compression=only(results.compression)), others
 
 
 def left_out_note(others: list[str]) -> str:
@@ -411,6 +460,15 @@ def check_study_folder(directory: str | os.PathLike) -> None:
         if (directory / name).is_dir():
             raise WidthlabError(f"{str(directory / name)!r} is a directory where widthlab keeps its {name} file; "
                                 "move it away and rerun")
+
+
+def _cell(value):
+    """A value as SQLite stores it: NaN as NULL, NumPy scalars as Python numbers."""
+    if isinstance(value, str) or value is None:
+        return value
+    if isinstance(value, (bool, int)) or hasattr(value, "dtype") and value.dtype.kind in "iub":
+        return int(value)
+    return _num(value)
 
 
 def _num(value) -> float | None:
