@@ -234,7 +234,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         executor: ``local`` (default), ``processes`` or ``ray`` (see `widthlab.study.executors`).
         workers: worker processes for ``processes`` (default 2).
         address: Ray cluster address for ``ray`` (default: start a local one).
-        gpus_per_run: GPUs a Ray task declares (default: 1 when training on CUDA, else 0).
+        gpus_per_run: GPUs a Ray task declares (default: 1 when training on ``cuda``, or on ``auto`` in a Ray
+            cluster with GPUs; else 0).
         progress: show progress bars (None: only on a terminal).
         report: write figures and the summary when the runs are finished.
         checkpoint_every: seconds between a run's checkpoints (default 60: a crash redoes at most a minute and
@@ -255,8 +256,6 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     check_seconds("checkpoint_every", checkpoint_every)
     out_dir = Path(out_dir)
     specs = plan_runs(cfg)
-    if gpus_per_run is None:
-        gpus_per_run = 1.0 if any(s.config.train.device == "cuda" for s in specs) else 0.0
     distributed = _distributed(cfg, specs, executor)
     if distributed and dist.get_rank() != 0:
         _follow(specs, out_dir)
