@@ -107,3 +107,24 @@ def test_torchrun_measures_in_shares_past_the_timeout_and_matches_one_process(tm
     for split in ("train_acc", "val_acc", "test_acc"):  # evaluation sharded across ranks: counts summed exactly
         assert ddp.runs[split].tolist() == single.runs[split].tolist()
     assert ddp.history["val_acc"].tolist() == single.history["val_acc"].tolist()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "inf", "nan"])
+def test_a_bad_timeout_is_one_error_naming_it(monkeypatch, value):
+    from widthlab.errors import WidthlabError
+    from widthlab.train.distributed import ddp_timeout
+
+    monkeypatch.setenv("WIDTHLAB_DDP_TIMEOUT", value)
+    with pytest.raises(WidthlabError, match=f"WIDTHLAB_DDP_TIMEOUT='{value}': must be a number of seconds > 0"):
+        ddp_timeout()
+
+
+def test_the_timeout_is_seconds_or_torchs_default(monkeypatch):
+    from datetime import timedelta
+
+    from widthlab.train.distributed import ddp_timeout
+
+    monkeypatch.delenv("WIDTHLAB_DDP_TIMEOUT", raising=False)
+    assert ddp_timeout() is None
+    monkeypatch.setenv("WIDTHLAB_DDP_TIMEOUT", "2.5")
+    assert ddp_timeout() == timedelta(seconds=2.5)
