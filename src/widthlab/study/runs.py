@@ -169,7 +169,7 @@ def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epo
         on_epoch: ``on_epoch(index, record)`` after each epoch of run ``specs[index]`` (progress reporting).
         checkpoints: each run's checkpoint file; training resumes from it when it exists.
         checkpoint_every: seconds between checkpoints (see `fit`; default 0: every epoch).
-        measure: False trains only (the non-zero ranks of a distributed run).
+        measure: False trains only (under torchrun every rank must pass the same: each measures its share).
     """
     torch.set_num_threads(specs[0].config.threads)
     with blas_threads(specs[0].config.threads):
