@@ -273,7 +273,8 @@ def add_run_parsers(sub) -> None:
                      help="where runs execute: local (default, one after another), processes or ray")
     run.add_argument("--workers", type=int, default=2, help="worker processes for --executor processes (default 2)")
     run.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local cluster)")
-    run.add_argument("--gpus-per-run", type=float, help="GPUs each Ray task declares (default: 1 on CUDA, else 0)")
+    run.add_argument("--gpus-per-run", type=float,
+                     help="GPUs each Ray task declares (default: 1 on CUDA, or on auto in a cluster with GPUs; else 0)")
     run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
                      help="seconds between a run's checkpoints (default 60; 0: after every epoch)")
     run.set_defaults(func=_cmd_run)

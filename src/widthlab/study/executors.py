@@ -253,9 +253,20 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
                             "`ray start --head`, or check the address") from None
 
 
-def run_ray(groups, checkpoints: Path, address: str | None, gpus_per_run: float, started,
+def task_gpus(devices, cluster_gpus: float) -> float:
+    """The GPUs a Ray task declares by default: one when a run trains on ``cuda``, or on ``auto`` in a cluster
+    with GPUs; else none. A task that declares none sees none (Ray empties its CUDA_VISIBLE_DEVICES), so an
+    ``auto`` run given no GPU would train on the CPU of a GPU node."""
+    devices = list(devices)
+    if any(device.startswith("cuda") for device in devices):
+        return 1.0
+    return 1.0 if cluster_gpus > 0 and "auto" in devices else 0.0
+
+
+def run_ray(groups, checkpoints: Path, address: str | None, gpus_per_run: float | None, started,
             every: float = 0.0) -> Iterator:
     """Groups of runs as Ray tasks on the cluster at `address` (a local one when None), yielded as they finish.
+    `gpus_per_run` None: `task_gpus`, decided once the cluster's resources are known.
 
     Checkpoints are written by the tasks, so on a multi-node cluster the study directory must be on a file
     system every node sees (or checkpoints only help runs that resume on the same node).
@@ -274,6 +285,10 @@ def run_ray(groups, checkpoints: Path, address: str | None, gpus_per_run: float,
             where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
             raise WidthlabError(f"cannot start or reach {where}: {str(exc).splitlines()[0]} (for a ray:// "
                                 "address install ray[client]; for 'auto' start one with `ray start --head`)") from None
+    groups = list(groups)
+    if gpus_per_run is None:
+        gpus_per_run = task_gpus((spec.config.train.device for group in groups for spec in group),
+                                 ray.cluster_resources().get("GPU", 0))
     remote = ray.remote(run_group)
     refs: dict = {}
     try:
@@ -294,10 +309,11 @@ def run_ray(groups, checkpoints: Path, address: str | None, gpus_per_run: float,
 
 
 def execute(executor: str, specs, checkpoints: Path, *, workers: int = 2, address: str | None = None,
-            gpus_per_run: float = 0.0, progress: bool | None = None, started=lambda spec: None,
+            gpus_per_run: float | None = None, progress: bool | None = None, started=lambda spec: None,
             stopped=lambda spec: None, checkpoint_every: float = 0.0, data_cache: dict | None = None) -> Iterator:
     """Dispatch to the named executor; yields (spec, RunResult) as runs finish. `started(spec)` is called when
-    a run starts (local, processes) or is handed to the cluster (ray); `stopped(spec)` when a started run goes
+    a run starts (local, processes) or is handed to the cluster (ray); `gpus_per_run`: the GPUs a Ray task
+    declares (None: `task_gpus`); `stopped(spec)` when a started run goes
     back to the queue without a result (processes: its worker died); runs write a checkpoint at most
     every `checkpoint_every` seconds (and after their last epoch). `data_cache` holds data sets the driver has
     loaded already; the local executor reuses them. Runs that can train as one stacked model are packed into

@@ -55,7 +55,7 @@ from widthlab.study.store import (
     select_runs,
     study_lock,
 )
-from widthlab.train.distributed import init_from_env
+from widthlab.train.distributed import broadcast_from_first, init_from_env
 
 log = logging.getLogger("widthlab")
 CHECKPOINTS = "checkpoints"
@@ -234,7 +234,8 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         executor: ``local`` (default), ``processes`` or ``ray`` (see `widthlab.study.executors`).
         workers: worker processes for ``processes`` (default 2).
         address: Ray cluster address for ``ray`` (default: start a local one).
-        gpus_per_run: GPUs a Ray task declares (default: 1 when training on CUDA, else 0).
+        gpus_per_run: GPUs a Ray task declares (default: 1 when training on ``cuda``, or on ``auto`` in a Ray
+            cluster with GPUs; else 0).
         progress: show progress bars (None: only on a terminal).
         report: write figures and the summary when the runs are finished.
         checkpoint_every: seconds between a run's checkpoints (default 60: a crash redoes at most a minute and
@@ -255,8 +256,6 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
     check_seconds("checkpoint_every", checkpoint_every)
     out_dir = Path(out_dir)
     specs = plan_runs(cfg)
-    if gpus_per_run is None:
-        gpus_per_run = 1.0 if any(s.config.train.device == "cuda" for s in specs) else 0.0
     distributed = _distributed(cfg, specs, executor)
     if distributed and dist.get_rank() != 0:
         _follow(specs, out_dir)
@@ -404,33 +403,33 @@ def _write_report(cfg: StudyConfig, results: Results, out_dir: Path, notes, form
 @contextlib.contextmanager
 def _sharing_todo(distributed: bool):
     """On rank 0 of a torchrun job, hand the list of runs to do to the other ranks (or None if the study fails
-    before it gets there, so they stop instead of waiting)."""
+    before it gets there, so they stop instead of waiting). They wait in the patient group: rank 0 first checks
+    every data set and model (`preflight`), which may take longer than the training group's timeout."""
     shared = []
 
     def share(run_ids: list[str]) -> None:
         if distributed:
-            dist.broadcast_object_list([run_ids], src=0)
+            broadcast_from_first(run_ids)
         shared.append(run_ids)
 
     try:
         yield share
     finally:
         if distributed and not shared:
-            dist.broadcast_object_list([None], src=0)
+            broadcast_from_first(None)
 
 
 def _follow(specs: list[RunSpec], out_dir: Path) -> None:
-    """A non-zero rank of a torchrun job: train the runs rank 0 names, in its order; rank 0 alone measures and
-    writes the store, checkpoints and report."""
-    message = [None]
-    dist.broadcast_object_list(message, src=0)
-    if message[0] is None:
+    """A non-zero rank of a torchrun job: train the runs rank 0 names, in its order, and measure its share of
+    each (handed to rank 0, which alone writes the store, checkpoints and report)."""
+    run_ids = broadcast_from_first(None)
+    if run_ids is None:
         raise WidthlabError("rank 0 stopped before starting the runs; see its error")
     by_id = {s.run_id: s for s in specs}
     cache: dict = {}
-    for run_id in message[0]:
+    for run_id in run_ids:
         checkpoint = out_dir / CHECKPOINTS / f"{files.file_name(run_id)}.pt"
-        execute_run(by_id[run_id], data_cache=cache, checkpoint=checkpoint, measure=False)
+        execute_run(by_id[run_id], data_cache=cache, checkpoint=checkpoint)
 
 
 def _drive(store: Store, todo: list[RunSpec], results, total: int, name: str, progress: bool | None) -> None:

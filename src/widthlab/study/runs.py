@@ -20,12 +20,13 @@ from widthlab.data import load_data
 from widthlab.data.base import ArrayDataset, Splits
 from widthlab.errors import WidthlabError, first_line
 from widthlab.measure import analyze, check_measurable
+from widthlab.measure.frivolous import frivolous_rows
 from widthlab.memory import available_memory, weight_bytes
 from widthlab.study.build import build_model, expected_input
 from widthlab.study.config import RunConfig
 from widthlab.threads import blas_threads
 from widthlab.train import TrainConfig, fit
-from widthlab.train.distributed import distributed_shard
+from widthlab.train.distributed import distributed_shard, gather_to_first
 from widthlab.train.loop import resolve_device
 from widthlab.train.stacked import stackable
 from widthlab.train.vectorized import (
@@ -36,6 +37,7 @@ from widthlab.train.vectorized import (
     member_bytes,
     worth_stacking,
 )
+from widthlab.vocab import FRIVOLOUS_METRICS
 
 log = logging.getLogger("widthlab")
 FINAL_STATUSES = ("done", "diverged")
@@ -183,7 +185,7 @@ def execute_runs(specs: list[RunSpec], *, data_cache: dict | None = None, on_epo
         on_epoch: ``on_epoch(index, record)`` after each epoch of run ``specs[index]`` (progress reporting).
         checkpoints: each run's checkpoint file; training resumes from it when it exists.
         checkpoint_every: seconds between checkpoints (see `fit`; default 0: every epoch).
-        measure: False trains only (the non-zero ranks of a distributed run).
+        measure: False trains only (under torchrun every rank must pass the same: each measures its share).
     """
     torch.set_num_threads(specs[0].config.threads)
     with blas_threads(specs[0].config.threads):
@@ -286,7 +288,6 @@ def execute_run(spec: RunSpec, *, data_cache: dict | None = None, on_epoch=None,
 def _finish(spec: RunSpec, model: torch.nn.Module, result, splits: Splits,
             measure: bool) -> tuple[dict, pd.DataFrame | None]:
     """A trained run's outcome, and its measurement (snapshots first, then the trained weights)."""
-    cfg = spec.config
     outcome = {"status": result.status, "seconds": result.seconds, "train_acc": result.train_acc,
                "val_acc": result.val_acc, "test_acc": result.test_acc, "epochs": len(result.history),
                "best_epoch": result.best_epoch, "diverged_epoch": result.diverged_epoch, "history": result.history,
@@ -297,26 +298,83 @@ def _finish(spec: RunSpec, model: torch.nn.Module, result, splits: Splits,
     if not spec.measure:  # a selection candidate: measured only if it is chosen
         outcome["status"] = TRAINED
         return outcome, None
+    start = time.perf_counter()
+    frame = _measure_run(spec, model, result, splits)
+    outcome["seconds"] += time.perf_counter() - start
+    return outcome, frame
+
+
+def _measure_run(spec: RunSpec, model: torch.nn.Module, result, splits: Splits) -> pd.DataFrame | None:
+    """The run's measurement: each snapshot (along-training figures), then the trained weights, whose rows have
+    epoch NaN. Under torchrun every process measures its share (`_measure_share`) and rank 0, alone, gets the
+    whole (None on the others)."""
+    cfg = spec.config
     plan = cfg.measure  # its levels spelled out per perturbation by plan_runs
     evaluation = splits.split(plan.split)
     labels = evaluation.y if hasattr(evaluation, "y") else None
     train_inputs = selectivity_examples(splits.split("train"), cfg.study_seed) if plan.split != "train" else None
-    start = time.perf_counter()
 
-    def measure_now(epoch: float) -> pd.DataFrame:
-        frame = analyze(model, evaluation, labels=labels, perturbations=plan.perturbations,
-                        levels={name: list(values) for name, values in plan.levels.items()},
-                        samplings=plan.samplings, seed=spec.replicate, max_rows=plan.max_rows,
-                        train_inputs=train_inputs)
-        return frame.assign(epoch=epoch)
+    def measure_now(perturbations: list[str]) -> pd.DataFrame:
+        return analyze(model, evaluation, labels=labels, perturbations=perturbations,
+                       levels={name: list(plan.levels[name]) for name in perturbations},
+                       samplings=plan.samplings, seed=spec.replicate, max_rows=plan.max_rows,
+                       train_inputs=train_inputs)
 
-    # Snapshots first (along-training figures), then the trained weights, whose rows have epoch NaN.
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = [(float(epoch), state) for epoch, state in sorted(result.snapshots.items())]
+    states.append((float("nan"), trained))
+    perturbations = list(plan.perturbations)
+    rank, world = distributed_shard()
+    if world > 1:
+        return _measure_share(model, states, perturbations, measure_now, rank, world)
     frames = []
-    for epoch, state in sorted(result.snapshots.items()):
+    for epoch, state in states:
         model.load_state_dict(state)
-        frames.append(measure_now(float(epoch)))
+        frames.append(measure_now(perturbations).assign(epoch=epoch))
     model.load_state_dict(trained)
-    frames.append(measure_now(float("nan")))
-    outcome["seconds"] += time.perf_counter() - start
-    return outcome, pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _measure_share(model: torch.nn.Module, states: list, perturbations: list[str], measure_now, rank: int,
+                   world: int) -> pd.DataFrame | None:
+    """Rank `rank`'s share of a run's measurement, gathered on rank 0 into the frame one process measures, row
+    for row (`_assemble`); None on the other ranks. The model is left with the last of `states`, its trained
+    weights.
+
+    The pieces, (weights, perturbation) pairs, are dealt round-robin: every random draw of `analyze` is named by
+    the layer, sampling and perturbation, never by what else is measured, so a piece's numbers do not depend on
+    the process that measures it. A process whose share fails still joins the gathering, with the exception, so
+    none waits forever; rank 0 raises it, failing the run alone.
+    """
+    pieces = [(i, perturbation) for i in range(len(states)) for perturbation in perturbations]
+    mine: list[tuple[int, pd.DataFrame]] | Exception = []
+    try:
+        for index in range(rank, len(pieces), world):
+            i, perturbation = pieces[index]
+            model.load_state_dict(states[i][1])
+            mine.append((index, measure_now([perturbation])))
+    except Exception as exc:  # handed to rank 0 (below), which fails the run
+        mine = exc
+    finally:
+        model.load_state_dict(states[-1][1])
+    gathered = gather_to_first(mine)
+    if gathered is None:
+        return None
+    failed = next((share for share in gathered if isinstance(share, Exception)), None)
+    if failed is not None:
+        raise failed
+    frames = dict(item for share in gathered for item in share)
+    per_state = len(perturbations)
+    return pd.concat([_assemble([frames[i * per_state + j] for j in range(per_state)]).assign(epoch=epoch)
+                      for i, (epoch, _) in enumerate(states)], ignore_index=True)
+
+
+def _assemble(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The `analyze` frame of several perturbations from the frames of each alone, in its row order: the rows
+    without a perturbation (redundancy, similarity null, selectivity: the same in every part) once, the curves
+    in perturbation order, then the frivolous-unit rows derived from them (as `analyze` derives them)."""
+    derived = [part["metric"].isin(FRIVOLOUS_METRICS) for part in parts]
+    body = pd.concat([parts[0][~derived[0]],
+                      *(part[~out & (part["perturbation"] != "")] for part, out in zip(parts[1:], derived[1:]))],
+                     ignore_index=True)
+    return pd.concat([body, frivolous_rows(body)], ignore_index=True)

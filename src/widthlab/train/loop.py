@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from widthlab.data.base import Splits
+from widthlab.data.base import ArrayDataset, Splits
 from widthlab.errors import WidthlabError, check_seconds
 from widthlab.seeding import derive_seed, torch_generator
 from widthlab.train.batching import global_batches, iterate_batches, on_device, planned_steps, prepare
@@ -147,21 +147,43 @@ def cudnn_autotune(enabled: bool) -> Iterator[None]:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, device: torch.device | None = None,
-             speed: Speed | None = None) -> float:
-    """Top-1 accuracy of `model` on `dataset` (eval mode; the training flag is restored)."""
+             speed: Speed | None = None, shard: tuple[int, int] = (0, 1)) -> float:
+    """Top-1 accuracy of `model` on `dataset` (eval mode; the training flag is restored).
+
+    `shard=(rank, world size)`, under torchrun: this process evaluates its contiguous share of the examples and
+    the counts of correct and total predictions are summed over the processes (every process must call it), so
+    the accuracy is the unsharded one exactly, in 1/world of the time.
+    """
     was_training = model.training
     model.eval()
     correct = total = 0
     autocast = speed.autocast(device) if speed is not None and device is not None else contextlib.nullcontext()
+    share = _share(dataset, *shard)
     with autocast:
-        for x, y in iterate_batches(dataset, batch_size, shuffle=False, device=device,
+        for x, y in iterate_batches(share, batch_size, shuffle=False, device=device,
                                     channels_last=bool(speed and speed.channels_last),
                                     workers=speed.workers if speed is not None else 0,
                                     pin_memory=bool(speed and speed.pin_memory)):
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
     model.train(was_training)
+    if shard[1] > 1:  # on the training device: NCCL sums CUDA tensors only
+        counts = torch.tensor([correct, total], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(counts)
+        correct, total = counts.tolist()
     return correct / max(total, 1)
+
+
+def _share(dataset: Dataset, rank: int, world: int) -> Dataset:
+    """Process `rank`'s contiguous share of `dataset` (sizes differ by at most one; all of it when `world` is 1):
+    a slice of an in-memory data set, else a `Subset` (a lazy data set's process decodes only its share)."""
+    if world == 1:
+        return dataset
+    n = len(dataset)
+    start, stop = rank * n // world, (rank + 1) * n // world
+    if hasattr(dataset, "x") and hasattr(dataset, "y"):  # in memory, as `iterate_batches` tells
+        return ArrayDataset(dataset.x[start:stop], dataset.y[start:stop])
+    return Subset(dataset, range(start, stop))
 
 
 def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None,
@@ -221,7 +243,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
         if best is not None:
             model.load_state_dict(best)
         for split in ("train", "val", "test"):
-            value = accuracy(model, splits.split(split), batch_size=cfg.eval_batch_size, device=device, speed=speed)
+            value = accuracy(model, splits.split(split), batch_size=cfg.eval_batch_size, device=device, speed=speed,
+                             shard=shard)
             setattr(run.result, f"{split}_acc", value)
     run.result.seconds = run.elapsed + time.perf_counter() - trainer.start
     return run.result
@@ -372,7 +395,8 @@ def _end_epoch(trainer: _Trainer, run: RunProgress, splits: Splits, epoch: int, 
     checkpoint when it is due; the epoch's history record."""
     t, cfg = trainer, run.cfg
     t.scheduler.step()
-    val_acc = accuracy(t.model, splits.val, batch_size=cfg.eval_batch_size, device=t.device, speed=t.speed)
+    val_acc = accuracy(t.model, splits.val, batch_size=cfg.eval_batch_size, device=t.device, speed=t.speed,
+                       shard=t.shard)
     record = run.record(epoch, loss, train_acc, val_acc, t.optimizer.param_groups[0]["lr"],
                         lambda: _cpu_state(t.model))
     if t.writes and (time.perf_counter() - t.last_save >= checkpoint_every or epoch == cfg.epochs
