@@ -39,7 +39,7 @@ from widthlab.measure.frivolous import frivolous_rows
 from widthlab.measure.graph import probe
 from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
-                                     select_scores)
+                                     keep_decoded, select_scores)
 from widthlab.measure.layout import unit_axes
 from widthlab.measure.perturbations import MAX_SAMPLINGS, get_perturbation, level_sets
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
@@ -184,6 +184,10 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
     check_positive_int("null_rows", null_rows, optional=True)
+    # A Dataset (decoded per item) is read once for every pass below, and counted without a pass of its own.
+    inputs, counts = keep_decoded(model, inputs, batch_size, mask)
+    if counts is None and (max_rows is not None or null_rows is not None):
+        counts = count_examples(inputs, mask)
     names = default_layers(model, inputs, batch_size=batch_size, mask=mask) if layers is None else list(layers)
     resolve_modules(model, names)
 
@@ -196,10 +200,10 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
                                  mask)
     # Selectivity's census needs the moments of all rows, which max_rows alone does not keep.
     streams = _LayerMoments(names, samplings, seed, max_rows,
-                            None if max_rows is None else count_examples(inputs, mask),
+                            None if max_rows is None else counts,
                             full=needs_moments or classes is not None, census_only=not needs_moments)
     # The similarity null's rows are drawn from the same clean pass, not from a pass of their own.
-    null_sampler = None if null_rows is None else NullRows(names, null_rows, seed, count_examples(inputs, mask))
+    null_sampler = None if null_rows is None else NullRows(names, null_rows, seed, counts)
     curves = _measure(model, inputs, names, jobs, _CleanPass(streams, classes, null_sampler),
                       first_pass=needs_moments or not jobs, **options)
 

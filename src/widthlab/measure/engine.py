@@ -38,8 +38,8 @@ from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.capture import evaluating, stream_activations
 from widthlab.measure.curve import Curve, robustness_auc
 from widthlab.measure.graph import Probe, is_plain_producer, probe, trace
-from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, batches, known_examples, predictions,
-                                     select_scores, valid_positions)
+from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Kept, Output, batches, known_examples,
+                                     predictions, select_scores, valid_positions)
 from widthlab.measure.jobs import Cuts, Entry, Job, link_donor, plan_job, unlink_donor
 from widthlab.measure.layout import unit_axes
 from widthlab.measure.perturbations import Perturbation, get_perturbation
@@ -259,6 +259,8 @@ def _curve(job: Job, compared: int, samplings: int) -> Curve:
 
 def _batch_count(inputs: Inputs, batch_size: int) -> int:
     """Batches `batches` will yield, for progress totals (1 when it cannot be told)."""
+    if isinstance(inputs, Kept):
+        return max(1, len(inputs.parts))
     if isinstance(inputs, torch.utils.data.DataLoader):
         try:
             return len(inputs)
