@@ -39,7 +39,7 @@ from widthlab.measure.frivolous import frivolous_rows
 from widthlab.measure.graph import probe
 from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
-                                     keep_decoded, select_scores)
+                                     in_memory, keep_decoded, select_scores)
 from widthlab.measure.layout import unit_axes
 from widthlab.measure.perturbations import MAX_SAMPLINGS, get_perturbation, level_sets
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
@@ -245,6 +245,8 @@ def _class_sums(model: nn.Module, inputs: Inputs, names: list[str], labels, trai
     classes, train = ClassSums(token, labels), None
     if train_inputs is not None:  # before the sweep, so a training split without labels fails fast
         train = ClassSums(token, train_labels, what="train_labels", required=True)
+        arrays = in_memory(train_inputs)  # sliced, not stacked item by item
+        train_inputs = train_inputs if arrays is None else arrays
         for chunks, batch in stream_activations(model, train_inputs, names, unit_axis=unit_axis,
                                                 batch_size=batch_size, mask=mask):
             train.add(chunks, batch)

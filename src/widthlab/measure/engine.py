@@ -277,6 +277,7 @@ class _Run:
                  on_scores: ScoresHook | None, progress):
         self.model, self.work, self.sites, self.labels, self.path = model, work, sites, labels, path
         self.per_eval, self.output, self.on_scores, self.progress = per_eval, output, on_scores, progress
+        self.targets: dict[tuple, tuple[torch.Tensor, ...]] = {}  # `_targets`
         for index, job in enumerate(work):
             job.index = index
 
@@ -394,9 +395,19 @@ class _Run:
         if self.on_scores is not None:
             self.on_scores(job.index, copies, scores, ev)
         pred = predictions(scores).reshape(len(copies), *ev.base.shape)  # (m, B[, T])
-        targets = [(j, twin) for j, copy in enumerate(copies) for twin in (copy, *job.twins.get(copy, ()))]
-        rows = torch.tensor([j for j, _ in targets], device=pred.device)
-        index = torch.tensor([twin for _, twin in targets], device=pred.device)
-        job.agree[index[:, 0], index[:, 1]] += ev.hits(pred, ev.base)[rows]
+        rows, first, second = self._targets(job, copies, pred.device)
+        job.agree[first, second] += ev.hits(pred, ev.base)[rows]
         if ev.y is not None:
-            job.correct[index[:, 0], index[:, 1]] += ev.hits(pred, ev.y)[rows]
+            job.correct[first, second] += ev.hits(pred, ev.y)[rows]
+
+    def _targets(self, job: Job, copies: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """``(evaluated copy j, sampling, level)`` index tensors of each copy and its twins, made once per job and
+        group of copies (every batch evaluates the same groups) instead of once per evaluation."""
+        key = (job.index, tuple(copies))
+        found = self.targets.get(key)
+        if found is None:
+            targets = [(j, twin) for j, copy in enumerate(copies) for twin in (copy, *job.twins.get(copy, ()))]
+            rows = torch.tensor([j for j, _ in targets], device=device)
+            index = torch.tensor([twin for _, twin in targets], device=device)
+            found = self.targets[key] = (rows, index[:, 0], index[:, 1])
+        return found

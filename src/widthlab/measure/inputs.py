@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from widthlab import memory
+from widthlab.data.base import ArrayDataset
 from widthlab.errors import WidthlabError, check_positive_int
 
 Inputs = torch.Tensor | tuple | list | Mapping | Dataset | DataLoader
@@ -219,6 +220,21 @@ class Kept:
         return self.counts[0]
 
 
+def in_memory(inputs: Inputs) -> Inputs | None:
+    """The tensors of a Dataset that only indexes them (a TensorDataset, widthlab's ArrayDataset) as a tuple, which
+    `batches` slices into the same batches a DataLoader would stack item by item; None for any other input."""
+    if _plain(inputs, TensorDataset):
+        return tuple(inputs.tensors)
+    if _plain(inputs, ArrayDataset):
+        return inputs.x, inputs.y
+    return None
+
+
+def _plain(inputs: object, kind: type) -> bool:
+    """An instance of `kind` whose items are `kind`'s own (a subclass may transform them)."""
+    return isinstance(inputs, kind) and type(inputs).__getitem__ is kind.__getitem__
+
+
 def keep_decoded(model: nn.Module, inputs: Inputs, batch_size: int,
                  mask: str | int | None = DEFAULT_MASK) -> tuple[Inputs, tuple[int, int | None] | None]:
     """``(inputs to measure, their counts or None when unknown)``: a Dataset read once, for all of a measurement's
@@ -228,11 +244,12 @@ def keep_decoded(model: nn.Module, inputs: Inputs, batch_size: int,
     the sweep) would decode every example again. Its batches are decoded once, by `loader_workers` DataLoader
     workers, into a `Kept` (same values, so the same numbers) when they fit in `KEEP_SHARE` of the free RAM
     (told from the first batch); otherwise the Dataset itself is returned, to be streamed pass by pass, with
-    its counts when its length tells them (no token mask). A TensorDataset is its tensors, sliced, not copied.
-    Any other input is returned as it is, uncounted.
+    its counts when its length tells them (no token mask). A Dataset of tensors is its tensors (`in_memory`),
+    sliced, not copied. Any other input is returned as it is, uncounted.
     """
-    if isinstance(inputs, TensorDataset):
-        return tuple(inputs.tensors), None
+    arrays = in_memory(inputs)
+    if arrays is not None:
+        return arrays, None
     if not isinstance(inputs, Dataset) or isinstance(inputs, IterableDataset):
         return inputs, None
     check_positive_int("batch_size", batch_size)
