@@ -184,12 +184,14 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
     check_positive_int("null_rows", null_rows, optional=True)
+    if layers is not None:  # named layers are checked before a Dataset is decoded
+        resolve_modules(model, list(layers))
     # A Dataset (decoded per item) is read once for every pass below, and counted without a pass of its own.
     inputs, counts = keep_decoded(model, inputs, batch_size, mask)
-    if counts is None and (max_rows is not None or null_rows is not None):
-        counts = count_examples(inputs, mask)
     names = default_layers(model, inputs, batch_size=batch_size, mask=mask) if layers is None else list(layers)
     resolve_modules(model, names)
+    if counts is None and (max_rows is not None or null_rows is not None):
+        counts = count_examples(inputs, mask)
 
     measured, jobs = _jobs(names, perturbations, levels)
     options = {"samplings": samplings, "seed": seed, "labels": labels, "unit_axis": unit_axis,
