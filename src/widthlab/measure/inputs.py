@@ -196,10 +196,12 @@ def loader_workers(device: torch.device) -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, cpus))
 
 
-def _loader(dataset: Dataset, batch_size: int, device: torch.device, workers: int | None) -> DataLoader:
-    """The DataLoader that reads `dataset` in order, `batch_size` items at a time; pinned batches for CUDA."""
+def _loader(dataset: Dataset, batch_size: int, device: torch.device, workers: int | None,
+            pin: bool = True) -> DataLoader:
+    """The DataLoader that reads `dataset` in order, `batch_size` items at a time; pinned batches for CUDA when
+    `pin` (batches kept for a whole measurement are not: torch caches pinned host memory after it is freed)."""
     workers = loader_workers(device) if workers is None else workers
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin and device.type == "cuda")
 
 
 @dataclass
@@ -260,7 +262,7 @@ def keep_decoded(model: nn.Module, inputs: Inputs, batch_size: int,
     parts: list[Batch] = []
     tokens: int | None = None
     free = memory.available_memory("cpu")
-    for item in _loader(inputs, batch_size, model_device(model), None):
+    for item in _loader(inputs, batch_size, model_device(model), None, pin=False):
         batch = to_batch(item, mask)
         if not parts:
             size = sum(t.numel() * t.element_size() for t in (*batch.args, *batch.kwargs.values(), batch.labels,
@@ -302,7 +304,7 @@ def batches(model: nn.Module, inputs: Inputs, batch_size: int, *,
         raise WidthlabError(f"inputs must be a tensor, a tuple or mapping of tensors, a Dataset or a DataLoader, "
                             f"got {type(inputs).__name__}")
 
-    # Pinned batches (a CUDA DataLoader's) are copied while the GPU computes.
+    # Pinned batches (a streamed CUDA DataLoader's) are copied while the GPU computes.
     copy = device.type == "cuda"
 
     def move(v: torch.Tensor) -> torch.Tensor:
