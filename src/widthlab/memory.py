@@ -14,9 +14,10 @@ from widthlab.errors import WidthlabError
 
 
 def available_memory(device: str) -> int | None:
-    """Bytes free for a run on `device` (CUDA: the GPU's free memory; else the machine's available RAM)."""
-    if device == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info()[0])
+    """Bytes free for a run on `device`: the GPU's free memory where the run will use one (``cuda``, or ``auto``
+    on a machine with CUDA, as `widthlab.train.loop.resolve_device` decides), else the machine's available RAM."""
+    if (device == "auto" or device.startswith("cuda")) and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device if device.startswith("cuda:") else None)[0])
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

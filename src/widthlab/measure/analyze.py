@@ -39,7 +39,7 @@ from widthlab.measure.frivolous import frivolous_rows
 from widthlab.measure.graph import probe
 from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
-                                     select_scores)
+                                     in_memory, keep_decoded, select_scores)
 from widthlab.measure.layout import unit_axes
 from widthlab.measure.perturbations import MAX_SAMPLINGS, get_perturbation, level_sets
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
@@ -184,8 +184,14 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
     check_positive_int("null_rows", null_rows, optional=True)
+    if layers is not None:  # named layers are checked before a Dataset is decoded
+        resolve_modules(model, list(layers))
+    # A Dataset (decoded per item) is read once for every pass below, and counted without a pass of its own.
+    inputs, counts = keep_decoded(model, inputs, batch_size, mask)
     names = default_layers(model, inputs, batch_size=batch_size, mask=mask) if layers is None else list(layers)
     resolve_modules(model, names)
+    if counts is None and (max_rows is not None or null_rows is not None):
+        counts = count_examples(inputs, mask)
 
     measured, jobs = _jobs(names, perturbations, levels)
     options = {"samplings": samplings, "seed": seed, "labels": labels, "unit_axis": unit_axis,
@@ -196,10 +202,10 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
                                  mask)
     # Selectivity's census needs the moments of all rows, which max_rows alone does not keep.
     streams = _LayerMoments(names, samplings, seed, max_rows,
-                            None if max_rows is None else count_examples(inputs, mask),
+                            None if max_rows is None else counts,
                             full=needs_moments or classes is not None, census_only=not needs_moments)
     # The similarity null's rows are drawn from the same clean pass, not from a pass of their own.
-    null_sampler = None if null_rows is None else NullRows(names, null_rows, seed, count_examples(inputs, mask))
+    null_sampler = None if null_rows is None else NullRows(names, null_rows, seed, counts)
     curves = _measure(model, inputs, names, jobs, _CleanPass(streams, classes, null_sampler),
                       first_pass=needs_moments or not jobs, **options)
 
@@ -241,6 +247,8 @@ def _class_sums(model: nn.Module, inputs: Inputs, names: list[str], labels, trai
     classes, train = ClassSums(token, labels), None
     if train_inputs is not None:  # before the sweep, so a training split without labels fails fast
         train = ClassSums(token, train_labels, what="train_labels", required=True)
+        arrays = in_memory(train_inputs)  # sliced, not stacked item by item
+        train_inputs = train_inputs if arrays is None else arrays
         for chunks, batch in stream_activations(model, train_inputs, names, unit_axis=unit_axis,
                                                 batch_size=batch_size, mask=mask):
             train.add(chunks, batch)

@@ -92,13 +92,14 @@ class NullRows:
             if name not in self.kept:
                 continue
             parts = self.sampler.pick(name, rows, batch)
-            # every row kept: a copy, so a later change to the streamed chunk cannot reach the kept rows
+            # every row kept: a copy, so a later change to the streamed chunk cannot reach the kept rows; kept in
+            # the chunk's own dtype (half the memory of float64 for float32 layers) and converted, exactly, in `rows`
             kept = rows if parts is None else parts[0]
-            self.kept[name].append(kept.detach().to("cpu", torch.float64, copy=parts is None))
+            self.kept[name].append(kept.detach().to("cpu", copy=parts is None))
 
     def rows(self) -> dict[str, torch.Tensor]:
         """``{layer: (rows, units) float64 CPU tensor}`` of the kept rows."""
-        return {name: torch.cat(parts) for name, parts in self.kept.items()}
+        return {name: torch.cat(parts).to(torch.float64) for name, parts in self.kept.items()}
 
 
 def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, unit_axis: int | None = None,

@@ -38,8 +38,8 @@ from widthlab.errors import WidthlabError, check_positive_int
 from widthlab.measure.capture import evaluating, stream_activations
 from widthlab.measure.curve import Curve, robustness_auc
 from widthlab.measure.graph import Probe, is_plain_producer, probe, trace
-from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, batches, known_examples, predictions,
-                                     select_scores, valid_positions)
+from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Kept, Output, batches, known_examples,
+                                     predictions, select_scores, valid_positions)
 from widthlab.measure.jobs import Cuts, Entry, Job, link_donor, plan_job, unlink_donor
 from widthlab.measure.layout import unit_axes
 from widthlab.measure.perturbations import Perturbation, get_perturbation
@@ -259,6 +259,8 @@ def _curve(job: Job, compared: int, samplings: int) -> Curve:
 
 def _batch_count(inputs: Inputs, batch_size: int) -> int:
     """Batches `batches` will yield, for progress totals (1 when it cannot be told)."""
+    if isinstance(inputs, Kept):
+        return max(1, len(inputs.parts))
     if isinstance(inputs, torch.utils.data.DataLoader):
         try:
             return len(inputs)
@@ -275,6 +277,7 @@ class _Run:
                  on_scores: ScoresHook | None, progress):
         self.model, self.work, self.sites, self.labels, self.path = model, work, sites, labels, path
         self.per_eval, self.output, self.on_scores, self.progress = per_eval, output, on_scores, progress
+        self.targets: dict[tuple, tuple[torch.Tensor, ...]] = {}  # `_targets`
         for index, job in enumerate(work):
             job.index = index
 
@@ -392,9 +395,19 @@ class _Run:
         if self.on_scores is not None:
             self.on_scores(job.index, copies, scores, ev)
         pred = predictions(scores).reshape(len(copies), *ev.base.shape)  # (m, B[, T])
-        targets = [(j, twin) for j, copy in enumerate(copies) for twin in (copy, *job.twins.get(copy, ()))]
-        rows = torch.tensor([j for j, _ in targets], device=pred.device)
-        index = torch.tensor([twin for _, twin in targets], device=pred.device)
-        job.agree[index[:, 0], index[:, 1]] += ev.hits(pred, ev.base)[rows]
+        rows, first, second = self._targets(job, copies, pred.device)
+        job.agree[first, second] += ev.hits(pred, ev.base)[rows]
         if ev.y is not None:
-            job.correct[index[:, 0], index[:, 1]] += ev.hits(pred, ev.y)[rows]
+            job.correct[first, second] += ev.hits(pred, ev.y)[rows]
+
+    def _targets(self, job: Job, copies: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """``(evaluated copy j, sampling, level)`` index tensors of each copy and its twins, made once per job and
+        group of copies (every batch evaluates the same groups) instead of once per evaluation."""
+        key = (job.index, tuple(copies))
+        found = self.targets.get(key)
+        if found is None:
+            targets = [(j, twin) for j, copy in enumerate(copies) for twin in (copy, *job.twins.get(copy, ()))]
+            rows = torch.tensor([j for j, _ in targets], device=device)
+            index = torch.tensor([twin for _, twin in targets], device=device)
+            found = self.targets[key] = (rows, index[:, 0], index[:, 1])
+        return found

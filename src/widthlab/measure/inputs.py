@@ -26,16 +26,24 @@ compare one prediction per example; scores (N, T, V) (a language model's) one pr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from widthlab import memory
+from widthlab.data.base import ArrayDataset
 from widthlab.errors import WidthlabError, check_positive_int
 
 Inputs = torch.Tensor | tuple | list | Mapping | Dataset | DataLoader
+# DataLoader workers decoding a Dataset's items (`loader_workers`): this variable overrides the default.
+WORKERS_ENV = "WIDTHLAB_MEASURE_WORKERS"
+MAX_DEFAULT_WORKERS = 8
+# A Dataset's decoded batches are kept for a measurement (`Kept`) when they take at most this share of free RAM.
+KEEP_SHARE = 0.5
 LABEL_KEYS = ("labels", "label")
 DEFAULT_MASK = "attention_mask"
 Output = str | Callable[[object], torch.Tensor] | None
@@ -173,18 +181,117 @@ def _split(inputs, batch_size: int) -> Iterator[object]:
             yield tuple(v[lo:lo + batch_size] for v in inputs)
 
 
+def loader_workers(device: torch.device) -> int:
+    """DataLoader workers that decode a Dataset's items for a model on `device`: ``$WIDTHLAB_MEASURE_WORKERS`` when
+    set, else up to 8 (the CPUs this process may use) on CUDA, where single-threaded decoding (ImageNet's JPEGs)
+    would leave the GPU waiting, and 0 on the CPU, where workers would take the cores the model runs on."""
+    value = os.environ.get(WORKERS_ENV)
+    if value is not None:
+        if not value.strip().isdigit():
+            raise WidthlabError(f"{WORKERS_ENV} must be a count of DataLoader workers (0 or more), got {value!r}")
+        return int(value)
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus))
+
+
+def _loader(dataset: Dataset, batch_size: int, device: torch.device, workers: int | None,
+            pin: bool = True) -> DataLoader:
+    """The DataLoader that reads `dataset` in order, `batch_size` items at a time; pinned batches for CUDA when
+    `pin` (batches kept for a whole measurement are not: torch caches pinned host memory after it is freed)."""
+    workers = loader_workers(device) if workers is None else workers
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin and device.type == "cuda")
+
+
+@dataclass
+class Kept:
+    """A Dataset's batches, decoded once and kept on the CPU for every pass of one measurement (`keep_decoded`).
+
+    `batches` yields `parts` as they are, whatever its batch_size (as it does a DataLoader's own batches).
+
+    Attributes:
+        parts: the batches, as ``DataLoader(dataset, batch_size)`` yielded them; counts: ``(examples, real tokens
+        or None without a mask)``, as `count_examples` tells them.
+    """
+
+    parts: list[Batch]
+    counts: tuple[int, int | None]
+
+    def __len__(self) -> int:
+        return self.counts[0]
+
+
+def in_memory(inputs: Inputs) -> Inputs | None:
+    """The tensors of a Dataset that only indexes them (a TensorDataset, widthlab's ArrayDataset) as a tuple, which
+    `batches` slices into the same batches a DataLoader would stack item by item; None for any other input."""
+    if _plain(inputs, TensorDataset):
+        return tuple(inputs.tensors)
+    if _plain(inputs, ArrayDataset):
+        return inputs.x, inputs.y
+    return None
+
+
+def _plain(inputs: object, kind: type) -> bool:
+    """An instance of `kind` whose items are `kind`'s own (a subclass may transform them)."""
+    return isinstance(inputs, kind) and type(inputs).__getitem__ is kind.__getitem__
+
+
+def keep_decoded(model: nn.Module, inputs: Inputs, batch_size: int,
+                 mask: str | int | None = DEFAULT_MASK) -> tuple[Inputs, tuple[int, int | None] | None]:
+    """``(inputs to measure, their counts or None when unknown)``: a Dataset read once, for all of a measurement's
+    passes.
+
+    A Dataset decodes its items on access (ImageNet's JPEGs), so each pass over it (counting, the statistics pass,
+    the sweep) would decode every example again. Its batches are decoded once, by `loader_workers` DataLoader
+    workers, into a `Kept` (same values, so the same numbers) when they fit in `KEEP_SHARE` of the free RAM
+    (told from the first batch); otherwise the Dataset itself is returned, to be streamed pass by pass, with
+    its counts when its length tells them (no token mask). A Dataset of tensors is its tensors (`in_memory`),
+    sliced, not copied. Any other input is returned as it is, uncounted.
+    """
+    arrays = in_memory(inputs)
+    if arrays is not None:
+        return arrays, None
+    if not isinstance(inputs, Dataset) or isinstance(inputs, IterableDataset):
+        return inputs, None
+    check_positive_int("batch_size", batch_size)
+    try:
+        examples = len(inputs)
+    except TypeError:
+        return inputs, None
+    parts: list[Batch] = []
+    tokens: int | None = None
+    free = memory.available_memory("cpu")
+    for item in _loader(inputs, batch_size, model_device(model), None, pin=False):
+        batch = to_batch(item, mask)
+        if not parts:
+            size = sum(t.numel() * t.element_size() for t in (*batch.args, *batch.kwargs.values(), batch.labels,
+                                                               batch.mask) if t is not None)
+            if free is not None and size * -(-examples // max(len(batch), 1)) > KEEP_SHARE * free:
+                return inputs, (examples, None) if batch.mask is None else None
+        parts.append(batch)
+        if batch.mask is not None:
+            tokens = (tokens or 0) + int(batch.mask.sum())
+    kept = Kept(parts, (sum(len(batch) for batch in parts), tokens))
+    return kept, kept.counts
+
+
 def batches(model: nn.Module, inputs: Inputs, batch_size: int, *,
-            mask: str | int | None = DEFAULT_MASK) -> Iterator[Batch]:
+            mask: str | int | None = DEFAULT_MASK, workers: int | None = None) -> Iterator[Batch]:
     """Yield `Batch`es on the model's device (module doc's rule); floating inputs are cast to the model's dtype.
 
     Args:
-        inputs: see the module doc; batch_size: examples per batch for tensors, tuples, mappings and Datasets.
+        inputs: see the module doc, or a `Kept`; batch_size: examples per batch for tensors, tuples, mappings and
+            Datasets.
         mask: the attention mask's keyword or position (default ``"attention_mask"``); None ignores masks.
+        workers: DataLoader workers decoding a Dataset (default None: `loader_workers`).
     """
     check_positive_int("batch_size", batch_size)
     device, dtype = model_device(model), _float_dtype(model)
     if isinstance(inputs, Batch):  # already one batch (e.g. a probe's few examples)
         source = iter([inputs])
+    elif isinstance(inputs, Kept):
+        source = iter(inputs.parts)
     elif isinstance(inputs, torch.Tensor) or (isinstance(inputs, (tuple, list, Mapping)) and inputs
                                             and not isinstance(inputs, Dataset)):
         if isinstance(inputs, (tuple, list)) and not all(isinstance(v, torch.Tensor) for v in inputs):
@@ -192,13 +299,18 @@ def batches(model: nn.Module, inputs: Inputs, batch_size: int, *,
                                 f"{', '.join(type(v).__name__ for v in inputs)}")
         source = _split(inputs, batch_size)
     elif isinstance(inputs, (Dataset, DataLoader)):
-        source = inputs if isinstance(inputs, DataLoader) else DataLoader(inputs, batch_size=batch_size)
+        source = inputs if isinstance(inputs, DataLoader) else _loader(inputs, batch_size, device, workers)
     else:
         raise WidthlabError(f"inputs must be a tensor, a tuple or mapping of tensors, a Dataset or a DataLoader, "
                             f"got {type(inputs).__name__}")
 
+    # Pinned batches (a streamed CUDA DataLoader's) are copied while the GPU computes.
+    copy = device.type == "cuda"
+
     def move(v: torch.Tensor) -> torch.Tensor:
-        return v.to(device, dtype) if dtype is not None and v.is_floating_point() else v.to(device)
+        if dtype is not None and v.is_floating_point():
+            return v.to(device, dtype, non_blocking=copy)
+        return v.to(device, non_blocking=copy)
 
     for item in source:
         batch = item if isinstance(item, Batch) else to_batch(item, mask)
@@ -223,6 +335,8 @@ def known_examples(inputs: Inputs) -> int | None:
 
 def count_examples(inputs: Inputs, mask: str | int | None = DEFAULT_MASK) -> tuple[int, int | None]:
     """``(examples, real tokens or None without a mask)`` of `inputs`, read without the model."""
+    if isinstance(inputs, Kept):
+        return inputs.counts
     examples, tokens = 0, None
     for batch in batches(nn.Module(), inputs, 1024, mask=mask):
         examples += len(batch)
@@ -241,7 +355,7 @@ def total_rows(rows: int, batch: Batch, examples: int, tokens: int | None) -> in
 
 def first_batch(model: nn.Module, inputs: Inputs, k: int, mask: str | int | None = DEFAULT_MASK) -> Batch:
     """The first `k` examples of `inputs` as a `Batch` on the model's device, or a WidthlabError if there are none."""
-    batch = next(batches(model, inputs, k, mask=mask), None)
+    batch = next(batches(model, inputs, k, mask=mask, workers=0), None)  # no workers started for k examples
     if batch is None or len(batch) == 0:
         raise WidthlabError("inputs yielded no examples")
     return batch.head(k)
