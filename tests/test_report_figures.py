@@ -397,10 +397,26 @@ def test_analyze_figure_with_share_perturbations_only_keeps_one_curve_panel(tmp_
     fig = layer_figure(frame, "h1")
     assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == UNIT_SHARE_LABEL
     assert "error bars: ± std over samplings (n = 1, no error bar)" in legend_texts(fig)
-    # The joint scope has curves but no histogram: its second panel is off.
+    # The joint scope has curves but no histogram: no histogram panel, not an empty one.
     joint = layer_figure(frame, "all")
-    assert not joint.axes[1].axison
+    assert len(joint.axes) == 1
     assert [p.name for p in write_layer_figures(frame, tmp_path)] == ["layer_h1.png", "layer_all.png"]
+
+
+@pytest.mark.parametrize("perturbations, layer, panels", [
+    (("zero",), "all", 1), (("zero",), "h1", 2),
+    (("zero", "weight_knockout", "act_noise", "weight_noise"), "all", 2),
+    (("zero", "weight_knockout", "act_noise", "weight_noise"), "h1", 3)])
+def test_analyze_figure_uses_its_space(perturbations, layer, panels):
+    """layer_all.png was one panel on a three-panel canvas with its legend far right, ~60% blank: the axes now
+    cover most of the figure and the legend lies inside it."""
+    fig = layer_figure(analyze_frame(perturbations), layer)
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    assert len(fig.axes) == panels
+    covered = sum(ax.get_window_extent().width * ax.get_window_extent().height for ax in fig.axes if ax.axison)
+    assert covered / (fig.bbox.width * fig.bbox.height) > 0.5
+    assert_legends_clear(fig)
 
 
 def test_analyze_figure_of_a_measured_model():

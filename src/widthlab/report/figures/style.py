@@ -241,8 +241,18 @@ def outside_legend(ax: Axes, title: str, with_null: bool = False, notes: Sequenc
               borderaxespad=0)
 
 
-def figure_legend(fig: Figure, axes, title: str, with_null: bool = False, notes: Sequence[tuple] = ()) -> None:
-    """One legend for all panels of `fig`, right of them (the figure must use constrained layout)."""
+def figure_legend(fig: Figure, axes, title: str, with_null: bool = False, notes: Sequence[tuple] = (), *,
+                  ncols: int | None = None) -> None:
+    """One legend for all panels of `fig`, right of them (the figure must use constrained layout).
+
+    Args:
+        ncols: put the legend below the panels in this many columns instead (default None: right of them); a
+            figure of one or two narrow panels would otherwise spend its width on a legend column.
+    """
     handles, labels = _entries(axes, with_null, notes)
-    if handles:
+    if not handles:
+        return
+    if ncols is None:
         fig.legend(handles, labels, title=title, fontsize="small", loc="outside right upper")
+    else:
+        fig.legend(handles, labels, title=title, fontsize="small", loc="outside lower center", ncols=ncols)
