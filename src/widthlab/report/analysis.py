@@ -53,6 +53,34 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def layer_notes(table: pd.DataFrame, signed_layers) -> list[str]:
+    """Footnote lines for `layer_table`'s printout: which layers' selectivity may lie outside [0, 1], and why.
+
+    Selectivity (μ_k* − μ_¬k*)/(μ_k* + μ_¬k*) is bounded by [0, 1] only when activations are non-negative (after
+    a ReLU); a GELU, tanh or linear layer takes negative values, so its denominator can be near 0 or negative and
+    the index anywhere (3.47, −0.05): values of the formula, not errors, which users took for a bug.
+
+    Args:
+        table: the output of `layer_table`.
+        signed_layers: the layers whose activations take negative values (the caller looks at them; this package
+            sees only the measurements).
+
+    Returns no line when no such layer has a selectivity.
+
+    Example: ``layer_notes(layer_table(df), ["gelu1"])``
+    """
+    if "selectivity" not in table.columns:
+        return []
+    signed = set(map(str, signed_layers))
+    named = [str(name) for name, value in zip(table["layer"], table["selectivity"])
+             if str(name) in signed and pd.notna(value)]
+    if not named:
+        return []
+    return [f"note: selectivity of {', '.join(named)}: activations take negative values; can lie outside [0, 1] "
+            "by definition ((μ_k* − μ_¬k*)/(μ_k* + μ_¬k*) is bounded by [0, 1] only for non-negative activations; "
+            "docs/metrics.md, Selectivity)"]
+
+
 def _share_label(perturbations) -> str:
     """The x label of the share panel: units ablated, weights knocked out, or both."""
     weights = {perturbs_weights(p) for p in perturbations}
