@@ -339,6 +339,9 @@ def test_accuracy_against_width_is_zoomed_to_its_data_and_says_so():
         low, high = ax.get_ylim()
         assert low_data - margin <= low < low_data and high_data < high <= high_data + margin
         assert ax.get_ylabel() == f"Test accuracy (top-1)\nzoomed to the data: {low:.3f}–{high:.3f}"
+    # Without data ("no data" written on the axes) nothing is zoomed.
+    empty = plot_vs_width(run_level_df.assign(accuracy=np.nan), "accuracy")
+    assert empty.get_ylim() == (0.0, 1.02) and empty.get_ylabel() == AXIS_LABELS["accuracy"]
     # Robustness is not a share: its axis follows the data, unlabelled.
     assert plot_vs_width(run_level_df, "robustness").get_ylabel() == AXIS_LABELS["robustness"]
     # A thousandth of noise does not fill the axis: at least ZOOM_MIN_SPAN is shown.

@@ -169,9 +169,12 @@ def _drawn_y(axes) -> np.ndarray:
 
 def zoom_axis(ax: Axes) -> None:
     """Zoom the y axis to the data drawn on `ax` (`zoomed_limits`) and add to its label that it is zoomed, with
-    the range shown, so nobody reads the lowest tick as 0."""
-    low, high = zoomed_limits(_drawn_y([ax]))
+    the range shown, so nobody reads the lowest tick as 0. Without data it is a plain share axis, unlabelled."""
+    values = _drawn_y([ax])
+    low, high = zoomed_limits(values)
     ax.set_ylim(low, high)
+    if not np.isfinite(values).any():
+        return
     ax.set_ylabel(f"{ax.get_ylabel()}\nzoomed to the data: {low:.3f}–{high:.3f}")
 
 
