@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from widthlab.errors import WidthlabError
+from widthlab.report.format import census
 from widthlab.report.verdict import done_runs
 from widthlab.study import executors, runner
 from widthlab.study.config import load_config
@@ -131,6 +132,23 @@ def test_measure_all_keeps_the_verdict_on_the_chosen(tmp_path):
     _check_choice(runs)
     assert set(runs["status"]) == {"done"}  # every candidate measured
     assert set(done_runs(runs)["run_id"]) == set(runs.loc[runs["chosen"] == 1, "run_id"])
+    assert census(runs)[2] == ("Runs per variant × width: 4 (2 replicates × 2 lr candidates; 4 measured, of which "
+                               "the 2 chosen enter the results)")
+
+
+def test_summary_says_a_cells_runs_are_replicates_times_candidates(tmp_path):
+    """"4 (replicates 0, 1)" read as four replicates: a cell holds replicates × candidates trainings."""
+    run_study(load_config("mlp-10d", TINY + SELECT + ["grid.widths=[0.25]"]), tmp_path, progress=False,
+              report=False)
+    runs = load_results(tmp_path).runs
+    assert census(runs)[2] == ("Runs per variant × width: 4 (2 replicates × 2 lr candidates; 2 measured: each "
+                               "replicate's chosen candidate)")
+    # Two settings chosen together are both named; a study without a selection lists its replicates.
+    both = runs.assign(candidate=runs["candidate"].map({"lr=0.1": "lr=0.1,batch_size=16",
+                                                        "lr=1e-05": "lr=1e-05,batch_size=32"}))
+    assert "2 lr/batch_size candidates" in census(both)[2]
+    plain = runs[runs["chosen"] == 1].assign(candidate=None, chosen=None, cell=None)
+    assert census(plain)[2] == "Runs per variant × width: 2 (replicates 0, 1)"
 
 
 def test_selection_resumes_after_a_crash_between_its_phases(tmp_path, monkeypatch):

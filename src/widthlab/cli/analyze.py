@@ -220,7 +220,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.measure import analyze, capture, check_measurable
     from widthlab.measure.inputs import count_examples, first_batch, known_examples
     from widthlab.measure.perturbations import get_perturbation, level_sets
-    from widthlab.report.analysis import layer_table, write_layer_figures
+    from widthlab.report.analysis import layer_notes, layer_table, write_layer_figures
     from widthlab.study.build import parameter_count
 
     flags = _analyze_flags(args)
@@ -238,8 +238,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     # The plan, from counts alone (--max-evaluations is example evaluations); the timing of one clean forward pass of a
     # few examples only estimates how long it will take here.
     probe = first_batch(model, inputs, 8, mask)
-    units = {name: acts.shape[1] for name, acts in
-             capture(model, probe.head(2), names, unit_axis=unit_axis, mask=mask).items()}
+    probed = capture(model, probe, names, unit_axis=unit_axis, mask=mask)
+    units = {name: acts.shape[1] for name, acts in probed.items()}
+    # Layers whose activations go below 0 on the probe: their selectivity may leave [0, 1] (`layer_notes`).
+    signed = [name for name, acts in probed.items() if bool((acts < 0).any())]
     examples = known_examples(inputs)
     if args.cka and examples is not None and examples < 4:  # fail before the measuring, not after it
         raise WidthlabError(f"--cka needs at least 4 examples (the unbiased HSIC estimator), the inputs have {examples}")
@@ -290,7 +292,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     out = Path(args.out)
     written = _write_tables(tables, out, args.format)
     write_layer_figures(frame, out / "figures")
-    print(layer_table(frame).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    table = layer_table(frame)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for line in layer_notes(table, signed):
+        print(line)
     print(f"measurements: {written['analysis']}")
     if args.units:
         print(f"units:        {written['units']}")

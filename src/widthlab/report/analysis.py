@@ -53,6 +53,34 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def layer_notes(table: pd.DataFrame, signed_layers) -> list[str]:
+    """Footnote lines for `layer_table`'s printout: which layers' selectivity may lie outside [0, 1], and why.
+
+    Selectivity (μ_k* − μ_¬k*)/(μ_k* + μ_¬k*) is bounded by [0, 1] only when activations are non-negative (after
+    a ReLU); a GELU, tanh or linear layer takes negative values, so its denominator can be near 0 or negative and
+    the index anywhere (3.47, −0.05): values of the formula, not errors, which users took for a bug.
+
+    Args:
+        table: the output of `layer_table`.
+        signed_layers: the layers whose activations take negative values (the caller looks at them; this package
+            sees only the measurements).
+
+    Returns no line when no such layer has a selectivity.
+
+    Example: ``layer_notes(layer_table(df), ["gelu1"])``
+    """
+    if "selectivity" not in table.columns:
+        return []
+    signed = set(map(str, signed_layers))
+    named = [str(name) for name, value in zip(table["layer"], table["selectivity"])
+             if str(name) in signed and pd.notna(value)]
+    if not named:
+        return []
+    return [f"note: selectivity of {', '.join(named)}: activations take negative values; can lie outside [0, 1] "
+            "by definition ((μ_k* − μ_¬k*)/(μ_k* + μ_¬k*) is bounded by [0, 1] only for non-negative activations; "
+            "docs/metrics.md, Selectivity)"]
+
+
 def _share_label(perturbations) -> str:
     """The x label of the share panel: units ablated, weights knocked out, or both."""
     weights = {perturbs_weights(p) for p in perturbations}
@@ -75,7 +103,7 @@ def write_layer_figures(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Per layer, one PNG: its perturbation curves (mean ± std over samplings) beside its |r| histogram.
 
     Share perturbations (levels are shares of units or weights) and noise perturbations (levels are σ
-    multiples) get separate panels, each with its own x axis; one legend right of the panels names the
+    multiples) get separate panels, each with its own x axis; one legend below the panels names the
     perturbations and says what the error bars are with the number of samplings per point.
 
     Args:
@@ -92,7 +120,8 @@ def write_layer_figures(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 def layer_figure(frame: pd.DataFrame, layer: str) -> Figure:
     """One layer's figure of `write_layer_figures`: a share-curve panel, a noise-curve panel (each only when
-    such curves were measured; at least one curve panel) and the |r| histogram.
+    such curves were measured; at least one curve panel) and the |r| histogram (only when measured: the joint
+    scope "all" has none), with the legend below the panels.
 
     Example: ``layer_figure(df, "relu1").axes[0].get_xlabel() == "share of units ablated"``
     """
@@ -100,10 +129,18 @@ def layer_figure(frame: pd.DataFrame, layer: str) -> Figure:
     curves = part[part["metric"] == "unchanged"]
     noise = curves["perturbation"].map(is_noise).astype(bool)
     groups = [group for group in (curves[~noise], curves[noise]) if len(group)] or [curves]
-    fig = Figure(figsize=(4.4 * (len(groups) + 1) + 2.2, 3.8), layout="constrained")
-    *curve_axes, hist_ax = fig.subplots(1, len(groups) + 1)
+    hist = part[part["metric"] == HISTOGRAM_METRIC]
     # One colour per perturbation across panels, so the one legend fits both.
     colours = {p: f"C{i}" for i, p in enumerate(pd.unique(curves["perturbation"]))}
+    # Sized by what is drawn: a panel per curve group and one for the histogram only when there is one (the
+    # joint scope "all" has none), the legend below them in up to two columns per panel and a row of height per
+    # legend row. A fixed three-panel width with the legend right left layer_all.png ~60% blank.
+    panels = len(groups) + bool(len(hist))
+    ncols = max(1, min(len(colours) + 1, 2 * panels))
+    legend_rows = -(-(len(colours) + 1) // ncols)
+    fig = Figure(figsize=(4.4 * panels + 0.4, 3.6 + 0.3 * (legend_rows + 1)), layout="constrained")
+    axes = list(np.atleast_1d(fig.subplots(1, panels)))
+    curve_axes = axes[:len(groups)]
     counts = []
     for ax, group in zip(curve_axes, groups):
         counts += _draw_curves(ax, group, colours)
@@ -113,16 +150,14 @@ def layer_figure(frame: pd.DataFrame, layer: str) -> Figure:
         ax.set(xlabel=xlabel, ylabel="Fraction of labels unchanged", title=title)
         ax.grid(alpha=0.3)
         share_axis(ax)
-    figure_legend(fig, curve_axes, "perturbation",
-                  notes=[note_entry(spread_note(counts, over="samplings"))])
-    hist = part[part["metric"] == HISTOGRAM_METRIC]
+    figure_legend(fig, curve_axes, "perturbation", notes=[note_entry(spread_note(counts, over="samplings"))],
+                  ncols=ncols)
     if len(hist):
+        hist_ax = axes[-1]
         counts = hist.groupby("level")["value"].mean()
         width = float(np.diff(counts.index).min()) if len(counts) > 1 else 0.02
         hist_ax.bar(counts.index, counts.values, width=width, color="tab:gray")
         hist_ax.set(xlabel="|r| between unit pairs", ylabel="Pairs", title=f"{layer}: correlations", xlim=(0, 1))
-    else:
-        hist_ax.set_axis_off()
     return fig
 
 

@@ -92,22 +92,52 @@ def verdict_rows(verdict_df: pd.DataFrame) -> list[list[str]]:
     ]
 
 
+def _count_range(counts: pd.Series) -> str:
+    """Counts per cell as "3", or "2–3" where cells differ; "none" without cells."""
+    if counts.empty:
+        return "none"
+    return str(counts.min()) if counts.min() == counts.max() else f"{counts.min()}–{counts.max()}"
+
+
+def _selection_cell_text(runs: pd.DataFrame) -> str | None:
+    """What a variant × width cell's runs are under grid.select, e.g. "3 replicates × 4 lr candidates; 3
+    measured: each replicate's chosen candidate"; None without a selection.
+
+    Why: with a selection a cell holds replicates × candidates trainings, and "12 (replicates 0, 1, 2)" read as
+    12 replicates. The candidates' setting names are the left sides of their labels ("lr=0.1,batch_size=16").
+    """
+    if "candidate" not in runs.columns or runs["candidate"].isna().all():
+        return None
+    picked = runs[runs["candidate"].notna()]
+    cells = picked.groupby(["variant", "width"])
+    names = dict.fromkeys(part.split("=", 1)[0] for label in pd.unique(picked["candidate"])
+                          for part in str(label).split(","))
+    done = picked["status"] == "done"
+    chosen = done & (picked["chosen"].astype(float) == 1)
+    measured = done.groupby([picked["variant"], picked["width"]]).sum()
+    kept = chosen.groupby([picked["variant"], picked["width"]]).sum()
+    text = (f"{_count_range(cells['replicate'].nunique())} replicates × "
+            f"{_count_range(cells['candidate'].nunique())} {'/'.join(names)} candidates; ")
+    if measured.equals(kept):
+        return text + f"{_count_range(measured)} measured: each replicate's chosen candidate"
+    return text + f"{_count_range(measured)} measured, of which the {_count_range(kept)} chosen enter the results"
+
+
 def census(runs: pd.DataFrame) -> list[str]:
     """The "what was run" lines (all runs, whatever their status), without list markers."""
     variants = ", ".join(f"`{v}`" for v in pd.unique(runs["variant"])) or "none"
     widths = ", ".join(width_label(w) for w in sorted(runs["width"].astype(float).unique())) or "none"
-    per_cell = runs.groupby(["variant", "width"]).size()
-    cell_text = "none" if per_cell.empty else (
-        str(per_cell.min()) if per_cell.min() == per_cell.max() else f"{per_cell.min()}–{per_cell.max()}"
-    )
+    cell_text = _count_range(runs.groupby(["variant", "width"]).size())
     replicates = ", ".join(str(r) for r in sorted(runs["replicate"].unique()))
+    selection = _selection_cell_text(runs)
     counts = runs["status"].value_counts()
     statuses = [*MAIN_STATUSES, *sorted(set(counts.index) - set(MAIN_STATUSES))]
     status_text = ", ".join(f"{int(counts.get(s, 0))} {s}" for s in statuses)
+    what = selection or f"replicates {replicates or 'none'}"
     lines = [
         f"Variants: {variants}",
         f"Widths: {widths}",
-        f"Runs per variant × width: {cell_text} (replicates {replicates or 'none'})",
+        f"Runs per variant × width: {cell_text} ({what})",
         f"Runs: {len(runs)} in all — {status_text}",
     ]
     if "seconds" in runs.columns:

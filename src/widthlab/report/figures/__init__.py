@@ -6,9 +6,12 @@ frivolous units, plus the similarity calibration (share of similar pairs, permut
 
 Every error bar and band is ± std (ddof 0) over replicates, and the legend says so with the number of replicates
 per point (`spread_note`). Legends never sit on data: an axes-level plot puts its legend right of its axes, a
-figure with several panels puts one legend right of all of them (`outside_legend`, `figure_legend`).
-Accuracies and other shares get a y axis from 0 to 1.02 (`share_limits`), so a 0.001 difference never looks
-like a collapse.
+figure with several panels puts one legend right of all of them, or below them where the panels are few and narrow
+(`outside_legend`, `figure_legend`; `widthlab analyze`'s layer figures).
+Accuracy against width gets a y axis zoomed to its data, as in paper Figure 1, and its label says so with the
+range shown (`zoom_axis`): its changes with width are hundredths. Other shares (along training, ablation curves,
+the similar fraction) get a y axis from 0 to 1.02 (`share_limits`), so a 0.001 difference never looks like a
+collapse.
 
 Figures are built as `matplotlib.figure.Figure` objects, not through pyplot, so no display or global backend
 is involved (files are written by the Agg and PDF renderers) and nothing stays registered once they are saved.

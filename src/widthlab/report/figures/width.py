@@ -16,6 +16,7 @@ from widthlab.report.figures.style import (
     NULLS,
     SHARE_METRICS,
     TITLES,
+    ZOOMED_METRICS,
     figure_legend,
     has_data,
     mean_std,
@@ -25,6 +26,7 @@ from widthlab.report.figures.style import (
     share_axis,
     spread_note,
     width_axis,
+    zoom_axis,
 )
 from widthlab.report.verdict import RUN_LEVEL_METRICS
 
@@ -58,7 +60,8 @@ def plot_vs_width(run_level_df: pd.DataFrame, metric: str, ax: Axes | None = Non
     For similarity and similar_fraction the permutation null (similarity_null, similar_fraction_null), when
     measured, is drawn as a dashed line in each variant's colour. The legend (right of the axes) names the
     variants, the null, and what the error bars are with the number of replicates per point (`spread_note`).
-    Accuracy and similar_fraction get a share axis (`share_limits`).
+    Accuracy gets an axis zoomed to its data, labelled so (`zoom_axis`: a change of 0.02 is invisible on 0–1);
+    similar_fraction gets a share axis (`share_limits`).
 
     Args:
         run_level_df: the output of `run_level` (variant, width, and the metric's column).
@@ -82,7 +85,9 @@ def plot_vs_width(run_level_df: pd.DataFrame, metric: str, ax: Axes | None = Non
     ax.set_ylabel(AXIS_LABELS[metric])
     ax.set_title(TITLES[metric])
     ax.grid(alpha=0.3)
-    if metric in SHARE_METRICS:
+    if metric in ZOOMED_METRICS:
+        zoom_axis(ax)
+    elif metric in SHARE_METRICS:
         share_axis(ax)
     if metric == "similarity_excess":
         ax.axhline(0.0, color="grey", linewidth=0.8)
