@@ -24,7 +24,9 @@ CKA_TEXT = (
     "same replicate, corresponding layers; *replicate baseline*: two replicates of one width (different seeds), "
     "corresponding layers. Numbers are the CKA averaged over the layers of a pair, then mean ± std over pairs. A "
     "CKA to the widest close to the widest width's baseline means the narrower network's representation is what "
-    "the wider one's is, up to rotation and scale; well below it means width changed the representation."
+    "the wider one's is, up to rotation and scale; well below it means width changed the representation. A widths "
+    "pair shares its seed (batch order; for the MLP also the initial weights of the narrower network's units, the "
+    "wider one's first units), a replicate pair does not: part of a CKA to widest above the baseline may be that."
 )
 
 

@@ -86,7 +86,10 @@ def plot_cka_width(cka: pd.DataFrame) -> Figure:
             ax.plot(base["width"], base["baseline"], color="0.35", linestyle="--", marker="s", markersize=3,
                     label="replicate baseline (mean over layers)")
         width_axis(ax, table.loc[table["variant"] == variant, "width"])
-        ax.set_ylim(min(0.0, float(np.nanmin([*to_widest["cka"], 0.0]))), 1.02)
+        # Zoomed to the values (CKA of trained networks of one family is often 0.9 and up), in steps of 0.05.
+        shown = [*to_widest["cka"], *(base["baseline"] - base["baseline_std"])]
+        low = float(np.nanmin(shown)) if np.isfinite(shown).any() else 0.0
+        ax.set_ylim(max(-0.05, np.floor((low - 0.02) / 0.05) * 0.05), 1.01)
         ax.set_ylabel(f"CKA to the widest ({width_label(widest)}x) run")
         ax.set_title(str(variant), fontsize="small")
         ax.grid(alpha=0.3)
