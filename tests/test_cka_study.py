@@ -219,3 +219,24 @@ def test_cka_is_not_part_of_a_runs_identity():
     on, off = plan_runs(_config()), plan_runs(_config("measure.cka=false"))
     assert [s.config.identity() for s in on] == [s.config.identity() for s in off]
     assert on[0].config.measure.cka.parts() == ("widths", "replicates", "layers")
+
+
+def _rows(kind, width_a, width_b, rep_a, rep_b, value, layer="relu1"):
+    return dict(variant="v", kind=kind, run_a=f"v-w{width_a}-r{rep_a}", run_b=f"v-w{width_b}-r{rep_b}",
+                width_a=width_a, width_b=width_b, replicate_a=rep_a, replicate_b=rep_b, layer_a=layer, layer_b=layer,
+                cka=value)
+
+
+def test_the_summary_line_compares_1x_with_the_widest_and_says_when_there_is_no_baseline():
+    from widthlab.report.cka import summary_line, width_table
+
+    rows = pd.DataFrame([_rows("widths", 0.5, 4.0, 0, 0, 0.5), _rows("widths", 1.0, 4.0, 0, 0, 0.8),
+                         _rows("widths", 1.0, 4.0, 1, 1, 0.9), _rows("replicates", 4.0, 4.0, 0, 1, 0.95),
+                         _rows("replicates", 4.0, 4.0, 0, 2, 0.97)])
+    line = summary_line(rows, "v")
+    assert line.startswith("4x and 1x representations: CKA 0.85 ± 0.05 (2 replicate-matched")
+    assert "vs replicate baseline 0.96 ± 0.01 (at 4x, 2 pair(s))" in line
+    table = width_table(rows).set_index("width")
+    assert table.loc[0.5, "to_widest"] == 0.5 and table.loc[0.5, "baseline_pairs"] == 0
+    one_replicate = rows[rows["kind"] == "widths"]
+    assert "no replicate baseline at the widest width (one replicate)" in summary_line(one_replicate, "v")
