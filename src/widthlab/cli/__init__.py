@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from widthlab.cli.analyze import add_analyze_parser
+from widthlab.cli.cka import add_cka_parser
 from widthlab.cli.compress import add_compress_parser
 from widthlab.cli.study import add_report_parsers, add_run_parsers
 from widthlab.errors import WidthlabError
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parsers(sub)
     add_analyze_parser(sub)
     add_compress_parser(sub)
+    add_cka_parser(sub)
     add_report_parsers(sub)
     return parser
 

@@ -161,7 +161,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 print(f"widthlab: {directory}: {notes[-1]}", file=sys.stderr)
         check_measured(results, directory)
         studies.append((directory, results, config))
-    names = ("runs", "metrics", "snapshots", "history", "compression")
+    names = ("runs", "metrics", "snapshots", "history", "compression", "cka")
     if len(studies) == 1:
         directory, results, config = studies[0]
         title = (config or {}).get("name", directory.name)
@@ -183,7 +183,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         report = write_report(tables["runs"], tables["metrics"], out, title=title, config=config,
                               snapshots=tables["snapshots"], history=tables["history"], seed=seed,
                               params=parameter_counts(tables["runs"], import_code=args.allow_code), html=args.html,
-                              notes=notes, formats=formats, compression=tables["compression"])
+                              notes=notes, formats=formats, compression=tables["compression"], cka=tables["cka"])
     _print_report(out, tables["runs"], report)
     return 0
 

@@ -42,8 +42,9 @@ def combine_frames(frames: Sequence[pd.DataFrame], labels: Sequence[str]) -> pd.
     parts = []
     for label, frame in zip(labels, frames):
         frame = frame.copy()
-        if "run_id" in frame.columns:
-            frame["run_id"] = label + "/" + frame["run_id"].astype(str)
+        for column in ("run_id", "run_a", "run_b"):  # run_a, run_b: the two runs of a CKA pair
+            if column in frame.columns:
+                frame[column] = label + "/" + frame[column].astype(str)
         if "variant" in frame.columns:
             frame["variant"] = [prefixed(label, v) for v in frame["variant"]]
         parts.append(frame)

@@ -44,6 +44,10 @@ FIGURE_CAPTIONS = {
     "compression.png": ("Compressed width vs width: units per layer kept at max_drop by each method (log-2 axes, "
                         "mean ± std over replicates, g = growth per doubling [95% CI]), beside the non-prunable and "
                         "non-redundant units (dotted) and all units (g = 2)"),
+    "cka_layers.png": ("Layer × layer CKA of each width's run (mean over replicates): the network's block "
+                       "structure, 0 dark to 1 bright"),
+    "cka_width.png": ("CKA of each layer to the widest run of the same replicate vs width (log-2 axis, mean ± std "
+                      "over replicates), replicate baseline (two seeds, one width) as a grey band"),
 }
 CALIBRATION_TEXT = (
     "Similarity counts similar units per unit, so it can grow with width while the share of similar pairs "

@@ -211,6 +211,7 @@ def write_report(
     workers: int | None = None,
     pdf: bool | None = None,
     compression: pd.DataFrame | None = None,
+    cka: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Write the whole report: figures/*.png and .pdf, summary.md, verdict.csv, run_level.csv, optionally report.html.
 
@@ -235,6 +236,8 @@ def write_report(
         pdf: deprecated; False is formats=("png",), True is ("png", "pdf").
         compression: `Results.compression` (`widthlab compress STUDY_DIR`); when it has rows the report adds the
             "Compression across widths" section, figures/compression.* and compression_growth.csv.
+        cka: `Results.cka` (``measure.cka``, `widthlab cka STUDY_DIR`); when it has rows the report adds the
+            "Representations across widths (CKA)" section and figures/cka_layers.*, figures/cka_width.*.
 
     Also writes, when they apply: caveats.csv (why a verdict may mean nothing), growth.csv (growth per doubling of
     the frivolous-unit counts), unit_counts.csv (per run and layer) and selection.csv (grid.select's choices).
@@ -269,6 +272,12 @@ def write_report(
     if section is not None:
         judged.sections.append(section)
         figures = [*figures, figure]
+    from widthlab.report.figures.cka_study import draw_cka
+
+    cka_part, cka_figures = draw_cka(runs, cka, out / FIGURE_DIR, formats)
+    if cka_part is not None:
+        judged.sections.append(cka_part)
+        figures = [*figures, *cka_figures]
     summary = out / "summary.md"
     files.write_text(summary, _summary_markdown(runs, judged.run_level_df, judged.verdict_df, figures, title, config,
                                                 seed, notes, judged.caveats_df, judged.sections))

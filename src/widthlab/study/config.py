@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -108,6 +109,46 @@ def _check_registered(registry: Registry, name: str, options: dict, what: str) -
 Levels = int | tuple[float, ...]  # n evenly spaced levels over the perturbation's range, or the levels themselves
 
 
+class CkaSpec(_Strict):
+    """``measure.cka``: the CKA post-pass over a study's trained runs (`widthlab.study.cka`), off by default.
+
+    ``widths``: every pair of widths of a variant, replicate r with replicate r, corresponding layers;
+    ``replicates``: every pair of replicates at each width (the seed-to-seed baseline); ``layers``: each run's
+    own layer × layer matrix. ``true`` turns all three on. CKA is computed on the first `max_examples` examples
+    of the split the study measures on, in batches of `batch_size` (minibatch debiased CKA, `widthlab.cka`).
+    Not part of a run's identity: turning it on for a finished study computes CKA without training again.
+    """
+
+    widths: StrictBool = False
+    replicates: StrictBool = False
+    layers: StrictBool = False
+    batch_size: int = Field(256, ge=4)
+    max_examples: int = Field(2048, ge=4)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_or_nothing(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # measure.cka: true
+            return dict(widths=value, replicates=value, layers=value)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("must be true, false or a mapping of widths, replicates, layers (true/false), "
+                             "batch_size, max_examples")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.widths or self.replicates or self.layers
+
+    def parts(self) -> tuple[str, ...]:
+        """The parts turned on, of ``("widths", "replicates", "layers")``."""
+        return tuple(part for part in CKA_PARTS if getattr(self, part))
+
+
+CKA_PARTS = ("widths", "replicates", "layers")
+
+
 class MeasureSpec(_Strict):
     """What `analyze` measures on each trained model (DESIGN.md §1).
 
@@ -121,6 +162,7 @@ class MeasureSpec(_Strict):
     samplings: int = Field(3, ge=1, le=MAX_SAMPLINGS)
     max_rows: int | None = Field(None, ge=1)
     split: Literal["train", "val", "test"] = "test"
+    cka: CkaSpec = Field(default_factory=CkaSpec)  # a study post-pass, not measured per run (`CkaSpec`)
 
     @field_validator("perturbations")
     @classmethod
@@ -469,6 +511,7 @@ class RunConfig(_Strict):
         out = self.model_dump(mode="json")
         if self.select is None:
             del out["select"]
+        del out["measure"]["cka"]  # a study post-pass over trained runs: turning it on retrains nothing
         return out
 
     def identity(self) -> dict:

@@ -274,6 +274,7 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
         _register(cfg, specs, out_dir, options["data_cache"])
         with Store(out_dir) as store:
             notes = _compute_all(cfg, specs, store, out_dir, share, executor, options)
+            _cka_pass(specs, store, out_dir)
             results = store.results()
         export_csv(results, out_dir)
         results, others = select_runs(results, [s.run_id for s in specs])
@@ -391,13 +392,28 @@ def _compute_all(cfg: StudyConfig, specs: list[RunSpec], store: Store, out_dir: 
     return notes
 
 
+def _cka_pass(specs: list[RunSpec], store: Store, out_dir: Path) -> None:
+    """With ``measure.cka`` on (for any variant), the CKA pairs of the done runs not stored yet
+    (`widthlab.study.cka`); the study lock is held. A study's own config may import its own code."""
+    wanted: dict[str, Any] = {}
+    for spec in specs:
+        wanted.setdefault(spec.variant, spec.config.measure.cka)
+    if not any(spec.enabled for spec in wanted.values()):
+        return
+    from widthlab.study.cka import study_cka
+
+    outcome = study_cka(store, out_dir, wanted, import_code=True, run_ids=[s.run_id for s in specs])
+    log.info("cka: %d pair(s) computed, %d already stored%s", len(outcome.computed), len(outcome.resumed),
+             f", {len(outcome.missing)} run(s) without a checkpoint" if outcome.missing else "")
+
+
 def _write_report(cfg: StudyConfig, results: Results, out_dir: Path, notes, formats) -> dict[str, Any]:
     from widthlab.report import write_report
 
     return write_report(results.runs, results.metrics, out_dir, title=cfg.name, config=cfg.model_dump(mode="json"),
                         seed=cfg.seed, snapshots=results.snapshots, history=results.history,
                         params=parameter_counts(results.runs, import_code=True), notes=list(notes), formats=formats,
-                        compression=results.compression)
+                        compression=results.compression, cka=results.cka)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@ Tables: ``runs`` (one row per grid cell: resolved config, status, timings, accur
 measurements: redundancy numbers, robustness AUCs), ``curves`` (points of perturbation curves) — both with an
 ``epoch`` column that is NULL for the trained model and the epoch for along-training snapshots — and
 ``history`` (per-epoch training records) and ``compression`` (`widthlab.compress.compress_study`: per run, unit
-layer and setting, the units kept at a largest accuracy drop). A run becomes ``done`` only in the transaction that
+layer and setting, the units kept at a largest accuracy drop) and ``cka`` (`widthlab.study.cka`: per pair of runs
+and pair of layers, their CKA). A run becomes ``done`` only in the transaction that
 writes its measurements, so a crash leaves it pending and a rerun redoes it; nothing is half-written.
 """
 
@@ -50,13 +51,25 @@ CREATE TABLE IF NOT EXISTS compression (
     importance TEXT NOT NULL, max_drop REAL NOT NULL, calibration_examples INTEGER NOT NULL, split TEXT NOT NULL,
     method_used TEXT, units_before INTEGER NOT NULL, units_kept INTEGER NOT NULL, params_before INTEGER,
     params_after INTEGER, accuracy_before REAL, accuracy_after REAL, agreement REAL);
+CREATE TABLE IF NOT EXISTS cka (
+    run_a TEXT NOT NULL REFERENCES runs(run_id), run_b TEXT NOT NULL REFERENCES runs(run_id), kind TEXT NOT NULL,
+    layer_a TEXT NOT NULL, layer_b TEXT NOT NULL, cka REAL, examples INTEGER NOT NULL, batches INTEGER NOT NULL,
+    estimator TEXT NOT NULL, reduction_a TEXT, reduction_b TEXT, split TEXT NOT NULL, max_examples INTEGER NOT NULL,
+    batch_size INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
 CREATE INDEX IF NOT EXISTS curves_run ON curves(run_id);
 """
-TABLES = ("runs", "metrics", "curves", "history")  # every store has these; `compression` came later
+TABLES = ("runs", "metrics", "curves", "history")  # every store has these; `compression` and `cka` came later
 COMPRESSION_COLUMNS = ("run_id", "layer", "method", "importance", "max_drop", "calibration_examples", "split",
                        "method_used", "units_before", "units_kept", "params_before", "params_after",
                        "accuracy_before", "accuracy_after", "agreement")
+
+# One row per pair of runs (or a run with itself, kind "layers") and pair of layers (`widthlab.study.cka`).
+CKA_STORED_COLUMNS = ("run_a", "run_b", "kind", "layer_a", "layer_b", "cka", "examples", "batches", "estimator",
+                      "reduction_a", "reduction_b", "split", "max_examples", "batch_size")
+CKA_SETTING = ("split", "max_examples", "batch_size")  # a pair stored with another setting is computed again
+CKA_COLUMNS = ("variant", "kind", "run_a", "run_b", "width_a", "width_b", "replicate_a", "replicate_b",
+               *CKA_STORED_COLUMNS[3:])
 
 
 # (table, column, type) added after the first stores were written: snapshot epochs; the test set's size and
@@ -81,11 +94,17 @@ class Results:
     history: pd.DataFrame
     snapshots: pd.DataFrame
     compression: pd.DataFrame = field(default_factory=lambda: empty_compression())
+    cka: pd.DataFrame = field(default_factory=lambda: empty_cka())
 
 
 def empty_compression() -> pd.DataFrame:
     """The `Results.compression` of a study never compressed: no rows, the columns a compressed one has."""
     return pd.DataFrame(columns=["run_id", "variant", "width", "replicate", *COMPRESSION_COLUMNS[1:]])
+
+
+def empty_cka() -> pd.DataFrame:
+    """The `Results.cka` of a study without CKA rows: no rows, the columns one with them has."""
+    return pd.DataFrame(columns=list(CKA_COLUMNS))
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -289,6 +308,7 @@ class Store:
             # Compression rows describe the weights measured before: a run measured again is compressed again.
             for table in ("metrics", "curves", "history", "compression"):
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM cka WHERE run_a = ? OR run_b = ?", (run_id, run_id))
             db.execute(
                 "UPDATE runs SET status = ?, seconds = ?, train_acc = ?, val_acc = ?, test_acc = ?, epochs = ?, "
                 "best_epoch = ?, diverged_epoch = ?, test_examples = ?, num_classes = ?, error = NULL, "
@@ -337,7 +357,7 @@ class Store:
         history = pd.read_sql_query("SELECT run_id, record FROM history ORDER BY run_id, epoch", self._db)
         history = pd.DataFrame([{"run_id": rid, **json.loads(rec)} for rid, rec in history.itertuples(index=False)])
         return Results(runs=runs, metrics=metrics, history=history, snapshots=snapshots,
-                       compression=self._compression(keys))
+                       compression=self._compression(keys), cka=self._cka())
 
     def _compression(self, keys: str) -> pd.DataFrame:
         """The compression table joined with the runs' keys; empty for a store written before it existed (opened
@@ -350,6 +370,40 @@ class Store:
                                   "ORDER BY r.variant, r.width, r.replicate, r.run_id, c.rowid", self._db)
         return frame.astype({"width": float, "max_drop": float, "accuracy_before": float, "accuracy_after": float,
                              "agreement": float})
+
+    def _has_table(self, name: str) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
+            is not None
+
+    def _cka(self) -> pd.DataFrame:
+        """The cka table with each run's variant, width and replicate, in grid order; empty for a store written
+        before it existed (opened read-only, nothing has added it)."""
+        if not self._has_table("cka"):
+            return empty_cka()
+        columns = ", ".join(f"c.{c}" for c in CKA_STORED_COLUMNS[3:])
+        frame = pd.read_sql_query(
+            f"SELECT a.variant, c.kind, c.run_a, c.run_b, a.width AS width_a, b.width AS width_b, "
+            f"a.replicate AS replicate_a, b.replicate AS replicate_b, {columns} FROM cka c "
+            "JOIN runs a ON a.run_id = c.run_a JOIN runs b ON b.run_id = c.run_b "
+            "ORDER BY a.variant, c.kind, a.width, b.width, a.replicate, b.replicate, c.rowid", self._db)
+        return frame.astype({"width_a": float, "width_b": float, "cka": float})
+
+    def cka_settings(self) -> dict[tuple[str, str, str], tuple]:
+        """``{(run_a, run_b, kind): (split, max_examples, batch_size)}`` of every pair stored (what `cka_study`
+        skips when it resumes with the same setting)."""
+        if not self._has_table("cka"):
+            return {}
+        rows = self._db.execute(f"SELECT DISTINCT run_a, run_b, kind, {', '.join(CKA_SETTING)} FROM cka").fetchall()
+        return {tuple(row[:3]): tuple(row[3:]) for row in rows}
+
+    def add_cka(self, run_a: str, run_b: str, kind: str, rows: list[dict]) -> None:
+        """Store one pair's CKA rows in one transaction, replacing what the pair held before (another setting)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM cka WHERE run_a = ? AND run_b = ? AND kind = ?", (run_a, run_b, kind))
+            columns = CKA_STORED_COLUMNS
+            fixed = {"run_a": run_a, "run_b": run_b, "kind": kind}
+            db.executemany(f"INSERT INTO cka ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                           [tuple(_cell(fixed[c] if c in fixed else row.get(c)) for c in columns) for row in rows])
 
     def compressed_settings(self) -> set[tuple]:
         """``(run_id, method, importance, max_drop, calibration_examples, split)`` of every run compressed so far
@@ -409,8 +463,10 @@ def select_runs(results: Results, run_ids) -> tuple[Results, list[str]]:
     def only(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[frame["run_id"].isin(keep)].reset_index(drop=True) if "run_id" in frame else frame
 
+    cka = results.cka
+    cka = cka[cka["run_a"].isin(keep) & cka["run_b"].isin(keep)].reset_index(drop=True)
     return Results(runs=only(results.runs), metrics=only(results.metrics), history=only(results.history),
-                   snapshots=only(results.snapshots), compression=only(results.compression)), others
+                   snapshots=only(results.snapshots), compression=only(results.compression), cka=cka), others
 
 
 def left_out_note(others: list[str]) -> str:
