@@ -90,6 +90,17 @@ def nets(tmp_path, monkeypatch):
 
         def boom():
             raise ValueError("width must be positive\\nand a second line nobody needs")
+
+        class Named(nn.Module):  # a dict of outputs without 'logits'
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+
+            def forward(self, x):
+                return {"scores": self.body(x)}
+
+        def named():
+            return Named()
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
@@ -393,3 +404,13 @@ def test_the_plan_says_when_weights_are_random(tmp_path, gpt2, capsys):
     assert "random weights" not in lines["trained"]
     assert random_weights("torchvision:resnet18") and random_weights("timm:vit_tiny_patch16_224")
     assert not random_weights("mynets:build")
+
+
+def test_a_dict_output_without_logits_names_the_cli_flag(tmp_path, nets, capsys):
+    """The command line's flag is --output: the one line must say so, not only the Python keyword."""
+    torch.save((torch.randn(30, 10, generator=torch.Generator().manual_seed(0)), torch.arange(30) % 2),
+               tmp_path / "pair.pt")
+    args = ["analyze", "user_nets:named", "--data", str(tmp_path / "pair.pt"), *FAST]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "--output KEY" in capsys.readouterr().err
+    assert main([*args, "--output", "scores", "--out", str(tmp_path / "b")]) == 0

@@ -390,11 +390,11 @@ def select_scores(out: object, output: Output = None) -> torch.Tensor:
     else:
         keys = f" with keys {', '.join(map(str, out))}" if isinstance(out, Mapping) else ""
         raise WidthlabError(f"the model returned {type(out).__name__}{keys}; name its scores with output= "
-                            "(a key, an attribute or a callable)")
+                            "(a key, an attribute or a callable; --output KEY in widthlab analyze)")
     if not isinstance(scores, torch.Tensor) or scores.dim() not in (2, 3):
         got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise WidthlabError(f"the model's scores must be (N, classes) or (N, tokens, vocabulary) to measure "
-                            f"robustness, got {got}; pick them with output=")
+                            f"robustness, got {got}; pick them with output= (--output KEY in widthlab analyze)")
     return scores
 
 
