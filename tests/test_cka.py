@@ -118,6 +118,30 @@ def test_one_batch_equals_kornbliths_full_sample_formulas(debiased):
             assert value(frame, a, b) == pytest.approx(reference_cka(acts[a], acts[b], debiased), abs=1e-12)
 
 
+@pytest.mark.parametrize("debiased", [True, False])
+def test_the_feature_form_equals_the_gram_form(debiased):
+    """The feature-space form (no n × n matrix) is the same estimator: equal to the Gram form on one batch (and so
+    to Kornblith's formulas) and on many, for layers of different widths and for conv maps pooled over space."""
+    torch.manual_seed(11)
+    net = nn.Sequential(nn.Linear(8, 40), nn.ReLU(), nn.Linear(40, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = gaussian(300, 8, 12)
+    for batch_size in (300, 64):
+        grams = cka(net, None, x, ["1", "3", "4"], batch_size=batch_size, debiased=debiased)
+        features = cka(net, None, x, ["1", "3", "4"], batch_size=batch_size, debiased=debiased, form="features")
+        np.testing.assert_allclose(features["cka"], grams["cka"], rtol=0, atol=1e-10)
+        assert features["batches"].tolist() == grams["batches"].tolist()
+    conv = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3), nn.ReLU()).double()
+    images = torch.randn(48, 3, 9, 9, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    other = copy.deepcopy(conv)
+    with torch.no_grad():
+        other[2].weight.mul_(-0.5)
+    both = dict(batch_size=16, debiased=debiased, spatial="mean")
+    np.testing.assert_allclose(cka(conv, other, images, form="features", **both)["cka"],
+                               cka(conv, other, images, **both)["cka"], rtol=0, atol=1e-10)
+    with pytest.raises(WidthlabError, match="form must be one of 'gram', 'features', got 'kernel'"):
+        cka(net, None, x, form="kernel")
+
+
 def test_conv_maps_are_flattened_whole_or_averaged_over_space():
     torch.manual_seed(7)
     net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3), nn.ReLU()).double()

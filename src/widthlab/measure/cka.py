@@ -39,8 +39,8 @@ fewer than 4 rows, is a WidthlabError; a last batch with fewer than 4 rows (e.g.
 250) is dropped with a warning, and the ``examples`` column says how many examples were used. Every batch counts
 equally in the means above, as in Nguyen et al.
 
-The feature-space form (HSIC from Xᵀ Y when units ≪ examples) is not implemented: the Gram form's cost is
-n² · units per batch, which the forward pass itself exceeds for any layer worth comparing.
+The feature-space form (``form="features"``, `feature_hsic`) computes the same HSIC_b from the (n, d) features
+without an n × n matrix: cheaper in memory and time when a layer has fewer units d than a batch has rows n.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ CKA_COLUMNS = ("layer_a", "layer_b", "cka", "examples", "rows", "batches", "esti
                "reduction_b")
 SPATIAL = ("flatten", "mean")
 TOKENS = ("mean", "each")
+FORMS = ("gram", "features")
 _GRAM_BLOCK = 1 << 22  # elements of activations cast to float64 at a time while a Gram matrix is summed
 
 
@@ -104,6 +105,26 @@ def self_hsic(grams: torch.Tensor, debiased: bool) -> torch.Tensor:
                 - 2 * (rows * rows).sum(1) / (n - 2)) / (n * (n - 3))
     c = _centre(grams)
     return (c * c).sum((1, 2)) / (n - 1) ** 2
+
+
+def feature_hsic(x: torch.Tensor, y: torch.Tensor, debiased: bool) -> float:
+    """HSIC of one layer pair from its (n, p) and (n, q) float64 features, without forming an n × n matrix: the
+    same estimator as `hsic_terms` on K = X Xᵀ, L = Y Yᵀ (equal to round-off), in O(n·p·q) time and O(p·q) memory
+    (the feature-space form: for layers of fewer units than a batch has examples).
+
+    With a = diag K, b = diag L (squared row norms) and sx = Xᵀ1, sy = Yᵀ1: tr(K̃L̃) = ‖XᵀY‖² − a·b,
+    1ᵀK̃1 = ‖sx‖² − Σa, K̃1 = X sx − a, so HSIC₁ follows from the module doc's formula; the biased HSIC₀ is
+    ‖XcᵀYc‖²/(n−1)² with Xc, Yc the column-centred features."""
+    n = x.shape[0]
+    if not debiased:
+        xc, yc = x - x.mean(0), y - y.mean(0)
+        return float((xc.T @ yc).square().sum()) / (n - 1) ** 2
+    a, b = x.square().sum(1), y.square().sum(1)
+    sx, sy = x.sum(0), y.sum(0)
+    trace = float((x.T @ y).square().sum()) - float(a @ b)
+    sum_k, sum_l = float(sx @ sx) - float(a.sum()), float(sy @ sy) - float(b.sum())
+    cross = float((x @ sx - a) @ (y @ sy - b))
+    return (trace + sum_k * sum_l / ((n - 1) * (n - 2)) - 2 * cross / (n - 2)) / (n * (n - 3))
 
 
 def _zero_diagonal(grams: torch.Tensor) -> torch.Tensor:
@@ -159,19 +180,21 @@ def example_features(output: object, name: str, axis: int, mask: torch.Tensor | 
 
 
 class _GramPass:
-    """One model's hooks for the whole comparison: per forward pass, each layer's (n, n) Gram matrix and how its
-    activations were reduced, computed in the hook, so only the Gram matrices outlive the pass."""
+    """One model's hooks for the whole comparison: per forward pass, each layer's (n, n) Gram matrix (or, in the
+    feature form, its (n, d) float64 features) and how its activations were reduced, computed in the hook, so only
+    those outlive the pass."""
 
-    def __init__(self, model: nn.Module, names: list[str], axes: dict[str, int], spatial: str, tokens: str):
+    def __init__(self, model: nn.Module, names: list[str], axes: dict[str, int], spatial: str, tokens: str,
+                 form: str = "gram"):
         self.model, self.names, self.axes = model, names, axes
-        self.spatial, self.tokens = spatial, tokens
+        self.spatial, self.tokens, self.form = spatial, tokens, form
         self.grams: dict[str, torch.Tensor] = {}
         self.reductions: dict[str, str] = {}
         self.mask: torch.Tensor | None = None
 
     def hook(self, name: str, output: object) -> None:
         features, reduction = example_features(output, name, self.axes[name], self.mask, self.spatial, self.tokens)
-        self.grams[name] = gram(features)
+        self.grams[name] = gram(features) if self.form == "gram" else features.to(torch.float64)
         self.reductions[name] = reduction
 
     def run(self, run, batch: Batch) -> dict[str, torch.Tensor]:
@@ -191,7 +214,7 @@ def _moved(model: nn.Module, batch: Batch) -> Batch:
 def cka(model_a: nn.Module, model_b: nn.Module | None, inputs: Inputs, layers_a: Sequence[str] | None = None,
         layers_b: Sequence[str] | None = None, *, batch_size: int = 256, debiased: bool = True,
         spatial: str = "flatten", tokens: str = "mean", unit_axis: int | None = None,
-        mask: str | int | None = DEFAULT_MASK) -> pd.DataFrame:
+        mask: str | int | None = DEFAULT_MASK, form: str = "gram") -> pd.DataFrame:
     """Minibatch linear CKA of every layer of `model_a` with every layer of `model_b`; one row per pair.
 
     Columns: ``layer_a, layer_b, cka`` (NaN for a layer whose HSIC with itself is not positive, e.g. a constant
@@ -216,6 +239,10 @@ def cka(model_a: nn.Module, model_b: nn.Module | None, inputs: Inputs, layers_a:
             token (every layer must then have one row per real token).
         unit_axis: the unit axis of every layer output (default None: by the rule of `widthlab.measure.layout`).
         mask: the attention mask's keyword or position (default ``"attention_mask"``); None ignores masks.
+        form: ``"gram"`` (default) sums each batch's (n, n) Gram matrices; ``"features"`` computes the same
+            estimate from the layers' (n, d) features (`feature_hsic`), which is cheaper when the layers have fewer
+            units d than a batch has rows n (memory O(n·d) per layer instead of O(n²), time O(n·d_a·d_b) per pair).
+            Both give the same numbers to round-off.
 
     Example: ``cka(net, None, x)`` (layer × layer); ``cka(small, wide, x, ["relu1"], ["relu1"])``.
     """
@@ -227,6 +254,8 @@ def cka(model_a: nn.Module, model_b: nn.Module | None, inputs: Inputs, layers_a:
         raise WidthlabError(f"spatial must be one of {', '.join(map(repr, SPATIAL))}, got {spatial!r}")
     if tokens not in TOKENS:
         raise WidthlabError(f"tokens must be one of {', '.join(map(repr, TOKENS))}, got {tokens!r}")
+    if form not in FORMS:
+        raise WidthlabError(f"form must be one of {', '.join(map(repr, FORMS))}, got {form!r}")
     if not isinstance(debiased, bool):
         raise WidthlabError(f"debiased must be True or False, got {debiased!r}")
     same = model_b is None or model_b is model_a
@@ -246,10 +275,10 @@ def cka(model_a: nn.Module, model_b: nn.Module | None, inputs: Inputs, layers_a:
         raise WidthlabError("inputs yielded no examples")
     union_a = list(dict.fromkeys([*names_a, *names_b])) if same else names_a
     passes = [_GramPass(model_a, union_a, layer_axes(model_a, _moved(model_a, first), union_a, unit_axis),
-                        spatial, tokens)]
+                        spatial, tokens, form)]
     if not same:
         passes.append(_GramPass(model_b, names_b, layer_axes(model_b, _moved(model_b, first), names_b, unit_axis),
-                                spatial, tokens))
+                                spatial, tokens, form))
 
     hsic_ab = torch.zeros(len(names_a), len(names_b), dtype=torch.float64)
     hsic_aa = torch.zeros(len(names_a), dtype=torch.float64)
@@ -263,9 +292,9 @@ def cka(model_a: nn.Module, model_b: nn.Module | None, inputs: Inputs, layers_a:
             following = next(source, None)
             grams_a = passes[0].run(run_a, _moved(model_a, batch))
             grams_b = grams_a if same else passes[1].run(run_b, _moved(model_b, batch))
-            ga = torch.stack([grams_a[name] for name in _same_rows(grams_a, names_a, grams_b, names_b)])
-            gb = torch.stack([grams_b[name] for name in names_b]).to(ga.device)
-            n = ga.shape[-1]
+            listed_a = [grams_a[name] for name in _same_rows(grams_a, names_a, grams_b, names_b)]
+            listed_b = [grams_b[name].to(listed_a[0].device) for name in names_b]
+            n = listed_a[0].shape[0]
             if n < MIN_ROWS:
                 if following is not None:
                     raise WidthlabError(f"a batch of {n} rows (examples, or real tokens with tokens='each') is too "
@@ -276,9 +305,16 @@ def cka(model_a: nn.Module, model_b: nn.Module | None, inputs: Inputs, layers_a:
                 warnings.warn(f"cka: the last batch ({n} rows) is dropped: the unbiased HSIC estimator needs at "
                               f"least {MIN_ROWS}", stacklevel=3)
                 break
-            hsic_ab += hsic_terms(ga, gb, debiased).cpu()
-            hsic_aa += self_hsic(ga, debiased).cpu()
-            hsic_bb += self_hsic(gb, debiased).cpu()
+            if form == "gram":
+                ga, gb = torch.stack(listed_a), torch.stack(listed_b)
+                hsic_ab += hsic_terms(ga, gb, debiased).cpu()
+                hsic_aa += self_hsic(ga, debiased).cpu()
+                hsic_bb += self_hsic(gb, debiased).cpu()
+            else:
+                hsic_ab += torch.tensor([[feature_hsic(x, y, debiased) for y in listed_b] for x in listed_a],
+                                        dtype=torch.float64)
+                hsic_aa += torch.tensor([feature_hsic(x, x, debiased) for x in listed_a], dtype=torch.float64)
+                hsic_bb += torch.tensor([feature_hsic(y, y, debiased) for y in listed_b], dtype=torch.float64)
             examples, rows, used = examples + len(batch), rows + n, used + 1
             batch = following
     reductions_a = passes[0].reductions
