@@ -169,3 +169,21 @@ def test_cli_analyze_hub_model_is_seeded(tmp_path):
         tables.append((out / "analysis.csv").read_text())
     assert tables[0] == tables[1]
     assert "layer1.0" in tables[0] and "layer4.1" in tables[0]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_cka_of_hub_models_takes_the_default_layers_and_their_reduction(spec):
+    """`widthlab.cka` on torchvision/timm models: the layers `analyze` measures, conv maps flattened and ViT token
+    layers averaged over tokens, each layer CKA 1 with itself and the matrix symmetric."""
+    model, x = case(spec)
+    x = torch.cat([x, x.flip(0) * 0.5])  # 8 images: two batches of 4, the smallest the estimator takes
+    layers = expected_layers(spec, model)
+    frame = widthlab.cka(model, None, x, batch_size=4)
+    assert set(frame["layer_a"]) == set(layers) and len(frame) == len(layers) ** 2
+    reductions = set(frame["reduction_a"])
+    expected = "token_mean" if "vit" in spec else "flatten"  # pooled heads give (N, C) rows: "example"
+    assert expected in reductions and reductions <= {expected, "example"}
+    table = frame.pivot(index="layer_a", columns="layer_b", values="cka")
+    diagonal = [table.loc[name, name] for name in layers]
+    assert all(abs(v - 1) < 1e-6 for v in diagonal)
+    assert (table - table.T).abs().max().max() < 1e-9
