@@ -135,8 +135,7 @@ def choose_measurement(*, examples: int, jobs: int, levels: int, samplings: int,
                                        "set --levels/--samplings/--max-examples or a larger --max-evaluations")
 
 
-PROBE_SECONDS = 3.0  # about the most the time estimate may spend measuring, and at most PROBE_SHARE of the estimate
-PROBE_SHARE = 0.1
+PROBE_SHARE = 0.1  # the share of the planned example evaluations the time estimate's probe runs take
 QUICK_SECONDS = 0.5  # probe runs shorter than this are repeated (3 at most) and the fastest kept
 PROBE_MAX_EXAMPLES = 256  # one batch of analyze's default 256: a copy's cost at the batch size it will run at
 
@@ -172,9 +171,8 @@ def estimate_seconds(run, *, examples: int, jobs: int, passes: int, copies: int)
     (nearly all fixed cost) and on n examples (the per-example cost of the clean pass and the statistics); runs
     with 1 and 3 copies per job on n examples: their difference is the cost of a copy alone, and the first run's
     excess over the clean run the cost each job has once. n is `PROBE_SHARE` of the planned example evaluations
-    (a count, as the plan is: the probe costs about that share of the measurement), at least 8 and at most
-    `PROBE_MAX_EXAMPLES` (one batch, where a copy costs what it will), fewer for the copy runs when the clean run
-    says they would pass `PROBE_SECONDS`. `passes` is 1 + `statistics_passes`: a pass streaming clean moments
+    (a count, as the plan is: the probe costs about that share of the measurement, plus five runs' fixed cost),
+    at least 8 and at most `PROBE_MAX_EXAMPLES` (one batch, where a copy costs what it will). `passes` is 1 + `statistics_passes`: a pass streaming clean moments
     (`passes` 3) is taken to cost as much again as the clean pass. `copies`: the copies per example the
     measurement plans (all jobs).
 
@@ -205,13 +203,10 @@ def estimate_seconds(run, *, examples: int, jobs: int, passes: int, copies: int)
     clean = timed(n, None) if n > few else tiny
     per_example = max(0.0, (clean - tiny) / (n - few)) if n > few else tiny / few
     fixed = max(0.0, tiny - few * per_example)
-    # The copy runs cost about 1 + 3 clean runs each per job (a copy taken to cost a clean pass): fewer examples
-    # when that would pass PROBE_SECONDS.
-    if per_example > 0 and spent + (fixed + n * per_example) * (2 + 4 * jobs) > PROBE_SECONDS:
-        n = max(min(8, n), min(n, int((PROBE_SECONDS - spent) / (per_example * (2 + 4 * jobs)))))
+    # On the clean run's n: fewer examples would time a copy's per-evaluation overhead, not its per-example cost.
     one, three = timed(n, 2), timed(n, 4)  # 1 and 3 copies per job
     per_copy = max(0.0, (three - one) / (2 * jobs * n))
-    per_job = max(0.0, (one - fixed - n * per_example) / jobs - n * per_copy)
+    per_job = max(0.0, (one - clean) / jobs - n * per_copy)
     return Estimate(fixed, per_job, per_example * passes / 2, per_copy, spent)
 
 
