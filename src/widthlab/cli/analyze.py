@@ -79,13 +79,16 @@ class MeasureChoice:
 
 def estimate_evaluations(examples: int, jobs: int, levels: int, samplings: int, extra_passes: int = 1) -> int:
     """Example evaluations of `analyze` (one example through the network once): one clean pass, `extra_passes`
-    (redundancy statistics) and, per job (a perturbation × a scope), samplings × (levels − 1) perturbed copies,
-    each a forward pass over `examples`.
+    (`statistics_passes`, plus --units' copies) and, per job (a perturbation × a scope), samplings × (levels − 1)
+    perturbed copies, each a forward pass over `examples`: `planned_evaluations`, the count analyze's progress bar
+    ends at.
 
     An upper bound on the batched path, where a copy runs only the network after its layer.
     Example: ``estimate_evaluations(300, 2, 11, 3) == 300 * (1 + 1 + 2 * 3 * 10)``
     """
-    return examples * (1 + extra_passes + jobs * samplings * (levels - 1))
+    from widthlab.measure.analyze import planned_evaluations
+
+    return planned_evaluations(examples, [samplings * (levels - 1)] * jobs, extra_passes)
 
 
 def choose_measurement(*, examples: int, jobs: int, levels: int, samplings: int, budget: int,
@@ -132,31 +135,79 @@ def choose_measurement(*, examples: int, jobs: int, levels: int, samplings: int,
                                        "set --levels/--samplings/--max-examples or a larger --max-evaluations")
 
 
-def _seconds_per_example(model, batch, *, passes: int = 5, enough: float = 1.0) -> float:
-    """Seconds of one clean forward pass per example, timed on `batch`: the fastest of up to `passes` passes
-    (fewer once `enough` seconds are spent) after a warm-up pass, since the first pass at a new shape picks
-    kernels and a busy machine slows single passes down."""
-    import torch
+PROBE_SHARE = 0.1  # the share of the planned example evaluations the time estimate's probe runs take
+QUICK_SECONDS = 0.5  # probe runs shorter than this are repeated (3 at most) and the fastest kept
+PROBE_MAX_EXAMPLES = 256  # one batch of analyze's default 256: a copy's cost at the batch size it will run at
 
-    from widthlab.measure.inputs import model_device
 
-    def sync() -> None:
-        if model_device(model).type == "cuda":
-            torch.cuda.synchronize()
+@dataclass(frozen=True)
+class Estimate:
+    """How long `analyze` will take here, extrapolated from the probe runs of `estimate_seconds`.
 
-    best, spent = float("inf"), 0.0
-    with torch.no_grad():
-        batch.run(model)
-        for _ in range(passes):
-            sync()
+    `fixed`: seconds any run spends whatever its size (the spectra of C × C matrices, the similarity null, setting
+    up), `per_job`: seconds each job (a perturbation × a scope) spends once (tracing the network after its layer,
+    checking it), `per_example`: seconds per example of the clean pass and the statistics passes, `per_copy`:
+    seconds per example of one perturbed copy. `probe`: the seconds the probe runs took."""
+
+    fixed: float
+    per_job: float
+    per_example: float
+    per_copy: float
+    probe: float
+
+    def seconds(self, examples: int, jobs: int, copies: int) -> float:
+        """The extrapolation to `examples` examples, `jobs` jobs and `copies` perturbed copies per example."""
+        return self.fixed + jobs * self.per_job + examples * (self.per_example + copies * self.per_copy)
+
+
+def estimate_seconds(run, *, examples: int, jobs: int, passes: int, copies: int) -> Estimate:
+    """Time `analyze` on slices of the inputs and extrapolate by the counts, so the estimate includes every cost
+    the measurement has (the perturbed copies on their real path, redundancy, selectivity, the similarity null, the
+    tracing of each job's network), not only a clean forward pass, which was 10-20× off in both directions.
+
+    `run(n, levels)` runs the real `analyze` on the first n examples with `levels` evenly spaced levels × 1
+    sampling (levels − 1 perturbed copies per job; levels None: no perturbation, the clean pass and the statistics
+    only). A warm-up on 2 examples (first passes at a shape pick kernels, fill caches; not used); clean runs on 2
+    (nearly all fixed cost) and on n examples (the per-example cost of the clean pass and the statistics); runs
+    with 1 and 3 copies per job on n examples: their difference is the cost of a copy alone, and the first run's
+    excess over the clean run the cost each job has once. n is `PROBE_SHARE` of the planned example evaluations
+    (a count, as the plan is: the probe costs about that share of the measurement, plus five runs' fixed cost),
+    at least 8 and at most `PROBE_MAX_EXAMPLES` (one batch, where a copy costs what it will). `passes` is 1 + `statistics_passes`: a pass streaming clean moments
+    (`passes` 3) is taken to cost as much again as the clean pass. `copies`: the copies per example the
+    measurement plans (all jobs).
+
+    Example: ``estimate_seconds(run, examples=300, jobs=3, passes=2, copies=90).seconds(300, 3, 90)``
+    """
+    spent = 0.0
+
+    def timed(n: int, levels: int | None) -> float:
+        """The fastest of up to 3 runs while they take under `QUICK_SECONDS` together: a short run's time is mostly
+        the load of a busy machine (tenths of a second)."""
+        nonlocal spent
+        best, total = float("inf"), 0.0
+        for _ in range(3):
             start = time.perf_counter()
-            batch.run(model)
-            sync()
-            seconds = time.perf_counter() - start
-            best, spent = min(best, seconds), spent + seconds
-            if spent >= enough:
+            run(n, levels)
+            took = time.perf_counter() - start
+            best, total = min(best, took), total + took
+            if total >= QUICK_SECONDS:
                 break
-    return best / len(batch)
+        spent += total
+        return best
+
+    few = min(2, examples)
+    planned = examples * (passes + copies)
+    n = min(examples, PROBE_MAX_EXAMPLES, max(8, int(PROBE_SHARE * planned / (2 + 4 * jobs))))
+    timed(few, 2)  # the warm-up
+    tiny = timed(few, None)
+    clean = timed(n, None) if n > few else tiny
+    per_example = max(0.0, (clean - tiny) / (n - few)) if n > few else tiny / few
+    fixed = max(0.0, tiny - few * per_example)
+    # On the clean run's n: fewer examples would time a copy's per-evaluation overhead, not its per-example cost.
+    one, three = timed(n, 2), timed(n, 4)  # 1 and 3 copies per job
+    per_copy = max(0.0, (three - one) / (2 * jobs * n))
+    per_job = max(0.0, (one - clean) / jobs - n * per_copy)
+    return Estimate(fixed, per_job, per_example * passes / 2, per_copy, spent)
 
 
 def _layer_list(units: dict[str, int]) -> str:
@@ -219,14 +270,20 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from widthlab.external import first_examples, load_model, random_weights, trial_run
     from widthlab.measure import analyze, capture, check_measurable
     from widthlab.measure.inputs import count_examples, first_batch, known_examples
-    from widthlab.measure.perturbations import get_perturbation, level_sets
+    from widthlab.measure.analyze import statistics_passes
+    from widthlab.measure.perturbations import level_sets
     from widthlab.report.analysis import layer_notes, layer_table, write_layer_figures
     from widthlab.study.build import parameter_count
 
     flags = _analyze_flags(args)
     _check_out(Path(args.out))
+    say = _say(args.quiet)
     perturbations, mask, unit_axis, output = flags["perturbations"], flags["mask"], flags["unit_axis"], flags["output"]
+    # Before the inputs are checked, only on a terminal: a bad command's error stays one line in a log or pipe.
+    early = say if _terminal() else _say(True)
+    early("loading the model…")
     model = load_model(args.model, seed=args.seed, allow_code=args.allow_code)
+    early("reading the data…")
     data_label, inputs = _analyze_inputs(args, flags["max_length"])
     if flags["max_examples"] is not None:
         inputs = first_examples(inputs, flags["max_examples"])
@@ -235,10 +292,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     names = check_measurable(model, inputs, flags["layers"], perturbations=perturbations, unit_axis=unit_axis,
                              output=output, mask=mask)
 
-    # The plan, from counts alone (--max-evaluations is example evaluations); the timing of one clean forward pass of a
-    # few examples only estimates how long it will take here.
-    probe = first_batch(model, inputs, 8, mask)
-    probed = capture(model, probe, names, unit_axis=unit_axis, mask=mask)
+    # The plan, from counts alone (--max-evaluations is example evaluations); timed runs on a slice of the inputs
+    # only estimate how long it will take here.
+    probed = capture(model, first_batch(model, inputs, 8, mask), names, unit_axis=unit_axis, mask=mask)
     units = {name: acts.shape[1] for name, acts in probed.items()}
     # Layers whose activations go below 0 on the probe: their selectivity may leave [0, 1] (`layer_notes`).
     signed = [name for name, acts in probed.items() if bool((acts < 0).any())]
@@ -246,7 +302,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.cka and examples is not None and examples < 4:  # fail before the measuring, not after it
         raise WidthlabError(f"--cka needs at least 4 examples (the unbiased HSIC estimator), the inputs have {examples}")
     jobs = len(perturbations) * (len(names) + (len(names) > 1))  # each layer, plus "all" when there are several
-    extra = 1 + any(get_perturbation(name).needs_moments for name in perturbations)  # similarity null, moments
+    passes = statistics_passes(perturbations)  # redundancy, selectivity and the null; clean moments
+    extra = passes
     if args.units:
         extra += sum(1 + 2 * count for count in units.values())  # per layer: statistics, 2 × C single-unit copies
     given = {"levels": flags["levels"], "samplings": flags["samplings"], "examples": flags["max_examples"]}
@@ -266,6 +323,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
               f" {'unknown' if examples is None else format(examples, ',')} examples"
               f"{'' if tokens is None else f' ({tokens:,} real tokens)'}; {_plural(len(names), 'layer')}: "
               f"{_layer_list(units)}", file=sys.stderr)
+    options = {"seed": args.seed, "max_rows": flags["max_rows"], "unit_axis": unit_axis, "output": output,
+               "mask": mask}
+    estimate = None
     if not args.quiet or choice.note is not None:  # a budget's change is reported even with --quiet
         measured = (f"widthlab: measuring {', '.join(perturbations)} × {_plural(choice.levels, 'level')} × "
                     f"{_plural(choice.samplings, 'sampling')}")
@@ -273,24 +333,43 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             print(f"{measured} on every example", file=sys.stderr)
         else:
             budget = choice.note or (f"within --max-evaluations {flags['budget']:,}" if flags["budget"] else "no --max-evaluations")
-            seconds = _seconds_per_example(model, probe) * choice.evaluations
-            print(f"{measured} on {_plural(examples, 'example')}: {choice.evaluations:,} example evaluations; "
-                  f"{budget}; est. {_duration(seconds)} on this machine", file=sys.stderr)
+            analysed = estimate_evaluations(examples, jobs, choice.levels, choice.samplings, passes)
+            count = (f"{choice.evaluations:,} example evaluations" if analysed == choice.evaluations else
+                     f"{choice.evaluations:,} example evaluations ({analysed:,} measuring, "
+                     f"{choice.evaluations - analysed:,} for --units)")
+            when = ""
+            if not args.quiet and _sliceable(inputs):  # the probe measures: never with --quiet
+                say("estimating the time…")
+                copies = choice.samplings * (choice.levels - 1) * jobs
+
+                def run(n: int, levels: int | None) -> None:
+                    analyze(model, first_examples(inputs, n), names, perturbations=perturbations if levels else (),
+                            levels=levels and level_sets(levels, perturbations), samplings=1, **options)
+
+                estimate = estimate_seconds(run, examples=examples, jobs=jobs, passes=1 + passes,
+                                            copies=copies).seconds(examples, jobs, copies)
+                when = f"; est. {_duration(estimate)} on this machine"
+            print(f"{measured} on {_plural(examples, 'example')}: {count}; {budget}{when}", file=sys.stderr)
 
     levels = level_sets(choice.levels, perturbations)
     bar = None if args.quiet else tqdm(desc="measuring", unit="eval", file=sys.stderr, dynamic_ncols=True)
+    start = time.perf_counter()
     try:
         frame = analyze(model, inputs, names, perturbations=perturbations, levels=levels,
-                        samplings=choice.samplings, seed=args.seed, max_rows=flags["max_rows"], unit_axis=unit_axis,
-                        output=output, mask=mask, progress=bar)
+                        samplings=choice.samplings, progress=bar, **options)
     finally:
         if bar is not None:
             bar.close()
+    elapsed = time.perf_counter() - start
+    say(f"measured in {_duration(elapsed)}" + ("" if estimate is None else f" (estimated {_duration(estimate)})"))
     tables = {"analysis": frame}
     if args.units:
+        say("measuring each unit (--units)…")
         tables["units"] = _unit_tables(model, inputs, names, args, unit_axis=unit_axis, output=output, mask=mask)
     out = Path(args.out)
+    say("writing tables…")
     written = _write_tables(tables, out, args.format)
+    say("drawing figures…")
     write_layer_figures(frame, out / "figures")
     table = layer_table(frame)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -300,9 +379,36 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.units:
         print(f"units:        {written['units']}")
     if args.cka:
+        say("computing CKA (--cka)…")
         print(f"cka:          {_write_cka(model, inputs, names, out, args, unit_axis=unit_axis, mask=mask)}")
     print(f"figures:      {out / 'figures'}")
     return 0
+
+
+def _sliceable(inputs) -> bool:
+    """Whether the time estimate can take the first examples of `inputs` for its probe runs."""
+    from widthlab.external import first_examples
+
+    try:
+        first_examples(inputs, 2)
+    except WidthlabError:
+        return False
+    return True
+
+
+def _terminal() -> bool:
+    """Whether stderr is a terminal."""
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _say(quiet: bool):
+    """``say(text)``: one ``widthlab: text`` line on stderr, so every phase a user waits for has a name (nothing
+    with --quiet)."""
+    def say(text: str) -> None:
+        if not quiet:
+            print(f"widthlab: {text}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _check_out(out: Path) -> None:

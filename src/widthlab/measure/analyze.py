@@ -39,7 +39,7 @@ from widthlab.measure.frivolous import frivolous_rows
 from widthlab.measure.graph import probe
 from widthlab.measure.hooks import resolve_modules
 from widthlab.measure.inputs import (DEFAULT_MASK, Batch, Inputs, Output, count_examples, first_batch,
-                                     in_memory, keep_decoded, select_scores)
+                                     in_memory, keep_decoded, known_examples, select_scores)
 from widthlab.measure.layout import unit_axes
 from widthlab.measure.perturbations import MAX_SAMPLINGS, get_perturbation, level_sets
 from widthlab.measure.redundancy import Moments, census, redundancy_from_moments
@@ -172,7 +172,10 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
         mask: the attention mask's keyword (default ``"attention_mask"``) or positional index; with a mask only
             rows of real tokens enter every statistic, and (N, T, V) scores compare real tokens only. None ignores
             masks.
-        progress: a tqdm-like bar advanced once per evaluation of the sweep (its total is set), or None.
+        progress: a tqdm-like bar, or None: its total is set to `planned_evaluations` (when the inputs' length is
+            known), it advances in example evaluations through every pass and ends at that total, and its
+            description names the phase running (reading the data, clean statistics, measuring, redundancy,
+            similarity null, selectivity).
         ablations_per_eval, path, skip_zero_inputs: the engine's options (defaults 1, ``"auto"``, False; see
             `perturbation_curve`).
 
@@ -180,6 +183,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     """
     perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
     levels = level_sets(levels, perturbations)
+    meter = _Meter(progress)
     samplings = check_positive_int("samplings", samplings, maximum=MAX_SAMPLINGS)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
@@ -187,6 +191,7 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
     if layers is not None:  # named layers are checked before a Dataset is decoded
         resolve_modules(model, list(layers))
     # A Dataset (decoded per item) is read once for every pass below, and counted without a pass of its own.
+    meter.phase("reading the data")
     inputs, counts = keep_decoded(model, inputs, batch_size, mask)
     names = default_layers(model, inputs, batch_size=batch_size, mask=mask) if layers is None else list(layers)
     resolve_modules(model, names)
@@ -194,10 +199,14 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
         counts = count_examples(inputs, mask)
 
     measured, jobs = _jobs(names, perturbations, levels)
+    copies = [samplings * (len(job_levels) - 1) for _, _, job_levels in jobs]
+    meter.plan(copies, counts[0] if counts is not None else known_examples(inputs), statistics_passes(perturbations))
     options = {"samplings": samplings, "seed": seed, "labels": labels, "unit_axis": unit_axis,
                "batch_size": batch_size, "path": path, "ablations_per_eval": ablations_per_eval,
-               "skip_zero_inputs": skip_zero_inputs, "output": output, "mask": mask, "progress": progress}
+               "skip_zero_inputs": skip_zero_inputs, "output": output, "mask": mask, "on_step": meter.step}
     needs_moments = any(get_perturbation(perturbation).needs_moments for perturbation in perturbations)
+    if train_inputs is not None:
+        meter.phase("selectivity: the training split")
     classes, train = _class_sums(model, inputs, names, labels, train_inputs, train_labels, unit_axis, batch_size,
                                  mask)
     # Selectivity's census needs the moments of all rows, which max_rows alone does not keep.
@@ -206,19 +215,93 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
                             full=needs_moments or classes is not None, census_only=not needs_moments)
     # The similarity null's rows are drawn from the same clean pass, not from a pass of their own.
     null_sampler = None if null_rows is None else NullRows(names, null_rows, seed, counts)
-    curves = _measure(model, inputs, names, jobs, _CleanPass(streams, classes, null_sampler),
+    curves = _measure(model, inputs, names, jobs, _CleanPass(streams, classes, null_sampler), meter,
                       first_pass=needs_moments or not jobs, **options)
 
+    meter.phase("redundancy")
     records = _redundancy_records(streams.draws(), energy, threshold)
     if null_sampler is not None:
         # Calibration of similarity: its permutation null on at most `null_rows` rows sampled in the clean pass.
+        meter.phase("similarity null")
         nulls = similarity_nulls(null_sampler.rows(), threshold=threshold, max_rows=null_rows, seed=seed)
         records += [(name, metric, "", np.nan, 0, float(nulls[name][metric]))
                     for name in names for metric in NULL_METRICS]
     if classes is not None and classes.labelled:
+        meter.phase("selectivity")
         records += _selectivity_records(names, streams.every, classes, train)
+    meter.statistics_done()
     records += _curve_records(measured, curves, samplings)
     return _frame(records)
+
+
+def statistics_passes(perturbations: Sequence[str]) -> int:
+    """Example evaluations per example that `analyze` plans besides the clean pass and the perturbed copies: one
+    for the statistics computed after the sweep (redundancy, the similarity null, selectivity), plus one for the
+    pass streaming clean moments when a perturbation needs them (``mean``, ``targeted``, ``act_noise``)."""
+    return 1 + any(get_perturbation(name).needs_moments for name in perturbations)
+
+
+def planned_evaluations(examples: int, copies: Sequence[int], extra_passes: int) -> int:
+    """The example evaluations (one example through the network once) `analyze` plans: per example one clean pass,
+    `extra_passes` (`statistics_passes`) and ``copies[j]`` perturbed copies of job j (samplings × (levels − 1)).
+
+    An upper bound on the work (copies that perturb nothing or duplicate another are not evaluated, and the batched
+    path runs only the network after the layer), counted from the command alone, so `widthlab analyze` fits it into
+    --max-evaluations the same on any machine; `analyze`'s progress bar counts in the same units and ends at it.
+
+    Example: ``planned_evaluations(300, [30, 30], 1) == 300 * (1 + 1 + 60)``
+    """
+    return examples * (1 + extra_passes + sum(copies))
+
+
+class _Meter:
+    """Advances `analyze`'s progress bar in planned example evaluations (`planned_evaluations`), so that it ends
+    exactly at the plan `widthlab analyze` prints, and names each phase the user waits for in its description.
+
+    Work the plan counts but the engine skips (copies that perturb nothing or duplicate another) is credited when
+    the job finishes its batch; the statistics pass is credited once redundancy, the null and selectivity are done.
+    """
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.copies: list[int] = []
+        self.examples: int | None = None
+        self.extra = 0
+        self.done: dict[int, int] = {}  # job index -> evaluations credited in the current batch
+
+    def phase(self, name: str) -> None:
+        if self.bar is not None and hasattr(self.bar, "set_description"):
+            self.bar.set_description(name)
+
+    def plan(self, copies: list[int], examples: int | None, extra: int) -> None:
+        self.copies, self.examples, self.extra = copies, examples, extra
+        if self.bar is not None and examples is not None:
+            self.bar.total = planned_evaluations(examples, copies, extra)
+            if hasattr(self.bar, "refresh"):
+                self.bar.refresh()
+
+    def update(self, n: int) -> None:
+        if self.bar is not None and n > 0:
+            self.bar.update(n)
+
+    def pass_batch(self, examples: int) -> None:
+        """One batch of a pass over the inputs (the clean moments, or the clean pass itself)."""
+        self.update(examples)
+
+    def step(self, job: int | None, examples: int, copies: int) -> None:
+        """The engine's `on_step`: a clean pass, m evaluated copies, or (copies 0) a job's batch done."""
+        if job is None:
+            self.update(examples)
+            return
+        planned = self.copies[job] * examples
+        left = planned - self.done.get(job, 0)
+        advance = left if copies == 0 else min(copies * examples, left)
+        self.update(advance)
+        self.done[job] = 0 if copies == 0 else self.done.get(job, 0) + advance
+
+    def statistics_done(self) -> None:
+        if self.examples is not None:
+            self.update(self.examples)  # the one statistics pass of `statistics_passes`
 
 
 def _jobs(names: list[str], perturbations: list[str],
@@ -255,16 +338,20 @@ def _class_sums(model: nn.Module, inputs: Inputs, names: list[str], labels, trai
     return classes, train
 
 
-def _measure(model: nn.Module, inputs: Inputs, names: list[str], jobs: list, clean: _CleanPass, *, first_pass: bool,
-             **options) -> list:
+def _measure(model: nn.Module, inputs: Inputs, names: list[str], jobs: list, clean: _CleanPass, meter: _Meter, *,
+             first_pass: bool, **options) -> list:
     """The curves of `jobs` (`sweep`), `clean` fed every batch's clean layer rows on the way: in a pass of its own
     first when `first_pass` (a perturbation needs the clean moments before the sweep, or there are no curves),
     else in the sweep's own clean passes."""
     if not first_pass:
+        meter.phase("measuring")
         return sweep(model, inputs, jobs, on_clean=clean, **options)
+    meter.phase("clean statistics")
     for chunks, batch in stream_activations(model, inputs, names, unit_axis=options["unit_axis"],
                                             batch_size=options["batch_size"], mask=options["mask"]):
         clean(chunks, batch)
+        meter.pass_batch(len(batch))
+    meter.phase("measuring")
     return sweep(model, inputs, jobs, moments=clean.streams.every, **options) if jobs else []
 
 

@@ -49,6 +49,8 @@ from widthlab.measure.sites import Sites
 PATHS = ("auto", "full", "batched")
 # on_scores(job index, evaluated copies, their scores (m·B, ...), the clean Evaluation of the batch)
 ScoresHook = Callable[[int, list[tuple[int, int]], torch.Tensor, "Evaluation"], None]
+# on_step(job index or None for the clean pass, examples in the batch, copies evaluated; 0: the job's batch is done)
+StepHook = Callable[[int | None, int, int], None]
 
 
 @dataclass
@@ -165,7 +167,7 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str | Perturbat
           path: str = "auto", ablations_per_eval: int = 1, moments: Mapping[str, Moments] | None = None,
           skip_zero_inputs: bool = False, output: Output = None, mask: str | int | None = DEFAULT_MASK,
           on_clean: Callable[[dict[str, torch.Tensor], Batch], None] | None = None,
-          on_scores: ScoresHook | None = None, progress=None) -> list[Curve]:
+          on_scores: ScoresHook | None = None, progress=None, on_step: StepHook | None = None) -> list[Curve]:
     """Measure several curves in one pass over the data: one `Curve` per ``(perturbation, scope, levels)`` job.
 
     A job of several layers whose first layer is also measured alone continues that job's evaluation from its
@@ -181,6 +183,10 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str | Perturbat
         on_scores: called with ``(job index, copies, scores, Evaluation)`` for every evaluation of perturbed
             copies (copies that perturb nothing, or a twin's, are not evaluated), for measures beyond the curve.
         progress: a tqdm-like bar: its ``total`` is set to the evaluations to come and ``update(1)`` follows each.
+        on_step: called ``(job index or None, examples of the batch, copies)`` after each evaluation: the clean
+            pass (None, B, 1), m perturbed copies of a job (index, B, m), and (index, B, 0) once a job has
+            evaluated all its copies of the batch, so a caller (`analyze`) can advance a bar in its own planned
+            units and end exactly at its plan.
         Everything else as in `perturbation_curve`.
 
     Example: ``sweep(model, x, [("zero", ["relu1"], SHARE_LEVELS)], samplings=3, seed=0)[0].auc``
@@ -224,7 +230,7 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str | Perturbat
             progress.total = per_batch * _batch_count(inputs, batch_size)
             progress.refresh()
         with Sites(model, layers, sorted(overridden), captures, axes, skip_zero_inputs) as sites:
-            run = _Run(model, work, sites, labels, path, ablations_per_eval, output, on_scores, progress)
+            run = _Run(model, work, sites, labels, path, ablations_per_eval, output, on_scores, progress, on_step)
             examples, compared = run.all(itertools.chain([first], source), on_clean)
     if labels is not None and examples != len(labels):
         raise WidthlabError(f"labels has {len(labels)} entries but the inputs yielded {examples} examples")
@@ -274,9 +280,10 @@ class _Run:
     """Evaluate every job on every batch; fill the jobs' counts."""
 
     def __init__(self, model, work: list[Job], sites: Sites, labels, path: str, per_eval: int, output: Output,
-                 on_scores: ScoresHook | None, progress):
+                 on_scores: ScoresHook | None, progress, on_step: StepHook | None = None):
         self.model, self.work, self.sites, self.labels, self.path = model, work, sites, labels, path
         self.per_eval, self.output, self.on_scores, self.progress = per_eval, output, on_scores, progress
+        self.on_step = on_step
         self.targets: dict[tuple, tuple[torch.Tensor, ...]] = {}  # `_targets`
         for index, job in enumerate(work):
             job.index = index
@@ -293,7 +300,7 @@ class _Run:
                 rows=on_clean is not None, mask=batch.mask)
             sites.begin("clean")
             scores = select_scores(batch.run(self.model), self.output)
-            self._step()
+            self._step(None, len(batch), 1)
             sites.check_calls((set(sites.layers), set()), "the clean forward pass")
             if not torch.isfinite(scores).all():
                 raise WidthlabError("the model returned NaN or inf scores")
@@ -323,6 +330,8 @@ class _Run:
                 first = False
             for job in work:
                 self._evaluate_batch(job, ev)
+                if self.on_step is not None:  # its copies of this batch, and those continuing its donor's, are done
+                    self.on_step(job.index, len(batch), 0)
             n += len(batch)
             compared += ev.count
         if not (self.labels is not None or labelled):
@@ -330,9 +339,11 @@ class _Run:
                 job.correct = None
         return n, compared
 
-    def _step(self) -> None:
+    def _step(self, job: int | None, examples: int, copies: int) -> None:
         if self.progress is not None:
             self.progress.update(1)
+        if self.on_step is not None:
+            self.on_step(job, examples, copies)
 
     def _evaluate_batch(self, job: Job, ev: Evaluation) -> None:
         """Add one batch to `job`'s counts: clean predictions for copies that perturb nothing, evaluations otherwise
@@ -390,7 +401,7 @@ class _Run:
 
     def _tally(self, job: Job, copies: list[tuple[int, int]], out: object, ev: Evaluation) -> None:
         """Add the predictions of m evaluated copies (scores (m·B, ...)) to the counts of them and their twins."""
-        self._step()
+        self._step(job.index, len(ev.batch), len(copies))
         scores = select_scores(out, self.output)
         if self.on_scores is not None:
             self.on_scores(job.index, copies, scores, ev)
