@@ -71,7 +71,8 @@ def test_merge_recovers_the_gpt2_every_intermediate_unit_of_which_was_duplicated
     large = duplicated(small)
     x = tokens()
     assert torch.allclose(logits(large, x), logits(small, x), atol=tol)  # the construction itself
-    merged = compress(large, x, keep=32, method="merge")
+    merged = compress(large, x, keep=32, method="merge",
+                      importance="magnitude")
     assert merged.model.config.n_inner == 32
     assert all(b.mlp.c_fc.weight.shape == (32, 32) and b.mlp.c_proj.weight.shape == (32, 32)
                for b in merged.model.transformer.h)
@@ -119,6 +120,27 @@ def test_a_language_model_without_labels_has_nan_accuracy_and_per_token_agreemen
         (logits(out.model, x).argmax(-1) == logits(model, x).argmax(-1)).double().mean()))
 
 
+def test_max_drop_finds_one_count_for_every_block_and_vit_fc_blocks_compress():
+    small = gpt2(32)
+    large = duplicated(small)
+    x = tokens(n=12)
+    out = compress(large, x, max_drop=0.0, method="merge", importance="magnitude")
+    kept = set(out.table["units_after"])
+    assert len(kept) == 1 and kept.pop() <= 32 and out.model.config.n_inner == out.table["units_after"].iloc[0]
+    assert out.table["agreement"].eq(1.0).all()
+
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    image_size=8, patch_size=4, num_channels=3, num_labels=3)
+    vit = transformers.ViTForImageClassification(config).eval()
+    images = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    v = compress(vit, images, keep=0.75, importance="magnitude")
+    assert list(v.table["layer"]) == [f"vit.layers.{i}.mlp.fc1" for i in range(2)]  # transformers 5's ViT
+    assert v.model.config.intermediate_size == 48
+    assert v.model.vit.layers[1].mlp.fc2.weight.shape == (32, 48)
+    assert v.model.vit.layers[1].mlp.fc1.weight.shape == (48, 32)
+
+
 # Saving ---------------------------------------------------------------------------------------------------------
 
 def test_save_pretrained_round_trips_with_the_same_logits_and_the_kept_size(tmp_path):
@@ -143,7 +165,7 @@ def test_save_pretrained_round_trips_with_the_same_logits_and_the_kept_size(tmp_
 
 def test_padded_tokens_do_not_enter_the_regression():
     model = gpt2(64, dtype=torch.float64)
-    x = tokens()
+    x = tokens(n=12)
     other = {"input_ids": torch.where(x["attention_mask"].bool(), x["input_ids"], 77), "attention_mask":
              x["attention_mask"]}
     consumer = model.transformer.h[0].mlp.c_proj
