@@ -161,6 +161,22 @@ def test_save_pretrained_round_trips_with_the_same_logits_and_the_kept_size(tmp_
     assert torch.equal(logits(again, tokens()), logits(b.model, tokens()))
 
 
+def test_a_consumer_without_bias_gets_none_and_opt_round_trips_with_ffn_dim(tmp_path):
+    """OPT without biases: the fold regresses through the origin (a bias added here would be dropped by
+    from_pretrained, silently changing the outputs)."""
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                                    vocab_size=100, max_position_embeddings=64, word_embed_proj_dim=32,
+                                    enable_bias=False, pad_token_id=1)
+    model = transformers.OPTForCausalLM(config).eval()
+    x = tokens(n=8, seed=6, pad_id=1)
+    out = compress(model, x, keep=48, importance="magnitude")
+    assert out.model.config.ffn_dim == 48 and out.model.model.decoder.layers[0].fc2.bias is None
+    out.save_pretrained(tmp_path / "opt")
+    again = transformers.OPTForCausalLM.from_pretrained(tmp_path / "opt").eval()
+    assert torch.equal(logits(again, x), logits(out.model, x))
+
+
 # Padding --------------------------------------------------------------------------------------------------------
 
 def test_padded_tokens_do_not_enter_the_regression():

@@ -259,16 +259,16 @@ def _param(tensor: torch.Tensor) -> nn.Parameter:
 @torch.no_grad()
 def fold(consumer: nn.Module, kept: np.ndarray, removed: np.ndarray, coef: np.ndarray, const: np.ndarray) -> None:
     """Fold the removed units into the kept ones of `consumer` (Linear or Conv1D), in float64: W[:, s] += Σ_r
-    coef[s, r] W[:, r], bias += Σ_r const[r] W[:, r]."""
+    coef[s, r] W[:, r], bias += Σ_r const[r] W[:, r] (`const` zero for a consumer without a bias)."""
     w = _weight_oi(consumer).detach().to(torch.float64).clone()  # (out, units)
     w_removed = w[:, torch.from_numpy(removed).to(w.device)]
     w[:, torch.from_numpy(kept).to(w.device)] += w_removed @ torch.from_numpy(coef).to(w.device).T
     shift = w_removed @ torch.from_numpy(const).to(w.device)
     consumer.weight.copy_((w.T if _is_conv1d(consumer) else w).to(consumer.weight.dtype))
-    if consumer.bias is None:
-        consumer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=consumer.weight.dtype,
-                                                 device=consumer.weight.device))
-    consumer.bias.add_(shift.to(consumer.bias.dtype))
+    if consumer.bias is not None:
+        consumer.bias.add_(shift.to(consumer.bias.dtype))
+    elif bool(shift.abs().max() > 0):
+        raise WidthlabError("internal: a constant folded into a consumer without a bias")
 
 
 @torch.no_grad()
@@ -331,7 +331,8 @@ def shrink(run: _Run, model: nn.Module, pairs: list[MlpPair], k: int):
             moments = mlp_moments(work, consumer, pair.units, run.calibration)
             order = select.merge_order(moments.cov, rank)
             keep, removed = np.sort(order[:k]), np.sort(order[k:])
-            coef, const = select.regression(moments, keep, removed)
+            # a consumer without a bias keeps none (from_pretrained would drop one): regress through the origin
+            coef, const = select.regression(moments, keep, removed, constant=consumer.bias is not None)
             fold(consumer, keep, removed, coef, const)
         else:
             keep = np.sort(select.prune_order(rank)[:k])
