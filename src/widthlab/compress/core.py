@@ -434,7 +434,9 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
     Args:
         model: any module whose unit layers lie on chains of Linear/Conv, BatchNorm, activations, dropout,
             pooling and flatten (mlp, alexnet_cifar, an ``nn.Sequential``); residual adds and concatenations
-            (resnet56_cifar) need Torch-Pruning (``widthlab[compress]``). It is not modified.
+            (resnet56_cifar) need Torch-Pruning (``widthlab[compress]``). A HF transformers model is compressed in
+            the intermediate units of its MLP blocks, all to one count, its config updated (`widthlab.compress.hf`).
+            It is not modified.
         inputs: calibration inputs (any form `widthlab.measure` takes; the first `max_examples` are used): the
             activity regressed for merging and the single-unit ablations are measured on them.
         layers: module names (default: the model's ``unit_layers``, else its activation modules, as `analyze`).
