@@ -74,8 +74,14 @@ class Compressed:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a compressed checkpoint that `load_compressed` rebuilds and ``torch.load(weights_only=True)``
         reads: the original's spec, the kept indices per layer, the unit counts and the state dict (plain tensors,
-        numbers and strings only: loading it runs no code)."""
+        numbers and strings only: loading it runs no code). A HF transformers model is saved with
+        `save_pretrained` instead."""
+        from widthlab.compress.hf import is_hf
         from widthlab.train.checkpoint import package_versions
+
+        if is_hf(self.model):
+            raise WidthlabError("a compressed HF transformers model is saved with Compressed.save_pretrained(dir) "
+                                "(its config holds the new intermediate size) and loaded with from_pretrained")
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,13 +93,25 @@ class Compressed:
             torch.save(state, tmp)
         return path
 
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> Path:
+        """A compressed HF transformers model as `model.save_pretrained(directory, **kwargs)` writes it: its config
+        holds the kept intermediate size, so ``from_pretrained(directory)`` rebuilds it. Returns the folder."""
+        from widthlab.compress.hf import is_hf
+
+        if not is_hf(self.model):
+            raise WidthlabError(f"save_pretrained is for HF transformers models; this is a "
+                                f"{type(self.model).__name__}: use Compressed.save(path)")
+        self.model.save_pretrained(directory, **kwargs)
+        return Path(directory)
+
 
 # Inputs ---------------------------------------------------------------------------------------------------------------
 
-def _collect(model: nn.Module, inputs, max_examples: int | None, batch_size: int) -> list[Batch]:
-    """The first `max_examples` examples of `inputs` as batches (kept in memory: every layer reads them again)."""
+def _collect(model: nn.Module, inputs, max_examples: int | None, batch_size: int, mask=None) -> list[Batch]:
+    """The first `max_examples` examples of `inputs` as batches (kept in memory: every layer reads them again);
+    `mask`: the attention mask's keyword, for token models (default None: no mask is looked for)."""
     out, seen = [], 0
-    for batch in batches(model, inputs, batch_size, mask=None):
+    for batch in batches(model, inputs, batch_size, mask=mask):
         if max_examples is not None and seen + len(batch) > max_examples:
             batch = batch.head(max_examples - seen)
         if len(batch):
@@ -416,7 +434,9 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
     Args:
         model: any module whose unit layers lie on chains of Linear/Conv, BatchNorm, activations, dropout,
             pooling and flatten (mlp, alexnet_cifar, an ``nn.Sequential``); residual adds and concatenations
-            (resnet56_cifar) need Torch-Pruning (``widthlab[compress]``). It is not modified.
+            (resnet56_cifar) need Torch-Pruning (``widthlab[compress]``). A HF transformers model is compressed in
+            the intermediate units of its MLP blocks, all to one count, its config updated (`widthlab.compress.hf`).
+            It is not modified.
         inputs: calibration inputs (any form `widthlab.measure` takes; the first `max_examples` are used): the
             activity regressed for merging and the single-unit ablations are measured on them.
         layers: module names (default: the model's ``unit_layers``, else its activation modules, as `analyze`).
@@ -450,6 +470,12 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
         raise WidthlabError(f"max_drop must be a number in [0, 1] (a share of examples), got {max_drop!r}")
     check_positive_int("batch_size", batch_size)
     check_positive_int("max_examples", max_examples, optional=True)
+    from widthlab.compress import hf
+
+    if hf.is_hf(model):  # MLP blocks found by name (torch.fx cannot trace HF models); one intermediate size
+        return hf.compress_hf(model, inputs, layers, keep=keep, max_drop=max_drop, method=method,
+                              importance=importance, labels=labels, eval_inputs=eval_inputs,
+                              max_examples=max_examples, batch_size=batch_size, output=output, seed=seed)
     if layers is None:
         # the layers `analyze` measures by default: the model's unit_layers, else its activation outputs
         names = default_layers(model, inputs, mask=None)
