@@ -424,3 +424,31 @@ def test_compress_regressions_are_float64_least_squares():
     expected = np.linalg.lstsq(design, rows[:, 3], rcond=None)[0]
     assert np.allclose(coef[:, 0], expected[:3], atol=1e-10) and np.isclose(const[0], expected[3], atol=1e-10)
     assert copy.deepcopy(moments).n == 300
+
+
+def test_finetune_trains_the_compressed_model_with_fit_and_reports_its_accuracy():
+    """finetune= trains the smaller model with widthlab's fit on the given splits: the table's finetuned columns
+    are the returned model's own accuracy and agreement (checked by hand), training recovers what pruning lost,
+    and without finetune= those columns are NaN."""
+    from widthlab import TrainConfig, fit, load_data
+
+    data = load_data("synthetic", input_dim=10, n_train=600, n_val=200, n_test=400, seed=0)
+    net = create_model("mlp", 1.0, input_dim=10, num_classes=data.num_classes, seed=0)
+    fit(net, data, TrainConfig(lr=0.1, epochs=15, seed=0))
+    test = (data.test.x, data.test.y)
+    plain = compress(net, data.train.x, keep=4, method="prune", importance="random", eval_inputs=test)
+    assert plain.table["accuracy_finetuned"].isna().all() and plain.table["agreement_finetuned"].isna().all()
+    tuned = compress(net, data.train.x, keep=4, method="prune", importance="random", eval_inputs=test,
+                     finetune=TrainConfig(lr=0.1, epochs=10, seed=1), finetune_data=data)
+    row = tuned.table.iloc[0]
+    assert row["accuracy_after"] == plain.table.iloc[0]["accuracy_after"]  # the same pruned model before tuning
+    with torch.no_grad():
+        predictions = tuned.model(data.test.x).argmax(1)
+        original = net.eval()(data.test.x).argmax(1)
+    assert row["accuracy_finetuned"] == pytest.approx(float((predictions == data.test.y).float().mean()))
+    assert row["agreement_finetuned"] == pytest.approx(float((predictions == original).float().mean()))
+    assert row["accuracy_finetuned"] > row["accuracy_after"] + 0.02
+    with pytest.raises(WidthlabError, match="finetune= needs finetune_data="):
+        compress(net, data.train.x, keep=4, finetune=3)
+    with pytest.raises(WidthlabError, match="finetune must be a TrainConfig or a number of epochs"):
+        compress(net, data.train.x, keep=4, finetune=0, finetune_data=data)

@@ -40,7 +40,7 @@ METHODS = ("merge", "prune")
 FORMAT = "widthlab-compressed-1"
 EXTRA = "pip install 'widthlab[compress]'"
 COLUMNS = ["layer", "units_before", "units_after", "method_used", "importance", "params_before", "params_after",
-           "accuracy_before", "accuracy_after", "agreement"]
+           "accuracy_before", "accuracy_after", "agreement", "accuracy_finetuned", "agreement_finetuned"]
 
 
 @dataclass
@@ -428,7 +428,7 @@ def _joint(run: _Run, model: nn.Module, paths, counts: dict[str, int], evaluatio
 def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *, keep=None,
              max_drop: float | None = None, method: str = "merge", importance: str = "ablation", labels=None,
              eval_inputs=None, max_examples: int | None = 2048, batch_size: int = 256, output=None, seed: int = 0,
-             spec: Mapping | None = None) -> Compressed:
+             spec: Mapping | None = None, finetune=None, finetune_data=None) -> Compressed:
     """A smaller copy of `model` with fewer units in each of `layers`, verified on data.
 
     Args:
@@ -455,6 +455,11 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
         eval_inputs: inputs the table's accuracy and agreement are measured on (default: `inputs`, all of them).
         output: how to pick the scores from the model's output (as in `analyze`).
         spec: how to rebuild the original for `load_compressed` (default: what `create_model` recorded).
+        finetune: after compressing, train the smaller model with widthlab's own `fit`: a `TrainConfig`, or a
+            number of epochs (a `TrainConfig` with that many epochs and its other defaults); the table then also
+            gives ``accuracy_finetuned`` and ``agreement_finetuned`` on the evaluation inputs (NaN without it), and
+            `model` is the fine-tuned one. Needs `finetune_data`, a `widthlab.data.Splits` (its train split is
+            trained on, its val split evaluated per epoch).
 
     Example: ``compress(create_model("mlp", 4.0, input_dim=10), x, keep=0.25).table``
     """
@@ -470,9 +475,13 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
         raise WidthlabError(f"max_drop must be a number in [0, 1] (a share of examples), got {max_drop!r}")
     check_positive_int("batch_size", batch_size)
     check_positive_int("max_examples", max_examples, optional=True)
+    tuning = _finetune_config(finetune, finetune_data)
     from widthlab.compress import hf
 
     if hf.is_hf(model):  # MLP blocks found by name (torch.fx cannot trace HF models); one intermediate size
+        if tuning is not None:
+            raise WidthlabError("finetune= is not supported for HF transformers models here; fine-tune the "
+                                "compressed model with your own trainer (its config is updated for from_pretrained)")
         return hf.compress_hf(model, inputs, layers, keep=keep, max_drop=max_drop, method=method,
                               importance=importance, labels=labels, eval_inputs=eval_inputs,
                               max_examples=max_examples, batch_size=batch_size, output=output, seed=seed)
@@ -536,6 +545,13 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
         work, kept, used = _shrink(run, work, paths, counts)
         work.eval()
         accuracy_after, agreement = _scores(_predict(work, evaluation, output), reference, labels_)
+        tuned_accuracy = tuned_agreement = math.nan
+        if tuning is not None:
+            from widthlab.train import fit
+
+            fit(work, finetune_data, tuning)
+            work.eval()
+            tuned_accuracy, tuned_agreement = _scores(_predict(work, evaluation, output), reference, labels_)
     finally:
         original.train(was_training)
 
@@ -543,8 +559,27 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
     rows = [dict(layer=p.layer, units_before=units[p.layer], units_after=len(kept[p.layer]),
                  method_used=used[p.layer], importance=importance, params_before=params_before,
                  params_after=params_after, accuracy_before=accuracy_before, accuracy_after=accuracy_after,
-                 agreement=agreement) for p in paths]
+                 agreement=agreement, accuracy_finetuned=tuned_accuracy, agreement_finetuned=tuned_agreement)
+            for p in paths]
     return Compressed(work, kept, pd.DataFrame(rows, columns=COLUMNS), saved_spec, units)
+
+
+def _finetune_config(finetune, data):
+    """The `TrainConfig` `compress` fine-tunes with (None: no fine-tuning), or one line saying what is wrong."""
+    if finetune is None:
+        if data is not None:
+            raise WidthlabError("finetune_data= was given without finetune= (a TrainConfig or a number of epochs)")
+        return None
+    from widthlab.data import Splits
+    from widthlab.train import TrainConfig
+
+    if isinstance(finetune, bool) or not isinstance(finetune, (int, TrainConfig)) or \
+            (isinstance(finetune, int) and finetune < 1):
+        raise WidthlabError(f"finetune must be a TrainConfig or a number of epochs >= 1, got {finetune!r}")
+    if not isinstance(data, Splits):
+        raise WidthlabError(f"finetune= needs finetune_data=, a widthlab.data.Splits (train, val and test splits; "
+                            f"e.g. widthlab.load_data(...)), got {type(data).__name__}")
+    return TrainConfig(epochs=finetune) if isinstance(finetune, int) else finetune
 
 
 # Loading --------------------------------------------------------------------------------------------------------------
