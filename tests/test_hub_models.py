@@ -187,3 +187,19 @@ def test_cka_of_hub_models_takes_the_default_layers_and_their_reduction(spec):
     diagonal = [table.loc[name, name] for name in layers]
     assert all(abs(v - 1) < 1e-6 for v in diagonal)
     assert (table - table.T).abs().max().max() < 1e-9
+
+
+def test_compress_a_torchvision_resnet18_through_its_residual_couplings():
+    """A real residual model: torchvision's ResNet18 compressed (channels coupled by the residual adds go through
+    Torch-Pruning) runs, has fewer parameters, and its table's agreement is the returned model's, checked by hand."""
+    pytest.importorskip("torch_pruning")
+    model, _ = case("torchvision:resnet18")
+    x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    result = widthlab.compress(model, x, keep=0.5, method="prune", importance="magnitude")  # analyze's layers
+    table = result.table
+    assert (table["units_after"] < table["units_before"]).any()
+    assert int(table["params_after"].iloc[0]) < int(table["params_before"].iloc[0])
+    assert sum(p.numel() for p in result.model.parameters()) == int(table["params_after"].iloc[0])
+    with torch.no_grad():
+        agreement = float((result.model.eval()(x).argmax(1) == model(x).argmax(1)).float().mean())
+    assert table["agreement"].iloc[0] == pytest.approx(agreement)
