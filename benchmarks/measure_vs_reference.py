@@ -1,6 +1,6 @@
 """Benchmark (not a test): widthlab's measurement engine against a replica of the reference algorithm.
 
-The replica follows DESIGN.md §7: it extracts each unit layer's activations over the evaluation set, keeps 50,000
+The replica follows the paper's reference scripts: it extracts each unit layer's activations over the evaluation set, keeps 50,000
 rows, computes ``np.cov`` + ``np.linalg.eigh`` (principal components) and ``np.corrcoef`` (similarity); then, for
 each layer and for all layers at once, each level and each sampling, it runs the whole network over the
 evaluation set with the layer's output multiplied by a 0/1 mask, and compares predictions with the unperturbed
@@ -60,7 +60,7 @@ def peak_mib() -> float:
 # The replica ------------------------------------------------------------------------------------------------------
 
 def reference_redundancy(acts: np.ndarray) -> dict:
-    """DESIGN §1 redundancy of a (rows, units) float32 matrix the reference way: np.cov, eigh, np.corrcoef."""
+    """docs/metrics.md redundancy of a (rows, units) float32 matrix the reference way: np.cov, eigh, np.corrcoef."""
     units = acts.shape[1]
     eig = np.clip(np.linalg.eigh(np.cov(acts, rowvar=False))[0], 0, None)[::-1]
     share = np.cumsum(eig) / eig.sum()

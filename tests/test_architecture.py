@@ -1,4 +1,4 @@
-"""The import rules of DESIGN.md §3, read from the source with `ast`: which package may import which, nothing
+"""The import rules of docs/architecture.md, read from the source with `ast`: which package may import which, nothing
 imports the package root, and no two modules import each other (directly or around a loop).
 
 Every import counts, at module level or inside a function: a function-level import is still a dependency, and

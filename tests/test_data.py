@@ -105,7 +105,7 @@ def test_bad_teacher_options_are_clear_errors(kwargs, match):
 
 
 def test_data_imports_nothing_of_the_later_stages():
-    # DESIGN §3: data/ imports nothing of ours but shared helpers (models/ included: the teacher is its own).
+    # docs/architecture.md: data/ imports nothing of ours but shared helpers (models/ included: the teacher is its own).
     later = ("widthlab.models", "widthlab.train", "widthlab.measure", "widthlab.study", "widthlab.report",
              "widthlab.cli")
     for path in Path(synthetic.__file__).parent.glob("*.py"):

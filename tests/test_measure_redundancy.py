@@ -1,4 +1,4 @@
-"""Redundancy metrics (DESIGN.md §1): known answers first, then streaming moments and edge cases."""
+"""Redundancy metrics (docs/metrics.md): known answers first, then streaming moments and edge cases."""
 
 import numpy as np
 import pytest

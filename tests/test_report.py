@@ -321,6 +321,6 @@ def test_format_verdict_table():
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["variant", "metric"]
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert len(lines) == 2 + 5  # the four of DESIGN §2, then similar_fraction (in the tables)
+    assert len(lines) == 2 + 5  # the paper's four, then similar_fraction (in the tables)
     assert "n/a" in text  # single-replicate accuracy has no interval
     assert "layers" in text and "up" in text

@@ -1,6 +1,6 @@
 """widthlab: how wide networks stay accurate, measured: robustness and redundancy versus width.
 
-Public API (DESIGN.md §3): models (`create_model`, `list_models`), data (`load_data`), measurement
+Public API (docs/api.md): models (`create_model`, `list_models`), data (`load_data`), measurement
 (`capture`, `cka`, `pcs_needed`, `compressibility`, `similarity`, `redundancy`, `perturbation_curve`,
 `ablation_curve`, `robustness_auc`, `analyze`, `unit_table`), compression (`compress` → `Compressed`,
 `load_compressed`, `compress_study`) and studies (`run_study` → `StudyOutcome`, `load_results`).

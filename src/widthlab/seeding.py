@@ -1,7 +1,7 @@
 """Named random streams: every random choice draws from a seed derived from its context.
 
 A layer's numbers then do not depend on which other layers were measured, and a run's numbers do not
-depend on the runs before it (DESIGN.md §1).
+depend on the runs before it (docs/metrics.md).
 """
 
 from __future__ import annotations

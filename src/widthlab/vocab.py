@@ -11,7 +11,7 @@ JOINT_SCOPE = "all"
 ANALYZE_COLUMNS = ("layer", "metric", "perturbation", "level", "sampling", "value")
 STORED_METRIC_COLUMNS = (*ANALYZE_COLUMNS, "epoch")
 
-# Redundancy (DESIGN §1), one row each per layer and sampling.
+# Redundancy (docs/metrics.md), one row each per layer and sampling.
 REDUNDANCY_METRICS = ("n_units", "pcs_needed", "compressibility", "similarity", "similarity_live",
                       "similar_fraction", "silent_fraction", "constant_fraction")
 # The histogram of |r| over unit pairs: one row per bin, the bin's lower edge in `level`.

@@ -7,6 +7,7 @@ through residual adds or concatenations needs Torch-Pruning (``pip install 'widt
 """
 
 from widthlab.compress.core import METHODS, Compressed, compress, load_compressed
+from widthlab.compress import hf as _hf  # registers the HF transformers compressor with `compress`
 from widthlab.compress.select import IMPORTANCES
 from widthlab.compress.study import CompressedStudy, compress_study
 

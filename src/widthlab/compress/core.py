@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,21 @@ FORMAT = "widthlab-compressed-1"
 EXTRA = "pip install 'widthlab[compress]'"
 COLUMNS = ["layer", "units_before", "units_after", "method_used", "importance", "params_before", "params_after",
            "accuracy_before", "accuracy_after", "agreement", "accuracy_finetuned", "agreement_finetuned"]
+
+
+def is_hf(model: nn.Module) -> bool:
+    """Whether `model` is a ``transformers.PreTrainedModel`` (without importing transformers when nothing did)."""
+    if "transformers" not in sys.modules:
+        return False
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
+
+
+# Compressors of models torch.fx cannot trace, tried before tracing: (recognises(model), compress(model, ...)).
+# `widthlab.compress.hf` adds HF transformers' when the package imports it, so this module never imports it (the
+# two would import each other).
+SPECIAL: list[tuple[Callable[[nn.Module], bool], Callable[..., Compressed]]] = []
 
 
 @dataclass
@@ -76,7 +92,6 @@ class Compressed:
         reads: the original's spec, the kept indices per layer, the unit counts and the state dict (plain tensors,
         numbers and strings only: loading it runs no code). A HF transformers model is saved with
         `save_pretrained` instead."""
-        from widthlab.compress.hf import is_hf
         from widthlab.train.checkpoint import package_versions
 
         if is_hf(self.model):
@@ -96,8 +111,6 @@ class Compressed:
     def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> Path:
         """A compressed HF transformers model as `model.save_pretrained(directory, **kwargs)` writes it: its config
         holds the kept intermediate size, so ``from_pretrained(directory)`` rebuilds it. Returns the folder."""
-        from widthlab.compress.hf import is_hf
-
         if not is_hf(self.model):
             raise WidthlabError(f"save_pretrained is for HF transformers models; this is a "
                                 f"{type(self.model).__name__}: use Compressed.save(path)")
@@ -476,15 +489,15 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
     check_positive_int("batch_size", batch_size)
     check_positive_int("max_examples", max_examples, optional=True)
     tuning = _finetune_config(finetune, finetune_data)
-    from widthlab.compress import hf
-
-    if hf.is_hf(model):  # MLP blocks found by name (torch.fx cannot trace HF models); one intermediate size
-        if tuning is not None:
-            raise WidthlabError("finetune= is not supported for HF transformers models here; fine-tune the "
-                                "compressed model with your own trainer (its config is updated for from_pretrained)")
-        return hf.compress_hf(model, inputs, layers, keep=keep, max_drop=max_drop, method=method,
-                              importance=importance, labels=labels, eval_inputs=eval_inputs,
-                              max_examples=max_examples, batch_size=batch_size, output=output, seed=seed)
+    for recognises, special in SPECIAL:  # HF transformers: MLP blocks found by name, one intermediate size
+        if recognises(model):
+            if tuning is not None:
+                raise WidthlabError("finetune= is not supported for HF transformers models here; fine-tune the "
+                                    "compressed model with your own trainer (its config is updated for "
+                                    "from_pretrained)")
+            return special(model, inputs, layers, keep=keep, max_drop=max_drop, method=method,
+                           importance=importance, labels=labels, eval_inputs=eval_inputs,
+                           max_examples=max_examples, batch_size=batch_size, output=output, seed=seed)
     if layers is None:
         # the layers `analyze` measures by default: the model's unit_layers, else its activation outputs
         names = default_layers(model, inputs, mask=None)

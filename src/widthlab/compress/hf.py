@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,7 +30,16 @@ import torch
 from torch import nn
 
 from widthlab.compress import select
-from widthlab.compress.core import COLUMNS, Compressed, _collect, _count, _labels, parameter_count
+from widthlab.compress.core import (
+    COLUMNS,
+    SPECIAL,
+    Compressed,
+    _collect,
+    _count,
+    _labels,
+    is_hf,
+    parameter_count,
+)
 from widthlab.errors import WidthlabError
 from widthlab.measure.capture import unit_rows
 from widthlab.measure.inputs import DEFAULT_MASK, Batch, select_scores, valid_positions
@@ -39,15 +47,6 @@ from widthlab.measure.inputs import DEFAULT_MASK, Batch, select_scores, valid_po
 CONFIG_FIELDS = ("n_inner", "intermediate_size", "ffn_dim")  # where a HF config holds the intermediate size
 ABLATION_TOKENS = 4096  # token positions per stacked forward pass of single-unit ablation copies
 KINDS = "GPT-2's mlp.c_fc → mlp.c_proj, BERT's intermediate.dense → output.dense, fc1 → fc2"
-
-
-def is_hf(model: nn.Module) -> bool:
-    """Whether `model` is a ``transformers.PreTrainedModel`` (without importing transformers when nothing did)."""
-    if "transformers" not in sys.modules:
-        return False
-    from transformers import PreTrainedModel
-
-    return isinstance(model, PreTrainedModel)
 
 
 @dataclass
@@ -399,3 +398,6 @@ def compress_hf(model: nn.Module, inputs, layers, *, keep, max_drop, method: str
                  importance=importance, params_before=params_before, params_after=params_after,
                  accuracy_before=accuracy_before, accuracy_after=accuracy_after, agreement=agreement) for p in pairs]
     return Compressed(small, kept, pd.DataFrame(rows, columns=COLUMNS), None, {p.layer: p.units for p in pairs})
+
+
+SPECIAL.append((is_hf, compress_hf))  # `compress` routes HF transformers here (core cannot import this module)

@@ -1,7 +1,7 @@
 """scikit-learn's bundled handwritten digits as small colour images: real image data that needs no download.
 
 1,797 grey 8×8 images of 10 digits (UCI optdigits, shipped inside scikit-learn), resized bilinearly to
-`image_size` and replicated to 3 channels so the CIFAR/ImageNet networks run on them (DESIGN.md §6).
+`image_size` and replicated to 3 channels so the CIFAR/ImageNet networks run on them (docs/tutorial.md).
 """
 
 from __future__ import annotations

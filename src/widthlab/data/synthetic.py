@@ -1,4 +1,4 @@
-"""Synthetic, uncorrelated data labelled by a random teacher MLP (paper §A; DESIGN.md §2).
+"""Synthetic, uncorrelated data labelled by a random teacher MLP (paper §A; docs/tutorial.md).
 
 The teacher has the student's architecture at 1/4x (32 hidden ReLU units, 2 outputs); inputs are N(0, I);
 the label is the teacher's argmax. A teacher is redrawn until each label is 40–60% of 20,000 random inputs.

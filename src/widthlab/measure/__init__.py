@@ -1,4 +1,4 @@
-"""Measurement of any PyTorch model: layer activations, redundancy, robustness and `analyze` (DESIGN.md §1).
+"""Measurement of any PyTorch model: layer activations, redundancy, robustness and `analyze` (docs/metrics.md).
 
 This package imports nothing of widthlab's training, study or report layers.
 """

@@ -1,6 +1,6 @@
 """Layer activations as (rows, units) matrices: forward hooks, batching and a streaming primitive.
 
-A layer is a named module; its units are the channels of its output (DESIGN.md §1): an output (N, C) gives
+A layer is a named module; its units are the channels of its output (docs/metrics.md): an output (N, C) gives
 N rows, an output (N, C, *spatial) gives N·H·W… rows (every position of every example). Hooks are installed by
 a context manager and always removed in ``finally``; the model runs in eval mode under ``no_grad`` and gets
 its training flags back afterwards.

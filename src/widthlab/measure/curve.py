@@ -1,4 +1,4 @@
-"""A perturbation curve and its area: what every robustness measurement returns (DESIGN.md §1)."""
+"""A perturbation curve and its area: what every robustness measurement returns (docs/metrics.md)."""
 
 from __future__ import annotations
 

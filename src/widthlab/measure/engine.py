@@ -1,6 +1,6 @@
-"""Robustness (DESIGN.md §1): how the network's predictions survive perturbing a layer's units.
+"""Robustness (docs/metrics.md): how the network's predictions survive perturbing a layer's units.
 
-The engine (DESIGN.md §4) evaluates several curves — *jobs*, each a perturbation of a scope of layers — in one
+The engine (docs/architecture.md, The measurement engine) evaluates several curves — *jobs*, each a perturbation of a scope of layers — in one
 sweep over the data. Per batch one clean forward pass gives the unperturbed predictions and the measured layers'
 outputs; each job's perturbed copies (one per sampling and level) then run on one of two paths, which give
 bit-identical curves for float64 models:

@@ -223,7 +223,7 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor, layers: Sequence[str],
     """Run `model` once on `batch`, recording each layer's output and order, and the producer chain of `producers_of`.
 
     Raises a WidthlabError naming a layer that runs twice or never, or a layer of `producers_of` that is not a
-    Conv/Linear and does not follow one through per-unit modules (DESIGN.md §1: weight perturbations act on the
+    Conv/Linear and does not follow one through per-unit modules (docs/metrics.md: weight perturbations act on the
     module producing the units).
 
     Args:

@@ -1,4 +1,4 @@
-"""Which axis of a layer's output holds its units, decided by the module that produced it (DESIGN.md §1).
+"""Which axis of a layer's output holds its units, decided by the module that produced it (docs/metrics.md).
 
 Rule, for an output of three or more dimensions (an output (N, C) has its units on axis 1 = the last):
 

@@ -1,4 +1,4 @@
-"""Perturbations (DESIGN.md §1): their definitions, levels and plans. A new perturbation is a `Perturbation`
+"""Perturbations (docs/metrics.md): their definitions, levels and plans. A new perturbation is a `Perturbation`
 whose ``build`` returns a `Plan`, registered in `PERTURBATIONS`.
 
 

@@ -1,4 +1,4 @@
-"""Redundancy of a layer's units (DESIGN.md §1): principal components needed, compressibility, similarity.
+"""Redundancy of a layer's units (docs/metrics.md): principal components needed, compressibility, similarity.
 
 Every number comes from streamed float64 moments (`Moments`), so memory is O(units²) whatever the number of
 rows; the correlation r_ij = cov_ij / sqrt(var_i var_j) is derived from the covariance.
@@ -195,7 +195,7 @@ def similar_counts(abs_r: np.ndarray, threshold: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Census:
-    """Per-unit facts of a layer's streamed moments (DESIGN.md §1's flat unit and unit census).
+    """Per-unit facts of a layer's streamed moments (docs/metrics.md's flat unit and unit census).
 
     Attributes:
         cov: (C, C) float64 covariance (None for diagonal `Moments`); std: (C,) its diagonal's square root
@@ -252,7 +252,7 @@ def similarity_from_census(layer: Census, *, threshold: float = 0.5, bins: int =
 
 def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold: float = 0.5,
                             bins: int = 50) -> dict:
-    """Every DESIGN §1 redundancy number of a layer from its accumulated `Moments`.
+    """Every redundancy number (docs/metrics.md) of a layer from its accumulated `Moments`.
 
     Args:
         energy: share of variance the leading components must hold (default 0.95).
@@ -322,7 +322,7 @@ def similarity(acts: torch.Tensor | np.ndarray, threshold: float = 0.5) -> float
 
 def redundancy(acts: torch.Tensor | np.ndarray, *, energy: float = 0.95, threshold: float = 0.5,
                bins: int = 50) -> dict:
-    """Every DESIGN §1 redundancy number of one (rows, units) activation matrix.
+    """Every redundancy number (docs/metrics.md) of one (rows, units) activation matrix.
 
     Args:
         acts: (rows, units) activations, tensor or ndarray.

@@ -1,4 +1,4 @@
-"""Robustness (DESIGN.md §1): how the network's predictions survive perturbing a layer's units — the public curve API.
+"""Robustness (docs/metrics.md): how the network's predictions survive perturbing a layer's units — the public curve API.
 
 The perturbations are defined in `widthlab.measure.perturbations`; the engine that measures their curves in one
 sweep over the data is `widthlab.measure.engine`.

@@ -1,6 +1,6 @@
 """Class selectivity (Morcos et al. 2018; the reference code's `selectivity`): how much a unit prefers one class.
 
-Per unit, μ_k is its mean over the rows of class k (rows as in DESIGN.md §1: a convolution's rows inherit their
+Per unit, μ_k is its mean over the rows of class k (rows as in docs/metrics.md: a convolution's rows inherit their
 example's label, a token row with (N, T) labels takes its token's, with a mask only real tokens count), over the
 classes that have rows. k* = argmax_k μ_k on the **training split**; selectivity = (μ_k* − μ_¬k*)/(μ_k* + μ_¬k*)
 with μ_¬k* the mean of the other classes' μ_k; on the test split (the measured inputs) it uses the training k*, so

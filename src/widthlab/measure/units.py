@@ -1,6 +1,6 @@
 """Per-unit importance: one row per unit of a layer, the question attribution users ask ("which units matter?").
 
-For each unit u of a layer (DESIGN.md §1's units and rows), `unit_table` reports its activation statistics and
+For each unit u of a layer (docs/metrics.md's units and rows), `unit_table` reports its activation statistics and
 census flags, what ablating u alone does to the predictions (u set to 0, or to its mean over the rows), the unit
 it is most correlated with and, with labels, its class selectivity (Morcos et al. 2018). Statistics come from one
 streamed pass (float64 `Moments`, per-class row sums); the C single-unit ablations are the C copies of one engine

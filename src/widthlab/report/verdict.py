@@ -1,8 +1,8 @@
-"""The verdict: did robustness and redundancy grow with width? (DESIGN.md §2 "Verdict").
+"""The verdict: did robustness and redundancy grow with width? (docs/metrics.md, Verdict).
 
 Works on the study store's plain DataFrames (`runs`, `metrics`); knows nothing of how they were made.
 
-Choices where DESIGN.md is silent (also stated in the docstrings below):
+Choices docs/metrics.md does not spell out (also stated in the docstrings below):
 - a run's value is the mean over its unit layers (never the joint scope "all") of each layer's mean over
   samplings, so a layer measured with more samplings does not weigh more;
 - the bootstrap interval is the percentile interval (2.5%, 97.5%) of the resampled slopes; each
@@ -19,7 +19,7 @@ Choices where DESIGN.md is silent (also stated in the docstrings below):
   measurement: figures versus width and the verdict use the rows whose epoch is missing (or a table without
   an epoch column); `epoch_level` uses the others.
 
-Calibrated similarity (not in DESIGN §2, added because similarity counts similar units *per unit*): the verdict
+Calibrated similarity (not among the paper's four metrics, added because similarity counts similar units *per unit*): the verdict
 also judges `similar_fraction` (share of similar pairs) and, when the permutation null was measured,
 `similarity_excess` (observed − null on the same rows); `calibration` says whether a rising similarity survives
 both.
@@ -54,7 +54,7 @@ LAYER_QUANTITIES = {
 RUN_LEVEL_METRICS = ("accuracy", *LAYER_QUANTITIES)
 VERDICT_COLUMNS = ("variant", "metric", "slope", "ci_low", "ci_high", "trend", "n_runs", "method")
 HYPOTHESIS_METRICS = ("robustness", "compressibility", "similarity")
-# Judged by default: DESIGN §2's four, then the calibration metrics whenever the metrics table holds them.
+# Judged by default: the paper's four (accuracy, robustness, compressibility, similarity), then the calibration metrics whenever the metrics table holds them.
 CORE_METRICS = ("accuracy", *HYPOTHESIS_METRICS)
 CALIBRATION_METRICS = ("similar_fraction", "similarity_excess")
 CALIBRATION_COLUMNS = ("variant", "survives", "reason")

@@ -150,7 +150,7 @@ CKA_PARTS = ("widths", "replicates", "layers")
 
 
 class MeasureSpec(_Strict):
-    """What `analyze` measures on each trained model (DESIGN.md §1).
+    """What `analyze` measures on each trained model (docs/metrics.md).
 
     `levels`: an int n gives n evenly spaced levels over each perturbation's range (shares 0 … 1; σ multiples
     0 … 2 for ``act_noise`` and ``weight_noise``); a list gives those levels to every perturbation; a mapping
