@@ -452,3 +452,15 @@ def test_finetune_trains_the_compressed_model_with_fit_and_reports_its_accuracy(
         compress(net, data.train.x, keep=4, finetune=3)
     with pytest.raises(WidthlabError, match="finetune must be a TrainConfig or a number of epochs"):
         compress(net, data.train.x, keep=4, finetune=0, finetune_data=data)
+
+
+def test_the_table_counts_flops_per_example_before_and_after():
+    """A Linear layer's FLOPs are 2 × in × out per example (torch's FlopCounterMode): a 10-128-2 MLP pruned to 32
+    hidden units goes from 2·(10·128 + 128·2) to 2·(10·32 + 32·2)."""
+    net = create_model("mlp", 1.0, input_dim=10, num_classes=2, seed=0)
+    x = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    row = compress(net, x, keep=32, method="prune", importance="magnitude").table.iloc[0]
+    units = int(row["units_before"])
+    assert units == 128
+    assert row["flops_before"] == 2 * (10 * units + units * 2)
+    assert row["flops_after"] == 2 * (10 * 32 + 32 * 2)

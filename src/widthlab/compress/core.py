@@ -41,7 +41,8 @@ METHODS = ("merge", "prune")
 FORMAT = "widthlab-compressed-1"
 EXTRA = "pip install 'widthlab[compress]'"
 COLUMNS = ["layer", "units_before", "units_after", "method_used", "importance", "params_before", "params_after",
-           "accuracy_before", "accuracy_after", "agreement", "accuracy_finetuned", "agreement_finetuned"]
+           "flops_before", "flops_after", "accuracy_before", "accuracy_after", "agreement", "accuracy_finetuned",
+           "agreement_finetuned"]
 
 
 def is_hf(model: nn.Module) -> bool:
@@ -170,6 +171,20 @@ def _scores(preds: list[torch.Tensor], reference: list[torch.Tensor], labels: li
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def flops_per_example(model: nn.Module, batch: Batch) -> float:
+    """Floating-point operations of one forward pass per example, as torch's `FlopCounterMode` counts them
+    (matrix products and convolutions, 2 per multiply-add), on the first example of `batch`: what removing units
+    saves in compute, beside the parameters it saves in memory."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    one = batch.head(1)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        one.run(model)
+    return float(counter.get_total_flops())
 
 
 # Arguments ------------------------------------------------------------------------------------------------------------
@@ -536,6 +551,7 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
         targets = [y.cpu() if use_labels else r for y, r in zip(calib_labels, ref_calib)]
         accuracy_before, _ = _scores(reference, reference, labels_)
         params_before = parameter_count(work)
+        flops_before = flops_per_example(work, calibration[0])
         base = 1.0 if labels_[0] is None else accuracy_before
 
         run = _Run(method, importance, calibration, targets, output, seed, tp,
@@ -569,9 +585,11 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
         original.train(was_training)
 
     params_after = parameter_count(work)
+    flops_after = flops_per_example(work, calibration[0])
     rows = [dict(layer=p.layer, units_before=units[p.layer], units_after=len(kept[p.layer]),
                  method_used=used[p.layer], importance=importance, params_before=params_before,
-                 params_after=params_after, accuracy_before=accuracy_before, accuracy_after=accuracy_after,
+                 params_after=params_after, flops_before=flops_before, flops_after=flops_after,
+                 accuracy_before=accuracy_before, accuracy_after=accuracy_after,
                  agreement=agreement, accuracy_finetuned=tuned_accuracy, agreement_finetuned=tuned_agreement)
             for p in paths]
     return Compressed(work, kept, pd.DataFrame(rows, columns=COLUMNS), saved_spec, units)

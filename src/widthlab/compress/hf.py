@@ -37,6 +37,7 @@ from widthlab.compress.core import (
     _collect,
     _count,
     _labels,
+    flops_per_example,
     is_hf,
     parameter_count,
 )
@@ -394,9 +395,10 @@ def compress_hf(model: nn.Module, inputs, layers, *, keep, max_drop, method: str
         model.train(was_training)
 
     params_before, params_after = parameter_count(work), parameter_count(small)
+    flops_before, flops_after = flops_per_example(work, calibration[0]), flops_per_example(small, calibration[0])
     rows = [dict(layer=p.layer, units_before=p.units, units_after=len(kept[p.layer]), method_used=used[p.layer],
                  importance=importance, params_before=params_before, params_after=params_after,
-                 accuracy_before=accuracy_before, accuracy_after=accuracy_after, agreement=agreement) for p in pairs]
+                 flops_before=flops_before, flops_after=flops_after, accuracy_before=accuracy_before, accuracy_after=accuracy_after, agreement=agreement) for p in pairs]
     return Compressed(small, kept, pd.DataFrame(rows, columns=COLUMNS), None, {p.layer: p.units for p in pairs})
 
 
