@@ -267,3 +267,19 @@ def test_numpy_blas_runs_with_torch_thread_count(images, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen and set(seen) == {1}
+
+
+def test_the_abs_r_histogram_rows_carry_bin_centres_in_level():
+    """vocab.HISTOGRAM_METRIC's `level` is each |r| bin's centre (what the docs and figures read), not its edge."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from widthlab.measure import analyze
+    from widthlab.vocab import HISTOGRAM_METRIC
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+    frame = analyze(net, torch.randn(64, 6), ["1"], perturbations=("zero",), levels=[0, 1], samplings=1)
+    levels = np.sort(frame.loc[frame["metric"] == HISTOGRAM_METRIC, "level"].unique())
+    np.testing.assert_allclose(levels, (np.arange(50) + 0.5) / 50)

@@ -14,7 +14,7 @@ STORED_METRIC_COLUMNS = (*ANALYZE_COLUMNS, "epoch")
 # Redundancy (docs/metrics.md), one row each per layer and sampling.
 REDUNDANCY_METRICS = ("n_units", "pcs_needed", "compressibility", "similarity", "similarity_live",
                       "similar_fraction", "silent_fraction", "constant_fraction")
-# The histogram of |r| over unit pairs: one row per bin, the bin's lower edge in `level`.
+# The histogram of |r| over unit pairs: one row per bin, the bin's centre in `level` (0.01, 0.03, ... for 50 bins).
 HISTOGRAM_METRIC = "abs_r_count"
 # Similarity calibration (sampling 0): the permutation null and observed − null on the same sampled rows.
 NULL_METRICS = ("similarity_null", "similar_fraction_null", "similarity_excess")
