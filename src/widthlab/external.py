@@ -47,6 +47,11 @@ HF = "hf:"
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def _has_hf_weights(path: Path) -> bool:
+    """Whether the `save_pretrained` folder `path` holds weights (else its model is built with random ones)."""
+    return any((path / name).is_file() for name in HF_WEIGHTS)
+
+
 def is_checkpoint(spec: str) -> bool:
     """Whether the model `spec` names a checkpoint file (rather than ``hf:``, a hub or ``module:function``)."""
     return not spec.startswith(HF) and (spec.endswith((".pt", ".pth")) or Path(spec).is_file())
@@ -89,7 +94,7 @@ def random_weights(spec: str) -> bool:
     ``module:function`` is the user's own business, a checkpoint holds its weights."""
     if spec.startswith(HF):
         path = Path(spec[len(HF):]).expanduser()
-        return not any((path / name).is_file() for name in HF_WEIGHTS)
+        return not _has_hf_weights(path)
     hub, _, name = spec.partition(":")
     return hub in HUBS and bool(name) and not is_checkpoint(spec)
 
@@ -268,7 +273,7 @@ def _from_hf(folder: str, seed: int, allow_code: bool = False) -> nn.Module:
             cls = transformers.AutoModel
         torch.manual_seed(seed)  # weights the folder lacks (all of them, or a new head) are drawn from it
         try:
-            if any((path / name).is_file() for name in HF_WEIGHTS):
+            if _has_hf_weights(path):
                 model = cls.from_pretrained(path, local_files_only=True, trust_remote_code=allow_code)
             else:
                 model = cls.from_config(config, trust_remote_code=allow_code) if cls is transformers.AutoModel \
