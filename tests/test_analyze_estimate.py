@@ -13,7 +13,7 @@ import tqdm
 
 from widthlab.cli import main
 from widthlab.cli import analyze as analyze_cli
-from widthlab.cli.analyze import estimate_seconds
+from widthlab.cli.analyze import estimate_seconds, probe_examples
 
 
 @pytest.fixture
@@ -35,46 +35,60 @@ def command(tmp_path, monkeypatch):
 
 
 class FakeRun:
-    """A probe `run(n, levels)` on a fake clock: each run costs `fixed` + n × (`clean` + jobs × (levels − 1) ×
-    `copy`), plus `per_job` per job with levels, and the first (the warm-up) `warm` more."""
+    """A probe `run(n, full)` on a fake clock: each run costs `fixed` + n × `clean`, plus, per job, `per_job` and
+    n × `copy` per copy (`copies` per job when full, else 1), and the first run (the warm-up) `warm` more."""
 
-    def __init__(self, monkeypatch, *, fixed, clean, copy, jobs, warm=5.0, per_job=0.0):
-        self.now, self.calls, self.per_job = 0.0, [], per_job
-        self.fixed, self.clean, self.copy, self.jobs, self.warm = fixed, clean, copy, jobs, warm
+    def __init__(self, monkeypatch, *, fixed, clean, copy, jobs, copies, warm=5.0, per_job=0.0):
+        self.now, self.calls = 0.0, []
+        self.fixed, self.clean, self.copy, self.jobs, self.copies = fixed, clean, copy, jobs, copies
+        self.warm, self.per_job = warm, per_job
         monkeypatch.setattr(time, "perf_counter", lambda: self.now)
 
-    def __call__(self, n: int, levels: int | None) -> None:
-        copies = levels - 1 if levels else 0
-        self.now += self.fixed + (self.per_job * self.jobs if levels else 0.0)
-        self.now += n * (self.clean + copies * self.jobs * self.copy)
-        self.now += self.warm if not self.calls else 0.0
-        self.calls.append((n, levels))
+    def cost(self, n: int, copies: int) -> float:
+        return self.fixed + self.jobs * self.per_job + n * (self.clean + self.jobs * copies * self.copy)
+
+    def __call__(self, n: int, full: bool) -> None:
+        self.now += self.cost(n, self.copies if full else 1) + (self.warm if not self.calls else 0.0)
+        self.calls.append((n, full))
 
 
-def test_the_estimate_recovers_the_costs_and_scales_with_the_evaluations(monkeypatch):
-    run = FakeRun(monkeypatch, fixed=0.4, clean=1e-3, copy=2e-3, jobs=3, per_job=0.05)
-    estimate = estimate_seconds(run, examples=10_000, jobs=3, passes=2, copies=90)
-    assert (estimate.fixed, estimate.per_job) == (pytest.approx(0.4), pytest.approx(0.05))
-    assert (estimate.per_example, estimate.per_copy) == (pytest.approx(1e-3), pytest.approx(2e-3))
-    # The extrapolation: fixed and per job once, then per example its passes and every planned copy.
-    assert estimate.seconds(10_000, 3, 90) == pytest.approx(0.4 + 3 * 0.05 + 10_000 * (1e-3 + 90 * 2e-3))
-    assert estimate.seconds(10_000, 3, 180) - estimate.seconds(10_000, 3, 90) == pytest.approx(10_000 * 90 * 2e-3)
-    # Cheap: a warm-up, clean runs on 2 and n examples, then 1 and 3 copies per job on n; runs under half a
-    # second are repeated, the fastest kept. 10 % of the plan is more than one batch: n is one batch.
-    assert list(dict.fromkeys(run.calls)) == [(2, 2), (2, None), (256, None), (256, 2), (256, 4)]
-    evaluations = sum(n * (1 + (levels - 1 if levels else 0) * 3) for n, levels in run.calls)
-    assert evaluations <= 0.1 * 10_000 * (2 + 90)
-    # A moments pass (passes 3) is one more clean pass per example.
-    moments = estimate_seconds(FakeRun(monkeypatch, fixed=0.4, clean=1e-3, copy=2e-3, jobs=3), examples=10_000,
-                               jobs=3, passes=3, copies=90)
-    assert moments.per_example == pytest.approx(1.5e-3)
+def test_the_estimate_is_the_full_measurement_on_a_slice_extrapolated_by_the_examples(monkeypatch):
+    run = FakeRun(monkeypatch, fixed=0.4, clean=1e-3, copy=2e-3, jobs=3, copies=30, per_job=0.05)
+    estimate = estimate_seconds(run, examples=10_000)
+    # Fixed (set up, each job's tracing) once; per example the clean pass and every copy of every job.
+    assert estimate.fixed == pytest.approx(0.4 + 3 * 0.05)
+    assert estimate.per_example == pytest.approx(1e-3 + 3 * 30 * 2e-3)
+    assert estimate.seconds(10_000) == pytest.approx(run.cost(10_000, 30))
+    # The warm-up runs at the probe's batch shape (one copy per job: kernels picked for every job's network) and
+    # is not used; then the full measurement on 2 examples and on one batch. 10 % of 10,000 is more than a batch.
+    assert run.calls[0] == (256, False)
+    assert list(dict.fromkeys(run.calls[1:])) == [(2, True), (256, True)]
+    spent = sum(run.cost(n, 30 if full else 1) for n, full in run.calls)
+    assert spent <= 0.1 * run.cost(10_000, 30)
+    assert estimate.probe == pytest.approx(spent + 5.0)  # the warm-up's warm included
 
 
-def test_a_small_measurement_gets_a_small_probe(monkeypatch):
-    run = FakeRun(monkeypatch, fixed=0.1, clean=1e-4, copy=1e-4, jobs=1, warm=0.0)
-    estimate = estimate_seconds(run, examples=40, jobs=1, passes=2, copies=10)
-    assert max(n for n, _ in run.calls) == 8  # 10 % of the plan (5 examples) is fewer: the least a probe takes
-    assert estimate.seconds(40, 1, 10) == pytest.approx(0.1 + 40 * (1e-4 + 10 * 1e-4))
+def test_a_small_measurement_gets_a_small_probe_and_a_tiny_one_none(monkeypatch):
+    run = FakeRun(monkeypatch, fixed=0.1, clean=1e-4, copy=1e-4, jobs=1, copies=10, warm=0.0)
+    estimate = estimate_seconds(run, examples=40)
+    assert max(n for n, _ in run.calls) == 8  # 10 % of 40 examples is fewer: the least a probe takes
+    assert estimate.seconds(40) == pytest.approx(run.cost(40, 10))
+    assert [probe_examples(n) for n in (15, 16, 1_000, 50_000)] == [None, 8, 100, 256]
+    with pytest.raises(ValueError, match="fewer than 16"):
+        estimate_seconds(run, examples=15)
+
+
+def test_noise_in_short_runs_is_cut_by_repeats(monkeypatch):
+    """Runs under half a second are repeated and the fastest kept: a burst of load on one does not move it."""
+    run = FakeRun(monkeypatch, fixed=0.01, clean=1e-4, copy=1e-4, jobs=1, copies=10, warm=0.0)
+    bursts = iter([0.0, 0.0, 0.3, 0.0, 0.0, 0.3, 0.0, 0.0])  # a burst in the 2nd run of each repeated probe
+
+    def noisy(n, full):
+        run(n, full)
+        run.now += next(bursts, 0.0)
+
+    estimate = estimate_seconds(noisy, examples=40)
+    assert estimate.seconds(40) == pytest.approx(run.cost(40, 10))
 
 
 class Bar:

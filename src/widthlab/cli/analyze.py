@@ -135,59 +135,71 @@ def choose_measurement(*, examples: int, jobs: int, levels: int, samplings: int,
                                        "set --levels/--samplings/--max-examples or a larger --max-evaluations")
 
 
-PROBE_SHARE = 0.1  # the share of the planned example evaluations the time estimate's probe runs take
+PROBE_SHARE = 0.1  # the share of the measurement's examples the time estimate's probe measures
 QUICK_SECONDS = 0.5  # probe runs shorter than this are repeated (3 at most) and the fastest kept
-PROBE_MAX_EXAMPLES = 256  # one batch of analyze's default 256: a copy's cost at the batch size it will run at
+PROBE_MAX_EXAMPLES = 256  # one batch of analyze's default 256: the probe's batch is the shape the measurement runs
+PROBE_MIN_EXAMPLES = 16  # fewer examples: no probe (the measurement itself takes about as long as one would)
 
 
 @dataclass(frozen=True)
 class Estimate:
     """How long `analyze` will take here, extrapolated from the probe runs of `estimate_seconds`.
 
-    `fixed`: seconds any run spends whatever its size (the spectra of C × C matrices, the similarity null, setting
-    up), `per_job`: seconds each job (a perturbation × a scope) spends once (tracing the network after its layer,
-    checking it), `per_example`: seconds per example of the clean pass and the statistics passes, `per_copy`:
-    seconds per example of one perturbed copy. `probe`: the seconds the probe runs took."""
+    `fixed`: seconds the measurement spends whatever its number of examples (setting up, tracing each job's
+    network after its layer, the spectra of C × C matrices, the similarity null), `per_example`: seconds per
+    example of everything else (the clean pass, every perturbed copy, the statistics passes). `probe`: the seconds
+    the probe runs took."""
 
     fixed: float
-    per_job: float
     per_example: float
-    per_copy: float
     probe: float
 
-    def seconds(self, examples: int, jobs: int, copies: int) -> float:
-        """The extrapolation to `examples` examples, `jobs` jobs and `copies` perturbed copies per example."""
-        return self.fixed + jobs * self.per_job + examples * (self.per_example + copies * self.per_copy)
+    def seconds(self, examples: int) -> float:
+        """The extrapolation to `examples` examples."""
+        return self.fixed + examples * self.per_example
 
 
-def estimate_seconds(run, *, examples: int, jobs: int, passes: int, copies: int) -> Estimate:
-    """Time `analyze` on slices of the inputs and extrapolate by the counts, so the estimate includes every cost
-    the measurement has (the perturbed copies on their real path, redundancy, selectivity, the similarity null, the
-    tracing of each job's network), not only a clean forward pass, which was 10-20× off in both directions.
+def probe_examples(examples: int) -> int | None:
+    """How many examples `estimate_seconds` measures to estimate a measurement of `examples`: `PROBE_SHARE` of
+    them, at least 8 and at most one batch; None (no probe) below `PROBE_MIN_EXAMPLES`.
 
-    `run(n, levels)` runs the real `analyze` on the first n examples with `levels` evenly spaced levels × 1
-    sampling (levels − 1 perturbed copies per job; levels None: no perturbation, the clean pass and the statistics
-    only). A warm-up on 2 examples (first passes at a shape pick kernels, fill caches; not used); clean runs on 2
-    (nearly all fixed cost) and on n examples (the per-example cost of the clean pass and the statistics); runs
-    with 1 and 3 copies per job on n examples: their difference is the cost of a copy alone, and the first run's
-    excess over the clean run the cost each job has once. n is `PROBE_SHARE` of the planned example evaluations
-    (a count, as the plan is: the probe costs about that share of the measurement, plus five runs' fixed cost),
-    at least 8 and at most `PROBE_MAX_EXAMPLES` (one batch, where a copy costs what it will). `passes` is 1 + `statistics_passes`: a pass streaming clean moments
-    (`passes` 3) is taken to cost as much again as the clean pass. `copies`: the copies per example the
-    measurement plans (all jobs).
+    Example: ``(probe_examples(40), probe_examples(1_000), probe_examples(50_000), probe_examples(10)) ==
+    (8, 100, 256, None)``"""
+    if examples < PROBE_MIN_EXAMPLES:
+        return None
+    return min(PROBE_MAX_EXAMPLES, max(8, int(PROBE_SHARE * examples)))
 
-    Example: ``estimate_seconds(run, examples=300, jobs=3, passes=2, copies=90).seconds(300, 3, 90)``
+
+def estimate_seconds(run, *, examples: int) -> Estimate:
+    """Time the real measurement on the first examples and extrapolate by the number of examples, so the estimate
+    includes every cost the measurement has: the perturbed copies on their real path (every level and sampling,
+    the copies that perturb nothing skipped, twins evaluated once), redundancy, selectivity, the similarity null,
+    the tracing of each job's network. (Estimates from a clean forward pass were 10–20× off in both directions;
+    from 1 and 3 copies per job, 3–6× under for convolutional networks, whose first pass at a new batch shape
+    picks kernels for every job's network.)
+
+    `run(n, full)` runs the real `analyze` on the first n examples: full True with the measurement's own
+    levels, samplings and perturbations, False with 2 levels × 1 sampling (one copy per job). First a warm-up on
+    `probe_examples` n examples with one copy per job (the first pass at a batch shape picks kernels and fills
+    caches; not used), then the full measurement on 2 examples (nearly all fixed cost) and on n: their
+    difference is the cost per example, the rest fixed. The probe costs about `PROBE_SHARE` of the measurement,
+    plus the warm-up's 1/copies of that and the fixed cost twice.
+
+    Example: ``estimate_seconds(run, examples=300).seconds(300)``
     """
+    n = probe_examples(examples)
+    if n is None:
+        raise ValueError(f"no probe for {examples} examples: fewer than {PROBE_MIN_EXAMPLES}")
     spent = 0.0
 
-    def timed(n: int, levels: int | None) -> float:
+    def timed(k: int, full: bool) -> float:
         """The fastest of up to 3 runs while they take under `QUICK_SECONDS` together: a short run's time is mostly
         the load of a busy machine (tenths of a second)."""
         nonlocal spent
         best, total = float("inf"), 0.0
         for _ in range(3):
             start = time.perf_counter()
-            run(n, levels)
+            run(k, full)
             took = time.perf_counter() - start
             best, total = min(best, took), total + took
             if total >= QUICK_SECONDS:
@@ -195,19 +207,13 @@ def estimate_seconds(run, *, examples: int, jobs: int, passes: int, copies: int)
         spent += total
         return best
 
-    few = min(2, examples)
-    planned = examples * (passes + copies)
-    n = min(examples, PROBE_MAX_EXAMPLES, max(8, int(PROBE_SHARE * planned / (2 + 4 * jobs))))
-    timed(few, 2)  # the warm-up
-    tiny = timed(few, None)
-    clean = timed(n, None) if n > few else tiny
-    per_example = max(0.0, (clean - tiny) / (n - few)) if n > few else tiny / few
-    fixed = max(0.0, tiny - few * per_example)
-    # On the clean run's n: fewer examples would time a copy's per-evaluation overhead, not its per-example cost.
-    one, three = timed(n, 2), timed(n, 4)  # 1 and 3 copies per job
-    per_copy = max(0.0, (three - one) / (2 * jobs * n))
-    per_job = max(0.0, (one - clean) / jobs - n * per_copy)
-    return Estimate(fixed, per_job, per_example * passes / 2, per_copy, spent)
+    few = 2
+    start = time.perf_counter()
+    run(n, False)  # the warm-up at the probe's batch shape
+    spent += time.perf_counter() - start
+    tiny, part = timed(few, True), timed(n, True)
+    per_example = max(0.0, (part - tiny) / (n - few))
+    return Estimate(max(0.0, tiny - few * per_example), per_example, spent)
 
 
 def _layer_list(units: dict[str, int]) -> str:
@@ -338,16 +344,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                      f"{choice.evaluations:,} example evaluations ({analysed:,} measuring, "
                      f"{choice.evaluations - analysed:,} for --units)")
             when = ""
-            if not args.quiet and _sliceable(inputs):  # the probe measures: never with --quiet
+            if not args.quiet and probe_examples(examples) is not None and _sliceable(inputs):  # never --quiet
                 say("estimating the time…")
-                copies = choice.samplings * (choice.levels - 1) * jobs
 
-                def run(n: int, levels: int | None) -> None:
-                    analyze(model, first_examples(inputs, n), names, perturbations=perturbations if levels else (),
-                            levels=levels and level_sets(levels, perturbations), samplings=1, **options)
+                def run(n: int, full: bool) -> None:
+                    analyze(model, first_examples(inputs, n), names, perturbations=perturbations,
+                            levels=level_sets(choice.levels if full else 2, perturbations),
+                            samplings=choice.samplings if full else 1, **options)
 
-                estimate = estimate_seconds(run, examples=examples, jobs=jobs, passes=1 + passes,
-                                            copies=copies).seconds(examples, jobs, copies)
+                estimate = estimate_seconds(run, examples=examples).seconds(examples)
                 when = f"; est. {_duration(estimate)} on this machine"
             print(f"{measured} on {_plural(examples, 'example')}: {count}; {budget}{when}", file=sys.stderr)
 
