@@ -84,7 +84,10 @@ def estimate_evaluations(examples: int, jobs: int, levels: int, samplings: int, 
     ends at.
 
     An upper bound on the batched path, where a copy runs only the network after its layer.
-    Example: ``estimate_evaluations(300, 2, 11, 3) == 300 * (1 + 1 + 2 * 3 * 10)``
+
+    Example: 300 examples, 2 jobs, 11 levels × 3 samplings:
+        >>> estimate_evaluations(300, 2, 11, 3) == 300 * (1 + 1 + 2 * 3 * 10)
+        True
     """
     from widthlab.measure.analyze import planned_evaluations
 
@@ -102,7 +105,11 @@ def choose_measurement(*, examples: int, jobs: int, levels: int, samplings: int,
     `fixed` (``"levels"``, ``"samplings"``, ``"examples"``: set by the user) is never changed. `budget` 0 keeps
     everything. A pure function of counts: the same command on the same data measures the same on any machine.
 
-    Example: ``choose_measurement(examples=300, jobs=10, levels=11, samplings=3, budget=18_000).levels == 5``
+    Example: 11 levels × 3 samplings of 10 jobs cost 90,600; the levels go down to 5, the samplings to 1, and the
+    levels back up to 6, which fit:
+        >>> choice = choose_measurement(examples=300, jobs=10, levels=11, samplings=3, budget=18_000)
+        >>> choice.levels, choice.samplings, choice.examples, choice.evaluations
+        (6, 1, 300, 15600)
     """
     def cost(lv: int, sv: int, n: int) -> int:
         return estimate_evaluations(n, jobs, lv, sv, extra_passes)
@@ -176,7 +183,12 @@ def estimate_seconds(run, *, examples: int, jobs: int, passes: int, copies: int)
     (`passes` 3) is taken to cost as much again as the clean pass. `copies`: the copies per example the
     measurement plans (all jobs).
 
-    Example: ``estimate_seconds(run, examples=300, jobs=3, passes=2, copies=90).seconds(300, 3, 90)``
+    Example: probing the real `analyze` of a model on the first n of its 200 inputs, for one job:
+        >>> def run(n, levels):
+        ...     analyze(model, x[:n], perturbations=["zero"] if levels else [], levels=levels, samplings=1)
+        >>> estimate = estimate_seconds(run, examples=200, jobs=1, passes=2, copies=10)
+        >>> estimate.seconds(200, 1, 10) > 0
+        True
     """
     spent = 0.0
 

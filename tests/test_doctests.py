@@ -1,0 +1,84 @@
+"""Every docstring example of widthlab runs here as a doctest, so an example that went stale fails CI.
+
+One test per widthlab module (`pkgutil.walk_packages`), run with ELLIPSIS and NORMALIZE_WHITESPACE in the
+folder of a fresh tmp_path (an example that writes a file writes it there, never into the repository). Besides the
+module's own names, an example may use, without importing them:
+
+- ``torch``, ``nn`` (torch.nn), ``np`` (numpy), ``pd`` (pandas), ``widthlab`` and widthlab's public API
+  (``widthlab.__all__``: `create_model`, `load_data`, `analyze`, `load_results`, ...);
+- ``model``: ``create_model("mlp", 1.0, input_dim=10, seed=0)`` (unit layer ``relu1``, 128 units), ``x`` (200
+  inputs of the synthetic data set, seed 0) and ``y`` (their labels);
+- ``res``: `load_results` of a tiny finished study in ``widthlab-runs/mlp-10d`` (the folder `widthlab run
+  mlp-10d` writes by default: two widths, two replicates, 2 epochs, one snapshot at epoch 1; trained once per
+  test process), and ``runs`` / ``metrics``: its ``res.runs`` / ``res.metrics``.
+
+An example whose module needs an optional peer package that is missing is skipped, naming the package.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import shutil
+from pathlib import Path
+
+import pytest
+
+import widthlab
+from conftest import TINY_STUDY
+
+SRC = Path(widthlab.__file__).parent
+MODULES = sorted(m.name for m in pkgutil.walk_packages(widthlab.__path__, "widthlab.")
+                 if not m.name.endswith("__main__"))  # importing widthlab.cli.__main__ runs the CLI
+# Optional peers the examples of a module need (a peer the module itself imports is skipped on import).
+PEERS = {"widthlab.compress.hf": ("transformers",), "widthlab.external": ("transformers",)}
+STUDY = "widthlab-runs/mlp-10d"
+# The tiny study of conftest at two widths and two replicates (so trends, growth and bands have data), with a
+# snapshot at epoch 1 (for the epoch examples).
+DOCTEST_STUDY = [*TINY_STUDY, "grid.widths=[0.25, 0.5]", "grid.replicates=2", "train.snapshot_epochs=[1]"]
+FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+@pytest.fixture(scope="module")
+def trained_study(tmp_path_factory):
+    """The examples' study, trained once per test process (about a second)."""
+    from widthlab.study import load_config, run_study
+
+    out = tmp_path_factory.mktemp("doctest-study") / "study"
+    run_study(load_config("mlp-10d", DOCTEST_STUDY), out, progress=False, report=False)
+    return out
+
+
+@pytest.fixture
+def namespace(trained_study, tmp_path, monkeypatch):
+    """The names every example may use (module docstring), as (API, fixtures): a module's own names come between,
+    so the fixtures win. The study is copied into tmp_path, the working directory."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    shutil.copytree(trained_study, tmp_path / STUDY)
+    monkeypatch.chdir(tmp_path)
+    res = widthlab.load_results(STUDY)
+    data = widthlab.load_data("synthetic", input_dim=10, seed=0, n_train=64, n_val=32, n_test=200)
+    api = {**{name: getattr(widthlab, name) for name in widthlab.__all__},
+           "torch": torch, "nn": nn, "np": np, "pd": pd, "widthlab": widthlab}
+    fixtures = {"model": widthlab.create_model("mlp", 1.0, input_dim=10, seed=0), "x": data.test.x, "y": data.test.y,
+                "res": res, "runs": res.runs, "metrics": res.metrics}
+    return api, fixtures
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_examples(name, namespace, one_thread):
+    for peer in PEERS.get(name, ()):
+        pytest.importorskip(peer, reason=f"{name}'s examples need {peer}")
+    module = importlib.import_module(name)
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    api, fixtures = namespace
+    for test in doctest.DocTestFinder(exclude_empty=True).find(module, name):  # the module's own objects only
+        test.globs = {**api, **vars(module), **fixtures}
+        runner.run(test)
+    failed, attempted = runner.summarize(verbose=False)
+    assert not failed, f"{failed} of {attempted} examples of {name} failed (doctest output above)"
