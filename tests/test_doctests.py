@@ -12,17 +12,21 @@ module's own names, an example may use, without importing them:
   mlp-10d` writes by default: two widths, two replicates, 2 epochs, one snapshot at epoch 1; trained once per
   test process), and ``runs`` / ``metrics``: its ``res.runs`` / ``res.metrics``.
 
-An example whose module needs an optional peer package that is missing is skipped, naming the package.
+Some modules' examples find files made for them in the working directory (`SETUP`): widthlab.data.cifar10's
+a stand-in CIFAR-10 in ``data/cifar-10-batches-py``. An example whose module needs an optional peer package that is
+missing is skipped, naming the package.
 """
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import pickle
 import pkgutil
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import widthlab
@@ -40,6 +44,21 @@ DOCTEST_STUDY = [*TINY_STUDY, "grid.widths=[0.25, 0.5]", "grid.replicates=2", "t
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
+def fake_cifar(folder: Path) -> None:
+    """``folder/data/cifar-10-batches-py``: five training batches of 20 random images and a test batch of 20, in
+    the official format (Python 2 pickles with bytes keys)."""
+    batches = folder / "data" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(20)]}
+        with open(batches / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+
+
+SETUP = {"widthlab.data.cifar10": fake_cifar}
+
+
 @pytest.fixture(scope="module")
 def trained_study(tmp_path_factory):
     """The examples' study, trained once per test process (about a second)."""
@@ -54,7 +73,6 @@ def trained_study(tmp_path_factory):
 def namespace(trained_study, tmp_path, monkeypatch):
     """The names every example may use (module docstring), as (API, fixtures): a module's own names come between,
     so the fixtures win. The study is copied into tmp_path, the working directory."""
-    import numpy as np
     import pandas as pd
     import torch
     from torch import nn
@@ -75,6 +93,8 @@ def test_examples(name, namespace, one_thread):
     for peer in PEERS.get(name, ()):
         pytest.importorskip(peer, reason=f"{name}'s examples need {peer}")
     module = importlib.import_module(name)
+    if name in SETUP:
+        SETUP[name](Path.cwd())
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     api, fixtures = namespace
     for test in doctest.DocTestFinder(exclude_empty=True).find(module, name):  # the module's own objects only
