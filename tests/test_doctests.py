@@ -19,10 +19,12 @@ missing is skipped, naming the package.
 
 from __future__ import annotations
 
+import ast
 import doctest
 import importlib
 import pickle
 import pkgutil
+import re
 import shutil
 from pathlib import Path
 
@@ -103,3 +105,35 @@ def test_examples(name, namespace, one_thread):
         runner.run(test)
     failed, attempted = runner.summarize(verbose=False)
     assert not failed, f"{failed} of {attempted} examples of {name} failed (doctest output above)"
+
+
+EXAMPLE = re.compile(r"^[ \t]*Example:.*$", re.MULTILINE)
+# An Example: paragraph (its first line, then non-blank lines) that reaches a doctest line.
+DOCTEST_EXAMPLE = re.compile(r"^[ \t]*Example:.*\n(?:[ \t]*(?!>>>)\S.*\n)*[ \t]*>>> ", re.MULTILINE)
+# The Example: lines of the docstrings when they became doctests (one per docstring); the count may grow, not fall.
+MIN_EXAMPLES = 125
+
+
+def docstrings(path: Path):
+    """(name, docstring) of the module and of each class and function defined in a source file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            text = ast.get_docstring(node, clean=False)
+            if text:
+                yield getattr(node, "name", "<module>"), text
+
+
+def test_every_example_is_a_doctest():
+    """Every ``Example:`` paragraph of a docstring in src/widthlab goes on into ``>>>`` lines (so `test_examples`
+    runs it), and there are no fewer of them than when they were converted."""
+    prose, examples = [], 0
+    for path in sorted(SRC.rglob("*.py")):
+        for name, text in docstrings(path):
+            found = len(EXAMPLE.findall(text))
+            converted = len(DOCTEST_EXAMPLE.findall(text))
+            examples += converted
+            if converted < found:
+                prose.append(f"{path.relative_to(SRC.parent)}: {name}")
+    assert not prose, f"Example: paragraphs without a doctest (write them as >>> lines): {prose}"
+    assert examples >= MIN_EXAMPLES, f"{examples} docstring examples are doctests; there were {MIN_EXAMPLES}"
