@@ -37,8 +37,10 @@ from conftest import TINY_STUDY
 SRC = Path(widthlab.__file__).parent
 MODULES = sorted(m.name for m in pkgutil.walk_packages(widthlab.__path__, "widthlab.")
                  if not m.name.endswith("__main__"))  # importing widthlab.cli.__main__ runs the CLI
-# Optional peers the examples of a module need (a peer the module itself imports is skipped on import).
-PEERS = {"widthlab.compress.hf": ("transformers",), "widthlab.external": ("transformers",)}
+# Optional peers (pyproject's extras and the hub packages): a module that needs a missing one is skipped, naming it.
+OPTIONAL = ("ray", "transformers", "torch_pruning", "captum", "torchvision", "timm")
+# Peers a module's examples use beyond what importing the module needs.
+PEERS = {"widthlab.external": ("transformers",)}
 STUDY = "widthlab-runs/mlp-10d"
 # The tiny study of conftest at two widths and two replicates (so trends, growth and bands have data), trained to
 # 80-85% test accuracy (not chance: compression and the caveats have something to say), with a snapshot at epoch 1.
@@ -95,7 +97,12 @@ def namespace(trained_study, tmp_path, monkeypatch):
 def test_examples(name, namespace, one_thread):
     for peer in PEERS.get(name, ()):
         pytest.importorskip(peer, reason=f"{name}'s examples need {peer}")
-    module = importlib.import_module(name)
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in OPTIONAL:
+            raise
+        pytest.skip(f"{name} needs {exc.name}, which is not installed")
     if name in SETUP:
         SETUP[name](Path.cwd())
     runner = doctest.DocTestRunner(optionflags=FLAGS)
