@@ -12,7 +12,13 @@ def check_positive_int(name: str, value: object, *, optional: bool = False, maxi
     """`value` if it is a positive integer (at most `maximum`, when given; or None when `optional`), else a
     WidthlabError naming `name`.
 
-    Example: ``check_positive_int("samplings", 3) == 3``; ``check_positive_int("workers", 0)`` raises.
+    Example:
+        >>> check_positive_int("samplings", 3)
+        3
+        >>> check_positive_int("workers", 0)
+        Traceback (most recent call last):
+        ...
+        widthlab.errors.WidthlabError: workers must be a positive integer, got 0
     """
     if optional and value is None:
         return None
@@ -26,7 +32,13 @@ def check_positive_int(name: str, value: object, *, optional: bool = False, maxi
 def check_seconds(name: str, value: object) -> float:
     """`value` if it is a finite number of seconds >= 0, else a WidthlabError naming `name`.
 
-    Example: ``check_seconds("checkpoint_every", 60) == 60``; ``check_seconds("checkpoint_every", -1)`` raises.
+    Example:
+        >>> check_seconds("checkpoint_every", 60)
+        60
+        >>> check_seconds("checkpoint_every", -1)
+        Traceback (most recent call last):
+        ...
+        widthlab.errors.WidthlabError: checkpoint_every must be a number of seconds >= 0, got -1
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise WidthlabError(f"{name} must be a number of seconds >= 0, got {value!r}")
@@ -36,7 +48,9 @@ def check_seconds(name: str, value: object) -> float:
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` of an exception, for one-line errors (just ``Type`` without a message).
 
-    Example: ``first_line(ValueError("bad\nmore")) == "ValueError: bad"``
+    Example:
+        >>> first_line(ValueError("bad\\nmore"))
+        'ValueError: bad'
     """
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -68,7 +68,13 @@ def load_model(spec: str, *, seed: int = 0, allow_code: bool = False) -> nn.Modu
             ``hf:`` folder run the Python files its config.json names (transformers' ``trust_remote_code``). A
             checkpoint or a model folder is data: without this, the code it names is refused, never run.
 
-    Example: ``load_model("hf:./tiny-gpt2")`` is that folder's ``GPT2LMHeadModel``.
+    Example: a study's checkpoint, and a ``save_pretrained`` folder holding only a config (random weights):
+        >>> load_model("widthlab-runs/mlp-10d/checkpoints/default-w0.5-r0.pt").unit_layers
+        ['relu1']
+        >>> from transformers import GPT2Config
+        >>> GPT2Config(n_layer=1, n_embd=8, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained("tiny-gpt2")
+        >>> type(load_model("hf:./tiny-gpt2")).__name__
+        'GPT2LMHeadModel'
     """
     if spec.startswith(HF):
         return _from_hf(spec[len(HF):], seed, allow_code)

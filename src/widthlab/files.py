@@ -116,7 +116,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     A full disk or a read-only folder becomes a one-line WidthlabError naming `path` and the free space.
 
-    Example: ``with atomic_path(out / "summary.md") as tmp: tmp.write_text(text)``
+    Example:
+        >>> with atomic_path("summary.md") as tmp:
+        ...     tmp.write_text("# Summary\\n")
+        10
+        >>> Path("summary.md").read_text()
+        '# Summary\\n'
     """
     path = Path(path)
     tmp = temp_path(path)

@@ -25,8 +25,17 @@ class Registry:
     Args:
         what: what one entry builds, for messages (``"model"``, ``"data set"``).
 
-    Example: ``MODELS = Registry("model")``; ``@MODELS.register`` on ``def mlp(...)``;
-    ``MODELS.lookup("mlp") is mlp``; ``MODELS.names() == ["mlp"]``.
+    Example:
+        >>> MODELS = Registry("model")
+        >>> @MODELS.register
+        ... def mlp(width=1.0):
+        ...     return nn.Linear(10, round(128 * width))
+        >>> MODELS.lookup("mlp") is mlp, MODELS.names()
+        (True, ['mlp'])
+        >>> MODELS.lookup("mpl")
+        Traceback (most recent call last):
+        ...
+        widthlab.errors.WidthlabError: unknown model 'mpl'; registered: mlp (or 'module:function')
     """
 
     def __init__(self, what: str):

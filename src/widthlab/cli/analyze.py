@@ -84,7 +84,10 @@ def estimate_evaluations(examples: int, jobs: int, levels: int, samplings: int, 
     ends at.
 
     An upper bound on the batched path, where a copy runs only the network after its layer.
-    Example: ``estimate_evaluations(300, 2, 11, 3) == 300 * (1 + 1 + 2 * 3 * 10)``
+
+    Example: 300 examples, 2 jobs, 11 levels × 3 samplings:
+        >>> estimate_evaluations(300, 2, 11, 3) == 300 * (1 + 1 + 2 * 3 * 10)
+        True
     """
     from widthlab.measure.analyze import planned_evaluations
 
@@ -102,7 +105,11 @@ def choose_measurement(*, examples: int, jobs: int, levels: int, samplings: int,
     `fixed` (``"levels"``, ``"samplings"``, ``"examples"``: set by the user) is never changed. `budget` 0 keeps
     everything. A pure function of counts: the same command on the same data measures the same on any machine.
 
-    Example: ``choose_measurement(examples=300, jobs=10, levels=11, samplings=3, budget=18_000).levels == 5``
+    Example: 11 levels × 3 samplings of 10 jobs cost 90,600; the levels go down to 5, the samplings to 1, and the
+    levels back up to 6, which fit:
+        >>> choice = choose_measurement(examples=300, jobs=10, levels=11, samplings=3, budget=18_000)
+        >>> choice.levels, choice.samplings, choice.examples, choice.evaluations
+        (6, 1, 300, 15600)
     """
     def cost(lv: int, sv: int, n: int) -> int:
         return estimate_evaluations(n, jobs, lv, sv, extra_passes)
@@ -163,8 +170,10 @@ def probe_examples(examples: int) -> int | None:
     """How many examples `estimate_seconds` measures to estimate a measurement of `examples`: `PROBE_SHARE` of
     them, at least 8 and at most one batch; None (no probe) below `PROBE_MIN_EXAMPLES`.
 
-    Example: ``(probe_examples(40), probe_examples(1_000), probe_examples(50_000), probe_examples(10)) ==
-    (8, 100, 256, None)``"""
+    Example:
+        >>> [probe_examples(n) for n in (10, 40, 1_000, 50_000)]
+        [None, 8, 100, 256]
+    """
     if examples < PROBE_MIN_EXAMPLES:
         return None
     return min(PROBE_MAX_EXAMPLES, max(8, int(PROBE_SHARE * examples)))
@@ -185,7 +194,12 @@ def estimate_seconds(run, *, examples: int) -> Estimate:
     difference is the cost per example, the rest fixed. The probe costs about `PROBE_SHARE` of the measurement,
     plus the warm-up's 1/copies of that and the fixed cost twice.
 
-    Example: ``estimate_seconds(run, examples=300).seconds(300)``
+    Example: probing the real `analyze` of a model on the first n of its 200 inputs:
+        >>> def run(n, full):
+        ...     analyze(model, x[:n], perturbations=["zero"], levels=11 if full else 2, samplings=3 if full else 1)
+        >>> estimate = estimate_seconds(run, examples=200)
+        >>> estimate.seconds(200) >= estimate.fixed >= 0, estimate.probe > 0
+        (True, True)
     """
     n = probe_examples(examples)
     if n is None:

@@ -489,7 +489,13 @@ def compress(model: nn.Module, inputs, layers: list[str] | str | None = None, *,
             `model` is the fine-tuned one. Needs `finetune_data`, a `widthlab.data.Splits` (its train split is
             trained on, its val split evaluated per epoch).
 
-    Example: ``compress(create_model("mlp", 4.0, input_dim=10), x, keep=0.25).table``
+    Example: a 4x mlp merged to a quarter of its units, checked on 200 inputs:
+        >>> small = compress(create_model("mlp", 4.0, input_dim=10, seed=0), x, keep=0.25)
+        >>> small.model.fc1
+        Linear(in_features=10, out_features=128, bias=True)
+        >>> small.table[["layer", "units_before", "units_after", "method_used", "params_before", "params_after"]]
+           layer  units_before  units_after method_used  params_before  params_after
+        0  relu1           512          128       merge           6658          1666
     """
     if method not in METHODS:
         raise WidthlabError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")

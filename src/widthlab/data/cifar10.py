@@ -104,7 +104,10 @@ def cifar10(*, seed: int = 0, root: str | os.PathLike | None = None, n_val: int 
         random_labels: replace training and validation labels with seeded uniform random labels; test labels
             stay true (default False).
 
-    Example: ``load_data("cifar10", root="~/data", crop_size=28).input_shape == (3, 28, 28)``
+    Example: with the batch files in ``data/cifar-10-batches-py`` (here a stand-in of 100 training images):
+        >>> splits = load_data("cifar10", root="data", n_val=20, crop_size=28)
+        >>> splits.input_shape, len(splits.train), len(splits.val), len(splits.test)
+        ((3, 28, 28), 80, 20, 20)
     """
     padding = _check_options(n_val, n_train, n_test, crop_size, padding)
     folder = find_folder(root)

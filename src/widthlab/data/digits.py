@@ -41,7 +41,10 @@ def digits(*, seed: int = 0, root=None, image_size: int = 32, n_val: int = 300, 
         random_labels: replace training and validation labels by seeded uniform random labels; test labels
             stay true (default False).
 
-    Example: ``load_data("digits", image_size=75).input_shape == (3, 75, 75)``
+    Example:
+        >>> splits = load_data("digits", image_size=75)
+        >>> splits.input_shape, len(splits.train), len(splits.val), len(splits.test)
+        ((3, 75, 75), 1197, 300, 300)
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

@@ -111,7 +111,11 @@ class ImageFolderSplit(Dataset):
         files: image paths (plain strings: a million Path objects would cost hundreds of MB in every DataLoader
             worker); labels: (N,) class indices; size: output side; train: which form (default False).
 
-    Example: ``x, y = ImageFolderSplit(["a.JPEG"], torch.tensor([0]), 224)[0]  # x (3, 224, 224)``
+    Example:
+        >>> Image.new("RGB", (500, 375)).save("a.JPEG")
+        >>> x, y = ImageFolderSplit(["a.JPEG"], torch.tensor([0]), 224)[0]
+        >>> x.shape, y
+        (torch.Size([3, 224, 224]), tensor(0))
     """
 
     seeded_items = True  # accepts (index, seed) items: see above
@@ -183,7 +187,17 @@ def imagenet(*, seed: int = 0, root: str | os.PathLike | None = None, image_size
         images_per_class: keep at most this many training images per class after the hold-out (default None:
             all); the test split keeps every ``val/`` image of the selected classes.
 
-    Example: ``load_data("imagenet", root="/data/imagenet", classes=10, images_per_class=100)``
+    Example: two of three classes, 3 training images per class (and 1 held out) in ``imagenet/train/<wnid>/``, 2
+    test images per class in ``imagenet/val/<wnid>/``:
+        >>> for split, count in (("train", 4), ("val", 2)):
+        ...     for wnid in ("n01440764", "n01443537", "n01484850"):
+        ...         Path("imagenet", split, wnid).mkdir(parents=True)
+        ...         for i in range(count):
+        ...             Image.new("RGB", (64, 48)).save(f"imagenet/{split}/{wnid}/{i}.JPEG")
+        >>> splits = load_data("imagenet", root="imagenet", image_size=32, val_per_class=1, classes=2,
+        ...                    images_per_class=3)
+        >>> splits.num_classes, splits.input_shape, len(splits.train), len(splits.val), len(splits.test)
+        (2, (3, 32, 32), 6, 2, 4)
     """
     for key, value in (("image_size", image_size), ("val_per_class", val_per_class)):
         check_count("imagenet", key, value)

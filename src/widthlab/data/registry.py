@@ -31,7 +31,10 @@ def load_data(name: str, *, root: str | os.PathLike | None = None, seed: int = 0
         root: folder holding the data (default: ``$WIDTHLAB_DATA``); unused by synthetic data.
         seed: seeds every random choice (teacher, inputs, split shuffles).
 
-    Example: ``load_data("synthetic", input_dim=10, seed=0).train.x.shape == (1000, 10)``
+    Example:
+        >>> splits = load_data("synthetic", input_dim=10, seed=0)
+        >>> splits.train.x.shape, splits.num_classes
+        (torch.Size([1000, 10]), 2)
     """
     if root is None:
         root = os.environ.get("WIDTHLAB_DATA")

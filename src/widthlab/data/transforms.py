@@ -15,7 +15,10 @@ def channel_stats(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, tor
 
     Chunked so 45,000 CIFAR images need no 1 GB float64 copy.
 
-    Example: ``mean, std = channel_stats(torch.rand(10, 3, 8, 8))  # each (3,)``
+    Example:
+        >>> mean, std = channel_stats(torch.rand(10, 3, 8, 8))
+        >>> mean.shape, std.shape
+        (torch.Size([3]), torch.Size([3]))
     """
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
@@ -62,7 +65,12 @@ class RandomCropFlip:
             value of a black pixel, −mean/std, so padding means "black" as in the raw-image recipe.
         flip: mirror each image left-right with probability 1/2 (default True).
 
-    Example: ``RandomCropFlip(32, padding=4)(x, torch.Generator().manual_seed(0))  # x (B, 3, 32, 32)``
+    Example: the same generator seed, the same crops and flips:
+        >>> crop = RandomCropFlip(32, padding=4)
+        >>> images = torch.rand(8, 3, 32, 32)
+        >>> out = crop(images, torch.Generator().manual_seed(0))
+        >>> out.shape, torch.equal(out, crop(images, torch.Generator().manual_seed(0)))
+        (torch.Size([8, 3, 32, 32]), True)
     """
 
     def __init__(self, size: int, padding: int = 0, fill: Sequence[float] | torch.Tensor | None = None,

@@ -73,7 +73,12 @@ class _LayerMoments:
     rows as well (for perturbations that need clean statistics; with `census_only`, for selectivity's flat/silent
     flags alone, only their per-unit variances).
 
-    Example: ``acc = _LayerMoments(["relu1"], 3, 0, None, None); acc.add({"relu1": rows}, len(x)); acc.draws()``
+    Example: three draws of 50 of the 200 rows of ``relu1``:
+        >>> acc = _LayerMoments(["relu1"], 3, 0, 50, count_examples(x, None), full=False)
+        >>> for chunks, batch in stream_activations(model, x, ["relu1"], batch_size=64):
+        ...     acc.add(chunks, batch)
+        >>> [moments.n for moments in acc.draws()["relu1"]]
+        [50, 50, 50]
     """
 
     def __init__(self, names: list[str], samplings: int, seed: int, max_rows: int | None,
@@ -179,7 +184,12 @@ def analyze(model: nn.Module, inputs: Inputs, layers: Sequence[str] | None = Non
         ablations_per_eval, path, skip_zero_inputs: the engine's options (defaults 1, ``"auto"``, False; see
             `perturbation_curve`).
 
-    Example: ``analyze(create_model("mlp", 1.0, input_dim=10), torch.randn(500, 10), samplings=2)``
+    Example: the mlp's ``relu1`` on 200 inputs, with two random unit orders:
+        >>> frame = analyze(model, x, samplings=2)
+        >>> frame.columns.tolist()
+        ['layer', 'metric', 'perturbation', 'level', 'sampling', 'value']
+        >>> frame.query("metric == 'auc'")["value"].round(2).tolist()
+        [0.74, 0.75]
     """
     perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
     levels = level_sets(levels, perturbations)
@@ -249,7 +259,9 @@ def planned_evaluations(examples: int, copies: Sequence[int], extra_passes: int)
     path runs only the network after the layer), counted from the command alone, so `widthlab analyze` fits it into
     --max-evaluations the same on any machine; `analyze`'s progress bar counts in the same units and ends at it.
 
-    Example: ``planned_evaluations(300, [30, 30], 1) == 300 * (1 + 1 + 60)``
+    Example: 300 examples, two jobs of 30 copies each, one statistics pass:
+        >>> planned_evaluations(300, [30, 30], 1) == 300 * (1 + 1 + 60)
+        True
     """
     return examples * (1 + extra_passes + sum(copies))
 
@@ -433,7 +445,13 @@ def check_measurable(model: nn.Module, inputs: Inputs, layers: Sequence[str] | N
     now. A study calls this before training, so a config that cannot be measured stops before any compute is
     spent. The model runs in eval mode (its training flags are restored).
 
-    Example: ``check_measurable(create_model("mlp", 1, input_dim=10), torch.randn(4, 10)) == ["relu1"]``
+    Example:
+        >>> check_measurable(create_model("mlp", 1, input_dim=10), torch.randn(4, 10))
+        ['relu1']
+        >>> check_measurable(model, x, ["fc2"])
+        Traceback (most recent call last):
+        ...
+        widthlab.errors.WidthlabError: unknown layer(s) 'fc2'; valid module names: fc1, relu1, readout
     """
     specs = [get_perturbation(name) for name in ([perturbations] if isinstance(perturbations, str)
                                                  else perturbations)]

@@ -42,8 +42,13 @@ def similarity_null(acts: torch.Tensor | np.ndarray, *, threshold: float = 0.5, 
     Returns a dict: ``rows`` (rows used), ``similarity``, ``similar_fraction`` (observed on those rows),
     ``similarity_null``, ``similar_fraction_null`` and ``similarity_excess`` (= similarity − similarity_null).
 
-    Example: ``similarity_null(np.random.randn(5, 50))["similarity_null"]`` is well above 0: five rows give
-    many chance correlations.
+    Example: on five rows of 50 independent units, chance correlations make the null nearly as high as the
+    observed similarity; on 5,000 rows both vanish:
+        >>> null = similarity_null(np.random.default_rng(0).standard_normal((5, 50)))
+        >>> round(null["similarity"], 2), round(null["similarity_null"], 2)
+        (20.2, 19.6)
+        >>> similarity_null(np.random.default_rng(0).standard_normal((5000, 50)))["similarity_null"]
+        0.0
     """
     if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
         raise WidthlabError(f"max_rows must be a positive integer, got {max_rows!r}")
@@ -79,7 +84,13 @@ class NullRows:
     (`widthlab.measure.inputs.count_examples`). Fed by `sample_rows`' own pass, or by any pass that streams the
     layers (`analyze`'s clean pass), with the same rows either way.
 
-    Example: ``s = NullRows(["relu1"], 1000, 0, count_examples(x, None)); s.add(chunks, batch); s.rows()``
+    Example: 100 of the 200 rows of ``relu1``:
+        >>> from widthlab.measure.capture import stream_activations
+        >>> sampler = NullRows(["relu1"], 100, 0, count_examples(x, None))
+        >>> for chunks, batch in stream_activations(model, x, ["relu1"], batch_size=64):
+        ...     sampler.add(chunks, batch)
+        >>> sampler.rows()["relu1"].shape
+        torch.Size([100, 128])
     """
 
     def __init__(self, layers, max_rows: int, seed: int, counts: tuple[int, int | None]):
@@ -109,7 +120,9 @@ def sample_rows(model, inputs, layers, *, max_rows: int = 20000, seed: int = 0, 
 
     Rows of layer L come from the stream (seed, L, "null-rows"); the result is (rows, units) float64 on the CPU.
 
-    Example: ``sample_rows(model, x, ["relu1"], max_rows=1000)["relu1"].shape == (1000, 128)``
+    Example:
+        >>> sample_rows(model, x, ["relu1"], max_rows=100)["relu1"].shape
+        torch.Size([100, 128])
     """
     from widthlab.measure.capture import stream_activations
 
@@ -132,7 +145,10 @@ def layer_similarity_null(model, inputs, layers, *, threshold: float = 0.5, max_
                           mask: str | int | None = DEFAULT_MASK) -> dict[str, dict]:
     """`similarity_null` of each layer on at most `max_rows` sampled rows (see `sample_rows`).
 
-    Example: ``layer_similarity_null(model, x, ["relu1"])["relu1"]["similarity_excess"]``
+    Example:
+        >>> null = layer_similarity_null(model, x, ["relu1"])["relu1"]
+        >>> null["rows"], null["similarity"] == null["similarity_null"] + null["similarity_excess"]
+        (200, True)
     """
     samples = sample_rows(model, inputs, layers, max_rows=max_rows, seed=seed, unit_axis=unit_axis,
                           batch_size=batch_size, mask=mask)

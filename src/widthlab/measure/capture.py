@@ -140,7 +140,13 @@ def stream_activations(model: nn.Module, inputs: Inputs, layers: str | Sequence[
         batch_size: examples per forward pass for tensor/Dataset inputs (default 1024).
         mask: the attention mask's keyword or position (default ``"attention_mask"``; see `widthlab.measure.inputs`).
 
-    Example: ``for chunks, batch in stream_activations(model, x, ["relu1"]): moments.update(chunks["relu1"])``
+    Example: the moments of ``relu1``, accumulated batch by batch:
+        >>> from widthlab.measure.redundancy import Moments
+        >>> moments = Moments()
+        >>> for chunks, batch in stream_activations(model, x, ["relu1"], batch_size=64):
+        ...     _ = moments.update(chunks["relu1"])
+        >>> moments.n, moments.n_units
+        (200, 128)
     """
     names = [name for name, _ in resolve_modules(model, layers)]
     source = batches(model, inputs, batch_size, mask=mask)
@@ -206,7 +212,9 @@ def capture(model: nn.Module, inputs: Inputs, layers: str | Sequence[str], *, un
         batch_size: examples per forward pass for tensor/Dataset inputs (default 1024).
         mask: the attention mask (default the ``"attention_mask"`` keyword): only real tokens' rows are kept.
 
-    Example: ``capture(mlp, torch.randn(100, 10), ["relu1"])["relu1"].shape == (100, hidden)``
+    Example: the 128 units of the 1x mlp on 100 inputs:
+        >>> capture(model, torch.randn(100, 10), ["relu1"])["relu1"].shape
+        torch.Size([100, 128])
     """
     parts: dict[str, list[torch.Tensor]] = {}
     for chunks, _ in stream_activations(model, inputs, layers, unit_axis=unit_axis, batch_size=batch_size,
@@ -238,7 +246,11 @@ def default_layers(model: nn.Module, inputs: Inputs, *, batch_size: int = 1024,
     - an activation whose output is (N, C, 1, 1) — a squeeze-excitation bottleneck — is left out (name it in
       `layers` to measure it).
 
-    Example: ``default_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), x) == ["1"]``
+    Example: a widthlab model's unit layers, and the activations of a plain ``nn.Sequential``:
+        >>> default_layers(model, x)
+        ['relu1']
+        >>> default_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(3, 4))
+        ['1']
     """
     declared = getattr(model, "unit_layers", None)
     if declared:

@@ -244,7 +244,16 @@ def cka(model_a: nn.Module, model_b: nn.Module | None, inputs: Inputs, layers_a:
             units d than a batch has rows n (memory O(n·d) per layer instead of O(n²), time O(n·d_a·d_b) per pair).
             Both give the same numbers to round-off.
 
-    Example: ``cka(net, None, x)`` (layer × layer); ``cka(small, wide, x, ["relu1"], ["relu1"])``.
+    Example: a network's layer × layer matrix (1 on its diagonal), and the 1/4x mlp's ``relu1`` against the 1x's:
+        >>> net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+        >>> frame = cka(net, None, x)
+        >>> frame[["layer_a", "layer_b"]].values.tolist()
+        [['1', '1'], ['1', '3'], ['3', '1'], ['3', '3']]
+        >>> frame.query("layer_a == layer_b")["cka"].round(6).tolist()
+        [1.0, 1.0]
+        >>> small = create_model("mlp", 0.25, input_dim=10, seed=1)
+        >>> cka(small, model, x, ["relu1"], ["relu1"])["cka"].round(2).tolist()
+        [0.77]
     """
     check_positive_int("batch_size", batch_size)
     if batch_size < MIN_ROWS:

@@ -40,7 +40,9 @@ def robustness_auc(levels: Sequence[float] | np.ndarray, fractions: Sequence[flo
         levels: (L,) increasing levels, L >= 2.
         fractions: (L,) the curve's values at those levels.
 
-    Example: ``robustness_auc([0, 0.5, 1], [1, 0.5, 0]) == 0.5``
+    Example: a curve falling linearly to 0, and a noise curve (levels 0 … 2σ) constant at 1:
+        >>> robustness_auc([0, 0.5, 1], [1, 0.5, 0]), robustness_auc([0, 1, 2], [1, 1, 1])
+        (0.5, 1.0)
     """
     x = np.asarray(levels, dtype=np.float64)
     y = np.asarray(fractions, dtype=np.float64)

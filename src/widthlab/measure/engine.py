@@ -189,7 +189,12 @@ def sweep(model: nn.Module, inputs: Inputs, jobs: Sequence[tuple[str | Perturbat
             units and end exactly at its plan.
         Everything else as in `perturbation_curve`.
 
-    Example: ``sweep(model, x, [("zero", ["relu1"], SHARE_LEVELS)], samplings=3, seed=0)[0].auc``
+    Example: one job, the zero ablation of ``relu1`` at shares 0, 0.1, ..., 1; with half the units ablated, 72-75%
+    of the 200 predictions stay the same:
+        >>> from widthlab.measure.perturbations import SHARE_LEVELS
+        >>> curves = sweep(model, x, [("zero", ["relu1"], SHARE_LEVELS)], samplings=3, seed=0)
+        >>> curves[0].unchanged.shape, curves[0].unchanged[:, 5].tolist()
+        ((3, 11), [0.72, 0.745, 0.745])
     """
     if path not in PATHS:
         raise WidthlabError(f"unknown path {path!r}; valid: {', '.join(PATHS)}")

@@ -40,7 +40,9 @@ def prunability(levels: Sequence[float] | np.ndarray, unchanged: Sequence[float]
     Returns x* in [0, 1]: 1 when the curve never falls below `theta`. The levels must run from 0 to 1 (a
     WidthlabError otherwise; `frivolous_rows` then reports no prunability for that curve).
 
-    Example: ``prunability([0, 0.5, 1], [1, 0.6, 0.2]) == 0.25``
+    Example: the curve crosses 0.8 a quarter of the way in, halfway from 1 (at 0) to 0.6 (at 0.5):
+        >>> round(prunability([0, 0.5, 1], [1, 0.6, 0.2]), 12)
+        0.25
     """
     x = np.asarray(levels, dtype=np.float64)
     y = np.asarray(unchanged, dtype=np.float64)
@@ -71,7 +73,12 @@ def frivolous_rows(frame: pd.DataFrame, theta: float = THETA) -> pd.DataFrame:
     redundancy draw, ``redundant_units`` and ``non_redundant_units`` (perturbation ``""``). C is the layer's
     ``n_units``. Empty (with the frame's columns) when the frame holds neither.
 
-    Example: ``frivolous_rows(analyze(model, x)).query("metric == 'prunability'")``
+    Example:
+        >>> rows = frivolous_rows(analyze(model, x, samplings=2))
+        >>> rows["metric"].unique().tolist()
+        ['prunability', 'prunable_units', 'non_prunable_units', 'redundant_units', 'non_redundant_units']
+        >>> rows.query("metric == 'prunability'")["value"].round(2).tolist()
+        [0.35, 0.44]
     """
     columns = list(frame.columns)
     records = []

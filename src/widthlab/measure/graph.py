@@ -101,7 +101,10 @@ def trace(model: nn.Module, leaves: Iterable[str]) -> fx.Graph | None:
     Args:
         leaves: module names kept as ``call_module`` nodes (besides torch.nn's own modules).
 
-    Example: ``suffix_module(model, trace(model.eval(), ["stage1"]), "stage1")``
+    Example: the mlp's graph with ``relu1`` kept as one node:
+        >>> graph = trace(model.eval(), ["relu1"])
+        >>> [node.target for node in graph.nodes if node.op == "call_module"]
+        ['fc1', 'relu1', 'readout']
     """
     try:
         return _LeafTracer(leaves).trace(model)
@@ -129,7 +132,12 @@ def suffix_module(model: nn.Module, graph: fx.Graph, layer: str) -> fx.GraphModu
         graph: `trace` of `model` with `layer` among the leaves.
         layer: a module name.
 
-    Example: ``suffix_module(model, graph, "stage2")(h)`` equals ``model(x)`` for h the output of stage2 on x.
+    Example: with ``h`` the output of ``stage2`` on ``images``, the network after it gives the model's scores:
+        >>> net = create_model("resnet56_cifar", 0.25, depth=8).eval()
+        >>> images = torch.randn(2, 3, 32, 32)
+        >>> h = net.stage2(net.stage1(net.stem(images)))
+        >>> torch.equal(suffix_module(net, trace(net, ["stage2"]), "stage2")(h), net(images))
+        True
     """
     starts = [node for node in graph.nodes if node.op == "call_module" and node.target == layer]
     if len(starts) != 1:
@@ -159,7 +167,10 @@ def zero_commuting_chain(model: nn.Module, graph: fx.Graph, layer: str, avoid: I
     Args:
         graph: `trace` of `model`; layer: a module name; avoid: module names the chain must not include.
 
-    Example: ``zero_commuting_chain(alexnet, graph, "conv1_relu") == ["pool1"]`` (LRN mixes channels).
+    Example: AlexNet's first ReLU is followed by a max-pool, then a local response norm (which mixes channels):
+        >>> alexnet = create_model("alexnet_cifar", 0.25).eval()
+        >>> zero_commuting_chain(alexnet, trace(alexnet, ["conv1_relu"]), "conv1_relu")
+        ['pool1']
     """
     modules = dict(model.named_modules())
     avoid = set(avoid)
@@ -231,7 +242,9 @@ def probe(model: nn.Module, batch: Batch | torch.Tensor, layers: Sequence[str],
             producers_of: those of `layers` whose producing Conv/Linear is wanted (default none: then only the
             layers are hooked).
 
-    Example: ``probe(mlp, Batch((x[:2],), {}), ["relu1"], ["relu1"]).chains["relu1"] == ["fc1", "relu1"]``
+    Example: ``relu1``'s units are produced by ``fc1``:
+        >>> probe(model, Batch((x[:2],), {}), ["relu1"], ["relu1"]).chains
+        {'relu1': ['fc1', 'relu1']}
     """
     if isinstance(batch, torch.Tensor):
         batch = Batch((batch,), {})

@@ -54,7 +54,14 @@ def hooked(model: nn.Module, names: Sequence[str], *, forward: HookFactory | Non
 
     Every handle registered is removed in ``finally``, whatever happens in the block or while registering.
 
-    Example: ``with hooked(model, ["relu1"], forward=lambda name: keep): model(x)``
+    Example: keep the output of ``relu1`` in one pass; no hook is left afterwards:
+        >>> kept = {}
+        >>> def keep(name):
+        ...     return lambda module, args, output: kept.update({name: output})
+        >>> with hooked(model, ["relu1"], forward=keep) as modules:
+        ...     scores = model(x)
+        >>> modules, kept["relu1"].shape, len(model.relu1._forward_hooks)
+        ([('relu1', ReLU())], torch.Size([200, 128]), 0)
     """
     modules = named(model, names)
     handles = []

@@ -128,7 +128,14 @@ def unit_axes(model: nn.Module, run, layers: Sequence[str], unit_axis: int | Non
         unit_axis: an explicit axis for every layer (checked against each output), or None to decide by rule.
         calls: `record_calls` of that pass, when the caller has them.
 
-    Example: ``unit_axes(vit, lambda: vit(x[:2]), ["blocks.0.mlp.act"]) == {"blocks.0.mlp.act": 2}``
+    Example: a Linear's units lie on the last axis of its (N, T, C) output, and a GELU after it keeps them there;
+    a Conv's lie on axis 1:
+        >>> block = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        >>> unit_axes(block, lambda: block(torch.randn(2, 5, 8)), ["0", "1"])
+        {'0': 2, '1': 2}
+        >>> conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> unit_axes(conv, lambda: conv(torch.randn(2, 3, 8, 8)), ["1"])
+        {'1': 1}
     """
     calls = record_calls(model, run) if calls is None else calls
     axes = {}

@@ -98,7 +98,13 @@ def targeted_order(layer: str, moments: Moments, sampling: int, seed: int = 0) -
         layer, sampling, seed: name the random stream, as for `unit_order` (seed default 0).
         moments: the clean layer's streamed `Moments` (its covariance gives r).
 
-    Example: for units [a, a, -a, b] and u = 0, the order starts 0, then 1 and 2 (|r| = 1), then 3.
+    Example: units [a, a, -a, b] of independent a and b; sampling 5's random order starts at unit 0, so its
+    targeted order goes on with 2 and 1 (|r| = 1, in their random order), then 3:
+        >>> rng = np.random.default_rng(0)
+        >>> a, b = rng.standard_normal(1000), rng.standard_normal(1000)
+        >>> moments = Moments.of(np.stack([a, a, -a, b], 1))
+        >>> unit_order("relu1", 4, 5).tolist(), targeted_order("relu1", moments, 5).tolist()
+        ([0, 2, 3, 1], [0, 2, 1, 3])
     """
     n_units = moments.n_units
     perm = unit_order(layer, n_units, sampling, seed)
@@ -127,7 +133,12 @@ def ablation_masks(layer: str, n_units: int, levels: Sequence[float] | np.ndarra
                    seed: int = 0) -> torch.Tensor:
     """(S, L, C) bool, True where a unit is ablated: the first `n_ablated` units of each sampling's order.
 
-    Example: ``ablation_masks("relu1", 10, [0, 0.5, 1], 3)[s, 1].sum() == 5``; the masks are nested in level.
+    Example: each sampling ablates 0, 5 and 10 of 10 units, and the masks are nested in level:
+        >>> masks = ablation_masks("relu1", 10, [0, 0.5, 1], 3)
+        >>> masks.shape, masks.sum(-1).tolist()
+        (torch.Size([3, 3, 10]), [[0, 5, 10], [0, 5, 10], [0, 5, 10]])
+        >>> bool((masks[:, 0] <= masks[:, 1]).all() and (masks[:, 1] <= masks[:, 2]).all())
+        True
     """
     return nested_masks([unit_order(layer, n_units, s, seed) for s in range(samplings)], levels)
 
@@ -143,7 +154,10 @@ def example_noise(layer: str, sampling: int, seed: int, start: int, like: torch.
         layer, sampling, seed: name the stream; start: the index of the batch's first example in the inputs.
         like: a (B, ...) tensor giving the shape, dtype and device.
 
-    Example: ``example_noise("relu1", 0, 0, 0, h)[5]`` equals ``example_noise("relu1", 0, 0, 5, h[5:])[0]``.
+    Example: example 5's noise is the same in a batch starting at example 0 and in one starting at example 5:
+        >>> h = torch.zeros(8, 128)
+        >>> torch.equal(example_noise("relu1", 0, 0, 0, h)[5], example_noise("relu1", 0, 0, 5, h[5:])[0])
+        True
     """
     def draw(b: int) -> torch.Tensor:
         g = torch_generator(seed, layer, sampling, "act_noise", start + b)
@@ -397,7 +411,9 @@ MAX_SAMPLINGS = 1_000
 def evenly_spaced_levels(n: int, perturbation: str = "zero") -> np.ndarray:
     """`n` evenly spaced levels over `perturbation`'s default range: shares 0 … 1, or noise 0 … 2σ.
 
-    Example: ``evenly_spaced_levels(3, "act_noise").tolist() == [0.0, 1.0, 2.0]``
+    Example:
+        >>> evenly_spaced_levels(3).tolist(), evenly_spaced_levels(3, "act_noise").tolist()
+        ([0.0, 0.5, 1.0], [0.0, 1.0, 2.0])
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= MAX_LEVELS:
         raise WidthlabError(f"the number of levels must be an integer from 2 to {MAX_LEVELS:,} (the bound on "
@@ -450,7 +466,9 @@ def level_sets(levels, perturbations: Sequence[str], *, default=None,
         default: what a perturbation without levels gets (default None: its own `default_levels`; or a count).
         from_zero: every set must start at 0 (default False).
 
-    Example: ``level_sets(3, ["zero", "act_noise"])["act_noise"].tolist() == [0.0, 1.0, 2.0]``
+    Example: three levels over each perturbation's range:
+        >>> {name: levels.tolist() for name, levels in level_sets(3, ["zero", "act_noise"]).items()}
+        {'zero': [0.0, 0.5, 1.0], 'act_noise': [0.0, 1.0, 2.0]}
     """
     perturbations = list(perturbations)
     if isinstance(levels, Mapping):

@@ -37,7 +37,12 @@ class Moments:
     Chunks are merged with Chan et al.'s pairwise update on data shifted by the first row seen, so a constant
     unit (even of value 1e6) has exactly zero variance rather than round-off.
 
-    Example: ``m = Moments(); m.update(a); m.update(b); m.cov`` equals ``np.cov(np.vstack([a, b]).T)``.
+    Example: two chunks streamed give the covariance of the rows stacked:
+        >>> rng = np.random.default_rng(0)
+        >>> a, b = rng.standard_normal((300, 4)), rng.standard_normal((200, 4))
+        >>> moments = Moments().update(a).update(b)
+        >>> np.allclose(moments.cov.numpy(), np.cov(np.vstack([a, b]).T))
+        True
     """
 
     def __init__(self, diagonal: bool = False) -> None:
@@ -231,7 +236,10 @@ def similarity_from_census(layer: Census, *, threshold: float = 0.5, bins: int =
     Returns a dict: ``n_units``, ``similarity``, ``similarity_live``, ``similar_fraction``, ``abs_r_counts`` ((bins,)
     int counts over the pairs i < j of non-flat units) and ``abs_r_edges`` ((bins + 1,) bin edges).
 
-    Example: ``similarity_from_census(census(Moments.of(acts)))["similarity"] == similarity(acts)``
+    Example:
+        >>> acts = capture(model, x, "relu1")["relu1"]
+        >>> similarity_from_census(census(Moments.of(acts)))["similarity"] == similarity(acts)
+        True
     """
     cov, live = layer.cov, layer.live
     units = len(cov)
@@ -263,7 +271,12 @@ def redundancy_from_moments(moments: Moments, *, energy: float = 0.95, threshold
     ``similar_fraction``, ``silent_fraction``, ``constant_fraction``, ``abs_r_counts`` ((bins,) int counts over
     the pairs i < j of non-flat units) and ``abs_r_edges`` ((bins + 1,) bin edges).
 
-    Example: ``redundancy_from_moments(Moments().update(chunk1).update(chunk2))["pcs_needed"]``
+    Example: the 200 rows of ``relu1`` streamed in two chunks give the numbers of the whole matrix:
+        >>> acts = capture(model, x, "relu1")["relu1"]
+        >>> redundancy_from_moments(Moments().update(acts[:100]).update(acts[100:]))["pcs_needed"]
+        33
+        >>> redundancy(acts)["pcs_needed"]
+        33
     """
     energy = check_fraction("energy", energy, low_open=True)
     threshold = check_fraction("threshold", threshold, low_open=False)
@@ -284,7 +297,10 @@ def pcs_needed(acts: torch.Tensor | np.ndarray, energy: float = 0.95) -> int:
         acts: (rows, units) activations, tensor or ndarray.
         energy: share of the total variance in (0, 1] (default 0.95).
 
-    Example: ``pcs_needed(torch.randn(2000, 3) @ torch.randn(3, 20), energy=0.9999) == 3``
+    Example: 20 units that are mixtures of 3 signals:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> pcs_needed(torch.randn(2000, 3, generator=g) @ torch.randn(3, 20, generator=g), energy=0.9999)
+        3
     """
     energy = check_fraction("energy", energy, low_open=True)
     return _pcs(Moments.of(acts).cov.cpu().numpy(), energy)
@@ -297,7 +313,10 @@ def compressibility(acts: torch.Tensor | np.ndarray, energy: float = 0.95) -> fl
         acts: (rows, units) activations, tensor or ndarray.
         energy: share of the total variance in (0, 1] (default 0.95).
 
-    Example: ``compressibility(torch.randn(2000, 3) @ torch.randn(3, 20), energy=0.9999) == 1 - 3 / 20``
+    Example: 20 units that are mixtures of 3 signals:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> compressibility(torch.randn(2000, 3, generator=g) @ torch.randn(3, 20, generator=g), energy=0.9999)
+        0.85
     """
     return 1.0 - pcs_needed(acts, energy) / checked_matrix(acts).shape[1]
 
@@ -311,7 +330,11 @@ def similarity(acts: torch.Tensor | np.ndarray, threshold: float = 0.5) -> float
         acts: (rows, units) activations, tensor or ndarray.
         threshold: |r| in [0, 1] at or above which two units are similar (default 0.5).
 
-    Example: ``similarity(np.stack([a, a, -a, b], 1)) == 1.5`` for independent noise vectors a and b.
+    Example: for independent noise vectors a and b, each of a, a, -a has two similar units and b none:
+        >>> rng = np.random.default_rng(0)
+        >>> a, b = rng.standard_normal(1000), rng.standard_normal(1000)
+        >>> similarity(np.stack([a, a, -a, b], 1))
+        1.5
     """
     threshold = check_fraction("threshold", threshold, low_open=False)
     cov = Moments.of(acts).cov.cpu().numpy()
@@ -332,6 +355,9 @@ def redundancy(acts: torch.Tensor | np.ndarray, *, energy: float = 0.95, thresho
 
     Returns the dict of `redundancy_from_moments`.
 
-    Example: ``redundancy(capture(model, x, "relu1")["relu1"])["similarity"]``
+    Example:
+        >>> numbers = redundancy(capture(model, x, "relu1")["relu1"])
+        >>> numbers["n_units"], numbers["pcs_needed"], round(numbers["compressibility"], 4), numbers["similarity"]
+        (128, 33, 0.7422, 4.875)
     """
     return redundancy_from_moments(Moments.of(acts), energy=energy, threshold=threshold, bins=bins)

@@ -71,7 +71,12 @@ def perturbation_curve(model: nn.Module, inputs: Inputs, layer: str, *, perturba
         skip_zero_inputs: Conv/Linear modules skip exactly-zero input channels in perturbed evaluations (default
             False; faster when units are ablated, equal only to round-off; see the module doc).
 
-    Example: ``perturbation_curve(mlp, x, "relu1").unchanged[:, 0]`` is all ones (nothing ablated at level 0).
+    Example: nothing is ablated at level 0, so every prediction stays:
+        >>> curve = perturbation_curve(model, x, "relu1")
+        >>> curve.levels.tolist()
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+        >>> curve.unchanged[:, 0].tolist(), curve.path
+        ([1.0, 1.0, 1.0], 'batched')
     """
     levels = check_levels(levels, perturbation)
     samplings = check_positive_int("samplings", samplings, maximum=MAX_SAMPLINGS)
@@ -92,7 +97,9 @@ def ablation_curve(model: nn.Module, inputs: Inputs, layer: str, *, levels: Sequ
         mode: ``"zero"`` or ``"mean"`` (default ``"zero"``).
         **options: further keywords of `perturbation_curve` (layers, unit_axis, batch_size, path, ...).
 
-    Example: ``ablation_curve(mlp, x, "relu1", levels=[0, 1], samplings=1)``
+    Example: with every unit ablated, 31% of the predictions stay the same:
+        >>> ablation_curve(model, x, "relu1", levels=[0, 1], samplings=1).tolist()
+        [[1.0, 0.31]]
     """
     if mode not in ("zero", "mean"):
         raise WidthlabError(f"unknown ablation mode {mode!r}; valid: zero, mean")

@@ -24,7 +24,10 @@ def draw_rows(total: int, max_rows: int, seed: int, *stream: object) -> np.ndarr
 
     Sorted so a sample keeps the rows' order (and can be picked chunk by chunk).
 
-    Example: ``draw_rows(1000, 100, 0, "relu1", 0, "rows")`` are the rows of sampling 0 of layer relu1.
+    Example: the rows of sampling 0 of layer relu1, 100 of 1,000:
+        >>> rows = draw_rows(1000, 100, 0, "relu1", 0, "rows")
+        >>> len(rows), rows[:5].tolist(), bool((np.diff(rows) > 0).all())
+        (100, [17, 25, 35, 52, 53], True)
     """
     rng = numpy_generator(seed, *stream)
     return np.sort(rng.choice(total, size=min(max_rows, total), replace=False))
@@ -38,8 +41,16 @@ class RowSampler:
     ``(examples, tokens)``, `widthlab.measure.inputs.count_examples`); draw d of layer L comes from the stream
     ``stream(L, d)``. When `max_rows` covers every row nothing is drawn: every draw keeps every row, in order.
 
-    Example: ``s = RowSampler(["relu1"], 100, counts, lambda name, d: (0, name, d, "rows"), draws=3)``, then per
-    chunk ``s.pick("relu1", rows, batch)``.
+    Example: three draws of 50 of the 200 rows of ``relu1``, picked chunk by chunk:
+        >>> from widthlab.measure.capture import stream_activations
+        >>> from widthlab.measure.inputs import count_examples
+        >>> sampler = RowSampler(["relu1"], 50, count_examples(x, None), lambda name, d: (0, name, d, "rows"), draws=3)
+        >>> kept = [[], [], []]
+        >>> for chunks, batch in stream_activations(model, x, ["relu1"], batch_size=64):
+        ...     for d, part in enumerate(sampler.pick("relu1", chunks["relu1"], batch)):
+        ...         kept[d].append(part)
+        >>> [len(torch.cat(parts)) for parts in kept], sampler.complete()
+        ([50, 50, 50], True)
     """
 
     def __init__(self, layers: Sequence[str], max_rows: int, counts: tuple[int, int | None], stream: Stream,

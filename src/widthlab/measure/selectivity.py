@@ -63,7 +63,14 @@ class ClassSums:
     Labels are `labels` (one per example, or (N, T) tokens, sliced by example offset) or each batch's own. The
     sums exist only when every batch has labels; with `required`, a batch without any is an error at once.
 
-    Example: ``acc = ClassSums({"relu1": False}, y); acc.add({"relu1": rows}, batch); sums, counts = acc["relu1"]``
+    Example: the per-class sums of ``relu1``'s 128 units over 200 labelled examples:
+        >>> from widthlab.measure.capture import stream_activations
+        >>> acc = ClassSums({"relu1": False}, y)
+        >>> for chunks, batch in stream_activations(model, x, ["relu1"], batch_size=64):
+        ...     acc.add(chunks, batch)
+        >>> sums, counts = acc["relu1"]
+        >>> sums.shape, counts.tolist() == torch.bincount(y).tolist()
+        ((2, 128), True)
     """
 
     def __init__(self, token: Mapping[str, bool], labels=None, *, what: str = "labels", required: bool = False):

@@ -125,7 +125,10 @@ def unit_table(model: torch.nn.Module, inputs: Inputs, layer: str, *, labels=Non
             `inputs` themselves); one more streaming pass. Only used when `inputs` have labels.
         train_labels: labels of `train_inputs` (default None: their own); missing labels are an error.
 
-    Example: ``unit_table(mlp, x, "relu1", labels=y).sort_values("score_drop_zero", ascending=False).head()``
+    Example: the units of ``relu1`` whose ablation lowers the true class's score most:
+        >>> table = unit_table(model, x, "relu1", labels=y)
+        >>> table.shape, table.sort_values("score_drop_zero", ascending=False)["unit"].head(3).tolist()
+        ((128, 16), [65, 108, 26])
     """
     if not isinstance(layer, str):
         raise WidthlabError(f"layer must be one module name, got {layer!r}")

@@ -34,7 +34,10 @@ def tf_local_response_norm(depth_radius: int = 2, alpha: float = 2e-5, beta: flo
         depth_radius: channels on each side of the window (default 2, the paper's).
         alpha, beta, bias: TensorFlow's parameters (defaults 2e-5, 0.75, 1.0, the paper's).
 
-    Example: ``tf_local_response_norm()(torch.ones(1, 5, 1, 1))[0, 2, 0, 0] == (1 + 2e-5 * 5) ** -0.75``
+    Example: the centre channel of five ones is divided by (1 + alpha · 5)^beta:
+        >>> out = tf_local_response_norm()(torch.ones(1, 5, 1, 1))
+        >>> torch.isclose(out[0, 2, 0, 0], torch.tensor((1 + 2e-5 * 5) ** -0.75))
+        tensor(True)
     """
     size = 2 * depth_radius + 1
     return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=bias)
@@ -89,7 +92,9 @@ def alexnet_cifar(width: float = 1.0, *, num_classes: int = 10, input_size: int 
         input_size: height = width of the input images, e.g. 32 (default) or 28 for cropped CIFAR.
         dropout: drop probability after each dense ReLU (default 0.0, the paper's default of no regulariser).
 
-    Example: ``create_model("alexnet_cifar", 0.25).conv1.out_channels == 24``
+    Example:
+        >>> create_model("alexnet_cifar", 0.25).conv1.out_channels
+        24
     """
     check_positive_ints("alexnet_cifar", num_classes=num_classes, input_size=input_size)
     check_probabilities("alexnet_cifar", dropout=dropout)

@@ -245,7 +245,9 @@ def inception_v3(width: float = 1.0, *, num_classes: int = 1000, dropout: float 
         num_classes: size of the final layer (default 1000).
         dropout: drop probability before the classifier (default 0.2, TF-slim's).
 
-    Example: ``create_model("inception_v3", 0.25).unit_layers == ["Mixed_5d", "Mixed_6e", "Mixed_7c"]``
+    Example:
+        >>> create_model("inception_v3", 0.25).unit_layers
+        ['Mixed_5d', 'Mixed_6e', 'Mixed_7c']
     """
     check_positive_ints("inception_v3", num_classes=num_classes)
     check_probabilities("inception_v3", dropout=dropout)
@@ -261,7 +263,9 @@ def inception_v3_mixed5d(width: float = 1.0, *, num_classes: int = 1000, dropout
         num_classes: size of the final layer (default 1000).
         dropout: drop probability before the classifier (default 0.2, TF-slim's).
 
-    Example: ``create_model("inception_v3_mixed5d", 4.0).Mixed_5d.out_channels == 1152``
+    Example:
+        >>> create_model("inception_v3_mixed5d", 4.0).Mixed_5d.out_channels
+        1152
     """
     check_positive_ints("inception_v3_mixed5d", num_classes=num_classes)
     check_probabilities("inception_v3_mixed5d", dropout=dropout)

@@ -61,7 +61,10 @@ def create_model(name: str, width: float = 1.0, *, init: str = "glorot_normal", 
         seed: draws the initial weights from a private generator seeded by it (global RNG untouched).
         **kw: architecture options of the family (e.g. ``input_dim`` for ``mlp``).
 
-    Example: ``create_model("mlp", 2.0, init="normal", sigma=0.01, input_dim=10).unit_layers == ["relu1"]``
+    Example:
+        >>> net = create_model("mlp", 2.0, init="normal", sigma=0.01, input_dim=10)
+        >>> net.unit_layers, net.fc1.out_features
+        (['relu1'], 256)
     """
     width = check_width(width)
     builder = MODELS.lookup(name)

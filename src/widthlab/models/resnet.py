@@ -93,7 +93,9 @@ def resnet56_cifar(width: float = 1.0, *, num_classes: int = 10, depth: int = 56
         num_classes: size of the final layer (default 10).
         depth: 6n + 2 weighted layers, n blocks per stage (default 56: n = 9; 20, 32, 44, 110 also standard).
 
-    Example: ``create_model("resnet56_cifar", 2.0).unit_layers == ["stem", "stage1", "stage2", "stage3"]``
+    Example:
+        >>> create_model("resnet56_cifar", 2.0).unit_layers
+        ['stem', 'stage1', 'stage2', 'stage3']
     """
     check_positive_ints("resnet56_cifar", num_classes=num_classes, depth=depth)
     if depth < 8 or (depth - 2) % 6:
@@ -112,7 +114,9 @@ def resnet18_imagenet(width: float = 1.0, *, num_classes: int = 1000) -> ResNet:
         width: multiplies every filter count (default 1.0).
         num_classes: size of the final layer (default 1000).
 
-    Example: ``create_model("resnet18_imagenet", 0.5).fc.in_features == 256``
+    Example:
+        >>> create_model("resnet18_imagenet", 0.5).fc.in_features
+        256
     """
     check_positive_ints("resnet18_imagenet", num_classes=num_classes)
     return ResNet([scale_width(c, width) for c in (64, 128, 256, 512)], [2, 2, 2, 2],

@@ -23,8 +23,13 @@ class CutSequential(nn.Sequential):
         layers: the children in execution order, by name.
         unit_layers: names of the children whose outputs are measured.
 
-    Example: with ``h`` the output of child ``"stage2"`` in a pass on ``x``, ``net.forward_from("stage2", h)``
-    equals ``net(x)``.
+    Example: with ``h`` the output of child ``"relu1"`` in a pass on ``inputs``, ``net.forward_from("relu1", h)``
+    is ``net(inputs)``:
+        >>> net = CutSequential(OrderedDict(fc1=nn.Linear(4, 8), relu1=nn.ReLU(), fc2=nn.Linear(8, 2)), ["relu1"])
+        >>> inputs = torch.randn(3, 4)
+        >>> h = net.relu1(net.fc1(inputs))
+        >>> torch.equal(net.forward_from("relu1", h), net(inputs))
+        True
     """
 
     def __init__(self, layers: OrderedDict[str, nn.Module], unit_layers: list[str]):

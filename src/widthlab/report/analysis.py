@@ -37,7 +37,12 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per layer: the LAYER_COLUMNS numbers the frame holds (mean over samplings) and
     ``auc_<perturbation>`` mean and std.
 
-    Example: ``layer_table(widthlab.analyze(model, x))``
+    Example: the mlp's one layer, its two samplings averaged:
+        >>> table = layer_table(widthlab.analyze(model, x, samplings=2))
+        >>> table[["layer", "n_units", "pcs_needed"]].to_dict("records")
+        [{'layer': 'relu1', 'n_units': 128.0, 'pcs_needed': 33.0}]
+        >>> table.columns[-2:].tolist()
+        ['auc_zero', 'auc_zero_std']
     """
     scalar = frame[frame["level"].isna()]
     numbers = scalar[scalar["metric"].isin(LAYER_COLUMNS)]
@@ -67,7 +72,10 @@ def layer_notes(table: pd.DataFrame, signed_layers) -> list[str]:
 
     Returns no line when no such layer has a selectivity.
 
-    Example: ``layer_notes(layer_table(df), ["gelu1"])``
+    Example: a GELU layer measured with labels:
+        >>> net = nn.Sequential(nn.Linear(10, 16), nn.GELU(), nn.Linear(16, 2))
+        >>> layer_notes(layer_table(widthlab.analyze(net, (x, y), samplings=1)), ["1"])
+        ['note: selectivity of 1: activations take negative values; can lie outside [0, 1] by definition (...)']
     """
     if "selectivity" not in table.columns:
         return []
@@ -110,7 +118,9 @@ def write_layer_figures(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         frame: the tidy frame of `widthlab.analyze`.
         out_dir: folder for ``layer_<name>.png`` files (created if missing).
 
-    Example: ``write_layer_figures(df, "analysis/figures")``
+    Example:
+        >>> write_layer_figures(widthlab.analyze(model, x, samplings=2), "analysis/figures")
+        [PosixPath('analysis/figures/layer_relu1.png')]
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +133,10 @@ def layer_figure(frame: pd.DataFrame, layer: str) -> Figure:
     such curves were measured; at least one curve panel) and the |r| histogram (only when measured: the joint
     scope "all" has none), with the legend below the panels.
 
-    Example: ``layer_figure(df, "relu1").axes[0].get_xlabel() == "share of units ablated"``
+    Example: the mlp's ``relu1``, measured with the zero ablation: a share panel and the |r| histogram:
+        >>> figure = layer_figure(widthlab.analyze(model, x, samplings=2), "relu1")
+        >>> [ax.get_xlabel() for ax in figure.axes]
+        ['share of units ablated', '|r| between unit pairs']
     """
     part = frame[frame["layer"] == layer]
     curves = part[part["metric"] == "unchanged"]

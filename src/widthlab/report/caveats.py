@@ -36,7 +36,12 @@ def chance_runs(runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     p > `alpha`); runs without a stored test-set size or class count get NaN p_value and at_chance False; runs
     trained on random labels are left out.
 
-    Example: ``chance_runs(res.runs).query("at_chance")``
+    Example: every run of the tiny study beats chance on its 32 test examples:
+        >>> tests = chance_runs(res.runs)
+        >>> tests.columns.tolist()
+        ['run_id', 'variant', 'test_acc', 'n', 'classes', 'p_value', 'at_chance']
+        >>> tests.query("at_chance").empty, tests["n"].tolist(), tests["classes"].tolist()
+        (True, [32, 32, 32, 32], [2, 2, 2, 2])
     """
     # P(X ≥ k) for X ~ Binomial(n, p) is the regularised incomplete beta I_p(k, n − k + 1): scipy.stats'
     # binomtest(alternative="greater") to rounding, without importing scipy.stats (2 s).
@@ -75,7 +80,13 @@ def caveats(runs: pd.DataFrame, config: Mapping[str, Any] | Any = None, alpha: f
     `meaningful` is False for a caveat that voids the verdict (a smoke run, accuracy at chance in most runs) and
     True for a note (a stand-in data set, a few runs at chance, runs that could not be checked).
 
-    Example: ``caveats(res.runs, yaml.safe_load(open("config.yaml")))``
+    Example: the tiny study has none; a config's own caveat that its verdict is not meaningful voids it:
+        >>> import yaml
+        >>> config = yaml.safe_load(open("widthlab-runs/mlp-10d/config.yaml"))
+        >>> caveats(res.runs, config).empty
+        True
+        >>> caveats(res.runs, {**config, "caveats": ["smoke run: its verdict is not meaningful"]}).to_dict("records")
+        [{'variant': '*', 'caveat': 'smoke run: its verdict is not meaningful', 'meaningful': False}]
     """
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")

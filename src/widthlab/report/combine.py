@@ -15,7 +15,9 @@ def prefixed(label: str, variant: object) -> str:
     Args:
         label: the study's label; variant: its variant name.
 
-    Example: ``prefixed("he", "sigma=0.01") == "he: sigma=0.01"``.
+    Example:
+        >>> prefixed("he", "sigma=0.01")
+        'he: sigma=0.01'
     """
     return f"{label}: {variant}"
 
@@ -30,7 +32,10 @@ def combine_frames(frames: Sequence[pd.DataFrame], labels: Sequence[str]) -> pd.
         frames: one DataFrame per study, each with a run_id column.
         labels: one distinct, non-empty label per study, in the same order.
 
-    Example: ``combine_frames([a.history, b.history], ["glorot", "he"])``.
+    Example: the training histories of two studies (here the same one twice):
+        >>> history = combine_frames([res.history, res.history], ["glorot", "he"])
+        >>> len(history) == 2 * len(res.history), history["run_id"].iloc[0], history["run_id"].iloc[-1]
+        (True, 'glorot/default-w0.25-r0', 'he/default-w0.5-r1')
     """
     labels = [str(label) for label in labels]
     if len(labels) != len(frames):
@@ -64,7 +69,11 @@ def combine(results_list: Sequence, labels: Sequence[str]) -> tuple[pd.DataFrame
 
     Returns (runs, metrics) ready for `write_report`, `verdict` or the figures.
 
-    Example: ``runs, metrics = combine([load_results(d) for d in dirs], ["glorot", "lecun", "he"])``.
+    Example: three studies (here the same one three times) as the variants of one report:
+        >>> dirs = ["widthlab-runs/mlp-10d"] * 3
+        >>> both_runs, both_metrics = combine([load_results(d) for d in dirs], ["glorot", "lecun", "he"])
+        >>> both_runs["variant"].unique().tolist(), len(both_metrics) == 3 * len(res.metrics)
+        (['glorot: default', 'lecun: default', 'he: default'], True)
     """
     return (combine_frames([r.runs for r in results_list], labels),
             combine_frames([r.metrics for r in results_list], labels))

@@ -47,7 +47,13 @@ def layer_counts(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     largest width), then for each quantity q of QUANTITIES: q (mean over samplings), q_ref (the reference
     code's summary) and q_norm (q / c_max). Empty when no run has these metrics.
 
-    Example: ``layer_counts(res.runs, res.metrics).groupby("width")["non_prunable_units"].mean()``
+    Example: the 1/2x MLPs' relu1 has 64 units, so the layer size at the study's largest width is 64:
+        >>> counts = layer_counts(res.runs, res.metrics)
+        >>> counts[["run_id", "layer", "n_units", "c_max"]].values.tolist()
+        [['default-w0.25-r0', 'relu1', 32.0, 64.0], ['default-w0.25-r1', 'relu1', 32.0, 64.0],
+         ['default-w0.5-r0', 'relu1', 64.0, 64.0], ['default-w0.5-r1', 'relu1', 64.0, 64.0]]
+        >>> counts.groupby("width")["non_prunable_units"].mean().index.tolist()
+        [0.25, 0.5]
     """
     done = done_runs(runs)
     keys = ["run_id", "variant", "width", "replicate", "layer"]
@@ -79,7 +85,12 @@ def run_counts(runs: pd.DataFrame, metrics: pd.DataFrame, counts: pd.DataFrame |
 
     `counts` is `layer_counts(runs, metrics)` when the caller has it already (default None: computed here).
 
-    Example: ``run_counts(res.runs, res.metrics).groupby(["variant", "width"])["non_prunable_units"].mean()``
+    Example: a run's redundant units, as a share of 64 and as a count (their mean over its one unit layer):
+        >>> counts = run_counts(res.runs, res.metrics)
+        >>> bool((counts["redundant_units"] * 64 == counts["redundant_units_units"]).all())
+        True
+        >>> counts.groupby(["variant", "width"])["non_prunable_units"].mean().index.tolist()
+        [('default', 0.25), ('default', 0.5)]
     """
     layers = layer_counts(runs, metrics) if counts is None else counts
     present = [q for q in QUANTITIES if q in layers.columns]
@@ -134,7 +145,13 @@ def growth(runs: pd.DataFrame, metrics: pd.DataFrame, *, quantities: Sequence[st
     "layers" or "none"); empty when no run has unit counts. `counts` is `layer_counts(runs, metrics)` when the
     caller has it already (default None: computed here).
 
-    Example: ``growth(res.runs, res.metrics).query("quantity == 'non_prunable_units'")``
+    Example: g and its interval per quantity, from the study's two replicates per width:
+        >>> table = growth(res.runs, res.metrics)
+        >>> table["quantity"].tolist(), table["method"].unique().tolist()
+        (['prunable_units', 'non_prunable_units', 'redundant_units', 'non_redundant_units'], ['runs'])
+        >>> row = table.query("quantity == 'non_prunable_units'").iloc[0]
+        >>> bool(row.ci_low <= row.g <= row.ci_high)
+        True
     """
     layers = layer_counts(runs, metrics) if counts is None else counts
     rows = []
@@ -190,7 +207,9 @@ def effective_width(growth_df: pd.DataFrame) -> pd.DataFrame:
     ``slower`` is "yes" when both g intervals lie below 2, "no" when either holds or exceeds 2, "not judged"
     when either has no interval.
 
-    Example: ``effective_width(growth(res.runs, res.metrics))``
+    Example:
+        >>> effective_width(growth(res.runs, res.metrics)).columns.tolist()
+        ['variant', 'slower', 'reason']
     """
     rows = []
     for variant, group in growth_df.groupby("variant", sort=False):
@@ -210,7 +229,10 @@ def count_rows(runs: pd.DataFrame, metrics: pd.DataFrame, counts: pd.DataFrame |
     """Per variant × width: mean ± std over runs of each run's unit counts (raw, averaged over unit layers) and
     their normalised values; the table summary.md shows. `counts`: `layer_counts(runs, metrics)`, if at hand.
 
-    Example: ``count_rows(res.runs, res.metrics)``
+    Example: one row per width, over its two runs:
+        >>> rows = count_rows(res.runs, res.metrics)
+        >>> rows[["variant", "width", "runs"]].values.tolist()
+        [['default', 0.25, 2], ['default', 0.5, 2]]
     """
     counts = run_counts(runs, metrics, counts)
     present = [q for q in QUANTITIES if q in counts.columns and counts[q].notna().any()]

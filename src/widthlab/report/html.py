@@ -58,7 +58,10 @@ def package_versions() -> dict[str, str]:
 
     Read from the package metadata, so torch is not imported just to be named.
 
-    Example: ``package_versions()["numpy"]``.
+    Example:
+        >>> versions = package_versions()
+        >>> sorted(versions), versions["numpy"] == np.__version__
+        (['matplotlib', 'numpy', 'pandas', 'python', 'torch', 'widthlab'], True)
     """
     versions = {}
     for name in PACKAGES:
@@ -79,7 +82,12 @@ def run_times(runs: pd.DataFrame) -> pd.DataFrame:
     Returns a DataFrame with columns variant, width, runs, total_s, mean_s, median_s, min_s, max_s (variant and
     width "all" in the last row); empty when no done run has a time.
 
-    Example: ``run_times(results.runs).tail(1)["total_s"]``.
+    Example: two runs per width, then all four:
+        >>> times = run_times(res.runs)
+        >>> times[["variant", "width", "runs"]].values.tolist()
+        [['default', '1/4', 2], ['default', '1/2', 2], ['all', 'all', 4]]
+        >>> bool(np.isclose(times["total_s"].iloc[-1], res.runs["seconds"].sum()))
+        True
     """
     done = done_runs(runs)
     if "seconds" not in done.columns:
@@ -159,7 +167,11 @@ def render_html(
 
     Returns the HTML text (UTF-8, no external resources).
 
-    Example: ``Path("report.html").write_text(render_html(runs, run_level(runs, metrics), v, pngs, title="MLP"))``.
+    Example: a page without figures (`figures`: PNG files, such as `write_figures` returns):
+        >>> from widthlab.report.verdict import run_level, verdict
+        >>> page = render_html(runs, run_level(runs, metrics), verdict(runs, metrics), [], title="MLP")
+        >>> Path("report.html").write_text(page) == len(page), "<title>MLP</title>" in page
+        (True, True)
     """
     parts = [("run", "What was run"), ("results", "Results by width"), ("verdict", "Verdict"),
              ("hypothesis", "Hypothesis"), ("calibration", "Similarity calibration"),

@@ -49,7 +49,13 @@ def selection_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     Columns: variant, width, chosen (e.g. ``lr=0.1 ×3``), then one column per candidate name.
 
-    Example: ``selection_table(res.runs)``
+    Example: two cells of width 1, each choosing lr=0.1 over lr=0.01; a study without ``grid.select`` has none:
+        >>> picked = pd.DataFrame({"variant": "default", "width": 1.0, "candidate": ["lr=0.1", "lr=0.01"] * 2,
+        ...                        "chosen": [1, 0, 1, 0], "val_acc": [0.9, 0.8, 0.9, 0.7]})
+        >>> selection_table(picked).to_dict("records")
+        [{'variant': 'default', 'width': 1.0, 'chosen': 'lr=0.1 ×2', 'lr=0.1': 0.9, 'lr=0.01': 0.75}]
+        >>> selection_table(res.runs).empty
+        True
     """
     if "candidate" not in runs.columns or runs["candidate"].isna().all():
         return pd.DataFrame(columns=["variant", "width", "chosen"])

@@ -62,7 +62,16 @@ def format_verdict_table(verdict_df: pd.DataFrame) -> str:
     Args:
         verdict_df: the output of `verdict`.
 
-    Example: ``logging.info("\\n%s", format_verdict_table(verdict(runs, metrics)))``.
+    Example: ``logging.info("\\n%s", format_verdict_table(verdict(runs, metrics)))``; the tiny study's:
+        >>> print(format_verdict_table(verdict(runs, metrics)))
+        variant  metric             slope/doubling  95% CI              trend  runs  method
+        -------  -----------------  --------------  ------------------  -----  ----  ------
+        default  accuracy           +0.0312         [+0, +0.0625]       flat   4     runs
+        default  robustness         -0.109          [-0.156, -0.0625]   down   4     runs
+        default  compressibility    +0.0234         [-0.0156, +0.0625]  flat   4     runs
+        default  similarity         +20.2           [+11.8, +28.6]      up     4     runs
+        default  similar_fraction   +0.0601         [-0.0849, +0.205]   flat   4     runs
+        default  similarity_excess  +20             [+11.6, +28.5]      up     4     runs
     """
     rows = [VERDICT_HEADER, *verdict_rows(verdict_df)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(VERDICT_HEADER))]
@@ -182,7 +191,10 @@ def write_summary(
 
     Returns the path of summary.md.
 
-    Example: ``write_summary(results.runs, results.metrics, "study/report", title="MLP σ sweep")``.
+    Example:
+        >>> path = write_summary(res.runs, res.metrics, "study/report", title="MLP σ sweep")
+        >>> path, path.read_text().splitlines()[0]
+        (PosixPath('study/report/summary.md'), '# MLP σ sweep')
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +258,11 @@ def write_report(
     run_level_csv, html (path or None), verdict, hypothesis, calibration, caveats, growth and effective_width
     (DataFrames).
 
-    Example: ``write_report(results.runs, results.metrics, "study/report", title="MLP", html=True)["html"]``.
+    Example: the report of the tiny study, its figures as PNG only:
+        >>> written = write_report(res.runs, res.metrics, "study/report", title="MLP", html=True, formats="png")
+        >>> written["html"], written["summary"], written["figures"][0]
+        (PosixPath('study/report/report.html'), PosixPath('study/report/summary.md'),
+         PosixPath('study/report/figures/accuracy.png'))
     """
     formats = figure_formats(legacy_pdf(formats, pdf))
     if html and "png" not in formats:

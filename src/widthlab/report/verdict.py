@@ -73,7 +73,9 @@ def done_runs(runs: pd.DataFrame) -> pd.DataFrame:
     Args:
         runs: the study's runs table (run_id, variant, width, replicate, status, test_acc, ...).
 
-    Example: ``done_runs(results.runs)``.
+    Example:
+        >>> done_runs(res.runs)["run_id"].tolist()
+        ['default-w0.25-r0', 'default-w0.25-r1', 'default-w0.5-r0', 'default-w0.5-r1']
     """
     _require_columns(runs, RUN_COLUMNS, "runs")
     done = runs[runs["status"] == "done"]
@@ -95,7 +97,10 @@ def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     Args:
         metrics: the metrics table, with or without an `epoch` column.
 
-    Example: ``final_rows(metrics).query("metric == 'similarity'")``.
+    Example: one similarity per run, the snapshot's left out:
+        >>> snapshot = res.snapshots.query("metric == 'similarity'")
+        >>> len(snapshot), len(final_rows(pd.concat([metrics, snapshot])).query("metric == 'similarity'"))
+        (4, 4)
     """
     if "epoch" not in metrics.columns:
         return metrics
@@ -114,7 +119,11 @@ def layer_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     similar_fraction, and the calibration metrics similarity_null, similar_fraction_null, similarity_excess
     when measured. Snapshot rows (with an epoch) are left out (`final_rows`).
 
-    Example: ``layer_level(runs, metrics).query("metric == 'robustness'")``.
+    Example:
+        >>> robustness = layer_level(runs, metrics).query("metric == 'robustness'")
+        >>> robustness[["run_id", "layer"]].values.tolist()
+        [['default-w0.25-r0', 'relu1'], ['default-w0.25-r1', 'relu1'], ['default-w0.5-r0', 'relu1'],
+         ['default-w0.5-r1', 'relu1']]
     """
     done = done_runs(runs)
     _require_columns(metrics, JUDGED_COLUMNS, "metrics")
@@ -147,7 +156,10 @@ def run_level(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
         runs: the runs table; only status "done" rows are kept.
         metrics: the metrics table.
 
-    Example: ``run_level(runs, metrics).groupby("width")["robustness"].mean()``.
+    Example: the mean robustness per width (the tiny study's narrower MLPs are the more robust):
+        >>> by_width = run_level(runs, metrics).groupby("width")["robustness"].mean()
+        >>> by_width.index.tolist(), bool(by_width[0.25] > by_width[0.5])
+        ([0.25, 0.5], True)
     """
     done = done_runs(runs)
     per_layer = layer_level(runs, metrics)
@@ -176,7 +188,12 @@ def epoch_level(runs: pd.DataFrame, metrics: pd.DataFrame, history: pd.DataFrame
     Returns a DataFrame with columns run_id, variant, width, replicate, epoch, the LAYER_QUANTITIES names and
     any of val_acc, test_acc; empty when there is no snapshot.
 
-    Example: ``epoch_level(runs, snapshots, history).groupby(["width", "epoch"])["similarity"].mean()``.
+    Example: the study's snapshot after epoch 1, with that epoch's validation accuracy:
+        >>> epochs = epoch_level(runs, res.snapshots, res.history)
+        >>> epochs[["run_id", "epoch"]].values.tolist()
+        [['default-w0.25-r0', 1.0], ['default-w0.25-r1', 1.0], ['default-w0.5-r0', 1.0], ['default-w0.5-r1', 1.0]]
+        >>> epochs.groupby(["width", "epoch"])["similarity"].mean().index.tolist(), "val_acc" in epochs
+        ([(0.25, 1.0), (0.5, 1.0)], True)
     """
     done = done_runs(runs)
     keys = ["run_id", "variant", "width", "replicate", "epoch"]
@@ -316,7 +333,13 @@ def verdict(
 
     Returns a DataFrame with columns variant, metric, slope, ci_low, ci_high, trend, n_runs, method.
 
-    Example: ``verdict(results.runs, results.metrics).query("trend == 'up'")``.
+    Example:
+        >>> v = verdict(res.runs, res.metrics)
+        >>> dict(zip(v["metric"], v["trend"]))
+        {'accuracy': 'flat', 'robustness': 'down', 'compressibility': 'flat', 'similarity': 'up',
+         'similar_fraction': 'flat', 'similarity_excess': 'up'}
+        >>> v.query("trend == 'up'")["metric"].tolist()
+        ['similarity', 'similarity_excess']
     """
     if quantities is None:
         measured = set(final_rows(metrics)["metric"]) if "metric" in metrics.columns else set()
@@ -352,7 +375,9 @@ def hypothesis(verdict_df: pd.DataFrame) -> pd.DataFrame:
     Returns a DataFrame with columns variant, holds (bool), judged (bool), reason (str); `hypothesis_word` turns a
     row into "holds" / "does not hold" / "not judged".
 
-    Example: ``hypothesis(verdict(runs, metrics))``.
+    Example: accuracy is flat and similarity rises with width:
+        >>> hypothesis(verdict(runs, metrics)).to_dict("records")
+        [{'variant': 'default', 'holds': True, 'judged': True, 'reason': 'accuracy flat; similarity up'}]
     """
     _require_columns(verdict_df, ("variant", "metric", "trend"), "verdict")
     rows = []
@@ -400,7 +425,10 @@ def calibration(verdict_df: pd.DataFrame) -> pd.DataFrame:
 
     Returns a DataFrame with columns variant, survives ("yes" | "no" | "not judged"), reason (str).
 
-    Example: ``calibration(verdict(runs, metrics)).query("survives == 'yes'")``.
+    Example: similarity rises, but the share of similar pairs does not:
+        >>> table = calibration(verdict(runs, metrics))
+        >>> table["survives"].tolist(), table.query("survives == 'yes'")["variant"].tolist()
+        (['no'], [])
     """
     _require_columns(verdict_df, ("variant", "metric", "trend"), "verdict")
     needed = ("similarity", *CALIBRATION_METRICS)

@@ -47,7 +47,10 @@ def build_model(spec: ModelSpec | Mapping[str, Any], width: float, *, num_classe
             costs no memory), and skips the initialisation.
         import_code: False refuses a ``module:function`` model (a store or a checkpoint names it).
 
-    Example: ``build_model({"name": "mlp", "input_dim": 10}, 2.0, device="meta")``
+    Example: a 2x mlp's shapes, without storage:
+        >>> net = build_model({"name": "mlp", "input_dim": 10}, 2.0, device="meta")
+        >>> net.fc1.weight.shape, net.fc1.weight.device
+        (torch.Size([256, 10]), device(type='meta'))
     """
     spec = model_spec(spec)
     if ":" in spec.name and not import_code:

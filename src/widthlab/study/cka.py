@@ -90,7 +90,12 @@ def cka_study(study_dir: str | os.PathLike, *, parts: Iterable[str] | str = CKA_
 
     Returns a `CkaStudy`. A second call with the same setting computes nothing again.
 
-    Example: ``cka_study("widthlab-runs/mlp-10d").rows.query("kind == 'widths'")``
+    Example: the study's pairs of widths (1/4x against 1/2x, per replicate), beside its replicates and layers:
+        >>> study = cka_study("widthlab-runs/mlp-10d")
+        >>> study.rows.query("kind == 'widths'")[["run_a", "run_b"]].values.tolist()
+        [['default-w0.25-r0', 'default-w0.5-r0'], ['default-w0.25-r1', 'default-w0.5-r1']]
+        >>> sorted(load_results("widthlab-runs/mlp-10d").cka["kind"].unique())
+        ['layers', 'replicates', 'widths']
     """
     from widthlab.compress.study import check_study_dir
     from widthlab.study.store import Store, study_lock

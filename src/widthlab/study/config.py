@@ -596,7 +596,10 @@ def parse_config(raw: Any, source: str = "config") -> StudyConfig:
 def load_config(spec: str | Path | dict | StudyConfig, overrides: list[str] | None = None) -> StudyConfig:
     """A `StudyConfig` from a preset name, a YAML path, a mapping or a config; `overrides` as for ``--set``.
 
-    Example: ``load_config("mlp-10d", ["grid.replicates=1"])``
+    Example: the preset with one replicate per width:
+        >>> config = load_config("mlp-10d", ["grid.replicates=1"])
+        >>> config.name, config.grid.widths, config.grid.replicates
+        ('mlp-10d', (0.25, 0.5, 1.0, 2.0, 4.0), 1)
     """
     if isinstance(spec, StudyConfig):
         if not overrides:

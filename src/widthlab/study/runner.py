@@ -244,7 +244,11 @@ def run_study(config: str | os.PathLike | dict | StudyConfig, out_dir: str | os.
 
     Returns the `StudyOutcome` (its runs, verdict and paths).
 
-    Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d", executor="processes", workers=2).verdict``
+    Example: ``run_study("mlp-10d", "widthlab-runs/mlp-10d", executor="processes", workers=2)`` runs the preset in two
+    worker processes. Run again, a finished study trains nothing (here the stored config of a tiny one, no report):
+        >>> outcome = run_study("widthlab-runs/mlp-10d/config.yaml", "widthlab-runs/mlp-10d", report=False)
+        >>> outcome.runs["status"].tolist(), outcome.failed
+        (['done', 'done', 'done', 'done'], [])
     """
     cfg = load_config(config)
     if report:

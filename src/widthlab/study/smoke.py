@@ -74,7 +74,11 @@ def _smoke_data(data: dict[str, Any], model: dict[str, Any], seed: int, present:
 def smoke_config(cfg: StudyConfig) -> StudyConfig:
     """`cfg` shrunk to a smoke run (see the module docstring); the name gains ``-smoke``.
 
-    Example: ``run_study(smoke_config(load_config("resnet56")), "/tmp/resnet56-smoke")``
+    Example: ``run_study(smoke_config(load_config("resnet56")), "/tmp/resnet56-smoke")`` runs this config:
+        >>> from widthlab.study import load_config
+        >>> smoke = smoke_config(load_config("resnet56"))
+        >>> smoke.name, smoke.grid.widths, smoke.grid.replicates, smoke.train.max_steps
+        ('resnet56-smoke', (0.25, 0.5), 1, 3)
     """
     present: dict = {}
     stand_ins: set[str] = set()

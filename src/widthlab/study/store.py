@@ -572,7 +572,12 @@ def study_lock(directory: str | os.PathLike, *, report: bool = False):
 def load_results(directory: str | os.PathLike) -> Results:
     """The runs and metrics of the study in `directory` as pandas DataFrames (for notebooks).
 
-    Example: ``res = load_results("widthlab-runs/mlp-10d"); res.metrics.query("metric == 'auc'")``
+    Example:
+        >>> res = load_results("widthlab-runs/mlp-10d")
+        >>> res.runs["run_id"].tolist()
+        ['default-w0.25-r0', 'default-w0.25-r1', 'default-w0.5-r0', 'default-w0.5-r1']
+        >>> res.metrics.query("metric == 'auc'").groupby("perturbation").size().to_dict()
+        {'mean': 4, 'zero': 4}
     """
     directory = Path(directory)
     if not directory.is_dir():

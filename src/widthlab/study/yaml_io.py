@@ -88,7 +88,13 @@ def read_yaml(path: str | Path) -> dict:
 def parse_assignment(item: str, flag: str) -> tuple[str, Any]:
     """``(key, value)`` of a ``key=value`` flag, the value read as YAML; a malformed one names `flag`.
 
-    Example: ``parse_assignment("train.lr=0.1", "--set") == ("train.lr", 0.1)``
+    Example:
+        >>> parse_assignment("train.lr=0.1", "--set"), parse_assignment("grid.widths=[1, 2]", "--set")
+        (('train.lr', 0.1), ('grid.widths', [1, 2]))
+        >>> parse_assignment("train.lr", "--set")
+        Traceback (most recent call last):
+        ...
+        widthlab.errors.WidthlabError: --set expects key=value, got 'train.lr'
     """
     key, sep, text = item.partition("=")
     if not sep or not key:

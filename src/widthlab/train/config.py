@@ -51,7 +51,16 @@ class TrainConfig(ConfigModel):
             one by one. A speed switch: it is
             not part of a run's identity, so a study may be resumed with the other setting.
 
-    Example: ``TrainConfig(optimizer="adam", lr=1e-3, epochs=10)``
+    Example:
+        >>> config = TrainConfig(optimizer="adam", lr=1e-3, epochs=10)
+        >>> config.optimizer, config.lr, config.epochs, config.batch_size
+        ('adam', 0.001, 10, 32)
+        >>> TrainConfig(epoch=10)
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for TrainConfig
+        epoch
+          Extra inputs are not permitted ...
     """
 
 

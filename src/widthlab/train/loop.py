@@ -206,7 +206,10 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: Callable[[
             checkpoint is about a GB, more than a GPU needs for its epoch, so studies write one a minute.
         meta: stored in the checkpoint beside the state (e.g. how to rebuild the model for `widthlab analyze`).
 
-    Example: ``result = fit(create_model("mlp"), load_data("synthetic"), TrainConfig(epochs=5))``
+    Example: a 1x mlp trained for 5 epochs on the synthetic teacher's data:
+        >>> result = fit(create_model("mlp", seed=0), load_data("synthetic"), TrainConfig(epochs=5))
+        >>> result.status, [record["epoch"] for record in result.history], result.test_acc > 0.85
+        ('done', [1, 2, 3, 4, 5], True)
     """
     check_seconds("checkpoint_every", checkpoint_every)
     device = resolve_device(cfg.device)

@@ -32,7 +32,12 @@ def plot_cka(frame: pd.DataFrame, title: str | None = None) -> Figure:
     (the estimator's noise around an unrelated pair) is drawn as 0 and the colour bar's end says values lie
     below. A NaN cell (a constant layer) is left blank.
 
-    Example: ``plot_cka(widthlab.cka(net, None, x)).savefig("cka.png")``
+    Example: a network's layer × layer CKA:
+        >>> net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+        >>> figure = plot_cka(widthlab.cka(net, None, x))
+        >>> figure.savefig("cka.png")
+        >>> figure.axes[0].get_title(), figure.axes[1].get_ylabel()
+        ('linear CKA on 200 examples', 'CKA (debiased)')
     """
     matrix = cka_matrix(frame)
     n_rows, n_cols = matrix.shape

@@ -26,7 +26,14 @@ def plot_compression(counts: pd.DataFrame, growth_df: pd.DataFrame, runs: pd.Dat
 
     `counts` and `growth_df` are `compression_counts` and `compression_growth`.
 
-    Example: ``plot_compression(counts, compression_growth(counts)).savefig("compression.png")``
+    Example: after ``widthlab compress`` (`compress_study`) of the tiny study:
+        >>> compress_study("widthlab-runs/mlp-10d").rows.shape[0]
+        8
+        >>> counts = compression_counts(res.runs, load_results("widthlab-runs/mlp-10d").compression)
+        >>> figure = plot_compression(counts, compression_growth(counts))
+        >>> figure.savefig("compression.png")
+        >>> figure.axes[0].get_ylabel()
+        'Units per layer (mean over unit layers)'
     """
     if counts.empty:
         raise WidthlabError("no run has compression rows (run `widthlab compress STUDY_DIR` first)")

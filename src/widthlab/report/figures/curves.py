@@ -37,7 +37,10 @@ def ablation_curve_table(
 
     Returns a DataFrame with columns variant, width, level, unchanged, std.
 
-    Example: ``ablation_curve_table(metrics, runs).query("width == 1")``.
+    Example: the study's 3 levels at each of its two widths; at level 0 nothing changes:
+        >>> table = ablation_curve_table(metrics, runs)
+        >>> table.query("width == 0.5")[["level", "std"]].shape, table.query("level == 0")["unchanged"].tolist()
+        ((3, 2), [1.0, 1.0])
     """
     return _curve_stats(_curve_runs(metrics, runs, perturbation, layer)).drop(columns="n")
 
@@ -86,7 +89,11 @@ def plot_ablation_curves(
 
     Returns the figure (not shown, not registered with pyplot).
 
-    Example: ``plot_ablation_curves(metrics, runs).savefig("ablation_curves.png")``.
+    Example:
+        >>> figure = plot_ablation_curves(metrics, runs)
+        >>> figure.savefig("ablation_curves.png")
+        >>> figure.axes[0].get_xlabel(), figure.axes[0].get_ylabel()
+        ('Fraction of units ablated', 'Fraction of labels unchanged')
     """
     table = _curve_stats(_curve_runs(metrics, runs, perturbation, layer))
     noise = is_noise(perturbation)

@@ -35,7 +35,12 @@ def plot_vs_epoch(epoch_level_df: pd.DataFrame) -> Figure:
 
     Returns the figure.
 
-    Example: ``plot_vs_epoch(epoch_level(runs, snapshots, history)).savefig("epochs.png")``.
+    Example: the tiny study's snapshot after epoch 1, with the validation accuracy of its history:
+        >>> from widthlab.report.verdict import epoch_level
+        >>> figure = plot_vs_epoch(epoch_level(runs, res.snapshots, res.history))
+        >>> figure.savefig("epochs.png")
+        >>> [ax.get_title() for ax in figure.axes]
+        ['(a) Accuracy', '(b) Robustness', '(c) Compressibility', '(d) Similarity']
     """
     if epoch_level_df.empty:
         raise WidthlabError("no snapshot measurements (metrics rows with an epoch) of a done run")

@@ -17,7 +17,11 @@ def plot_frivolous(runs: pd.DataFrame, metrics: pd.DataFrame, growth_df: pd.Data
     layer size, on log-2 axes (as the AAAI figures), mean ± std over replicates, g in each legend entry, and a
     dotted line growing in proportion to width (g = 2) for comparison.
 
-    Example: ``plot_frivolous(res.runs, res.metrics).savefig("frivolous.png")``
+    Example:
+        >>> figure = plot_frivolous(res.runs, res.metrics)
+        >>> figure.savefig("frivolous.png")
+        >>> [ax.get_title() for ax in figure.axes]
+        ['Prunability: mean ± std over replicates (n = 2)', 'Redundancy: mean ± std over replicates (n = 2)']
     """
     counts = run_counts(runs, metrics)
     if counts.empty:

@@ -67,7 +67,9 @@ def width_label(width: float) -> str:
     Args:
         width: a width factor > 0.
 
-    Example: ``width_label(0.5) == "1/2"``.
+    Example:
+        >>> width_label(0.5), width_label(0.75), width_label(2), width_label(0.3)
+        ('1/2', '3/4', '2', '0.3')
     """
     fraction = Fraction(float(width)).limit_denominator(64)
     power_of_two = fraction.denominator & (fraction.denominator - 1) == 0
@@ -117,7 +119,9 @@ def share_limits(values) -> tuple[float, float]:
     Args:
         values: the plotted values (means ± std); NaNs are ignored.
 
-    Example: ``share_limits([0.9, 0.95]) == (0.0, 1.02)``; ``share_limits([0.02, 0.04]) == (0.0, 0.09)``.
+    Example:
+        >>> share_limits([0.9, 0.95]), share_limits([0.02, 0.04])
+        ((0.0, 1.02), (0.0, 0.09))
     """
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
@@ -146,7 +150,9 @@ def zoomed_limits(values) -> tuple[float, float]:
     Args:
         values: the plotted values (means ± std); NaNs are ignored.
 
-    Example: ``zoomed_limits([0.91, 0.93])`` ≈ (0.908, 0.932); ``zoomed_limits([0.5])`` ≈ (0.495, 0.505).
+    Example:
+        >>> zoomed_limits([0.91, 0.93]), zoomed_limits([0.5])
+        ((0.908, 0.932), (0.495, 0.505))
     """
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
@@ -189,7 +195,11 @@ def spread_note(counts, over: str = "replicates", mark: str = "error bar") -> st
         over: what the std is over (default "replicates"; "samplings" for one analysed model).
         mark: "error bar" (default) or "band".
 
-    Example: ``spread_note([3, 3, 2], mark="band") == "bands: ± std over replicates (n = 2–3)"``.
+    Example:
+        >>> spread_note([3, 3, 2], mark="band")
+        'bands: ± std over replicates (n = 2–3)'
+        >>> spread_note([1, 1])
+        'error bars: ± std over replicates (n = 1, no error bar)'
     """
     counts = sorted({int(c) for c in counts if c > 0})
     if not counts:

@@ -73,7 +73,12 @@ def plot_vs_width(run_level_df: pd.DataFrame, metric: str, ax: Axes | None = Non
 
     Returns the axes.
 
-    Example: ``plot_vs_width(run_level(runs, metrics), "robustness").figure.savefig("robustness.png")``.
+    Example:
+        >>> from widthlab.report.verdict import run_level
+        >>> ax = plot_vs_width(run_level(runs, metrics), "robustness")
+        >>> ax.figure.savefig("robustness.png")
+        >>> ax.get_xlabel(), ax.get_ylabel()
+        ('Model size factor (width)', 'Robustness (area under ablation curve)')
     """
     if metric not in RUN_LEVEL_METRICS or metric not in run_level_df.columns:
         raise WidthlabError(f"cannot plot {metric!r}; valid metrics: {list(RUN_LEVEL_METRICS)}")
@@ -121,7 +126,12 @@ def plot_similarity_calibration(run_level_df: pd.DataFrame) -> Figure:
 
     Returns the figure.
 
-    Example: ``plot_similarity_calibration(run_level(runs, metrics)).savefig("similarity_calibration.png")``.
+    Example: the study measured the null, so (c) is drawn:
+        >>> from widthlab.report.verdict import run_level
+        >>> figure = plot_similarity_calibration(run_level(runs, metrics))
+        >>> figure.savefig("similarity_calibration.png")
+        >>> [ax.get_title() for ax in figure.axes]
+        ['(a) Similarity', '(b) Similar fraction', '(c) Similarity excess']
     """
     metrics = ["similarity", "similar_fraction"]
     if has_data(run_level_df, "similarity_excess"):
@@ -145,7 +155,12 @@ def plot_overview(run_level_df: pd.DataFrame) -> Figure:
 
     Returns the figure.
 
-    Example: ``plot_overview(run_level(runs, metrics)).savefig("overview.png")``.
+    Example:
+        >>> from widthlab.report.verdict import run_level
+        >>> figure = plot_overview(run_level(runs, metrics))
+        >>> figure.savefig("overview.png")
+        >>> [ax.get_title() for ax in figure.axes]
+        ['(a) Accuracy', '(b) Robustness', '(c) Compressibility', '(d) Similarity']
     """
     fig = Figure(figsize=(12, 7.6), layout="constrained")
     axes = fig.subplots(2, 2).ravel()
@@ -169,7 +184,12 @@ def plot_layerwise(layer_level_df: pd.DataFrame, metric: str, layers: Sequence[s
 
     Returns the figure.
 
-    Example: ``plot_layerwise(layer_level(runs, metrics), "robustness").savefig("layerwise_robustness.png")``.
+    Example: one panel per unit layer (the mlp has one):
+        >>> from widthlab.report.verdict import layer_level
+        >>> figure = plot_layerwise(layer_level(runs, metrics), "robustness")
+        >>> figure.savefig("layerwise_robustness.png")
+        >>> [ax.get_title() for ax in figure.axes]
+        ['relu1']
     """
     wide = layer_level_df.pivot_table(index=["run_id", "variant", "width", "layer"], columns="metric",
                                       values="value", aggfunc="mean", sort=False).reset_index()
@@ -207,7 +227,10 @@ def plot_params(params: pd.DataFrame) -> Axes:
 
     Returns the axes.
 
-    Example: ``plot_params(pd.DataFrame({"model": "mlp", "width": [0.25, 1, 4], "params": [418, 1666, 6658]}))``.
+    Example:
+        >>> ax = plot_params(pd.DataFrame({"model": "mlp", "width": [0.25, 1, 4], "params": [418, 1666, 6658]}))
+        >>> ax.get_yscale(), ax.get_ylabel()
+        ('log', 'Trainable parameters')
     """
     missing = [c for c in ("model", "width", "params") if c not in params.columns]
     if missing:

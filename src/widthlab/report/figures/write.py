@@ -53,7 +53,13 @@ def figure_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
 
     A name outside FORMATS, or no name at all, is a WidthlabError naming the value and the valid formats.
 
-    Example: ``figure_formats("PNG, pdf") == ("png", "pdf")``.
+    Example:
+        >>> figure_formats("PNG, pdf"), figure_formats(["png", "png"])
+        (('png', 'pdf'), ('png',))
+        >>> figure_formats("jpg")
+        Traceback (most recent call last):
+        ...
+        widthlab.errors.WidthlabError: unknown figure format 'jpg' in 'jpg'; valid: png, pdf ...
     """
     names = formats.split(",") if isinstance(formats, str) else list(formats)
     chosen = list(dict.fromkeys(str(name).strip().lower() for name in names))
@@ -213,7 +219,12 @@ def start_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: str | Path
 
     Args: as `write_figures`.
 
-    Example: ``drawing = start_figures(runs, metrics, "out/figures"); v = verdict(runs, metrics); drawing.paths()``
+    Example: the verdict is computed while the figures are drawn:
+        >>> from widthlab.report.verdict import verdict
+        >>> drawing = start_figures(runs, metrics, "out/figures", formats="png")
+        >>> v = verdict(runs, metrics)
+        >>> [path.name for path in drawing.paths()][:3]
+        ['accuracy.png', 'robustness.png', 'compressibility.png']
     """
     formats = figure_formats(formats)
     out = Path(out_dir)
@@ -252,7 +263,11 @@ def write_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: str | Path
         workers: drawing processes (default None: `drawing_workers`, one per idle CPU; 1 draws in this process).
         pdf: deprecated; False is formats=("png",), True is ("png", "pdf").
 
-    Example: ``write_figures(res.runs, res.metrics, "study/figures", formats="png")``.
+    Example: the tiny study's figures (one unit layer: no layerwise figures):
+        >>> [path.name for path in write_figures(res.runs, res.metrics, "study/figures", formats="png")]
+        ['accuracy.png', 'robustness.png', 'compressibility.png', 'similarity.png', 'similar_fraction.png',
+         'similarity_excess.png', 'similarity_calibration.png', 'overview.png', 'ablation_curves.png',
+         'abs_r_distributions.png', 'frivolous.png']
     """
     formats = legacy_pdf(formats, pdf)
     return start_figures(runs, metrics, out_dir, snapshots=snapshots, history=history, params=params,
