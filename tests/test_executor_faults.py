@@ -85,7 +85,9 @@ def test_workers_exit_when_the_driver_is_killed(tmp_path):
         everyone = _children(driver.pid)  # workers and the resource tracker
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        deadline = time.monotonic() + 10
+        # Workers die at once (the parent-death signal); the resource tracker when its pipe closes. The bound only
+        # has to tell "exits" from "lives on": 10 s failed once under load 12 on 2 cores.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(_alive(pid) for pid in everyone):
             time.sleep(0.2)
         assert not [pid for pid in everyone if _alive(pid)]
