@@ -144,3 +144,21 @@ def test_the_estimate_does_not_change_the_measurement(command, tmp_path, capsys)
     assert main([*command, "--quiet", "--out", str(tmp_path / "quiet")]) == 0
     assert capsys.readouterr().err == ""  # --quiet: no plan, no probe, no bar
     assert (tmp_path / "loud" / "analysis.csv").read_text() == (tmp_path / "quiet" / "analysis.csv").read_text()
+
+
+def test_the_estimate_and_the_time_taken_cover_units(command, tmp_path, monkeypatch, capsys):
+    """With --units the probe measures the unit tables as the command will (on 2 and 30 examples of 300), and the
+    time printed beside the estimate includes them: the user waits for both."""
+    sizes = []
+    real = analyze_cli._unit_tables
+
+    def counted(model, inputs, names, args, **options):
+        sizes.append(len(inputs[0]) if isinstance(inputs, tuple) else len(inputs))
+        return real(model, inputs, names, args, **options)
+
+    monkeypatch.setattr(analyze_cli, "_unit_tables", counted)
+    assert main([*command, "--units", "--out", str(tmp_path / "o")]) == 0
+    assert sorted(set(sizes)) == [2, 30, 300] and sizes[-1] == 300
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("widthlab: ")]
+    (done,) = [line for line in lines if line.startswith("widthlab: measured in")]
+    assert lines.index("widthlab: measuring each unit (--units)…") < lines.index(done)
