@@ -1,7 +1,10 @@
 """Fixtures shared by the test modules."""
 
+import pickle
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +12,29 @@ import torch
 TINY_STUDY = ["grid.select=null", "grid.widths=[0.25]", "grid.replicates=1", "train.epochs=2", "data.n_train=64",
               "data.n_val=32", "data.n_test=32", "measure.samplings=1", "measure.levels=3",
               "grid.variants={'default': {}}"]
+
+
+CIFAR_PER_BATCH = 20  # write_cifar10: 5 training batches → 100 images; the test batch holds 20 more
+
+
+def write_cifar10(root: Path) -> Path:
+    """``root/cifar-10-batches-py`` in the official format (Python 2 pickles with bytes keys): five training batches
+    and a test batch of `CIFAR_PER_BATCH` random images each, image i's red pixel (0, 0) = i (rows stay
+    traceable) and its label i mod 10. Returns `root`."""
+    from widthlab.data.cifar10 import TRAIN_FILES
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for b, name in enumerate([*TRAIN_FILES, "test_batch"]):
+        first = b * CIFAR_PER_BATCH
+        data = rng.integers(0, 256, (CIFAR_PER_BATCH, 3072), dtype=np.uint8)
+        data[:, 0] = np.arange(first, first + CIFAR_PER_BATCH)
+        batch = {b"batch_label": b"fixture", b"labels": [(first + i) % 10 for i in range(CIFAR_PER_BATCH)],
+                 b"data": data, b"filenames": [f"img{first + i}.png".encode() for i in range(CIFAR_PER_BATCH)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return root
 
 
 @pytest.fixture

@@ -12,35 +12,20 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from conftest import CIFAR_PER_BATCH, write_cifar10
 from widthlab import TrainConfig, WidthlabError, fit, load_data
 from widthlab.data.cifar10 import TRAIN_FILES, cifar10
 from widthlab.data.imagenet import MEAN, STD
 from widthlab.data.transforms import RandomCropFlip
 
-PER_BATCH = 20  # 5 training batches → 100 images; the test batch holds 20 more
+PER_BATCH = CIFAR_PER_BATCH
 
 
 # ---------------------------------------------------------------- CIFAR-10
 
-def _write_batch(path, first_index, n, rng):
-    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-    data[:, 0] = np.arange(first_index, first_index + n)  # red pixel (0, 0) = image index: rows stay traceable
-    batch = {b"batch_label": b"fixture", b"labels": [(first_index + i) % 10 for i in range(n)], b"data": data,
-             b"filenames": [f"img{first_index + i}.png".encode() for i in range(n)]}
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)  # the official files are Python 2 pickles with bytes keys
-
-
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for b, name in enumerate(TRAIN_FILES):
-        _write_batch(folder / name, b * PER_BATCH, PER_BATCH, rng)
-    _write_batch(folder / "test_batch", 5 * PER_BATCH, PER_BATCH, rng)
-    return root
+    return write_cifar10(tmp_path_factory.mktemp("data"))
 
 
 def _raw(root, names):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import doctest
 import importlib
-import pickle
 import pkgutil
 import re
 import shutil
@@ -32,7 +31,7 @@ import numpy as np
 import pytest
 
 import widthlab
-from conftest import TINY_STUDY
+from conftest import TINY_STUDY, write_cifar10
 
 SRC = Path(widthlab.__file__).parent
 MODULES = sorted(m.name for m in pkgutil.walk_packages(widthlab.__path__, "widthlab.")
@@ -49,19 +48,7 @@ DOCTEST_STUDY = [*TINY_STUDY, "grid.widths=[0.25, 0.5]", "grid.replicates=2", "d
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
-def fake_cifar(folder: Path) -> None:
-    """``folder/data/cifar-10-batches-py``: five training batches of 20 random images and a test batch of 20, in
-    the official format (Python 2 pickles with bytes keys)."""
-    batches = folder / "data" / "cifar-10-batches-py"
-    batches.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(20)]}
-        with open(batches / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-
-
-SETUP = {"widthlab.data.cifar10": fake_cifar}
+SETUP = {"widthlab.data.cifar10": lambda folder: write_cifar10(folder / "data")}
 
 
 @pytest.fixture(scope="module")
