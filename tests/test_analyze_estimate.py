@@ -152,9 +152,9 @@ def test_the_estimate_and_the_time_taken_cover_units(command, tmp_path, monkeypa
     sizes = []
     real = analyze_cli._unit_tables
 
-    def counted(model, inputs, names, args, **options):
+    def counted(model, inputs, names, **options):
         sizes.append(len(inputs[0]) if isinstance(inputs, tuple) else len(inputs))
-        return real(model, inputs, names, args, **options)
+        return real(model, inputs, names, **options)
 
     monkeypatch.setattr(analyze_cli, "_unit_tables", counted)
     assert main([*command, "--units", "--out", str(tmp_path / "o")]) == 0

@@ -367,8 +367,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                             levels=level_sets(choice.levels if full else 2, perturbations),
                             samplings=choice.samplings if full else 1, **options)
                     if full and args.units:  # --units measured as it will be, without its bars
-                        _unit_tables(model, part, names, argparse.Namespace(quiet=True, seed=args.seed),
-                                     unit_axis=unit_axis, output=output, mask=mask)
+                        _unit_tables(model, part, names, seed=args.seed, bars=False, unit_axis=unit_axis,
+                                     output=output, mask=mask)
 
                 estimate = estimate_seconds(run, examples=examples).seconds(examples)
                 when = f"; est. {_duration(estimate)} on this machine"
@@ -386,7 +386,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     tables = {"analysis": frame}
     if args.units:
         say("measuring each unit (--units)…")
-        tables["units"] = _unit_tables(model, inputs, names, args, unit_axis=unit_axis, output=output, mask=mask)
+        tables["units"] = _unit_tables(model, inputs, names, seed=args.seed, bars=not args.quiet, unit_axis=unit_axis,
+                                       output=output, mask=mask)
     elapsed = time.perf_counter() - start  # the estimate covers --units too: the user waits for both
     say(f"measured in {_duration(elapsed)}" + ("" if estimate is None else f" (estimated {_duration(estimate)})"))
     out = Path(args.out)
@@ -473,8 +474,9 @@ def _write_cka(model, inputs, names: list[str], out: Path, args: argparse.Namesp
     return _write_tables({"cka": table}, out, args.format)["cka"]
 
 
-def _unit_tables(model, inputs, names: list[str], args: argparse.Namespace, **options):
-    """One `unit_table` per measured layer, stacked, with the layer's name in a first ``layer`` column."""
+def _unit_tables(model, inputs, names: list[str], *, seed: int, bars: bool, **options):
+    """One `unit_table` per measured layer, stacked, with the layer's name in a first ``layer`` column; `bars`: a
+    progress bar per layer."""
     import pandas as pd
     from tqdm import tqdm
 
@@ -482,9 +484,9 @@ def _unit_tables(model, inputs, names: list[str], args: argparse.Namespace, **op
 
     frames = []
     for name in names:
-        bar = None if args.quiet else tqdm(desc=f"units of {name}", unit="eval", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(desc=f"units of {name}", unit="eval", file=sys.stderr, dynamic_ncols=True) if bars else None
         try:
-            table = unit_table(model, inputs, name, seed=args.seed, progress=bar, **options)
+            table = unit_table(model, inputs, name, seed=seed, progress=bar, **options)
         finally:
             if bar is not None:
                 bar.close()
